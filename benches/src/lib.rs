@@ -1,0 +1,1 @@
+//! Criterion benches of infergate hot functions live in `benches/`.

@@ -1,0 +1,150 @@
+use super::*;
+use proptest::prelude::*;
+
+fn addrs(n: usize) -> Vec<SocketAddr> {
+    (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16))).collect()
+}
+
+fn mk_pool(n: usize, limit: u32) -> Pool {
+    Pool::new(&addrs(n), limit, DEFAULT_MAX_QUEUE)
+}
+
+#[test]
+fn free_slots_are_taken_then_exhausted() {
+    let p = mk_pool(2, 1);
+    let a = p.try_acquire(0).unwrap();
+    let b = p.try_acquire(0).unwrap();
+    assert_ne!(a.pod().addr(), b.pod().addr(), "second lease goes to the idle pod");
+    assert!(p.try_acquire(7).is_none());
+    assert_eq!(p.busy(), 2);
+    drop(a);
+    assert_eq!(p.busy(), 1);
+    assert!(p.try_acquire(3).is_some());
+}
+
+#[test]
+fn p2c_prefers_the_less_loaded_pod() {
+    let p = mk_pool(2, 10);
+    let _held: Vec<_> = (0..5).map(|_| p.try_acquire(0).unwrap()).collect();
+    // whatever the roll, loads stay balanced within one
+    let a = p.pods()[0].in_flight();
+    let b = p.pods()[1].in_flight();
+    assert!(a.abs_diff(b) <= 1, "{a} vs {b}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiter_times_out_at_the_deadline() {
+    let p = mk_pool(1, 1);
+    let _held = p.try_acquire(0).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let e = p.acquire(0, Duration::from_millis(500)).await.unwrap_err();
+    assert_eq!(e, AcquireError::QueueTimeout);
+    assert_eq!(t0.elapsed(), Duration::from_millis(500));
+    assert_eq!(p.busy(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_in_fifo_order() {
+    let p = mk_pool(1, 1);
+    let held = p.try_acquire(0).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..5 {
+        let p = p.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let lease = p.acquire(0, Duration::from_secs(60)).await.unwrap();
+            tx.send(i).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(lease);
+        });
+        // make the enqueue order deterministic
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(p.queued(), 5);
+    // a newcomer cannot barge in while others wait
+    drop(held);
+    assert!(p.try_acquire(0).is_none(), "the freed slot went to the oldest waiter");
+    let mut order = vec![];
+    for _ in 0..5 {
+        order.push(rx.recv().await.unwrap());
+    }
+    assert_eq!(order, vec![0, 1, 2, 3, 4]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(p.busy(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_cap_refuses_at_once() {
+    let p = Pool::new(&addrs(1), 1, 2);
+    let _held = p.try_acquire(0).unwrap();
+    let w1 = tokio::spawn({ let p = p.clone(); async move { p.acquire(0, Duration::from_secs(5)).await.map(|_| ()) } });
+    let w2 = tokio::spawn({ let p = p.clone(); async move { p.acquire(0, Duration::from_secs(5)).await.map(|_| ()) } });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(p.acquire(0, Duration::from_secs(5)).await.unwrap_err(), AcquireError::QueueFull);
+    drop((w1, w2));
+}
+
+#[tokio::test]
+async fn no_pods_is_an_error() {
+    let p = mk_pool(0, 1);
+    assert_eq!(p.acquire(0, Duration::from_millis(10)).await.unwrap_err(), AcquireError::NoPods);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_cancelled_waiters_leak_nothing() {
+    let p = mk_pool(3, 2);
+    let mut tasks = vec![];
+    for i in 0..3000u64 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Ok(lease) = p.acquire(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), Duration::from_millis(5)).await {
+                assert!(lease.pod().in_flight() <= 2);
+                tokio::task::yield_now().await;
+            }
+        }));
+        if i % 3 == 0 {
+            tasks.pop().unwrap().abort();
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    assert_eq!(p.busy(), 0, "every slot came back");
+    assert!(p.pods().iter().all(|x| x.in_flight() == 0));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Take(u64),
+    Release(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![any::<u64>().prop_map(Op::Take), any::<usize>().prop_map(Op::Release)]
+}
+
+proptest! {
+    #[test]
+    fn slots_never_exceed_the_limit_and_never_leak(
+        pods in 1usize..6, limit in 1u32..4, ops in proptest::collection::vec(op(), 1..200)
+    ) {
+        let p = mk_pool(pods, limit);
+        let mut live: Vec<Lease> = vec![];
+        for o in ops {
+            match o {
+                Op::Take(roll) => match p.try_acquire(roll) {
+                    Some(l) => live.push(l),
+                    None => prop_assert_eq!(live.len(), pods * limit as usize, "refused while a slot was free"),
+                },
+                Op::Release(i) => if !live.is_empty() { live.swap_remove(i % live.len()); },
+            }
+            for pod in p.pods() {
+                let held = live.iter().filter(|l| l.pod().addr() == pod.addr()).count();
+                prop_assert_eq!(pod.in_flight() as usize, held);
+                prop_assert!(pod.in_flight() <= limit);
+            }
+        }
+        drop(live);
+        prop_assert_eq!(p.busy(), 0);
+    }
+}

@@ -1,0 +1,634 @@
+//! Typed, validated infergate configuration: the YAML file, `--set` overrides and every check made before a port is bound.
+//!
+//! Keys are camelCase. The TLS keys (`sslCertPemFile`, `sslKeyPemFile`,
+//! `allowInsecureConnections`) carry the names the AzureML Kubernetes extension uses.
+//! Every error names the key, the bad value and how to fix it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+mod settings;
+pub use settings::{RequestSettings, ResolvedSettings};
+
+/// A configuration error: which key, which value, what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key holds a value that is not allowed.
+    #[error("config key `{key}`: value `{value}` is invalid: {problem}; fix: {fix}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `endpoints[0].traffic`.
+        key: String,
+        /// The offending value as written.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// The YAML could not be read into the configuration's shape (unknown key, wrong type, syntax).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file (or `<inline>`).
+        path: String,
+        /// The parser's message, which names the line and column.
+        message: String,
+    },
+    /// The file could not be read.
+    #[error("config file {path}: cannot read it: {message}; fix: pass an existing, readable YAML file with --config")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The accepted spellings of a boolean, as the extension's `--config key=value` settings take them.
+pub const BOOL_SPELLINGS: &str = "True, False, true or false";
+
+/// Parses a boolean the way the extension does: `True`, `False`, `true`, `false` and nothing else.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "True" | "true" => Ok(true),
+        "False" | "false" => Ok(false),
+        other => Err(ConfigError::invalid(
+            key,
+            other,
+            "not a boolean",
+            format!("write one of {BOOL_SPELLINGS}"),
+        )),
+    }
+}
+
+/// A boolean read from YAML that accepts `true`/`false` as well as the strings `True`/`False`.
+fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a boolean ({BOOL_SPELLINGS})")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+            match v {
+                "True" | "true" => Ok(true),
+                "False" | "false" => Ok(false),
+                other => Err(E::custom(format!(
+                    "`{other}` is not a boolean; write one of {BOOL_SPELLINGS}"
+                ))),
+            }
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// The whole router configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// PEM certificate chain, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_cert_pem_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_key_pem_file: Option<PathBuf>,
+    /// Serve plain HTTP on `listen.http`. Off unless set explicitly.
+    #[serde(default, deserialize_with = "de_bool")]
+    pub allow_insecure_connections: bool,
+    /// Listener addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Defaults for every deployment's request settings.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How often the certificate files are checked for changes.
+    #[serde(default = "default_cert_reload_interval_ms")]
+    pub cert_reload_interval_ms: u64,
+    /// The scoring endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_cert_reload_interval_ms() -> u64 {
+    2_000
+}
+
+/// Listener addresses (`host:port`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    /// HTTPS listener (TLS terminated here).
+    #[serde(default = "default_https")]
+    pub https: String,
+    /// Plain HTTP listener, bound only when `allowInsecureConnections` is true.
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// Admin listener: `/healthz`, `/readyz`, `/metrics` (plain HTTP).
+    #[serde(default = "default_admin")]
+    pub admin: String,
+}
+
+fn default_https() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_http() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_admin() -> String {
+    "0.0.0.0:9090".into()
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            https: default_https(),
+            http: default_http(),
+            admin: default_admin(),
+        }
+    }
+}
+
+/// Request settings that apply to every deployment unless its `requestSettings` overrides them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Defaults {
+    /// Time allowed for the pod's response head, in milliseconds (then 504).
+    #[serde(default = "d_timeout")]
+    pub request_timeout_ms: u64,
+    /// Requests a pod serves at once.
+    #[serde(default = "d_conc")]
+    pub max_concurrent_requests_per_instance: u32,
+    /// Time a request may wait for a free pod slot, in milliseconds (then 503).
+    #[serde(default = "d_wait")]
+    pub max_queue_wait_ms: u64,
+    /// Largest request body accepted, in bytes (then 413).
+    #[serde(default = "d_body")]
+    pub max_request_body_bytes: u64,
+}
+
+fn d_timeout() -> u64 {
+    5_000
+}
+fn d_conc() -> u32 {
+    1
+}
+fn d_wait() -> u64 {
+    500
+}
+fn d_body() -> u64 {
+    104_857_600
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            request_timeout_ms: d_timeout(),
+            max_concurrent_requests_per_instance: d_conc(),
+            max_queue_wait_ms: d_wait(),
+            max_request_body_bytes: d_body(),
+        }
+    }
+}
+
+/// One scoring endpoint: a URL name, its deployments and how traffic is split between them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The name in `/api/v1/endpoint/<name>/score` and `/api/v1/service/<name>/score`.
+    pub name: String,
+    /// Percent of unpinned traffic per deployment; sums to 100, or all 0 (then only pinned requests are served).
+    /// May be omitted when there is exactly one deployment (it gets 100).
+    #[serde(default)]
+    pub traffic: BTreeMap<String, u32>,
+    /// The deployments behind this endpoint.
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// One deployment: a set of identical model pods.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The name clients pin with the `azureml-model-deployment` header.
+    pub name: String,
+    /// Pod addresses, `ip:port`.
+    #[serde(default)]
+    pub pods: Vec<String>,
+    /// Path of the scoring route on the pod.
+    #[serde(default = "default_scoring_path")]
+    pub scoring_path: String,
+    /// Path of the swagger document on the pod.
+    #[serde(default = "default_swagger_path")]
+    pub swagger_path: String,
+    /// Overrides of `defaults` for this deployment.
+    #[serde(default)]
+    pub request_settings: RequestSettings,
+}
+
+/// Default path of the scoring route on a pod.
+pub fn default_scoring_path() -> String {
+    "/score".into()
+}
+/// Default path of the swagger document on a pod.
+pub fn default_swagger_path() -> String {
+    "/swagger.json".into()
+}
+
+/// The top-level keys `--set` accepts, with a dotted form for `listen.*` and `defaults.*`.
+pub const SETTABLE_KEYS: &[&str] = &[
+    "sslCertPemFile",
+    "sslKeyPemFile",
+    "allowInsecureConnections",
+    "drainTimeoutMs",
+    "certReloadIntervalMs",
+    "listen.https",
+    "listen.http",
+    "listen.admin",
+    "defaults.requestTimeoutMs",
+    "defaults.maxConcurrentRequestsPerInstance",
+    "defaults.maxQueueWaitMs",
+    "defaults.maxRequestBodyBytes",
+];
+
+/// Listener addresses after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// HTTPS, when TLS files are configured.
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP, when `allowInsecureConnections` is true.
+    pub http: Option<SocketAddr>,
+    /// Admin.
+    pub admin: SocketAddr,
+}
+
+impl Config {
+    /// Parses YAML text into a configuration (shape only; call [`Config::validate`] after overrides).
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a YAML file, applies `--set KEY=VALUE` overrides and validates the result.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut cfg = Config::from_yaml(&text, &path.display().to_string())?;
+        for s in sets {
+            cfg.apply_set(s)?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies one `KEY=VALUE` override.
+    pub fn apply_set(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let Some((key, value)) = assignment.split_once('=') else {
+            return Err(ConfigError::invalid(
+                "--set",
+                assignment,
+                "not of the form KEY=VALUE",
+                "write for example --set allowInsecureConnections=True",
+            ));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let num = |key: &str, value: &str| -> Result<u64, ConfigError> {
+            value.parse::<u64>().map_err(|_| {
+                ConfigError::invalid(key, value, "not a whole number", "write digits only, e.g. 5000")
+            })
+        };
+        match key {
+            "sslCertPemFile" => self.ssl_cert_pem_file = non_empty_path(value),
+            "sslKeyPemFile" => self.ssl_key_pem_file = non_empty_path(value),
+            "allowInsecureConnections" => self.allow_insecure_connections = parse_bool(key, value)?,
+            "drainTimeoutMs" => self.drain_timeout_ms = num(key, value)?,
+            "certReloadIntervalMs" => self.cert_reload_interval_ms = num(key, value)?,
+            "listen.https" => self.listen.https = value.to_string(),
+            "listen.http" => self.listen.http = value.to_string(),
+            "listen.admin" => self.listen.admin = value.to_string(),
+            "defaults.requestTimeoutMs" => self.defaults.request_timeout_ms = num(key, value)?,
+            "defaults.maxConcurrentRequestsPerInstance" => {
+                self.defaults.max_concurrent_requests_per_instance =
+                    u32::try_from(num(key, value)?).map_err(|_| {
+                        ConfigError::invalid(key, value, "too large", "use a value below 4294967296")
+                    })?
+            }
+            "defaults.maxQueueWaitMs" => self.defaults.max_queue_wait_ms = num(key, value)?,
+            "defaults.maxRequestBodyBytes" => self.defaults.max_request_body_bytes = num(key, value)?,
+            other => {
+                return Err(ConfigError::invalid(
+                    "--set",
+                    other,
+                    "unknown key",
+                    format!("use one of: {}", SETTABLE_KEYS.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every rule a running router relies on. Nothing is bound before this passes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addrs()?;
+        self.check_tls()?;
+        validate_settings("defaults", &ResolvedSettings::from(self.defaults))?;
+        if self.drain_timeout_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "drainTimeoutMs",
+                self.drain_timeout_ms,
+                "longer than an hour",
+                "use at most 3600000 (the default is 30000)",
+            ));
+        }
+        if self.cert_reload_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "certReloadIntervalMs",
+                0,
+                "must be positive",
+                "use e.g. 2000 (the default)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let key = format!("endpoints[{i}]");
+            ep.validate(&key, &self.defaults)?;
+            if !seen.insert(ep.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    &ep.name,
+                    "another endpoint already has this name",
+                    "give every endpoint a distinct name",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        match (&self.ssl_cert_pem_file, &self.ssl_key_pem_file) {
+            (None, None) if !self.allow_insecure_connections => Err(ConfigError::invalid(
+                "sslCertPemFile, sslKeyPemFile, allowInsecureConnections",
+                "(not set)",
+                "no TLS certificate is configured and plain HTTP is not allowed",
+                "set sslCertPemFile and sslKeyPemFile to a PEM certificate chain and its key, \
+                 or set allowInsecureConnections=True to serve plain HTTP (not for production)",
+            )),
+            (Some(c), None) => Err(ConfigError::invalid(
+                "sslKeyPemFile",
+                "(not set)",
+                format!("sslCertPemFile is set ({}) but its key is not", c.display()),
+                "set sslKeyPemFile to the PEM private key of that certificate",
+            )),
+            (None, Some(k)) => Err(ConfigError::invalid(
+                "sslCertPemFile",
+                "(not set)",
+                format!("sslKeyPemFile is set ({}) but no certificate is", k.display()),
+                "set sslCertPemFile to the PEM certificate chain (leaf first) for that key",
+            )),
+            (Some(c), Some(k)) => {
+                for (key, p) in [("sslCertPemFile", c), ("sslKeyPemFile", k)] {
+                    if let Err(e) = std::fs::metadata(p) {
+                        return Err(ConfigError::invalid(
+                            key,
+                            p.display(),
+                            format!("cannot read the file: {e}"),
+                            "point it at an existing PEM file readable by the router",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// The validated listener addresses: HTTPS only with TLS files, HTTP only with `allowInsecureConnections`.
+    pub fn listen_addrs(&self) -> Result<ListenAddrs, ConfigError> {
+        let parse = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|_| {
+                ConfigError::invalid(
+                    key,
+                    v,
+                    "not a socket address",
+                    "write IP:PORT, e.g. 0.0.0.0:8443 or [::]:8443",
+                )
+            })
+        };
+        let https = parse("listen.https", &self.listen.https)?;
+        let http = parse("listen.http", &self.listen.http)?;
+        let admin = parse("listen.admin", &self.listen.admin)?;
+        let tls = self.ssl_cert_pem_file.is_some() && self.ssl_key_pem_file.is_some();
+        Ok(ListenAddrs {
+            https: tls.then_some(https),
+            http: self.allow_insecure_connections.then_some(http),
+            admin,
+        })
+    }
+
+    /// The settings a deployment runs with: its `requestSettings` over `defaults`.
+    pub fn resolved_settings(&self, dep: &DeploymentConfig) -> ResolvedSettings {
+        dep.request_settings.over(self.defaults)
+    }
+}
+
+fn non_empty_path(v: &str) -> Option<PathBuf> {
+    (!v.is_empty()).then(|| PathBuf::from(v))
+}
+
+/// Whether `name` may be used as an endpoint or deployment name in a URL or header.
+///
+/// Letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most 63 characters:
+/// never `.`/`..`, never a slash, so a name cannot step into another route.
+pub fn is_valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+const NAME_FIX: &str =
+    "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit";
+
+impl EndpointConfig {
+    fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
+        if !is_valid_name(&self.name) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                &self.name,
+                "not a valid endpoint name",
+                NAME_FIX,
+            ));
+        }
+        if self.deployments.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.deployments"),
+                "[]",
+                "an endpoint needs at least one deployment",
+                "list the deployments (name, pods) behind this endpoint",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (j, d) in self.deployments.iter().enumerate() {
+            let dkey = format!("{key}.deployments[{j}]");
+            d.validate(&dkey, defaults)?;
+            if !names.insert(d.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{dkey}.name"),
+                    &d.name,
+                    "another deployment of this endpoint has this name",
+                    "give every deployment of an endpoint a distinct name",
+                ));
+            }
+        }
+        for name in self.traffic.keys() {
+            if !names.contains(name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.traffic.{name}"),
+                    name,
+                    "no deployment of this endpoint has that name",
+                    format!(
+                        "name one of the deployments ({})",
+                        self.deployments
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let sum: u64 = self.traffic.values().map(|&w| u64::from(w)).sum();
+        if !self.traffic.is_empty() && sum != 100 && sum != 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.traffic"),
+                format_traffic(&self.traffic),
+                format!("weights sum to {sum}"),
+                "make the weights sum to 100 (or set all to 0 to serve only requests that pin a deployment)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Traffic weight per deployment, in `deployments` order. An omitted map gives a lone deployment 100.
+    pub fn weights(&self) -> Vec<u32> {
+        if self.traffic.is_empty() {
+            let lone = self.deployments.len() == 1;
+            return self.deployments.iter().map(|_| if lone { 100 } else { 0 }).collect();
+        }
+        self.deployments
+            .iter()
+            .map(|d| self.traffic.get(&d.name).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+fn format_traffic(t: &BTreeMap<String, u32>) -> String {
+    let parts: Vec<String> = t.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+impl DeploymentConfig {
+    fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
+        if !is_valid_name(&self.name) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                &self.name,
+                "not a valid deployment name",
+                NAME_FIX,
+            ));
+        }
+        for (k, p) in [("scoringPath", &self.scoring_path), ("swaggerPath", &self.swagger_path)] {
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{k}"),
+                    p,
+                    "not an absolute path",
+                    "write a path starting with '/', without query or fragment, e.g. /score",
+                ));
+            }
+        }
+        for (i, pod) in self.pods.iter().enumerate() {
+            if pod.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.pods[{i}]"),
+                    pod,
+                    "not a socket address",
+                    "write IP:PORT, e.g. 10.0.0.12:5001",
+                ));
+            }
+        }
+        validate_settings(
+            &format!("{key}.requestSettings"),
+            &self.request_settings.over(*defaults),
+        )
+    }
+
+    /// The pod addresses (validated by [`Config::validate`]; unparsable ones are skipped).
+    pub fn pod_addrs(&self) -> Vec<SocketAddr> {
+        self.pods.iter().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+fn validate_settings(key: &str, s: &ResolvedSettings) -> Result<(), ConfigError> {
+    if s.request_timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.requestTimeoutMs"),
+            0,
+            "must be positive",
+            "use e.g. 5000 (the default)",
+        ));
+    }
+    if s.max_concurrent_requests_per_instance == 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.maxConcurrentRequestsPerInstance"),
+            0,
+            "a pod must accept at least one request",
+            "use 1 or more (the default is 1)",
+        ));
+    }
+    if s.max_request_body_bytes == 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.maxRequestBodyBytes"),
+            0,
+            "must be positive",
+            "use e.g. 104857600 (100 MiB, the default)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+use super::*;
+
+const FULL: &str = r#"
+sslCertPemFile: Cargo.toml
+sslKeyPemFile: Cargo.toml
+allowInsecureConnections: false
+listen: {https: "0.0.0.0:8443", http: "0.0.0.0:8080", admin: "0.0.0.0:9090"}
+defaults: {requestTimeoutMs: 5000, maxConcurrentRequestsPerInstance: 1,
+           maxQueueWaitMs: 500, maxRequestBodyBytes: 104857600}
+endpoints:
+  - name: demo
+    traffic: {blue: 90, green: 10}
+    deployments:
+      - name: blue
+        pods: ["127.0.0.1:5001", "127.0.0.1:5002"]
+        scoringPath: /score
+        swaggerPath: /swagger.json
+        requestSettings: {requestTimeoutMs: 7000}
+      - name: green
+        pods: ["127.0.0.1:5003"]
+"#;
+
+fn mk(text: &str) -> Result<Config, ConfigError> {
+    let c = Config::from_yaml(text, "<test>")?;
+    c.validate()?;
+    Ok(c)
+}
+
+fn err_text(text: &str) -> String {
+    mk(text).unwrap_err().to_string()
+}
+
+const INSECURE: &str = "allowInsecureConnections: true\n";
+
+#[test]
+fn full_example_parses_with_overrides() {
+    let c = mk(FULL).unwrap();
+    assert_eq!(c.endpoints[0].weights(), vec![90, 10]);
+    let blue = c.resolved_settings(&c.endpoints[0].deployments[0]);
+    assert_eq!(blue.request_timeout_ms, 7000);
+    assert_eq!(blue.max_queue_wait_ms, 500);
+    let green = c.resolved_settings(&c.endpoints[0].deployments[1]);
+    assert_eq!(green.request_timeout_ms, 5000);
+    let l = c.listen_addrs().unwrap();
+    assert!(l.https.is_some());
+    assert!(l.http.is_none(), "http must not be bound without allowInsecureConnections");
+}
+
+#[test]
+fn every_key_has_its_default() {
+    let c = mk(INSECURE).unwrap();
+    assert_eq!(c.listen, Listen::default());
+    assert_eq!(c.listen.https, "0.0.0.0:8443");
+    assert_eq!(c.listen.http, "0.0.0.0:8080");
+    assert_eq!(c.listen.admin, "0.0.0.0:9090");
+    assert_eq!(c.defaults.request_timeout_ms, 5000);
+    assert_eq!(c.defaults.max_concurrent_requests_per_instance, 1);
+    assert_eq!(c.defaults.max_queue_wait_ms, 500);
+    assert_eq!(c.defaults.max_request_body_bytes, 104_857_600);
+    assert_eq!(c.drain_timeout_ms, 30_000);
+    let c = mk("allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d}]}]").unwrap();
+    let d = &c.endpoints[0].deployments[0];
+    assert_eq!(d.scoring_path, "/score");
+    assert_eq!(d.swagger_path, "/swagger.json");
+    assert_eq!(c.endpoints[0].weights(), vec![100], "a lone deployment takes all traffic");
+    let l = c.listen_addrs().unwrap();
+    assert!(l.https.is_none());
+    assert!(l.http.is_some());
+}
+
+#[test]
+fn no_tls_and_not_insecure_names_all_three_keys() {
+    let e = err_text("endpoints: []");
+    for k in ["sslCertPemFile", "sslKeyPemFile", "allowInsecureConnections"] {
+        assert!(e.contains(k), "{e}");
+    }
+}
+
+#[test]
+fn half_tls_pair_is_an_error() {
+    let e = err_text("sslCertPemFile: Cargo.toml\n");
+    assert!(e.contains("sslKeyPemFile"), "{e}");
+    let e = err_text("sslKeyPemFile: Cargo.toml\n");
+    assert!(e.contains("sslCertPemFile"), "{e}");
+    let e = err_text("sslCertPemFile: /nonexistent/x.pem\nsslKeyPemFile: Cargo.toml\n");
+    assert!(e.contains("/nonexistent/x.pem") && e.contains("sslCertPemFile"), "{e}");
+}
+
+#[test]
+fn booleans_accept_four_spellings_only() {
+    for (v, want) in [("True", true), ("true", true), ("False", false), ("false", false)] {
+        let c = Config::from_yaml(&format!("allowInsecureConnections: {v}"), "t").unwrap();
+        assert_eq!(c.allow_insecure_connections, want);
+        let c = Config::from_yaml(&format!("allowInsecureConnections: \"{v}\""), "t").unwrap();
+        assert_eq!(c.allow_insecure_connections, want);
+        assert_eq!(parse_bool("k", v).unwrap(), want);
+    }
+    let e = Config::from_yaml("allowInsecureConnections: Ture", "t").unwrap_err().to_string();
+    assert!(e.contains("Ture") && e.contains("True, False, true or false"), "{e}");
+    let e = parse_bool("allowInsecureConnections", "Ture").unwrap_err().to_string();
+    assert!(e.contains("allowInsecureConnections") && e.contains("Ture") && e.contains("True, False"), "{e}");
+    assert!(parse_bool("k", "yes").is_err());
+    assert!(parse_bool("k", "1").is_err());
+}
+
+#[test]
+fn set_overrides_top_level_keys() {
+    let mut c = Config::from_yaml("endpoints: []", "t").unwrap();
+    assert!(c.validate().is_err());
+    c.apply_set("allowInsecureConnections=True").unwrap();
+    c.apply_set("listen.http=127.0.0.1:0").unwrap();
+    c.apply_set("defaults.maxQueueWaitMs=250").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.listen_addrs().unwrap().http, Some("127.0.0.1:0".parse().unwrap()));
+    assert_eq!(c.defaults.max_queue_wait_ms, 250);
+    let e = c.apply_set("allowInsecureConnections=Ture").unwrap_err().to_string();
+    assert!(e.contains("allowInsecureConnections") && e.contains("Ture") && e.contains("True, False, true or false"), "{e}");
+    let e = c.apply_set("bogus=1").unwrap_err().to_string();
+    assert!(e.contains("bogus") && e.contains("allowInsecureConnections"), "{e}");
+    let e = c.apply_set("novalue").unwrap_err().to_string();
+    assert!(e.contains("KEY=VALUE"), "{e}");
+    let e = c.apply_set("defaults.maxQueueWaitMs=abc").unwrap_err().to_string();
+    assert!(e.contains("defaults.maxQueueWaitMs") && e.contains("abc"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let e = err_text("allowInsecureConnections: true\nbogusKey: 1\n");
+    assert!(e.contains("bogusKey"), "{e}");
+    let e = err_text("allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d, podz: []}]}]");
+    assert!(e.contains("podz"), "{e}");
+}
+
+#[test]
+fn traffic_rules() {
+    let base = |traffic: &str| {
+        format!(
+            "{INSECURE}endpoints: [{{name: e, traffic: {traffic}, deployments: [{{name: a}}, {{name: b}}]}}]"
+        )
+    };
+    assert_eq!(mk(&base("{a: 50, b: 50}")).unwrap().endpoints[0].weights(), vec![50, 50]);
+    assert_eq!(mk(&base("{a: 0, b: 0}")).unwrap().endpoints[0].weights(), vec![0, 0]);
+    assert_eq!(mk(&base("{a: 100}")).unwrap().endpoints[0].weights(), vec![100, 0]);
+    let e = err_text(&base("{a: 50, b: 40}"));
+    assert!(e.contains("endpoints[0].traffic") && e.contains("sum to 90") && e.contains("100"), "{e}");
+    let e = err_text(&base("{a: 50, c: 50}"));
+    assert!(e.contains("endpoints[0].traffic.c") && e.contains("a, b"), "{e}");
+    // two deployments and no traffic map: nothing unpinned, all pinned
+    let t = format!("{INSECURE}endpoints: [{{name: e, deployments: [{{name: a}}, {{name: b}}]}}]");
+    assert_eq!(mk(&t).unwrap().endpoints[0].weights(), vec![0, 0]);
+}
+
+#[test]
+fn names_paths_and_pods_are_checked() {
+    let one = |ep: &str| format!("{INSECURE}endpoints: [{ep}]");
+    for bad in ["..", ".", "a/b", "", "-x", "a b", "%2e"] {
+        let e = err_text(&one(&format!("{{name: \"{bad}\", deployments: [{{name: d}}]}}")));
+        assert!(e.contains("endpoints[0].name"), "{bad}: {e}");
+    }
+    let e = err_text(&one("{name: e, deployments: [{name: d, pods: [\"nohost\"]}]}"));
+    assert!(e.contains("endpoints[0].deployments[0].pods[0]") && e.contains("nohost") && e.contains("IP:PORT"), "{e}");
+    let e = err_text(&one("{name: e, deployments: [{name: d, scoringPath: score}]}"));
+    assert!(e.contains("scoringPath"), "{e}");
+    let e = err_text(&one("{name: e, deployments: [{name: d}, {name: d}]}"));
+    assert!(e.contains("deployments[1].name"), "{e}");
+    let e = err_text(&one("{name: e, deployments: []}"));
+    assert!(e.contains("endpoints[0].deployments"), "{e}");
+    let e = err_text(&format!("{INSECURE}endpoints: [{{name: e, deployments: [{{name: d}}]}}, {{name: e, deployments: [{{name: d}}]}}]"));
+    assert!(e.contains("endpoints[1].name"), "{e}");
+    let e = err_text(&one("{name: e, deployments: [{name: d, requestSettings: {maxConcurrentRequestsPerInstance: 0}}]}"));
+    assert!(e.contains("endpoints[0].deployments[0].requestSettings.maxConcurrentRequestsPerInstance"), "{e}");
+}
+
+#[test]
+fn listen_addresses_are_checked() {
+    let e = err_text(&format!("{INSECURE}listen: {{admin: \"localhost\"}}"));
+    assert!(e.contains("listen.admin") && e.contains("localhost") && e.contains("IP:PORT"), "{e}");
+}
+
+#[test]
+fn load_reads_file_and_names_missing_one() {
+    let e = Config::load(Path::new("/nonexistent/cfg.yaml"), &[]).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/cfg.yaml"), "{e}");
+}

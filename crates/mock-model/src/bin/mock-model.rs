@@ -1,0 +1,88 @@
+//! `mock-model`: runs one mock scoring pod until Ctrl-C or SIGTERM.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use mock_model::MockConfig;
+
+/// A scoring-pod stand-in: answers POST /score, GET /swagger.json, GET / (liveness), GET /stats,
+/// ANY /echo, GET /status/{code} and ANY /reset over HTTP/1.1 and h2c.
+#[derive(Debug, Parser)]
+#[command(name = "mock-model", version)]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:8081 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+
+    /// Pod name reported in answers and /stats [default: the bound listen address].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Service time of /score in milliseconds (per-request override: ?latencyMs=N).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    latency_ms: u64,
+
+    /// Probability in [0, 1] that /score answers 500 (injected failure).
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_fail_rate)]
+    fail_rate: f64,
+
+    /// Stream /score answers as N chunks spread over the service time; 0 = one JSON answer
+    /// (per-request override: ?streamChunks=N).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    stream_chunks: u32,
+}
+
+fn parse_fail_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "fail rate must be between 0 and 1 (inclusive), got {s}"
+        ))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    let name = args.name.unwrap_or_else(|| addr.to_string());
+    let config = MockConfig {
+        name: name.clone(),
+        latency: Duration::from_millis(args.latency_ms),
+        fail_rate: args.fail_rate,
+        stream_chunks: args.stream_chunks,
+    };
+    let handle = mock_model::spawn(listener, config);
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "mock-model {name} listening on {addr}")?;
+        out.flush()?;
+    }
+    shutdown_signal().await?;
+    handle.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            res = tokio::signal::ctrl_c() => res,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

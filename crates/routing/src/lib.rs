@@ -1,0 +1,296 @@
+//! The route table and request resolution: azureml-fe URL shapes, deployment pinning, weighted split. Pure: no I/O.
+//!
+//! A [`RouteTable`] maps endpoint names to [`Endpoint`]s, each holding [`Deployment`]s.
+//! Every deployment carries a payload `B` (the proxy puts its balancer there), so one
+//! snapshot load gives the caller everything it needs for a request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Method};
+use infergate_config::{Config, DeploymentConfig, EndpointConfig, ResolvedSettings};
+
+/// The request header that pins a deployment, and the response header naming the one that served.
+pub const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
+
+/// What the request asks of the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `.../score`: forwarded to the deployment's scoring path.
+    Score,
+    /// `.../swagger.json`: forwarded to the deployment's swagger path.
+    Swagger,
+}
+
+/// Why a request has no route. Each maps to one HTTP status in the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The path is not one of the URL shapes.
+    #[error("no route for this path; scoring URLs look like /api/v1/endpoint/<name>/score")]
+    NoRoute,
+    /// The URL shape is right but no endpoint has that name.
+    #[error("no endpoint named '{0}'")]
+    EndpointNotFound(String),
+    /// The `azureml-model-deployment` header names no deployment of the endpoint.
+    #[error("endpoint '{endpoint}' has no deployment named '{deployment}'")]
+    DeploymentNotFound {
+        /// The endpoint.
+        endpoint: String,
+        /// The deployment asked for.
+        deployment: String,
+    },
+    /// Every traffic weight is 0 and the request pins no deployment.
+    #[error("endpoint '{0}' sends no traffic to any deployment; pin one with the azureml-model-deployment header")]
+    NoTrafficAllocated(String),
+    /// The method is not allowed on this route (swagger is GET/HEAD only).
+    #[error("method not allowed; swagger.json answers GET and HEAD")]
+    MethodNotAllowed,
+}
+
+/// A resolved request: which endpoint, which deployment, what for.
+#[derive(Debug)]
+pub struct Target<'a, B> {
+    /// The endpoint named in the URL.
+    pub endpoint: &'a Endpoint<B>,
+    /// The deployment chosen (pinned or by weight).
+    pub deployment: &'a Deployment<B>,
+    /// Score or swagger.
+    pub action: Action,
+}
+
+impl<B> Target<'_, B> {
+    /// The path on the pod this request goes to.
+    pub fn upstream_path(&self) -> &str {
+        match self.action {
+            Action::Score => &self.deployment.scoring_path,
+            Action::Swagger => &self.deployment.swagger_path,
+        }
+    }
+}
+
+/// One deployment: its pods, paths, settings and the caller's payload.
+#[derive(Debug)]
+pub struct Deployment<B> {
+    /// Deployment name.
+    pub name: Box<str>,
+    /// `name` as a ready-made header value for `azureml-model-deployment` on responses.
+    pub header_value: HeaderValue,
+    /// Scoring path on the pod.
+    pub scoring_path: Box<str>,
+    /// Swagger path on the pod.
+    pub swagger_path: Box<str>,
+    /// Effective request settings.
+    pub settings: ResolvedSettings,
+    /// Pod addresses.
+    pub pods: Box<[SocketAddr]>,
+    /// The caller's payload (the proxy's balancer for these pods).
+    pub balancer: B,
+}
+
+/// One endpoint: deployments and the cumulative traffic weights that split unpinned requests.
+#[derive(Debug)]
+pub struct Endpoint<B> {
+    /// Endpoint name, as in the URL.
+    pub name: Box<str>,
+    /// Deployments in configuration order.
+    pub deployments: Box<[Deployment<B>]>,
+    /// `cumulative[i]` = sum of weights of deployments `0..=i`.
+    cumulative: Box<[u32]>,
+}
+
+impl<B> Endpoint<B> {
+    /// Builds an endpoint from deployments and their weights (same order).
+    pub fn new(name: &str, deployments: Vec<(Deployment<B>, u32)>) -> Self {
+        let mut acc = 0u32;
+        let mut cumulative = Vec::with_capacity(deployments.len());
+        let mut deps = Vec::with_capacity(deployments.len());
+        for (d, w) in deployments {
+            acc = acc.saturating_add(w);
+            cumulative.push(acc);
+            deps.push(d);
+        }
+        Endpoint {
+            name: name.into(),
+            deployments: deps.into(),
+            cumulative: cumulative.into(),
+        }
+    }
+
+    /// Sum of the traffic weights (100, or 0 when only pinned requests are served).
+    pub fn total_weight(&self) -> u32 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The deployment named `name`.
+    pub fn deployment(&self, name: &[u8]) -> Option<&Deployment<B>> {
+        self.deployments.iter().find(|d| d.name.as_bytes() == name)
+    }
+
+    /// Picks a deployment by weight; `roll` is any random number (reduced modulo the total weight).
+    pub fn pick(&self, roll: u32) -> Option<&Deployment<B>> {
+        let total = self.total_weight();
+        if total == 0 {
+            return None;
+        }
+        let r = roll % total;
+        let i = self.cumulative.partition_point(|&c| c <= r);
+        self.deployments.get(i)
+    }
+}
+
+impl<B> Deployment<B> {
+    /// Builds a deployment from its configuration.
+    pub fn from_config(cfg: &DeploymentConfig, settings: ResolvedSettings, balancer: B) -> Self {
+        Deployment {
+            header_value: HeaderValue::from_str(&cfg.name)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            name: cfg.name.as_str().into(),
+            scoring_path: cfg.scoring_path.as_str().into(),
+            swagger_path: cfg.swagger_path.as_str().into(),
+            settings,
+            pods: cfg.pod_addrs().into(),
+            balancer,
+        }
+    }
+}
+
+/// The route table: one immutable snapshot, replaced whole on change.
+#[derive(Debug)]
+pub struct RouteTable<B> {
+    endpoints: HashMap<Box<str>, Endpoint<B>>,
+}
+
+impl<B> Default for RouteTable<B> {
+    fn default() -> Self {
+        RouteTable {
+            endpoints: HashMap::new(),
+        }
+    }
+}
+
+impl<B> RouteTable<B> {
+    /// A table of these endpoints (a later one with the same name replaces an earlier one).
+    pub fn new(endpoints: impl IntoIterator<Item = Endpoint<B>>) -> Self {
+        RouteTable {
+            endpoints: endpoints.into_iter().map(|e| (e.name.clone(), e)).collect(),
+        }
+    }
+
+    /// Builds the table of a validated configuration; `mk` makes each deployment's payload.
+    pub fn from_config(
+        cfg: &Config,
+        mut mk: impl FnMut(&EndpointConfig, &DeploymentConfig, &ResolvedSettings) -> B,
+    ) -> Self {
+        Self::new(cfg.endpoints.iter().map(|ep| {
+            let weights = ep.weights();
+            let deps = ep
+                .deployments
+                .iter()
+                .zip(weights)
+                .map(|(d, w)| {
+                    let s = cfg.resolved_settings(d);
+                    let b = mk(ep, d, &s);
+                    (Deployment::from_config(d, s, b), w)
+                })
+                .collect();
+            Endpoint::new(&ep.name, deps)
+        }))
+    }
+
+    /// The endpoint named `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint<B>> {
+        self.endpoints.get(name)
+    }
+
+    /// All endpoints, in no particular order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint<B>> {
+        self.endpoints.values()
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether the table has no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Resolves a request to (endpoint, deployment, action).
+    ///
+    /// `path` is the URI path without the query; `pinned` is the `azureml-model-deployment`
+    /// header, if any; `roll` is a random number for the weighted split.
+    pub fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+        pinned: Option<&HeaderValue>,
+        roll: u32,
+    ) -> Result<Target<'_, B>, RouteError> {
+        let (raw_name, action) = parse_path(path).ok_or(RouteError::NoRoute)?;
+        if action == Action::Swagger && method != Method::GET && method != Method::HEAD {
+            return Err(RouteError::MethodNotAllowed);
+        }
+        let endpoint = self.lookup(raw_name)?;
+        let deployment = match pinned {
+            Some(h) => endpoint.deployment(h.as_bytes()).ok_or_else(|| {
+                RouteError::DeploymentNotFound {
+                    endpoint: endpoint.name.to_string(),
+                    deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
+                }
+            })?,
+            None => endpoint
+                .pick(roll)
+                .ok_or_else(|| RouteError::NoTrafficAllocated(endpoint.name.to_string()))?,
+        };
+        Ok(Target {
+            endpoint,
+            deployment,
+            action,
+        })
+    }
+
+    /// Looks an endpoint up by the raw (still percent-encoded) URL segment.
+    fn lookup(&self, raw: &str) -> Result<&Endpoint<B>, RouteError> {
+        let not_found = || {
+            RouteError::EndpointNotFound(
+                percent_encoding::percent_decode_str(raw)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        };
+        if !raw.contains('%') {
+            return self.endpoints.get(raw).ok_or_else(not_found);
+        }
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| not_found())?;
+        // A decoded name that holds a slash, or is a dot segment, can never be an endpoint.
+        if decoded.contains('/') || decoded == "." || decoded == ".." {
+            return Err(not_found());
+        }
+        self.endpoints.get(decoded.as_ref()).ok_or_else(not_found)
+    }
+}
+
+/// Splits `/api/v1/{service|endpoint}/{name}/{score|swagger.json}` into the raw name and the action.
+pub fn parse_path(path: &str) -> Option<(&str, Action)> {
+    let rest = path.strip_prefix("/api/v1/")?;
+    let rest = rest
+        .strip_prefix("endpoint/")
+        .or_else(|| rest.strip_prefix("service/"))?;
+    let (name, tail) = rest.split_once('/')?;
+    if name.is_empty() {
+        return None;
+    }
+    let action = match tail {
+        "score" => Action::Score,
+        "swagger.json" => Action::Swagger,
+        _ => return None,
+    };
+    Some((name, action))
+}
+
+#[cfg(test)]
+mod tests;
