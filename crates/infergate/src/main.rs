@@ -1,1 +1,158 @@
-fn main() {}
+//! The `infergate` command: run the router (`serve`), or a self-contained demo (`demo`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod demo;
+
+/// infergate: an inference ingress/router for Kubernetes (the job of azureml-fe).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the router from a configuration file.
+    Serve {
+        /// YAML configuration file (see README: "Configuration reference").
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Override a top-level key, e.g. `--set allowInsecureConnections=True` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+    /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
+    Demo {
+        /// HTTPS port of the router.
+        #[arg(long, default_value_t = 8443)]
+        https_port: u16,
+        /// Admin port (/healthz, /readyz, /metrics).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// Service time of each mock model pod, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunOpts {
+    /// Worker threads (default: the number of CPU cores).
+    #[arg(long, env = "INFERGATE_WORKERS")]
+    workers: Option<usize>,
+    /// Log format: one JSON object per line (default), or human-readable text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => b.compact().init(),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build()
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { config, sets, run } => {
+            // Validate before anything else (and before any port is bound).
+            let cfg = match infergate_config::Config::load(&config, &sets) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(run.log_format);
+            let rt = match runtime(run.workers) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async {
+                let server = match infergate_proxy::Server::bind(&cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                server.run(shutdown_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Demo {
+            https_port,
+            admin_port,
+            latency_ms,
+            run,
+        } => {
+            init_logging(if run.log_format == LogFormat::Json && std::env::args().any(|a| a == "--log-format") {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+            let rt = match runtime(run.workers) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(demo::run(https_port, admin_port, latency_ms)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

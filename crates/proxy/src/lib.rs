@@ -1,1 +1,16 @@
-//! placeholder
+//! The infergate data path: listeners, TLS accept, forwarding to model pods, errors, metrics and access logs.
+//!
+//! [`Server::bind`] validates the configuration and binds; [`Server::run`] serves until a
+//! shutdown signal and drains. Each request goes through [`Router::handle`]: one route-table
+//! snapshot, a pod slot from the deployment's pool, the body streamed both ways.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+mod server;
+mod service;
+
+pub use error::{ProxyError, error_response};
+pub use server::{Readiness, Server, StartError};
+pub use service::{ConnInfo, DeploymentState, Router, Table};

@@ -1,0 +1,364 @@
+//! Listeners: HTTPS (TLS terminated here), plain HTTP (only when allowed), admin; graceful drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use infergate_config::Config;
+use infergate_tls::{ReloadingCert, TlsError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::ProxyBody;
+use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
+use crate::service::{ConnInfo, Router};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] infergate_config::ConfigError),
+    /// The certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} (config key `listen.{listener}`): {source}; fix: free the port or choose another address")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Readiness: routes published and not draining.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    published: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.published.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// A bound, not yet running router.
+pub struct Server {
+    router: Arc<Router>,
+    https: Option<(TcpListener, TlsAcceptor)>,
+    http: Option<TcpListener>,
+    admin: TcpListener,
+    cert: Option<Arc<ReloadingCert>>,
+    prom: PrometheusHandle,
+    ready: Arc<Readiness>,
+    drain_timeout: Duration,
+    reload_interval: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("https", &self.https_addr())
+            .field("http", &self.http_addr())
+            .field("admin", &self.admin_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        listener,
+        addr,
+        source,
+    })
+}
+
+impl Server {
+    /// Validates `cfg`, loads the certificate, builds the routes and binds the listeners.
+    /// Nothing is bound unless everything before it succeeded.
+    pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        cfg.validate()?;
+        let addrs = cfg.listen_addrs()?;
+        infergate_tls::install_crypto_provider();
+        let cert = match (&cfg.ssl_cert_pem_file, &cfg.ssl_key_pem_file) {
+            (Some(c), Some(k)) => Some(ReloadingCert::load(c.clone(), k.clone())?),
+            _ => None,
+        };
+        let prom = crate::metrics::install();
+        let router = Router::new(Router::table_from_config(cfg));
+
+        let https = match (addrs.https, &cert) {
+            (Some(a), Some(c)) => Some((
+                bind("https", a).await?,
+                TlsAcceptor::from(infergate_tls::server_config(c.clone())),
+            )),
+            _ => None,
+        };
+        let http = match addrs.http {
+            Some(a) => Some(bind("http", a).await?),
+            None => {
+                tracing::info!(
+                    addr = %cfg.listen.http,
+                    "plain HTTP listener not opened: allowInsecureConnections is false"
+                );
+                None
+            }
+        };
+        let admin = bind("admin", addrs.admin).await?;
+        let ready = Arc::new(Readiness::default());
+        ready.published.store(true, Ordering::Release);
+        Ok(Server {
+            router,
+            https,
+            http,
+            admin,
+            cert,
+            prom,
+            ready,
+            drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
+            reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
+        })
+    }
+
+    /// The bound HTTPS address, if TLS is configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+    /// The bound plain-HTTP address, if insecure connections are allowed.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+    /// The router (to publish new tables).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+    /// Readiness state.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.ready
+    }
+
+    /// Serves until `shutdown` completes, then drains: readiness turns false, listeners stop
+    /// accepting, in-flight requests get up to the drain timeout to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            router,
+            https,
+            http,
+            admin,
+            cert,
+            prom,
+            ready,
+            drain_timeout,
+            reload_interval,
+        } = self;
+        for (name, addr) in [
+            ("https", https.as_ref().and_then(|(l, _)| l.local_addr().ok())),
+            ("http", http.as_ref().and_then(|l| l.local_addr().ok())),
+            ("admin", admin.local_addr().ok()),
+        ] {
+            if let Some(addr) = addr {
+                tracing::info!(listener = name, %addr, "listening");
+            }
+        }
+        let watcher_task = cert.as_ref().map(|c| c.spawn_watcher(reload_interval));
+        let upkeep = {
+            let prom = prom.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    prom.run_upkeep();
+                }
+            })
+        };
+        let admin_task = tokio::spawn(admin_loop(admin, prom, ready.clone()));
+
+        let builder = Arc::new(conn_builder());
+        let graceful = GracefulShutdown::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let accept = async {
+            tokio::join!(
+                async {
+                    if let Some((l, tls)) = https {
+                        accept_loop(l, Some(tls), &router, &builder, &graceful, stop_rx.clone())
+                            .await;
+                    }
+                },
+                async {
+                    if let Some(l) = http {
+                        accept_loop(l, None, &router, &builder, &graceful, stop_rx.clone()).await;
+                    }
+                },
+            )
+        };
+        let signal = async {
+            shutdown.await;
+            ready.draining.store(true, Ordering::Release);
+            tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "draining");
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(accept, signal);
+        match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained: all connections closed"),
+            Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        }
+        admin_task.abort();
+        upkeep.abort();
+        if let Some(w) = watcher_task {
+            w.abort();
+        }
+    }
+}
+
+fn conn_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: &Arc<Router>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    mut stop: watch::Receiver<bool>,
+) {
+    let proto = if tls.is_some() { "https" } else { "http" };
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let info = ConnInfo { remote, proto };
+        let watcher = graceful.watcher();
+        let router = router.clone();
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                tokio::spawn(serve_conn(tcp, info, router, builder, watcher));
+            }
+            Some(acceptor) => {
+                let accept = acceptor.accept(tcp);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(stream)) => serve_conn(stream, info, router, builder, watcher).await,
+                        Ok(Err(e)) => handshake_failed(remote, &e.to_string()),
+                        Err(_) => handshake_failed(remote, "timed out"),
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!(listener = proto, "stopped accepting");
+}
+
+fn handshake_failed(remote: SocketAddr, why: &str) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+    tracing::debug!(%remote, error = why, "TLS handshake failed");
+}
+
+async fn serve_conn<I>(
+    io: I,
+    info: ConnInfo,
+    router: Arc<Router>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.handle(req, info).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
+    }
+}
+
+async fn admin_loop(listener: TcpListener, prom: PrometheusHandle, ready: Arc<Readiness>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let prom = prom.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let r = admin_response(req.uri().path(), &prom, &ready);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn admin_response(path: &str, prom: &PrometheusHandle, ready: &Readiness) -> Response<ProxyBody> {
+    let (status, ctype, body) = match path {
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" if ready.is_ready() => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"not ready\n"),
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(prom.render()),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+    };
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
