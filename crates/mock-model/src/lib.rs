@@ -8,7 +8,7 @@
 //! | `GET /swagger.json` | a small OpenAPI 3.0 document |
 //! | `GET /` | `Healthy` |
 //! | `GET /stats` | in-flight / high-water / served counters as JSON |
-//! | any method, path starting with `/echo` | echoes method, path, query, headers and body size |
+//! | any method, path starting with `/echo` | echoes method, path, query, headers, body size and the peer address |
 //! | `GET /status/{code}` | answers with that status code |
 //! | any method, `/reset` | drops the connection without a response |
 //!
@@ -228,9 +228,9 @@ async fn accept_loop(
     builder.http1().keep_alive(true);
     let builder = Arc::new(builder);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             res = listener.accept() => match res {
-                Ok((stream, _)) => stream,
+                Ok(x) => x,
                 Err(_) => {
                     // Typically EMFILE: back off a little instead of spinning.
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -244,7 +244,7 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req, peer));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
@@ -269,6 +269,7 @@ impl StdError for ResetRequested {}
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
 ) -> Result<Response<MockBody>, BoxError> {
     let path = req.uri().path();
     let method = req.method();
@@ -276,7 +277,7 @@ async fn handle(
         return Err(Box::new(ResetRequested));
     }
     if path.starts_with("/echo") {
-        return echo(&shared, req).await;
+        return echo(&shared, req, peer).await;
     }
     if path.ends_with("/score") {
         return if method == Method::POST {
@@ -483,6 +484,7 @@ async fn score(
 async fn echo(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
 ) -> Result<Response<MockBody>, BoxError> {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or("");
@@ -509,6 +511,7 @@ async fn echo(
             "query": query,
             "headers": headers,
             "bytesReceived": received,
+            "peer": peer.to_string(),
         }),
         None,
     ))

@@ -268,7 +268,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         let _ = tcp.set_nodelay(true);
         let info = ConnInfo { remote, proto };
@@ -292,6 +292,11 @@ async fn accept_loop(
         }
     }
     tracing::info!(listener = proto, "stopped accepting");
+}
+
+/// Completes once `stop` is true. (The guard `wait_for` returns is dropped here, not held by the caller.)
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 fn handshake_failed(remote: SocketAddr, why: &str) {

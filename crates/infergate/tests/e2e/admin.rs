@@ -1,0 +1,63 @@
+//! Behaviours 7 and 9 (in process): health, readiness, metrics, graceful drain.
+
+use std::time::Duration;
+
+use crate::support::*;
+use crate::{insecure, mock};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let pod = mock("p", 0).await;
+    let r = Router::start(&insecure(&format!(
+        "  - name: metrics-ep\n    deployments: [{{name: d, pods: [\"{}\"]}}]",
+        pod.addr()
+    )))
+    .await;
+    assert_eq!(admin_get(r.admin, "/healthz").await.status, 200);
+    assert_eq!(admin_get(r.admin, "/readyz").await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(call(r.http(), post("/api/v1/endpoint/metrics-ep/score", "{}")).await.status, 200);
+    }
+    let m = admin_get(r.admin, "/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").starts_with("text/plain"));
+    let t = String::from_utf8_lossy(&m.body);
+    assert!(
+        metric(&t, "infergate_requests_total{endpoint=\"metrics-ep\",deployment=\"d\",status=\"200\"}") >= 3.0,
+        "{t}"
+    );
+    for name in [
+        "infergate_request_duration_seconds_bucket{endpoint=\"metrics-ep\",deployment=\"d\",le=\"0.005\"}",
+        "infergate_upstream_duration_seconds_count{endpoint=\"metrics-ep\",deployment=\"d\"}",
+        "infergate_requests_in_flight",
+        "# TYPE infergate_request_duration_seconds histogram",
+    ] {
+        assert!(t.contains(name), "{name} missing in\n{t}");
+    }
+    assert_eq!(admin_get(r.admin, "/nope").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_turns_readiness_false_and_finishes_in_flight_requests() {
+    let pod = mock("slow", 1200).await;
+    let r = Router::start(&insecure(&format!(
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]",
+        pod.addr()
+    )))
+    .await;
+    let (http, admin) = (r.http(), r.admin);
+    let inflight = tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await });
+    assert!(eventually(Duration::from_secs(5), async || pod.stats().in_flight == 1).await);
+    let stopping = tokio::spawn(r.stop());
+    assert!(
+        eventually(Duration::from_secs(5), async || admin_get(admin, "/readyz").await.status == 503).await,
+        "readiness turns false while draining"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || tokio::net::TcpStream::connect(http).await.is_err()).await,
+        "the listener stops accepting"
+    );
+    let a = inflight.await.unwrap();
+    assert_eq!(a.status, 200, "the in-flight request finished");
+    stopping.await.unwrap();
+}

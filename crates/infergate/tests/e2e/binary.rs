@@ -1,0 +1,249 @@
+//! The real binary: start-up refusals, config errors, access log, SIGTERM drain, memory bound, demo.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+
+use crate::mock;
+use crate::support::*;
+
+fn cfg_file(dir: &std::path::Path, yaml: &str) -> String {
+    write_file(dir, "infergate.yaml", yaml)
+}
+
+fn listen_local() -> String {
+    "listen: {https: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\n".into()
+}
+
+#[test]
+fn no_tls_and_no_insecure_flag_refuses_to_start_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let f = cfg_file(dir.path(), &format!("listen: {{admin: \"127.0.0.1:{admin}\"}}\nendpoints: []\n"));
+    let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
+    assert_eq!(code, Some(2), "{err}");
+    for k in ["sslCertPemFile", "sslKeyPemFile", "allowInsecureConnections"] {
+        assert!(err.contains(k), "{k} not named in: {err}");
+    }
+    assert_eq!(err.lines().count(), 1, "one message: {err}");
+    std::net::TcpListener::bind(("127.0.0.1", admin)).expect("the admin port was never bound");
+}
+
+#[test]
+fn config_errors_name_key_value_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        "allowInsecureConnections: true\nendpoints:\n  - name: e\n    traffic: {a: 70, b: 20}\n    deployments: [{name: a}, {name: b}]\n",
+    );
+    let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("endpoints[0].traffic") && err.contains("{a: 70, b: 20}") && err.contains("fix:"), "{err}");
+
+    let f = cfg_file(dir.path(), "endpoints: []\n");
+    let (code, _, err) = run_to_exit(&["serve", "--config", &f, "--set", "allowInsecureConnections=Ture"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("allowInsecureConnections") && err.contains("Ture") && err.contains("True, False, true or false"), "{err}");
+
+    let f = cfg_file(dir.path(), "allowInsecureConnections: true\nlisten: {admn: \"x\"}\n");
+    let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("admn"), "unknown key named: {err}");
+}
+
+#[test]
+fn encrypted_key_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "{}sslCertPemFile: {}\nsslKeyPemFile: {}\n",
+            listen_local(),
+            tls_fixture("rsa-pkcs1-cert.pem").display(),
+            tls_fixture("encrypted-pkcs8-key.pem").display()
+        ),
+    );
+    let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("encrypted") && err.contains("encrypted-pkcs8-key.pem"), "{err}");
+}
+
+#[test]
+fn plain_http_port_is_not_bound_without_insecure_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "sslCertPemFile: certs-example/server.pem\nsslKeyPemFile: certs-example/server-key.pem\n\
+             listen: {{https: \"127.0.0.1:0\", http: \"127.0.0.1:{http}\", admin: \"127.0.0.1:0\"}}\n"
+        ),
+    );
+    let mut b = Bin::spawn(&["serve", "--config", &f]);
+    b.wait_line(|l| l.contains("plain HTTP listener not opened"));
+    b.listening("https");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", http)).is_err(), "port {http} must not be bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_one_json_line_per_request_with_all_fields() {
+    let pod = mock("logpod", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            listen_local(),
+            pod.addr()
+        ),
+    );
+    let mut b = Bin::spawn(&["serve", "--config", &f]);
+    let http = b.listening("http");
+    let a = call(http, post("/api/v1/endpoint/e/score", "{\"x\": 1}")).await;
+    assert_eq!(a.status, 200);
+    let rid = a.header("x-request-id").to_string();
+    let line = b.wait_line(|l| l.contains(&rid));
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["target"], "infergate::access");
+    assert_eq!(j["request_id"], rid.as_str());
+    assert_eq!(j["endpoint"], "e");
+    assert_eq!(j["deployment"], "d");
+    assert_eq!(j["pod"], pod.addr().to_string());
+    assert_eq!(j["status"], 200);
+    assert_eq!(j["bytes_in"], 8);
+    assert_eq!(j["bytes_out"], a.body.len());
+    assert!(j["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["outcome"], "ok");
+
+    let a = call(http, post("/api/v1/endpoint/missing/score", "{}")).await;
+    let rid = a.header("x-request-id").to_string();
+    let j: serde_json::Value = serde_json::from_str(&b.wait_line(|l| l.contains(&rid))).unwrap();
+    assert_eq!(j["status"], 404);
+    assert_eq!(j["outcome"], "EndpointNotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let pod = mock("slow", 1500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            listen_local(),
+            pod.addr()
+        ),
+    );
+    let mut b = Bin::spawn(&["serve", "--config", &f]);
+    let http = b.listening("http");
+    let admin = b.listening("admin");
+    let inflight = tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await });
+    assert!(eventually(Duration::from_secs(5), async || pod.stats().in_flight == 1).await);
+    b.signal("TERM");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            match tokio::net::TcpStream::connect(admin).await {
+                Ok(_) => admin_get(admin, "/readyz").await.status == 503,
+                Err(_) => true,
+            }
+        })
+        .await
+    );
+    let a = inflight.await.unwrap();
+    assert_eq!(a.status, 200, "in-flight request completed during the drain");
+    let status = tokio::task::spawn_blocking(move || b.wait_exit()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
+    const SIZE: usize = 64 << 20;
+    let pod = mock("big", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            listen_local(),
+            pod.addr()
+        ),
+    );
+    let b = {
+        let mut b = Bin::spawn(&["serve", "--config", &f, "--workers", "2"]);
+        b.listening("http");
+        b
+    };
+    let http = b.seen.iter().find(|l| l.contains("\"listener\":\"http\"")).map(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["addr"].as_str().unwrap().parse().unwrap()
+    }).unwrap();
+    // warm up: pools, buffers, metrics
+    for _ in 0..3 {
+        assert_eq!(call(http, post("/api/v1/endpoint/e/score?respondBytes=1048576", "{}")).await.status, 200);
+    }
+    let (hwm_before, _) = b.memory();
+
+    // upload: 64 MiB generated lazily, never held by the client either
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let frames = (0..SIZE / chunk.len()).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    let a = Client::plain(http, Proto::H1).await.call(req("POST", "/api/v1/endpoint/e/score", body)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["bytesReceived"], SIZE as u64);
+
+    // download: counted frame by frame, not collected
+    let resp = Client::plain(http, Proto::H1)
+        .await
+        .send(post(&format!("/api/v1/endpoint/e/score?respondBytes={SIZE}"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0usize;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            got += d.len();
+        }
+    }
+    assert_eq!(got, SIZE);
+
+    let (hwm_after, rss_after) = b.memory();
+    let growth = hwm_after.saturating_sub(hwm_before);
+    assert!(
+        growth < 16 << 20,
+        "router peak RSS grew by {} KiB (before {} KiB, after {} KiB, rss now {} KiB)",
+        growth >> 10,
+        hwm_before >> 10,
+        hwm_after >> 10,
+        rss_after >> 10
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_curl_commands_it_prints() {
+    let mut b = Bin::spawn(&["demo", "--https-port", "0", "--admin-port", "0", "--latency-ms", "1"]);
+    let line = b.wait_line(|l| l.contains("curl --cacert") && l.contains("/api/v1/endpoint/demo/score"));
+    let port: u16 = line
+        .split("https://localhost:")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line}"));
+    assert!(line.contains("certs-example/ca.pem"), "{line}");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = Client::tls(addr, Proto::H2).await;
+    let mut deployments = std::collections::HashSet::new();
+    let t0 = Instant::now();
+    while deployments.len() < 2 && t0.elapsed() < Duration::from_secs(20) {
+        let a = c.call(post("/api/v1/endpoint/demo/score", "{\"data\": [[1, 2, 3, 4]]}")).await;
+        assert_eq!(a.status, 200);
+        deployments.insert(a.header("azureml-model-deployment").to_string());
+    }
+    assert_eq!(deployments.len(), 2, "both blue and green answer: {deployments:?}");
+    let a = c.call(req("GET", "/api/v1/service/demo/swagger.json", empty())).await;
+    assert_eq!(a.status, 200);
+    b.signal("INT");
+    let status = tokio::task::spawn_blocking(move || b.wait_exit()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
