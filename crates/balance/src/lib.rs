@@ -53,7 +53,9 @@ impl PodState {
 
     fn try_take(&self, limit: u32) -> bool {
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .is_ok()
     }
 }
@@ -192,7 +194,11 @@ impl Shared {
         let n = self.pods.len();
         match n {
             0 => return None,
-            1 => return self.pods[0].try_take(self.limit).then(|| self.pods[0].clone()),
+            1 => {
+                return self.pods[0]
+                    .try_take(self.limit)
+                    .then(|| self.pods[0].clone());
+            }
             _ => {}
         }
         let a = (roll % n as u64) as usize;

@@ -2,7 +2,9 @@ use super::*;
 use proptest::prelude::*;
 
 fn addrs(n: usize) -> Vec<SocketAddr> {
-    (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16))).collect()
+    (0..n)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)))
+        .collect()
 }
 
 fn mk_pool(n: usize, limit: u32) -> Pool {
@@ -14,7 +16,11 @@ fn free_slots_are_taken_then_exhausted() {
     let p = mk_pool(2, 1);
     let a = p.try_acquire(0).unwrap();
     let b = p.try_acquire(0).unwrap();
-    assert_ne!(a.pod().addr(), b.pod().addr(), "second lease goes to the idle pod");
+    assert_ne!(
+        a.pod().addr(),
+        b.pod().addr(),
+        "second lease goes to the idle pod"
+    );
     assert!(p.try_acquire(7).is_none());
     assert_eq!(p.busy(), 2);
     drop(a);
@@ -63,7 +69,10 @@ async fn waiters_are_served_in_fifo_order() {
     assert_eq!(p.queued(), 5);
     // a newcomer cannot barge in while others wait
     drop(held);
-    assert!(p.try_acquire(0).is_none(), "the freed slot went to the oldest waiter");
+    assert!(
+        p.try_acquire(0).is_none(),
+        "the freed slot went to the oldest waiter"
+    );
     let mut order = vec![];
     for _ in 0..5 {
         order.push(rx.recv().await.unwrap());
@@ -77,17 +86,29 @@ async fn waiters_are_served_in_fifo_order() {
 async fn queue_cap_refuses_at_once() {
     let p = Pool::new(&addrs(1), 1, 2);
     let _held = p.try_acquire(0).unwrap();
-    let w1 = tokio::spawn({ let p = p.clone(); async move { p.acquire(0, Duration::from_secs(5)).await.map(|_| ()) } });
-    let w2 = tokio::spawn({ let p = p.clone(); async move { p.acquire(0, Duration::from_secs(5)).await.map(|_| ()) } });
+    let w1 = tokio::spawn({
+        let p = p.clone();
+        async move { p.acquire(0, Duration::from_secs(5)).await.map(|_| ()) }
+    });
+    let w2 = tokio::spawn({
+        let p = p.clone();
+        async move { p.acquire(0, Duration::from_secs(5)).await.map(|_| ()) }
+    });
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(p.acquire(0, Duration::from_secs(5)).await.unwrap_err(), AcquireError::QueueFull);
+    assert_eq!(
+        p.acquire(0, Duration::from_secs(5)).await.unwrap_err(),
+        AcquireError::QueueFull
+    );
     drop((w1, w2));
 }
 
 #[tokio::test]
 async fn no_pods_is_an_error() {
     let p = mk_pool(0, 1);
-    assert_eq!(p.acquire(0, Duration::from_millis(10)).await.unwrap_err(), AcquireError::NoPods);
+    assert_eq!(
+        p.acquire(0, Duration::from_millis(10)).await.unwrap_err(),
+        AcquireError::NoPods
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +118,13 @@ async fn thousands_of_cancelled_waiters_leak_nothing() {
     for i in 0..3000u64 {
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
-            if let Ok(lease) = p.acquire(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), Duration::from_millis(5)).await {
+            if let Ok(lease) = p
+                .acquire(
+                    i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    Duration::from_millis(5),
+                )
+                .await
+            {
                 assert!(lease.pod().in_flight() <= 2);
                 tokio::task::yield_now().await;
             }
@@ -120,7 +147,10 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![any::<u64>().prop_map(Op::Take), any::<usize>().prop_map(Op::Release)]
+    prop_oneof![
+        any::<u64>().prop_map(Op::Take),
+        any::<usize>().prop_map(Op::Release)
+    ]
 }
 
 proptest! {

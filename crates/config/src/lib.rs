@@ -39,7 +39,9 @@ pub enum ConfigError {
         message: String,
     },
     /// The file could not be read.
-    #[error("config file {path}: cannot read it: {message}; fix: pass an existing, readable YAML file with --config")]
+    #[error(
+        "config file {path}: cannot read it: {message}; fix: pass an existing, readable YAML file with --config"
+    )]
     Read {
         /// The file.
         path: String,
@@ -325,7 +327,12 @@ impl Config {
         let (key, value) = (key.trim(), value.trim());
         let num = |key: &str, value: &str| -> Result<u64, ConfigError> {
             value.parse::<u64>().map_err(|_| {
-                ConfigError::invalid(key, value, "not a whole number", "write digits only, e.g. 5000")
+                ConfigError::invalid(
+                    key,
+                    value,
+                    "not a whole number",
+                    "write digits only, e.g. 5000",
+                )
             })
         };
         match key {
@@ -339,13 +346,20 @@ impl Config {
             "listen.admin" => self.listen.admin = value.to_string(),
             "defaults.requestTimeoutMs" => self.defaults.request_timeout_ms = num(key, value)?,
             "defaults.maxConcurrentRequestsPerInstance" => {
-                self.defaults.max_concurrent_requests_per_instance =
-                    u32::try_from(num(key, value)?).map_err(|_| {
-                        ConfigError::invalid(key, value, "too large", "use a value below 4294967296")
+                self.defaults.max_concurrent_requests_per_instance = u32::try_from(num(key, value)?)
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            key,
+                            value,
+                            "too large",
+                            "use a value below 4294967296",
+                        )
                     })?
             }
             "defaults.maxQueueWaitMs" => self.defaults.max_queue_wait_ms = num(key, value)?,
-            "defaults.maxRequestBodyBytes" => self.defaults.max_request_body_bytes = num(key, value)?,
+            "defaults.maxRequestBodyBytes" => {
+                self.defaults.max_request_body_bytes = num(key, value)?
+            }
             other => {
                 return Err(ConfigError::invalid(
                     "--set",
@@ -413,7 +427,10 @@ impl Config {
             (None, Some(k)) => Err(ConfigError::invalid(
                 "sslCertPemFile",
                 "(not set)",
-                format!("sslKeyPemFile is set ({}) but no certificate is", k.display()),
+                format!(
+                    "sslKeyPemFile is set ({}) but no certificate is",
+                    k.display()
+                ),
                 "set sslCertPemFile to the PEM certificate chain (leaf first) for that key",
             )),
             (Some(c), Some(k)) => {
@@ -479,8 +496,7 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-const NAME_FIX: &str =
-    "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit";
+const NAME_FIX: &str = "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit";
 
 impl EndpointConfig {
     fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
@@ -546,7 +562,11 @@ impl EndpointConfig {
     pub fn weights(&self) -> Vec<u32> {
         if self.traffic.is_empty() {
             let lone = self.deployments.len() == 1;
-            return self.deployments.iter().map(|_| if lone { 100 } else { 0 }).collect();
+            return self
+                .deployments
+                .iter()
+                .map(|_| if lone { 100 } else { 0 })
+                .collect();
         }
         self.deployments
             .iter()
@@ -570,7 +590,10 @@ impl DeploymentConfig {
                 NAME_FIX,
             ));
         }
-        for (k, p) in [("scoringPath", &self.scoring_path), ("swaggerPath", &self.swagger_path)] {
+        for (k, p) in [
+            ("scoringPath", &self.scoring_path),
+            ("swaggerPath", &self.swagger_path),
+        ] {
             if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
                 return Err(ConfigError::invalid(
                     format!("{key}.{k}"),

@@ -50,7 +50,9 @@ impl RequestSettings {
     /// These overrides laid over `defaults`.
     pub fn over(&self, defaults: Defaults) -> ResolvedSettings {
         ResolvedSettings {
-            request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+            request_timeout_ms: self
+                .request_timeout_ms
+                .unwrap_or(defaults.request_timeout_ms),
             max_concurrent_requests_per_instance: self
                 .max_concurrent_requests_per_instance
                 .unwrap_or(defaults.max_concurrent_requests_per_instance),

@@ -43,7 +43,10 @@ fn full_example_parses_with_overrides() {
     assert_eq!(green.request_timeout_ms, 5000);
     let l = c.listen_addrs().unwrap();
     assert!(l.https.is_some());
-    assert!(l.http.is_none(), "http must not be bound without allowInsecureConnections");
+    assert!(
+        l.http.is_none(),
+        "http must not be bound without allowInsecureConnections"
+    );
 }
 
 #[test]
@@ -58,11 +61,16 @@ fn every_key_has_its_default() {
     assert_eq!(c.defaults.max_queue_wait_ms, 500);
     assert_eq!(c.defaults.max_request_body_bytes, 104_857_600);
     assert_eq!(c.drain_timeout_ms, 30_000);
-    let c = mk("allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d}]}]").unwrap();
+    let c = mk("allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d}]}]")
+        .unwrap();
     let d = &c.endpoints[0].deployments[0];
     assert_eq!(d.scoring_path, "/score");
     assert_eq!(d.swagger_path, "/swagger.json");
-    assert_eq!(c.endpoints[0].weights(), vec![100], "a lone deployment takes all traffic");
+    assert_eq!(
+        c.endpoints[0].weights(),
+        vec![100],
+        "a lone deployment takes all traffic"
+    );
     let l = c.listen_addrs().unwrap();
     assert!(l.https.is_none());
     assert!(l.http.is_some());
@@ -71,7 +79,11 @@ fn every_key_has_its_default() {
 #[test]
 fn no_tls_and_not_insecure_names_all_three_keys() {
     let e = err_text("endpoints: []");
-    for k in ["sslCertPemFile", "sslKeyPemFile", "allowInsecureConnections"] {
+    for k in [
+        "sslCertPemFile",
+        "sslKeyPemFile",
+        "allowInsecureConnections",
+    ] {
         assert!(e.contains(k), "{e}");
     }
 }
@@ -83,22 +95,40 @@ fn half_tls_pair_is_an_error() {
     let e = err_text("sslKeyPemFile: Cargo.toml\n");
     assert!(e.contains("sslCertPemFile"), "{e}");
     let e = err_text("sslCertPemFile: /nonexistent/x.pem\nsslKeyPemFile: Cargo.toml\n");
-    assert!(e.contains("/nonexistent/x.pem") && e.contains("sslCertPemFile"), "{e}");
+    assert!(
+        e.contains("/nonexistent/x.pem") && e.contains("sslCertPemFile"),
+        "{e}"
+    );
 }
 
 #[test]
 fn booleans_accept_four_spellings_only() {
-    for (v, want) in [("True", true), ("true", true), ("False", false), ("false", false)] {
+    for (v, want) in [
+        ("True", true),
+        ("true", true),
+        ("False", false),
+        ("false", false),
+    ] {
         let c = Config::from_yaml(&format!("allowInsecureConnections: {v}"), "t").unwrap();
         assert_eq!(c.allow_insecure_connections, want);
         let c = Config::from_yaml(&format!("allowInsecureConnections: \"{v}\""), "t").unwrap();
         assert_eq!(c.allow_insecure_connections, want);
         assert_eq!(parse_bool("k", v).unwrap(), want);
     }
-    let e = Config::from_yaml("allowInsecureConnections: Ture", "t").unwrap_err().to_string();
-    assert!(e.contains("Ture") && e.contains("True, False, true or false"), "{e}");
-    let e = parse_bool("allowInsecureConnections", "Ture").unwrap_err().to_string();
-    assert!(e.contains("allowInsecureConnections") && e.contains("Ture") && e.contains("True, False"), "{e}");
+    let e = Config::from_yaml("allowInsecureConnections: Ture", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Ture") && e.contains("True, False, true or false"),
+        "{e}"
+    );
+    let e = parse_bool("allowInsecureConnections", "Ture")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("allowInsecureConnections") && e.contains("Ture") && e.contains("True, False"),
+        "{e}"
+    );
     assert!(parse_bool("k", "yes").is_err());
     assert!(parse_bool("k", "1").is_err());
 }
@@ -111,23 +141,45 @@ fn set_overrides_top_level_keys() {
     c.apply_set("listen.http=127.0.0.1:0").unwrap();
     c.apply_set("defaults.maxQueueWaitMs=250").unwrap();
     c.validate().unwrap();
-    assert_eq!(c.listen_addrs().unwrap().http, Some("127.0.0.1:0".parse().unwrap()));
+    assert_eq!(
+        c.listen_addrs().unwrap().http,
+        Some("127.0.0.1:0".parse().unwrap())
+    );
     assert_eq!(c.defaults.max_queue_wait_ms, 250);
-    let e = c.apply_set("allowInsecureConnections=Ture").unwrap_err().to_string();
-    assert!(e.contains("allowInsecureConnections") && e.contains("Ture") && e.contains("True, False, true or false"), "{e}");
+    let e = c
+        .apply_set("allowInsecureConnections=Ture")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("allowInsecureConnections")
+            && e.contains("Ture")
+            && e.contains("True, False, true or false"),
+        "{e}"
+    );
     let e = c.apply_set("bogus=1").unwrap_err().to_string();
-    assert!(e.contains("bogus") && e.contains("allowInsecureConnections"), "{e}");
+    assert!(
+        e.contains("bogus") && e.contains("allowInsecureConnections"),
+        "{e}"
+    );
     let e = c.apply_set("novalue").unwrap_err().to_string();
     assert!(e.contains("KEY=VALUE"), "{e}");
-    let e = c.apply_set("defaults.maxQueueWaitMs=abc").unwrap_err().to_string();
-    assert!(e.contains("defaults.maxQueueWaitMs") && e.contains("abc"), "{e}");
+    let e = c
+        .apply_set("defaults.maxQueueWaitMs=abc")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("defaults.maxQueueWaitMs") && e.contains("abc"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_keys_are_errors() {
     let e = err_text("allowInsecureConnections: true\nbogusKey: 1\n");
     assert!(e.contains("bogusKey"), "{e}");
-    let e = err_text("allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d, podz: []}]}]");
+    let e = err_text(
+        "allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d, podz: []}]}]",
+    );
     assert!(e.contains("podz"), "{e}");
 }
 
@@ -138,13 +190,28 @@ fn traffic_rules() {
             "{INSECURE}endpoints: [{{name: e, traffic: {traffic}, deployments: [{{name: a}}, {{name: b}}]}}]"
         )
     };
-    assert_eq!(mk(&base("{a: 50, b: 50}")).unwrap().endpoints[0].weights(), vec![50, 50]);
-    assert_eq!(mk(&base("{a: 0, b: 0}")).unwrap().endpoints[0].weights(), vec![0, 0]);
-    assert_eq!(mk(&base("{a: 100}")).unwrap().endpoints[0].weights(), vec![100, 0]);
+    assert_eq!(
+        mk(&base("{a: 50, b: 50}")).unwrap().endpoints[0].weights(),
+        vec![50, 50]
+    );
+    assert_eq!(
+        mk(&base("{a: 0, b: 0}")).unwrap().endpoints[0].weights(),
+        vec![0, 0]
+    );
+    assert_eq!(
+        mk(&base("{a: 100}")).unwrap().endpoints[0].weights(),
+        vec![100, 0]
+    );
     let e = err_text(&base("{a: 50, b: 40}"));
-    assert!(e.contains("endpoints[0].traffic") && e.contains("sum to 90") && e.contains("100"), "{e}");
+    assert!(
+        e.contains("endpoints[0].traffic") && e.contains("sum to 90") && e.contains("100"),
+        "{e}"
+    );
     let e = err_text(&base("{a: 50, c: 50}"));
-    assert!(e.contains("endpoints[0].traffic.c") && e.contains("a, b"), "{e}");
+    assert!(
+        e.contains("endpoints[0].traffic.c") && e.contains("a, b"),
+        "{e}"
+    );
     // two deployments and no traffic map: nothing unpinned, all pinned
     let t = format!("{INSECURE}endpoints: [{{name: e, deployments: [{{name: a}}, {{name: b}}]}}]");
     assert_eq!(mk(&t).unwrap().endpoints[0].weights(), vec![0, 0]);
@@ -154,31 +221,54 @@ fn traffic_rules() {
 fn names_paths_and_pods_are_checked() {
     let one = |ep: &str| format!("{INSECURE}endpoints: [{ep}]");
     for bad in ["..", ".", "a/b", "", "-x", "a b", "%2e"] {
-        let e = err_text(&one(&format!("{{name: \"{bad}\", deployments: [{{name: d}}]}}")));
+        let e = err_text(&one(&format!(
+            "{{name: \"{bad}\", deployments: [{{name: d}}]}}"
+        )));
         assert!(e.contains("endpoints[0].name"), "{bad}: {e}");
     }
-    let e = err_text(&one("{name: e, deployments: [{name: d, pods: [\"nohost\"]}]}"));
-    assert!(e.contains("endpoints[0].deployments[0].pods[0]") && e.contains("nohost") && e.contains("IP:PORT"), "{e}");
-    let e = err_text(&one("{name: e, deployments: [{name: d, scoringPath: score}]}"));
+    let e = err_text(&one(
+        "{name: e, deployments: [{name: d, pods: [\"nohost\"]}]}",
+    ));
+    assert!(
+        e.contains("endpoints[0].deployments[0].pods[0]")
+            && e.contains("nohost")
+            && e.contains("IP:PORT"),
+        "{e}"
+    );
+    let e = err_text(&one(
+        "{name: e, deployments: [{name: d, scoringPath: score}]}",
+    ));
     assert!(e.contains("scoringPath"), "{e}");
     let e = err_text(&one("{name: e, deployments: [{name: d}, {name: d}]}"));
     assert!(e.contains("deployments[1].name"), "{e}");
     let e = err_text(&one("{name: e, deployments: []}"));
     assert!(e.contains("endpoints[0].deployments"), "{e}");
-    let e = err_text(&format!("{INSECURE}endpoints: [{{name: e, deployments: [{{name: d}}]}}, {{name: e, deployments: [{{name: d}}]}}]"));
+    let e = err_text(&format!(
+        "{INSECURE}endpoints: [{{name: e, deployments: [{{name: d}}]}}, {{name: e, deployments: [{{name: d}}]}}]"
+    ));
     assert!(e.contains("endpoints[1].name"), "{e}");
-    let e = err_text(&one("{name: e, deployments: [{name: d, requestSettings: {maxConcurrentRequestsPerInstance: 0}}]}"));
-    assert!(e.contains("endpoints[0].deployments[0].requestSettings.maxConcurrentRequestsPerInstance"), "{e}");
+    let e = err_text(&one(
+        "{name: e, deployments: [{name: d, requestSettings: {maxConcurrentRequestsPerInstance: 0}}]}",
+    ));
+    assert!(
+        e.contains("endpoints[0].deployments[0].requestSettings.maxConcurrentRequestsPerInstance"),
+        "{e}"
+    );
 }
 
 #[test]
 fn listen_addresses_are_checked() {
     let e = err_text(&format!("{INSECURE}listen: {{admin: \"localhost\"}}"));
-    assert!(e.contains("listen.admin") && e.contains("localhost") && e.contains("IP:PORT"), "{e}");
+    assert!(
+        e.contains("listen.admin") && e.contains("localhost") && e.contains("IP:PORT"),
+        "{e}"
+    );
 }
 
 #[test]
 fn load_reads_file_and_names_missing_one() {
-    let e = Config::load(Path::new("/nonexistent/cfg.yaml"), &[]).unwrap_err().to_string();
+    let e = Config::load(Path::new("/nonexistent/cfg.yaml"), &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/cfg.yaml"), "{e}");
 }

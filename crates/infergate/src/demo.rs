@@ -16,7 +16,11 @@ const SERVER_KEY_PEM: &str = include_str!("../../../certs-example/server-key.pem
 fn write_example_certs() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("infergate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
     std::fs::write(&ca, CA_PEM)?;
     std::fs::write(&cert, SERVER_PEM)?;
     std::fs::write(&key, SERVER_KEY_PEM)?;
@@ -69,7 +73,11 @@ pub async fn run(https_port: u16, admin_port: u16, latency_ms: u64) -> anyhow::R
     let base = format!("https://localhost:{}", https.port());
     // From a checkout, point at the committed copy (same bytes as the embedded one).
     let repo_ca = std::path::Path::new("certs-example/ca.pem");
-    let ca = if repo_ca.exists() { repo_ca.to_path_buf() } else { ca };
+    let ca = if repo_ca.exists() {
+        repo_ca.to_path_buf()
+    } else {
+        ca
+    };
     let ca = ca.display();
     println!(
         "\ninfergate demo: endpoint `demo` with deployments blue (2 pods, 90%) and green (1 pod, 10%)\n\

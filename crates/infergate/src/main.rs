@@ -1,4 +1,4 @@
-//! The `infergate` command: run the router (`serve`), or a self-contained demo (`demo`).
+//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`), or render Kubernetes manifests (`render`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +28,8 @@ enum Cmd {
         #[command(flatten)]
         run: RunOpts,
     },
+    /// Print Kubernetes manifests from the AzureML extension's `--config KEY=VALUE` settings.
+    Render(infergate_deploy::cli::RenderCommand),
     /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
     Demo {
         /// HTTPS port of the router.
@@ -128,17 +130,22 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        Cmd::Render(cmd) => cmd.run(),
         Cmd::Demo {
             https_port,
             admin_port,
             latency_ms,
             run,
         } => {
-            init_logging(if run.log_format == LogFormat::Json && std::env::args().any(|a| a == "--log-format") {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
-            });
+            init_logging(
+                if run.log_format == LogFormat::Json
+                    && std::env::args().any(|a| a == "--log-format")
+                {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+            );
             let rt = match runtime(run.workers) {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -244,7 +244,8 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req, peer));
+            let service =
+                hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req, peer));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}

@@ -154,7 +154,11 @@ impl Drop for ProxyBody {
             && let Some(c) = done.take()
         {
             // hyper drops a body it knows is empty without polling it: that is a normal end.
-            c.finish(if inner.is_end_stream() { "ok" } else { "client_aborted" });
+            c.finish(if inner.is_end_stream() {
+                "ok"
+            } else {
+                "client_aborted"
+            });
         }
     }
 }

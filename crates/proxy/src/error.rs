@@ -48,9 +48,13 @@ impl ProxyError {
                     (StatusCode::NOT_FOUND, "DeploymentNotFound")
                 }
                 RouteError::NoTrafficAllocated(_) => (StatusCode::NOT_FOUND, "NoTrafficAllocated"),
-                RouteError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+                RouteError::MethodNotAllowed => {
+                    (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+                }
             },
-            ProxyError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            ProxyError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge")
+            }
             ProxyError::Unavailable(a) => match a {
                 AcquireError::NoPods => (StatusCode::SERVICE_UNAVAILABLE, "NoPodAvailable"),
                 AcquireError::QueueTimeout => (StatusCode::SERVICE_UNAVAILABLE, "QueueTimeout"),
@@ -75,7 +79,10 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
     let mut resp = Response::new(ProxyBody::full(bytes));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(X_REQUEST_ID, request_id.clone());
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

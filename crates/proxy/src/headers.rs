@@ -9,7 +9,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's own request id, passed through when well formed.
 pub const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
 /// The deployment pin (request) and the deployment that served (response).
-pub const AZUREML_MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
+pub const AZUREML_MODEL_DEPLOYMENT: HeaderName =
+    HeaderName::from_static("azureml-model-deployment");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -53,7 +54,8 @@ pub fn valid_client_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 40
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
 
 /// A new request id (UUID v4, lowercase hyphenated).
@@ -78,7 +80,9 @@ pub fn rewrite_request(
     strip_hop_by_hop(h);
     let host = h.remove(header::HOST);
     h.insert(X_REQUEST_ID, request_id.clone());
-    if h.get(X_MS_CLIENT_REQUEST_ID).is_some_and(|v| !valid_client_request_id(v)) {
+    if h.get(X_MS_CLIENT_REQUEST_ID)
+        .is_some_and(|v| !valid_client_request_id(v))
+    {
         h.remove(X_MS_CLIENT_REQUEST_ID);
     }
     let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -107,10 +111,16 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);

@@ -43,8 +43,11 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint, deployment and status.");
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by endpoint, deployment and status."
+    );
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
@@ -56,6 +59,12 @@ fn describe() {
         "Request sent to the pod until its response head."
     );
     describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being served now.");
-    describe_counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "TLS handshakes that failed or timed out.");
-    describe_counter!(CERT_RELOADS_TOTAL, "Certificate reload attempts, by result.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(
+        CERT_RELOADS_TOTAL,
+        "Certificate reload attempts, by result."
+    );
 }

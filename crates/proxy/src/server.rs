@@ -41,7 +41,9 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} (config key `listen.{listener}`): {source}; fix: free the port or choose another address")]
+    #[error(
+        "cannot listen on {addr} (config key `listen.{listener}`): {source}; fix: free the port or choose another address"
+    )]
     Bind {
         /// Which listener.
         listener: &'static str,
@@ -90,11 +92,13 @@ impl std::fmt::Debug for Server {
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        listener,
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })
 }
 
 impl Server {
@@ -154,7 +158,9 @@ impl Server {
     }
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("a bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
     }
     /// The router (to publish new tables).
     pub fn router(&self) -> &Arc<Router> {
@@ -180,7 +186,10 @@ impl Server {
             reload_interval,
         } = self;
         for (name, addr) in [
-            ("https", https.as_ref().and_then(|(l, _)| l.local_addr().ok())),
+            (
+                "https",
+                https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+            ),
             ("http", http.as_ref().and_then(|l| l.local_addr().ok())),
             ("admin", admin.local_addr().ok()),
         ] {
@@ -222,7 +231,10 @@ impl Server {
         let signal = async {
             shutdown.await;
             ready.draining.store(true, Ordering::Release);
-            tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "draining");
+            tracing::info!(
+                drain_timeout_ms = drain_timeout.as_millis() as u64,
+                "draining"
+            );
             let _ = stop_tx.send(true);
         };
         tokio::join!(accept, signal);
@@ -348,7 +360,9 @@ async fn admin_loop(listener: TcpListener, prom: PrometheusHandle, ready: Arc<Re
 fn admin_response(path: &str, prom: &PrometheusHandle, ready: &Readiness) -> Response<ProxyBody> {
     let (status, ctype, body) = match path {
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/readyz" if ready.is_ready() => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+        "/readyz" if ready.is_ready() => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        }
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -359,7 +373,11 @@ fn admin_response(path: &str, prom: &PrometheusHandle, ready: &Readiness) -> Res
             "text/plain; version=0.0.4",
             Bytes::from(prom.render()),
         ),
-        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found\n"),
+        ),
     };
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;

@@ -269,10 +269,18 @@ impl Router {
         let settings = dep.settings;
         let limit = settings.max_request_body_bytes;
 
-        if http_body::Body::size_hint(&body).exact().is_some_and(|n| n > limit)
+        if http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n > limit)
             || content_length(&parts.headers).is_some_and(|n| n > limit)
         {
-            return self.fail(ProxyError::PayloadTooLarge { limit }, &ctx, Some(state), None, 0);
+            return self.fail(
+                ProxyError::PayloadTooLarge { limit },
+                &ctx,
+                Some(state),
+                None,
+                0,
+            );
         }
 
         let wait = Duration::from_millis(settings.max_queue_wait_ms);
@@ -332,7 +340,8 @@ impl Router {
         let (mut rp, inner) = resp.into_parts();
         strip_hop_by_hop(&mut rp.headers);
         rp.headers.insert(X_REQUEST_ID, request_id.clone());
-        rp.headers.insert(AZUREML_MODEL_DEPLOYMENT, dep.header_value.clone());
+        rp.headers
+            .insert(AZUREML_MODEL_DEPLOYMENT, dep.header_value.clone());
         if let Some(c) = client_request_id {
             rp.headers.entry(X_MS_CLIENT_REQUEST_ID).or_insert(c);
         }
@@ -378,7 +387,16 @@ impl Router {
         self.in_flight.decrement(1.0);
         let (_, code) = err.status_and_code();
         let bytes_out = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-        access_log(ctx, dep.map(|d| &**d), pod, status, None, bytes_in, bytes_out, code);
+        access_log(
+            ctx,
+            dep.map(|d| &**d),
+            pod,
+            status,
+            None,
+            bytes_in,
+            bytes_out,
+            code,
+        );
         resp
     }
 }

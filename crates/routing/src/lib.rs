@@ -40,7 +40,9 @@ pub enum RouteError {
         deployment: String,
     },
     /// Every traffic weight is 0 and the request pins no deployment.
-    #[error("endpoint '{0}' sends no traffic to any deployment; pin one with the azureml-model-deployment header")]
+    #[error(
+        "endpoint '{0}' sends no traffic to any deployment; pin one with the azureml-model-deployment header"
+    )]
     NoTrafficAllocated(String),
     /// The method is not allowed on this route (swagger is GET/HEAD only).
     #[error("method not allowed; swagger.json answers GET and HEAD")]
@@ -233,17 +235,18 @@ impl<B> RouteTable<B> {
             return Err(RouteError::MethodNotAllowed);
         }
         let endpoint = self.lookup(raw_name)?;
-        let deployment = match pinned {
-            Some(h) => endpoint.deployment(h.as_bytes()).ok_or_else(|| {
-                RouteError::DeploymentNotFound {
-                    endpoint: endpoint.name.to_string(),
-                    deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
-                }
-            })?,
-            None => endpoint
-                .pick(roll)
-                .ok_or_else(|| RouteError::NoTrafficAllocated(endpoint.name.to_string()))?,
-        };
+        let deployment =
+            match pinned {
+                Some(h) => endpoint.deployment(h.as_bytes()).ok_or_else(|| {
+                    RouteError::DeploymentNotFound {
+                        endpoint: endpoint.name.to_string(),
+                        deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
+                    }
+                })?,
+                None => endpoint
+                    .pick(roll)
+                    .ok_or_else(|| RouteError::NoTrafficAllocated(endpoint.name.to_string()))?,
+            };
         Ok(Target {
             endpoint,
             deployment,

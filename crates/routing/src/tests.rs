@@ -41,13 +41,18 @@ fn url_shapes_resolve() {
         assert_eq!(r.action, Action::Score);
         assert_eq!(r.upstream_path(), "/score");
     }
-    for p in ["/api/v1/endpoint/demo/swagger.json", "/api/v1/service/demo/swagger.json"] {
+    for p in [
+        "/api/v1/endpoint/demo/swagger.json",
+        "/api/v1/service/demo/swagger.json",
+    ] {
         let r = t.resolve(&Method::GET, p, None, 95).unwrap();
         assert_eq!(r.action, Action::Swagger);
         assert_eq!(&*r.deployment.name, "green");
         assert_eq!(r.upstream_path(), "/docs/api.json");
     }
-    let r = t.resolve(&Method::POST, "/api/v1/endpoint/demo/score", None, 95).unwrap();
+    let r = t
+        .resolve(&Method::POST, "/api/v1/endpoint/demo/score", None, 95)
+        .unwrap();
     assert_eq!(r.upstream_path(), "/v2/predict");
 }
 
@@ -56,7 +61,9 @@ fn weights_split_exactly() {
     let t = mk_table();
     let mut green = 0;
     for roll in 0..1000u32 {
-        let r = t.resolve(&Method::POST, "/api/v1/endpoint/demo/score", None, roll).unwrap();
+        let r = t
+            .resolve(&Method::POST, "/api/v1/endpoint/demo/score", None, roll)
+            .unwrap();
         if &*r.deployment.name == "green" {
             green += 1;
         }
@@ -70,30 +77,57 @@ fn header_pins_a_deployment() {
     let t = mk_table();
     for roll in [0, 50, 99] {
         let r = t
-            .resolve(&Method::POST, "/api/v1/endpoint/demo/score", Some(&hv("green")), roll)
+            .resolve(
+                &Method::POST,
+                "/api/v1/endpoint/demo/score",
+                Some(&hv("green")),
+                roll,
+            )
             .unwrap();
         assert_eq!(&*r.deployment.name, "green");
         assert_eq!(r.deployment.header_value, "green");
     }
     let e = t
-        .resolve(&Method::POST, "/api/v1/endpoint/demo/score", Some(&hv("purple")), 0)
+        .resolve(
+            &Method::POST,
+            "/api/v1/endpoint/demo/score",
+            Some(&hv("purple")),
+            0,
+        )
         .unwrap_err();
     assert_eq!(
         e,
-        RouteError::DeploymentNotFound { endpoint: "demo".into(), deployment: "purple".into() }
+        RouteError::DeploymentNotFound {
+            endpoint: "demo".into(),
+            deployment: "purple".into()
+        }
     );
-    assert!(t
-        .resolve(&Method::POST, "/api/v1/endpoint/demo/score", Some(&hv("Green")), 0)
-        .is_err(), "names match exactly");
+    assert!(
+        t.resolve(
+            &Method::POST,
+            "/api/v1/endpoint/demo/score",
+            Some(&hv("Green")),
+            0
+        )
+        .is_err(),
+        "names match exactly"
+    );
 }
 
 #[test]
 fn all_zero_weights_serve_only_pinned() {
     let t = mk_table();
-    let e = t.resolve(&Method::POST, "/api/v1/endpoint/pinned-only/score", None, 3).unwrap_err();
+    let e = t
+        .resolve(&Method::POST, "/api/v1/endpoint/pinned-only/score", None, 3)
+        .unwrap_err();
     assert_eq!(e, RouteError::NoTrafficAllocated("pinned-only".into()));
     let r = t
-        .resolve(&Method::POST, "/api/v1/endpoint/pinned-only/score", Some(&hv("b")), 3)
+        .resolve(
+            &Method::POST,
+            "/api/v1/endpoint/pinned-only/score",
+            Some(&hv("b")),
+            3,
+        )
         .unwrap();
     assert_eq!(&*r.deployment.name, "b");
 }
@@ -102,8 +136,14 @@ fn all_zero_weights_serve_only_pinned() {
 fn unknown_and_malformed_paths() {
     let t = mk_table();
     let cases = [
-        ("/api/v1/endpoint/nope/score", RouteError::EndpointNotFound("nope".into())),
-        ("/api/v1/endpoint/DEMO/score", RouteError::EndpointNotFound("DEMO".into())),
+        (
+            "/api/v1/endpoint/nope/score",
+            RouteError::EndpointNotFound("nope".into()),
+        ),
+        (
+            "/api/v1/endpoint/DEMO/score",
+            RouteError::EndpointNotFound("DEMO".into()),
+        ),
         ("/api/v1/endpoint/demo/score/", RouteError::NoRoute),
         ("/api/v1/endpoint/demo/predict", RouteError::NoRoute),
         ("/api/v1/endpoint//score", RouteError::NoRoute),
@@ -111,34 +151,68 @@ fn unknown_and_malformed_paths() {
         ("/api/v2/endpoint/demo/score", RouteError::NoRoute),
         ("/", RouteError::NoRoute),
         ("/api/v1/endpoint/demo/../demo/score", RouteError::NoRoute),
-        ("/api/v1/endpoint/../score", RouteError::EndpointNotFound("..".into())),
-        ("/api/v1/endpoint/%2e%2e/score", RouteError::EndpointNotFound("..".into())),
-        ("/api/v1/endpoint/demo%2Fscore/score", RouteError::EndpointNotFound("demo/score".into())),
-        ("/api/v1/endpoint/demo%2fx/score", RouteError::EndpointNotFound("demo/x".into())),
-        ("/api/v1/endpoint/%ff/score", RouteError::EndpointNotFound("\u{fffd}".into())),
+        (
+            "/api/v1/endpoint/../score",
+            RouteError::EndpointNotFound("..".into()),
+        ),
+        (
+            "/api/v1/endpoint/%2e%2e/score",
+            RouteError::EndpointNotFound("..".into()),
+        ),
+        (
+            "/api/v1/endpoint/demo%2Fscore/score",
+            RouteError::EndpointNotFound("demo/score".into()),
+        ),
+        (
+            "/api/v1/endpoint/demo%2fx/score",
+            RouteError::EndpointNotFound("demo/x".into()),
+        ),
+        (
+            "/api/v1/endpoint/%ff/score",
+            RouteError::EndpointNotFound("\u{fffd}".into()),
+        ),
     ];
     for (p, want) in cases {
-        assert_eq!(t.resolve(&Method::POST, p, None, 0).unwrap_err(), want, "{p}");
+        assert_eq!(
+            t.resolve(&Method::POST, p, None, 0).unwrap_err(),
+            want,
+            "{p}"
+        );
     }
 }
 
 #[test]
 fn percent_decoded_names_match_exactly() {
     let t = mk_table();
-    let r = t.resolve(&Method::POST, "/api/v1/endpoint/my.model_v2/score", None, 0).unwrap();
+    let r = t
+        .resolve(&Method::POST, "/api/v1/endpoint/my.model_v2/score", None, 0)
+        .unwrap();
     assert_eq!(&*r.endpoint.name, "my.model_v2");
-    let r = t.resolve(&Method::POST, "/api/v1/endpoint/my%2Emodel%5Fv2/score", None, 0).unwrap();
+    let r = t
+        .resolve(
+            &Method::POST,
+            "/api/v1/endpoint/my%2Emodel%5Fv2/score",
+            None,
+            0,
+        )
+        .unwrap();
     assert_eq!(&*r.endpoint.name, "my.model_v2");
-    let r = t.resolve(&Method::POST, "/api/v1/endpoint/%64emo/score", None, 0).unwrap();
+    let r = t
+        .resolve(&Method::POST, "/api/v1/endpoint/%64emo/score", None, 0)
+        .unwrap();
     assert_eq!(&*r.endpoint.name, "demo");
 }
 
 #[test]
 fn swagger_is_get_or_head_only() {
     let t = mk_table();
-    assert!(t.resolve(&Method::HEAD, "/api/v1/endpoint/demo/swagger.json", None, 0).is_ok());
+    assert!(
+        t.resolve(&Method::HEAD, "/api/v1/endpoint/demo/swagger.json", None, 0)
+            .is_ok()
+    );
     assert_eq!(
-        t.resolve(&Method::POST, "/api/v1/endpoint/demo/swagger.json", None, 0).unwrap_err(),
+        t.resolve(&Method::POST, "/api/v1/endpoint/demo/swagger.json", None, 0)
+            .unwrap_err(),
         RouteError::MethodNotAllowed
     );
 }

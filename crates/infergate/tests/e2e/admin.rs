@@ -16,14 +16,22 @@ async fn health_readiness_and_metrics() {
     assert_eq!(admin_get(r.admin, "/healthz").await.status, 200);
     assert_eq!(admin_get(r.admin, "/readyz").await.status, 200);
     for _ in 0..3 {
-        assert_eq!(call(r.http(), post("/api/v1/endpoint/metrics-ep/score", "{}")).await.status, 200);
+        assert_eq!(
+            call(r.http(), post("/api/v1/endpoint/metrics-ep/score", "{}"))
+                .await
+                .status,
+            200
+        );
     }
     let m = admin_get(r.admin, "/metrics").await;
     assert_eq!(m.status, 200);
     assert!(m.header("content-type").starts_with("text/plain"));
     let t = String::from_utf8_lossy(&m.body);
     assert!(
-        metric(&t, "infergate_requests_total{endpoint=\"metrics-ep\",deployment=\"d\",status=\"200\"}") >= 3.0,
+        metric(
+            &t,
+            "infergate_requests_total{endpoint=\"metrics-ep\",deployment=\"d\",status=\"200\"}"
+        ) >= 3.0,
         "{t}"
     );
     for name in [
@@ -46,15 +54,23 @@ async fn drain_turns_readiness_false_and_finishes_in_flight_requests() {
     )))
     .await;
     let (http, admin) = (r.http(), r.admin);
-    let inflight = tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await });
+    let inflight =
+        tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await });
     assert!(eventually(Duration::from_secs(5), async || pod.stats().in_flight == 1).await);
     let stopping = tokio::spawn(r.stop());
     assert!(
-        eventually(Duration::from_secs(5), async || admin_get(admin, "/readyz").await.status == 503).await,
+        eventually(Duration::from_secs(5), async || admin_get(admin, "/readyz")
+            .await
+            .status
+            == 503)
+        .await,
         "readiness turns false while draining"
     );
     assert!(
-        eventually(Duration::from_secs(5), async || tokio::net::TcpStream::connect(http).await.is_err()).await,
+        eventually(Duration::from_secs(5), async || {
+            tokio::net::TcpStream::connect(http).await.is_err()
+        })
+        .await,
         "the listener stops accepting"
     );
     let a = inflight.await.unwrap();

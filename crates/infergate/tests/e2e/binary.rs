@@ -21,10 +21,17 @@ fn listen_local() -> String {
 fn no_tls_and_no_insecure_flag_refuses_to_start_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let admin = free_port();
-    let f = cfg_file(dir.path(), &format!("listen: {{admin: \"127.0.0.1:{admin}\"}}\nendpoints: []\n"));
+    let f = cfg_file(
+        dir.path(),
+        &format!("listen: {{admin: \"127.0.0.1:{admin}\"}}\nendpoints: []\n"),
+    );
     let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
     assert_eq!(code, Some(2), "{err}");
-    for k in ["sslCertPemFile", "sslKeyPemFile", "allowInsecureConnections"] {
+    for k in [
+        "sslCertPemFile",
+        "sslKeyPemFile",
+        "allowInsecureConnections",
+    ] {
         assert!(err.contains(k), "{k} not named in: {err}");
     }
     assert_eq!(err.lines().count(), 1, "one message: {err}");
@@ -40,14 +47,33 @@ fn config_errors_name_key_value_and_fix() {
     );
     let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("endpoints[0].traffic") && err.contains("{a: 70, b: 20}") && err.contains("fix:"), "{err}");
+    assert!(
+        err.contains("endpoints[0].traffic")
+            && err.contains("{a: 70, b: 20}")
+            && err.contains("fix:"),
+        "{err}"
+    );
 
     let f = cfg_file(dir.path(), "endpoints: []\n");
-    let (code, _, err) = run_to_exit(&["serve", "--config", &f, "--set", "allowInsecureConnections=Ture"]);
+    let (code, _, err) = run_to_exit(&[
+        "serve",
+        "--config",
+        &f,
+        "--set",
+        "allowInsecureConnections=Ture",
+    ]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("allowInsecureConnections") && err.contains("Ture") && err.contains("True, False, true or false"), "{err}");
+    assert!(
+        err.contains("allowInsecureConnections")
+            && err.contains("Ture")
+            && err.contains("True, False, true or false"),
+        "{err}"
+    );
 
-    let f = cfg_file(dir.path(), "allowInsecureConnections: true\nlisten: {admn: \"x\"}\n");
+    let f = cfg_file(
+        dir.path(),
+        "allowInsecureConnections: true\nlisten: {admn: \"x\"}\n",
+    );
     let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
     assert_eq!(code, Some(2));
     assert!(err.contains("admn"), "unknown key named: {err}");
@@ -67,7 +93,10 @@ fn encrypted_key_is_refused_with_a_clear_message() {
     );
     let (code, _, err) = run_to_exit(&["serve", "--config", &f]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("encrypted") && err.contains("encrypted-pkcs8-key.pem"), "{err}");
+    assert!(
+        err.contains("encrypted") && err.contains("encrypted-pkcs8-key.pem"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,7 +113,10 @@ fn plain_http_port_is_not_bound_without_insecure_flag() {
     let mut b = Bin::spawn(&["serve", "--config", &f]);
     b.wait_line(|l| l.contains("plain HTTP listener not opened"));
     b.listening("https");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", http)).is_err(), "port {http} must not be bound");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", http)).is_err(),
+        "port {http} must not be bound"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +171,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut b = Bin::spawn(&["serve", "--config", &f]);
     let http = b.listening("http");
     let admin = b.listening("admin");
-    let inflight = tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await });
+    let inflight =
+        tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await });
     assert!(eventually(Duration::from_secs(5), async || pod.stats().in_flight == 1).await);
     b.signal("TERM");
     assert!(
@@ -152,8 +185,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .await
     );
     let a = inflight.await.unwrap();
-    assert_eq!(a.status, 200, "in-flight request completed during the drain");
-    let status = tokio::task::spawn_blocking(move || b.wait_exit()).await.unwrap();
+    assert_eq!(
+        a.status, 200,
+        "in-flight request completed during the drain"
+    );
+    let status = tokio::task::spawn_blocking(move || b.wait_exit())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -175,27 +213,51 @@ async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
         b.listening("http");
         b
     };
-    let http = b.seen.iter().find(|l| l.contains("\"listener\":\"http\"")).map(|l| {
-        serde_json::from_str::<serde_json::Value>(l).unwrap()["addr"].as_str().unwrap().parse().unwrap()
-    }).unwrap();
+    let http = b
+        .seen
+        .iter()
+        .find(|l| l.contains("\"listener\":\"http\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["addr"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .unwrap();
     // warm up: pools, buffers, metrics
     for _ in 0..3 {
-        assert_eq!(call(http, post("/api/v1/endpoint/e/score?respondBytes=1048576", "{}")).await.status, 200);
+        assert_eq!(
+            call(
+                http,
+                post("/api/v1/endpoint/e/score?respondBytes=1048576", "{}")
+            )
+            .await
+            .status,
+            200
+        );
     }
     let (hwm_before, _) = b.memory();
 
     // upload: 64 MiB generated lazily, never held by the client either
     let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
-    let frames = (0..SIZE / chunk.len()).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+    let frames =
+        (0..SIZE / chunk.len()).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
     let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
-    let a = Client::plain(http, Proto::H1).await.call(req("POST", "/api/v1/endpoint/e/score", body)).await;
+    let a = Client::plain(http, Proto::H1)
+        .await
+        .call(req("POST", "/api/v1/endpoint/e/score", body))
+        .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["bytesReceived"], SIZE as u64);
 
     // download: counted frame by frame, not collected
     let resp = Client::plain(http, Proto::H1)
         .await
-        .send(post(&format!("/api/v1/endpoint/e/score?respondBytes={SIZE}"), "{}"))
+        .send(post(
+            &format!("/api/v1/endpoint/e/score?respondBytes={SIZE}"),
+            "{}",
+        ))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -222,8 +284,17 @@ async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_the_curl_commands_it_prints() {
-    let mut b = Bin::spawn(&["demo", "--https-port", "0", "--admin-port", "0", "--latency-ms", "1"]);
-    let line = b.wait_line(|l| l.contains("curl --cacert") && l.contains("/api/v1/endpoint/demo/score"));
+    let mut b = Bin::spawn(&[
+        "demo",
+        "--https-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--latency-ms",
+        "1",
+    ]);
+    let line =
+        b.wait_line(|l| l.contains("curl --cacert") && l.contains("/api/v1/endpoint/demo/score"));
     let port: u16 = line
         .split("https://localhost:")
         .nth(1)
@@ -236,14 +307,27 @@ async fn demo_serves_the_curl_commands_it_prints() {
     let mut deployments = std::collections::HashSet::new();
     let t0 = Instant::now();
     while deployments.len() < 2 && t0.elapsed() < Duration::from_secs(20) {
-        let a = c.call(post("/api/v1/endpoint/demo/score", "{\"data\": [[1, 2, 3, 4]]}")).await;
+        let a = c
+            .call(post(
+                "/api/v1/endpoint/demo/score",
+                "{\"data\": [[1, 2, 3, 4]]}",
+            ))
+            .await;
         assert_eq!(a.status, 200);
         deployments.insert(a.header("azureml-model-deployment").to_string());
     }
-    assert_eq!(deployments.len(), 2, "both blue and green answer: {deployments:?}");
-    let a = c.call(req("GET", "/api/v1/service/demo/swagger.json", empty())).await;
+    assert_eq!(
+        deployments.len(),
+        2,
+        "both blue and green answer: {deployments:?}"
+    );
+    let a = c
+        .call(req("GET", "/api/v1/service/demo/swagger.json", empty()))
+        .await;
     assert_eq!(a.status, 200);
     b.signal("INT");
-    let status = tokio::task::spawn_blocking(move || b.wait_exit()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || b.wait_exit())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -11,7 +11,9 @@ use crate::support::*;
 use crate::{insecure, mock};
 
 fn one_pod(pod: &str, extra: &str) -> String {
-    insecure(&format!("  - name: e\n    deployments: [{{name: d, pods: [\"{pod}\"]{extra}}}]"))
+    insecure(&format!(
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{pod}\"]{extra}}}]"
+    ))
 }
 
 /// A body of `n` bytes in 16 KiB chunks with no length known up front (sent chunked).
@@ -27,12 +29,24 @@ fn chunked(n: usize) -> Body {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_over_the_limit_is_413_known_length_before_the_pod() {
     let pod = mock("p", 0).await;
-    let r = Router::start(&one_pod(&pod.addr().to_string(), ", requestSettings: {maxRequestBodyBytes: 1024}")).await;
-    let a = call(r.http(), post("/api/v1/endpoint/e/score", &"x".repeat(2048))).await;
+    let r = Router::start(&one_pod(
+        &pod.addr().to_string(),
+        ", requestSettings: {maxRequestBodyBytes: 1024}",
+    ))
+    .await;
+    let a = call(
+        r.http(),
+        post("/api/v1/endpoint/e/score", &"x".repeat(2048)),
+    )
+    .await;
     a.assert_error(413, "PayloadTooLarge");
     assert_eq!(pod.stats().served, 0, "the pod was never contacted");
     // at the limit is fine
-    let a = call(r.http(), post("/api/v1/endpoint/e/score", &"x".repeat(1024))).await;
+    let a = call(
+        r.http(),
+        post("/api/v1/endpoint/e/score", &"x".repeat(1024)),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["bytesReceived"], 1024);
 }
@@ -40,14 +54,26 @@ async fn payload_over_the_limit_is_413_known_length_before_the_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_payload_over_the_limit_is_413_and_the_upstream_request_aborted() {
     let pod = mock("p", 0).await;
-    let r = Router::start(&one_pod(&pod.addr().to_string(), ", requestSettings: {maxRequestBodyBytes: 100000}")).await;
+    let r = Router::start(&one_pod(
+        &pod.addr().to_string(),
+        ", requestSettings: {maxRequestBodyBytes: 100000}",
+    ))
+    .await;
     let mut c = Client::plain(r.http(), Proto::H1).await;
-    let a = c.call(req("POST", "/api/v1/endpoint/e/score", chunked(1_000_000))).await;
+    let a = c
+        .call(req("POST", "/api/v1/endpoint/e/score", chunked(1_000_000)))
+        .await;
     a.assert_error(413, "PayloadTooLarge");
-    assert_eq!(pod.stats().served, 0, "the pod never answered the aborted upload");
+    assert_eq!(
+        pod.stats().served,
+        0,
+        "the pod never answered the aborted upload"
+    );
     // a chunked body under the limit goes through
     let mut c = Client::plain(r.http(), Proto::H1).await;
-    let a = c.call(req("POST", "/api/v1/endpoint/e/score", chunked(50_000))).await;
+    let a = c
+        .call(req("POST", "/api/v1/endpoint/e/score", chunked(50_000)))
+        .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["bytesReceived"], 50_000);
 }
@@ -56,14 +82,18 @@ async fn streamed_payload_over_the_limit_is_413_and_the_upstream_request_aborted
 async fn refused_connection_is_502() {
     let dead = format!("127.0.0.1:{}", free_port());
     let r = Router::start(&one_pod(&dead, "")).await;
-    call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await.assert_error(502, "UpstreamConnectFailed");
+    call(r.http(), post("/api/v1/endpoint/e/score", "{}"))
+        .await
+        .assert_error(502, "UpstreamConnectFailed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_connection_is_502() {
     let pod = mock("p", 0).await;
     let r = Router::start(&one_pod(&pod.addr().to_string(), ", scoringPath: /reset")).await;
-    call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await.assert_error(502, "UpstreamFailed");
+    call(r.http(), post("/api/v1/endpoint/e/score", "{}"))
+        .await
+        .assert_error(502, "UpstreamFailed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,13 +110,19 @@ async fn malformed_response_is_502() {
         }
     });
     let r = Router::start(&one_pod(&addr.to_string(), "")).await;
-    call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await.assert_error(502, "UpstreamFailed");
+    call(r.http(), post("/api/v1/endpoint/e/score", "{}"))
+        .await
+        .assert_error(502, "UpstreamFailed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_response_head_in_time_is_504() {
     let pod = mock("slow", 3000).await;
-    let r = Router::start(&one_pod(&pod.addr().to_string(), ", requestSettings: {requestTimeoutMs: 200}")).await;
+    let r = Router::start(&one_pod(
+        &pod.addr().to_string(),
+        ", requestSettings: {requestTimeoutMs: 200}",
+    ))
+    .await;
     let t0 = Instant::now();
     let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
     a.assert_error(504, "UpstreamTimeout");
@@ -102,19 +138,32 @@ async fn queue_wait_over_the_limit_is_503_with_retry_after() {
     ))
     .await;
     let addr = r.http();
-    let first = tokio::spawn(async move { call(addr, post("/api/v1/endpoint/e/score", "{}")).await });
+    let first =
+        tokio::spawn(async move { call(addr, post("/api/v1/endpoint/e/score", "{}")).await });
     assert!(eventually(Duration::from_secs(5), async || pod.stats().in_flight == 1).await);
     let t0 = Instant::now();
     let a = call(addr, post("/api/v1/endpoint/e/score", "{}")).await;
     a.assert_error(503, "QueueTimeout");
     assert_eq!(a.header("retry-after"), "1");
-    assert!(t0.elapsed() >= Duration::from_millis(200), "waited the queue time first");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "waited the queue time first"
+    );
     assert_eq!(first.await.unwrap().status, 200);
-    assert_eq!(pod.stats().max_in_flight, 1, "never more than one request on the pod");
+    assert_eq!(
+        pod.stats().max_in_flight,
+        1,
+        "never more than one request on the pod"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_without_pods_is_503() {
-    let r = Router::start(&insecure("  - name: e\n    deployments: [{name: d, pods: []}]")).await;
-    call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await.assert_error(503, "NoPodAvailable");
+    let r = Router::start(&insecure(
+        "  - name: e\n    deployments: [{name: d, pods: []}]",
+    ))
+    .await;
+    call(r.http(), post("/api/v1/endpoint/e/score", "{}"))
+        .await
+        .assert_error(503, "NoPodAvailable");
 }

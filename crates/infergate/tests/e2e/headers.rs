@@ -30,7 +30,12 @@ async fn forwarding_headers_hop_by_hop_and_request_ids() {
     assert_eq!(a.status, 200);
     let j = a.json();
     let up = &j["headers"];
-    for gone in ["connection", "x-secret-hop", "keep-alive", "proxy-authorization"] {
+    for gone in [
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-authorization",
+    ] {
         assert!(up.get(gone).is_none(), "{gone} reached the pod: {up}");
     }
     assert_eq!(up["x-custom"], "kept");
@@ -55,9 +60,13 @@ async fn malformed_client_request_id_is_dropped() {
     let (r, _pod) = echo_router().await;
     for bad in ["has space", "semi;colon", &"x".repeat(41)] {
         let mut q = post("/api/v1/endpoint/e/score", "{}");
-        q.headers_mut().insert("x-ms-client-request-id", bad.parse().unwrap());
+        q.headers_mut()
+            .insert("x-ms-client-request-id", bad.parse().unwrap());
         let a = call(r.http(), q).await;
-        assert!(a.json()["headers"].get("x-ms-client-request-id").is_none(), "{bad}");
+        assert!(
+            a.json()["headers"].get("x-ms-client-request-id").is_none(),
+            "{bad}"
+        );
         assert_eq!(a.header("x-ms-client-request-id"), "");
     }
 }
@@ -71,5 +80,9 @@ async fn upstream_connections_are_pooled_and_kept_alive() {
         let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
         peers.insert(a.json()["peer"].as_str().unwrap().to_string());
     }
-    assert_eq!(peers.len(), 1, "sequential requests reuse one upstream connection: {peers:?}");
+    assert_eq!(
+        peers.len(),
+        1,
+        "sequential requests reuse one upstream connection: {peers:?}"
+    );
 }

@@ -3,7 +3,9 @@
 use crate::support::*;
 use crate::{insecure, mock};
 
-async fn two_deployments(traffic: &str) -> (Router, mock_model::MockHandle, mock_model::MockHandle) {
+async fn two_deployments(
+    traffic: &str,
+) -> (Router, mock_model::MockHandle, mock_model::MockHandle) {
     let blue = mock("blue-0", 0).await;
     let green = mock("green-0", 0).await;
     let r = Router::start(&insecure(&format!(
@@ -20,17 +22,30 @@ async fn both_url_shapes_reach_scoring_and_swagger() {
     let (r, _b, _g) = two_deployments("{blue: 100, green: 0}").await;
     let mut c = Client::plain(r.http(), Proto::H1).await;
     for shape in ["service", "endpoint"] {
-        let a = c.call(post(&format!("/api/v1/{shape}/demo/score"), "{\"data\": [1]}")).await;
+        let a = c
+            .call(post(
+                &format!("/api/v1/{shape}/demo/score"),
+                "{\"data\": [1]}",
+            ))
+            .await;
         assert_eq!(a.status, 200);
         assert_eq!(a.json()["pod"], "blue-0");
         assert_eq!(a.header("azureml-model-deployment"), "blue");
-        let a = c.call(req("GET", &format!("/api/v1/{shape}/demo/swagger.json"), empty())).await;
+        let a = c
+            .call(req(
+                "GET",
+                &format!("/api/v1/{shape}/demo/swagger.json"),
+                empty(),
+            ))
+            .await;
         assert_eq!(a.status, 200);
         let j = a.json();
         assert_eq!(j["openapi"], "3.0.1");
         assert!(j["info"]["title"].as_str().unwrap().contains("blue-0"));
     }
-    let a = c.call(post("/api/v1/endpoint/demo/swagger.json", "{}")).await;
+    let a = c
+        .call(post("/api/v1/endpoint/demo/swagger.json", "{}"))
+        .await;
     a.assert_error(405, "MethodNotAllowed");
     assert_eq!(a.header("allow"), "GET, HEAD");
 }
@@ -41,14 +56,16 @@ async fn header_pins_a_deployment_and_unknown_one_is_404() {
     let mut c = Client::plain(r.http(), Proto::H1).await;
     for _ in 0..5 {
         let mut q = post("/api/v1/endpoint/demo/score", "{}");
-        q.headers_mut().insert("azureml-model-deployment", "green".parse().unwrap());
+        q.headers_mut()
+            .insert("azureml-model-deployment", "green".parse().unwrap());
         let a = c.call(q).await;
         assert_eq!(a.status, 200);
         assert_eq!(a.json()["pod"], "green-0");
         assert_eq!(a.header("azureml-model-deployment"), "green");
     }
     let mut q = post("/api/v1/endpoint/demo/score", "{}");
-    q.headers_mut().insert("azureml-model-deployment", "purple".parse().unwrap());
+    q.headers_mut()
+        .insert("azureml-model-deployment", "purple".parse().unwrap());
     c.call(q).await.assert_error(404, "DeploymentNotFound");
 }
 
@@ -58,7 +75,12 @@ async fn weights_split_unpinned_traffic() {
     let mut c = Client::plain(r.http(), Proto::H2).await;
     let n = 400;
     for _ in 0..n {
-        assert_eq!(c.call(post("/api/v1/endpoint/demo/score", "{}")).await.status, 200);
+        assert_eq!(
+            c.call(post("/api/v1/endpoint/demo/score", "{}"))
+                .await
+                .status,
+            200
+        );
     }
     let (b, g) = (blue.stats().served, green.stats().served);
     assert_eq!(b + g, n);
@@ -69,7 +91,9 @@ async fn weights_split_unpinned_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_zero_weights_serve_only_pinned_requests() {
     let (r, _b, _g) = two_deployments("{blue: 0, green: 0}").await;
-    call(r.http(), post("/api/v1/endpoint/demo/score", "{}")).await.assert_error(404, "NoTrafficAllocated");
+    call(r.http(), post("/api/v1/endpoint/demo/score", "{}"))
+        .await
+        .assert_error(404, "NoTrafficAllocated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +113,10 @@ async fn unknown_endpoints_and_traversal_never_reach_a_pod() {
         ("/api/v1/endpoint/demo/../other/score", "NotFound"),
         ("/api/v1/endpoint/demo/score/", "NotFound"),
         ("/api/v1/endpoint/demo/score/../../other/score", "NotFound"),
-        ("/api/v1/endpoint/demo%2F..%2Fother/score", "EndpointNotFound"),
+        (
+            "/api/v1/endpoint/demo%2F..%2Fother/score",
+            "EndpointNotFound",
+        ),
         ("/score", "NotFound"),
         ("/", "NotFound"),
     ];
@@ -100,7 +127,12 @@ async fn unknown_endpoints_and_traversal_never_reach_a_pod() {
     }
     assert_eq!(target.stats().served, 0, "no malformed path reached a pod");
     // percent-encoded letters of a real name still match exactly
-    assert_eq!(c.call(post("/api/v1/endpoint/%64emo/score", "{}")).await.status, 200);
+    assert_eq!(
+        c.call(post("/api/v1/endpoint/%64emo/score", "{}"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +143,11 @@ async fn query_strings_pass_through_to_the_scoring_path() {
         pod.addr()
     )))
     .await;
-    let a = call(r.http(), post("/api/v1/endpoint/e/score?verbose=true&x=a%20b", "{}")).await;
+    let a = call(
+        r.http(),
+        post("/api/v1/endpoint/e/score?verbose=true&x=a%20b", "{}"),
+    )
+    .await;
     assert_eq!(a.status, 200);
     let j = a.json();
     assert_eq!(j["path"], "/echo/v2/predict");

@@ -16,7 +16,10 @@ async fn router_for(pod: &mock_model::MockHandle) -> Router {
 }
 
 /// Reads frames until the end; returns (time of first data, time of last data, number of data frames, bytes).
-async fn frame_times(resp: http::Response<hyper::body::Incoming>, t0: Instant) -> (Duration, Duration, usize, usize) {
+async fn frame_times(
+    resp: http::Response<hyper::body::Incoming>,
+    t0: Instant,
+) -> (Duration, Duration, usize, usize) {
     let mut body = resp.into_body();
     let (mut first, mut last, mut n, mut bytes) = (None, Duration::ZERO, 0, 0);
     while let Some(f) = body.frame().await {
@@ -42,7 +45,10 @@ async fn chunked_response_reaches_the_client_chunk_by_chunk() {
         let mut c = Client::plain(r.http(), proto).await;
         let t0 = Instant::now();
         let resp = c
-            .send(post("/api/v1/endpoint/e/score?streamChunks=5&latencyMs=1500", "{}"))
+            .send(post(
+                "/api/v1/endpoint/e/score?streamChunks=5&latencyMs=1500",
+                "{}",
+            ))
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
@@ -50,7 +56,10 @@ async fn chunked_response_reaches_the_client_chunk_by_chunk() {
         let (first, last, n, _) = frame_times(resp, t0).await;
         assert!(n >= 2, "{proto:?}: {n} frames");
         // chunk 0 leaves the pod at once, the last one after 1.2 s
-        assert!(first * 2 < last, "{proto:?}: first chunk at {first:?}, last at {last:?}");
+        assert!(
+            first * 2 < last,
+            "{proto:?}: first chunk at {first:?}, last at {last:?}"
+        );
         assert!(last >= Duration::from_millis(1000), "{proto:?}: {last:?}");
     }
 }
@@ -59,13 +68,24 @@ async fn chunked_response_reaches_the_client_chunk_by_chunk() {
 async fn server_sent_events_stream_through() {
     let pod = mock("s", 0).await;
     let r = router_for(&pod).await;
-    let mut q = post("/api/v1/endpoint/e/score?streamChunks=4&latencyMs=800", "{}");
-    q.headers_mut().insert("accept", "text/event-stream".parse().unwrap());
+    let mut q = post(
+        "/api/v1/endpoint/e/score?streamChunks=4&latencyMs=800",
+        "{}",
+    );
+    q.headers_mut()
+        .insert("accept", "text/event-stream".parse().unwrap());
     let t0 = Instant::now();
-    let resp = Client::plain(r.http(), Proto::H1).await.send(q).await.unwrap();
+    let resp = Client::plain(r.http(), Proto::H1)
+        .await
+        .send(q)
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let (first, last, n, _) = frame_times(resp, t0).await;
-    assert!(n >= 2 && first * 2 < last, "{n} frames, first {first:?}, last {last:?}");
+    assert!(
+        n >= 2 && first * 2 < last,
+        "{n} frames, first {first:?}, last {last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +98,13 @@ async fn client_gone_mid_stream_frees_the_pod_slot() {
     .await;
     for _ in 0..3 {
         let mut c = Client::plain(r.http(), Proto::H1).await;
-        let resp = c.send(post("/api/v1/endpoint/e/score?streamChunks=10&latencyMs=5000", "{}")).await.unwrap();
+        let resp = c
+            .send(post(
+                "/api/v1/endpoint/e/score?streamChunks=10&latencyMs=5000",
+                "{}",
+            ))
+            .await
+            .unwrap();
         let mut body = resp.into_body();
         let _ = body.frame().await; // first chunk arrives, then the client goes away
         drop(body);

@@ -53,18 +53,30 @@ impl Router {
     /// Starts a router from YAML (listen addresses default to 127.0.0.1:0 unless given).
     pub async fn start(yaml: &str) -> Router {
         let mut cfg = Config::from_yaml(yaml, "<test>").expect("test config parses");
-        for v in [&mut cfg.listen.https, &mut cfg.listen.http, &mut cfg.listen.admin] {
+        for v in [
+            &mut cfg.listen.https,
+            &mut cfg.listen.http,
+            &mut cfg.listen.admin,
+        ] {
             if v.starts_with("0.0.0.0") {
                 *v = "127.0.0.1:0".into();
             }
         }
-        let server = infergate_proxy::Server::bind(&cfg).await.expect("router starts");
+        let server = infergate_proxy::Server::bind(&cfg)
+            .await
+            .expect("router starts");
         let (tx, rx) = oneshot::channel();
         let (https, http, admin) = (server.https_addr(), server.http_addr(), server.admin_addr());
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        Router { https, http, admin, stop: Some(tx), task: Some(task) }
+        Router {
+            https,
+            http,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn http(&self) -> SocketAddr {
@@ -102,7 +114,11 @@ pub enum Proto {
     H2,
 }
 
-pub fn tls_client_config(roots_pem: &[PathBuf], alpn: &[&[u8]], tls12_only: bool) -> Arc<rustls::ClientConfig> {
+pub fn tls_client_config(
+    roots_pem: &[PathBuf],
+    alpn: &[&[u8]],
+    tls12_only: bool,
+) -> Arc<rustls::ClientConfig> {
     infergate_tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for p in roots_pem {
@@ -147,11 +163,18 @@ impl Client {
             Proto::H1 => &[b"http/1.1"],
             Proto::H2 => &[b"h2"],
         };
-        let s = tls_connect(addr, tls_client_config(&[certs_example("ca.pem")], alpn, false))
-            .await
-            .expect("TLS handshake");
+        let s = tls_connect(
+            addr,
+            tls_client_config(&[certs_example("ca.pem")], alpn, false),
+        )
+        .await
+        .expect("TLS handshake");
         let negotiated = s.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-        let want: &[u8] = if proto == Proto::H2 { b"h2" } else { b"http/1.1" };
+        let want: &[u8] = if proto == Proto::H2 {
+            b"h2"
+        } else {
+            b"http/1.1"
+        };
         assert_eq!(negotiated.as_deref(), Some(want), "ALPN negotiated");
         Client::over(s, proto).await
     }
@@ -163,7 +186,9 @@ impl Client {
         let io = TokioIo::new(io);
         match proto {
             Proto::H1 => {
-                let (s, c) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+                let (s, c) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .expect("h1 handshake");
                 tokio::spawn(c);
                 Client::H1(s)
             }
@@ -219,14 +244,27 @@ impl Answer {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
     }
     /// Asserts the router's error shape: status, code, and the request id in body and header.
     pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "body: {:?}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
         let j = self.json();
         assert_eq!(j["error"]["code"], code, "{j}");
-        assert!(j["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
+        assert!(
+            j["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{j}"
+        );
         let rid = self.header("x-request-id");
         assert_eq!(rid.len(), 36, "request id header");
         assert_eq!(j["requestId"], rid, "{j}");
@@ -245,7 +283,8 @@ pub fn req(method: &str, path: &str, body: Body) -> Request<Body> {
 
 pub fn post(path: &str, body: &str) -> Request<Body> {
     let mut r = req("POST", path, full(body.to_string()));
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -281,7 +320,11 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
 
 /// A free port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real `infergate` binary, its stdout read line by line on a thread.
@@ -310,7 +353,11 @@ impl Bin {
                 }
             }
         });
-        Bin { child, lines: rx, seen: vec![] }
+        Bin {
+            child,
+            lines: rx,
+            seen: vec![],
+        }
     }
 
     /// Waits (up to 20 s) for a stdout line matching `pred`, returning it.
@@ -332,7 +379,10 @@ impl Bin {
                         use std::io::Read;
                         let _ = e.read_to_string(&mut err);
                     }
-                    panic!("no matching line; stdout so far: {:#?}\nstderr: {err}", self.seen);
+                    panic!(
+                        "no matching line; stdout so far: {:#?}\nstderr: {err}",
+                        self.seen
+                    );
                 }
             }
         }
@@ -340,7 +390,9 @@ impl Bin {
 
     /// Waits for the JSON `listening` line of `listener` and returns its address.
     pub fn listening(&mut self, listener: &str) -> SocketAddr {
-        let l = self.wait_line(|l| l.contains("\"listening\"") && l.contains(&format!("\"listener\":\"{listener}\"")));
+        let l = self.wait_line(|l| {
+            l.contains("\"listening\"") && l.contains(&format!("\"listener\":\"{listener}\""))
+        });
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         v["addr"].as_str().unwrap().parse().unwrap()
     }

@@ -21,7 +21,12 @@ async fn tls_router(dir: &Path, pod: &mock_model::MockHandle) -> Router {
 }
 
 async fn handshake_ok(addr: std::net::SocketAddr, root: &Path) -> bool {
-    tls_connect(addr, tls_client_config(&[root.to_path_buf()], &[b"http/1.1"], false)).await.is_ok()
+    tls_connect(
+        addr,
+        tls_client_config(&[root.to_path_buf()], &[b"http/1.1"], false),
+    )
+    .await
+    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,17 +35,34 @@ async fn alpn_selects_h2_or_http11_and_tls12_works() {
     let pod = mock("p", 0).await;
     let r = tls_router(dir.path(), &pod).await;
     let addr = r.https.unwrap();
-    assert!(r.http.is_none(), "no plain listener without allowInsecureConnections");
+    assert!(
+        r.http.is_none(),
+        "no plain listener without allowInsecureConnections"
+    );
     for proto in [Proto::H1, Proto::H2] {
         let mut c = Client::tls(addr, proto).await; // asserts the negotiated ALPN
         let a = c.call(post("/api/v1/endpoint/e/score", "{}")).await;
         assert_eq!(a.status, 200, "{proto:?}");
     }
-    let s = tls_connect(addr, tls_client_config(&[certs_example("ca.pem")], &[b"http/1.1"], true)).await.unwrap();
-    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
-    let a = Client::over(s, Proto::H1).await.call(post("/api/v1/endpoint/e/score", "{}")).await;
+    let s = tls_connect(
+        addr,
+        tls_client_config(&[certs_example("ca.pem")], &[b"http/1.1"], true),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let a = Client::over(s, Proto::H1)
+        .await
+        .call(post("/api/v1/endpoint/e/score", "{}"))
+        .await;
     assert_eq!(a.status, 200);
-    let a = Client::tls(addr, Proto::H1).await.call(post("/api/v1/endpoint/e/score", "{}")).await;
+    let a = Client::tls(addr, Proto::H1)
+        .await
+        .call(post("/api/v1/endpoint/e/score", "{}"))
+        .await;
     // x-forwarded-proto is https on the TLS listener: checked through /echo elsewhere; here the route works
     assert_eq!(a.header("azureml-model-deployment"), "d");
 }
@@ -52,21 +74,43 @@ async fn rotation_serves_the_new_pair_and_keeps_open_connections() {
     let r = tls_router(dir.path(), &pod).await;
     let addr = r.https.unwrap();
     let mut old_conn = Client::tls(addr, Proto::H1).await;
-    assert_eq!(old_conn.call(post("/api/v1/endpoint/e/score", "{}")).await.status, 200);
+    assert_eq!(
+        old_conn
+            .call(post("/api/v1/endpoint/e/score", "{}"))
+            .await
+            .status,
+        200
+    );
 
     let new_cert = tls_fixture("rsa-pkcs1-cert.pem");
     std::fs::copy(tls_fixture("rsa-pkcs1-key.pem"), dir.path().join("key.pem")).unwrap();
     std::fs::copy(&new_cert, dir.path().join("cert.pem")).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), async || handshake_ok(addr, &new_cert).await).await,
+        eventually(Duration::from_secs(10), async || handshake_ok(
+            addr, &new_cert
+        )
+        .await)
+        .await,
         "new handshakes present the new certificate"
     );
-    assert!(!handshake_ok(addr, &certs_example("ca.pem")).await, "the old certificate is no longer served");
+    assert!(
+        !handshake_ok(addr, &certs_example("ca.pem")).await,
+        "the old certificate is no longer served"
+    );
     // the connection opened before the swap is untouched
-    assert_eq!(old_conn.call(post("/api/v1/endpoint/e/score", "{}")).await.status, 200);
+    assert_eq!(
+        old_conn
+            .call(post("/api/v1/endpoint/e/score", "{}"))
+            .await
+            .status,
+        200
+    );
     let m = admin_get(r.admin, "/metrics").await;
     let text = String::from_utf8_lossy(&m.body);
-    assert!(metric(&text, "infergate_tls_cert_reloads_total{result=\"ok\"}") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "infergate_tls_cert_reloads_total{result=\"ok\"}") >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,18 +121,38 @@ async fn corrupt_or_mismatched_replacement_keeps_the_old_pair() {
     let addr = r.https.unwrap();
     let failed = async || {
         let m = admin_get(r.admin, "/metrics").await;
-        metric(&String::from_utf8_lossy(&m.body), "infergate_tls_cert_reloads_total{result=\"failed\"}")
+        metric(
+            &String::from_utf8_lossy(&m.body),
+            "infergate_tls_cert_reloads_total{result=\"failed\"}",
+        )
     };
     let before = failed().await;
-    std::fs::write(dir.path().join("cert.pem"), "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n").unwrap();
-    assert!(eventually(Duration::from_secs(10), async || failed().await > before).await, "failure counted");
-    assert!(handshake_ok(addr, &certs_example("ca.pem")).await, "old pair still serves");
-    let a = Client::tls(addr, Proto::H2).await.call(post("/api/v1/endpoint/e/score", "{}")).await;
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || failed().await > before).await,
+        "failure counted"
+    );
+    assert!(
+        handshake_ok(addr, &certs_example("ca.pem")).await,
+        "old pair still serves"
+    );
+    let a = Client::tls(addr, Proto::H2)
+        .await
+        .call(post("/api/v1/endpoint/e/score", "{}"))
+        .await;
     assert_eq!(a.status, 200);
 
     // a valid certificate whose key does not match is refused the same way
     let before = failed().await;
-    std::fs::copy(tls_fixture("rsa-pkcs1-cert.pem"), dir.path().join("cert.pem")).unwrap();
+    std::fs::copy(
+        tls_fixture("rsa-pkcs1-cert.pem"),
+        dir.path().join("cert.pem"),
+    )
+    .unwrap();
     assert!(eventually(Duration::from_secs(10), async || failed().await > before).await);
     assert!(handshake_ok(addr, &certs_example("ca.pem")).await);
     assert!(!handshake_ok(addr, &tls_fixture("rsa-pkcs1-cert.pem")).await);
@@ -101,13 +165,24 @@ async fn failed_handshakes_are_counted() {
     let r = tls_router(dir.path(), &pod).await;
     let count = async || {
         let m = admin_get(r.admin, "/metrics").await;
-        metric(&String::from_utf8_lossy(&m.body), "infergate_tls_handshake_failures_total")
+        metric(
+            &String::from_utf8_lossy(&m.body),
+            "infergate_tls_handshake_failures_total",
+        )
     };
     let before = count().await;
-    let mut s = tokio::net::TcpStream::connect(r.https.unwrap()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(r.https.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     drop(s);
     // a client that does not trust the certificate aborts the handshake too
     assert!(!handshake_ok(r.https.unwrap(), &tls_fixture("rsa-pkcs1-cert.pem")).await);
-    assert!(eventually(Duration::from_secs(5), async || count().await >= before + 2.0).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || count().await
+            >= before + 2.0)
+        .await
+    );
 }

@@ -1,0 +1,470 @@
+//! The Kubernetes objects, built as JSON values from validated [`Settings`].
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use crate::settings::{Exposure, Settings, TlsFiles};
+use crate::{RenderArgs, RenderError};
+
+/// Container port of the HTTPS listener (`listen.https`); the Service maps 443 to it.
+pub const HTTPS_PORT: u16 = 8443;
+/// Container port of the plain HTTP listener (`listen.http`); the Service maps 80 to it.
+pub const HTTP_PORT: u16 = 8080;
+/// Container port of the admin listener (`/healthz`, `/readyz`, `/metrics`); not on the Service.
+pub const ADMIN_PORT: u16 = 9090;
+/// Where the ConfigMap's `infergate.yaml` is mounted.
+pub const CONFIG_PATH: &str = "/etc/infergate/config/infergate.yaml";
+/// Where the TLS Secret is mounted (`tls.crt`, `tls.key`).
+pub const TLS_DIR: &str = "/etc/infergate/tls";
+/// The preStop delay: endpoint controllers and load balancers stop sending new connections
+/// to the pod before SIGTERM makes the router drain.
+pub const PRE_STOP_SECONDS: u64 = 5;
+/// Slack on top of preStop + drain before the kubelet sends SIGKILL.
+const GRACE_SLACK_SECONDS: u64 = 5;
+
+const CONFIG_DIR: &str = "/etc/infergate/config";
+const CONFIG_FILE: &str = "infergate.yaml";
+/// The distroless `nonroot` user and group.
+const NONROOT: u32 = 65532;
+/// Group-readable only: the pod's fsGroup (or OpenShift's assigned group) owns the files.
+const SECRET_MODE: u32 = 0o440;
+
+/// `terminationGracePeriodSeconds` for a drain timeout: preStop + drain (rounded up) + slack.
+pub fn termination_grace_seconds(drain_timeout_ms: u64) -> u64 {
+    PRE_STOP_SECONDS + drain_timeout_ms.div_ceil(1000) + GRACE_SLACK_SECONDS
+}
+
+/// Names and labels shared by every object.
+struct Ctx<'a> {
+    ns: &'a str,
+    name: &'a str,
+    image: &'a str,
+    s: &'a Settings,
+}
+
+impl Ctx<'_> {
+    fn config_map(&self) -> String {
+        format!("{}-config", self.name)
+    }
+    fn secret(&self) -> String {
+        format!("{}-tls", self.name)
+    }
+    /// SCCs are cluster-scoped: the namespace keeps two installations apart.
+    fn scc(&self) -> String {
+        format!("{}-{}", self.name, self.ns)
+    }
+    fn scc_role(&self) -> String {
+        format!("{}-scc", self.name)
+    }
+
+    fn selector(&self) -> Value {
+        json!({
+            "app.kubernetes.io/name": "infergate",
+            "app.kubernetes.io/instance": self.name,
+        })
+    }
+
+    fn labels(&self) -> Value {
+        json!({
+            "app.kubernetes.io/name": "infergate",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": "inference-router",
+            "app.kubernetes.io/part-of": "infergate",
+        })
+    }
+
+    fn meta(&self, name: &str) -> Value {
+        json!({ "name": name, "namespace": self.ns, "labels": self.labels() })
+    }
+}
+
+/// Every object, in apply order, with the file it is written to.
+pub(crate) fn documents(
+    args: &RenderArgs,
+    s: &Settings,
+) -> Result<Vec<(String, Value)>, RenderError> {
+    check_name("--namespace", &args.namespace, 63)?;
+    // Leave room for the longest derived name (`-config`) within a 63-character label.
+    check_name("--name", &args.name, 56)?;
+    if args.image.trim().is_empty() || args.image.contains(char::is_whitespace) {
+        return Err(RenderError::invalid(
+            "--image",
+            &args.image,
+            "not a container image reference",
+            "write e.g. --image ghcr.io/infergate/infergate:0.1.0",
+        ));
+    }
+    let cx = Ctx {
+        ns: &args.namespace,
+        name: &args.name,
+        image: &args.image,
+        s,
+    };
+    let config = router_config(s)?;
+
+    let mut docs = vec![
+        ("namespace.yaml".to_string(), namespace(&cx)),
+        ("serviceaccount.yaml".to_string(), service_account(&cx)),
+    ];
+    if s.openshift {
+        docs.push(("securitycontextconstraints.yaml".into(), scc(&cx)));
+        docs.push(("role.yaml".into(), scc_role(&cx)));
+        docs.push(("rolebinding.yaml".into(), scc_role_binding(&cx)));
+    }
+    docs.extend(discovery_documents(args, s));
+    docs.push(("configmap.yaml".into(), config_map(&cx, &config.0)));
+    if let Some(tls) = &s.tls {
+        docs.push(("secret.yaml".into(), tls_secret(&cx, tls)?));
+    }
+    docs.push(("service.yaml".into(), service(&cx)));
+    docs.push(("deployment.yaml".into(), deployment(&cx, config.1)));
+    if s.high_availability {
+        docs.push((
+            "poddisruptionbudget.yaml".into(),
+            pod_disruption_budget(&cx),
+        ));
+    }
+    Ok(docs)
+}
+
+/// EXTENSION POINT for the discovery issue (issue 3): the CustomResourceDefinition of endpoint
+/// definitions and the RBAC (ClusterRole/Role + bindings for the router's ServiceAccount) that
+/// lets the router watch EndpointSlices and those resources. Returns nothing until that lands;
+/// its documents go right after the ServiceAccount so they are applied before the Deployment.
+fn discovery_documents(_args: &RenderArgs, _s: &Settings) -> Vec<(String, Value)> {
+    Vec::new()
+}
+
+fn check_name(flag: &str, v: &str, max: usize) -> Result<(), RenderError> {
+    let b = v.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= max
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if ok {
+        return Ok(());
+    }
+    Err(RenderError::invalid(
+        flag,
+        v,
+        "not a valid Kubernetes name",
+        format!(
+            "use 1-{max} lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
+        ),
+    ))
+}
+
+/// The router's configuration file (YAML text) and its drain timeout.
+fn router_config(s: &Settings) -> Result<(String, u64), RenderError> {
+    let bug = |e: infergate_config::ConfigError| RenderError::Yaml(e.to_string());
+    // Start from the file format's own defaults so new fields keep theirs.
+    let mut cfg = infergate_config::Config::from_yaml("{}", "<render>").map_err(bug)?;
+    cfg.allow_insecure_connections = s.allow_insecure_connections;
+    if s.tls.is_some() {
+        cfg.ssl_cert_pem_file = Some(Path::new(TLS_DIR).join("tls.crt"));
+        cfg.ssl_key_pem_file = Some(Path::new(TLS_DIR).join("tls.key"));
+    }
+    // Validate everything but the existence of the files, which only exist in the pod.
+    let mut check = cfg.clone();
+    check.ssl_cert_pem_file = None;
+    check.ssl_key_pem_file = None;
+    check.allow_insecure_connections = true;
+    check.validate().map_err(bug)?;
+    let body = serde_saphyr::to_string(&cfg).map_err(|e| RenderError::Yaml(e.to_string()))?;
+    let text = format!(
+        "# infergate router configuration, rendered by `infergate render`.\n\
+         # Endpoints come from discovery; see `infergate serve --help` for every key.\n{body}"
+    );
+    Ok((text, cfg.drain_timeout_ms))
+}
+
+fn namespace(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": cx.ns },
+    })
+}
+
+fn service_account(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": cx.meta(cx.name),
+    })
+}
+
+fn config_map(cx: &Ctx, config: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": cx.meta(&cx.config_map()),
+        "data": { CONFIG_FILE: config },
+    })
+}
+
+fn tls_secret(cx: &Ctx, tls: &TlsFiles) -> Result<Value, RenderError> {
+    infergate_tls::install_crypto_provider();
+    infergate_tls::load_certified_key(&tls.cert, &tls.key).map_err(|source| RenderError::Tls {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        source: Box::new(source),
+    })?;
+    let read = |key: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| RenderError::Read {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert = read("sslCertPemFile", &tls.cert)?;
+    let key = read("sslKeyPemFile", &tls.key)?;
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": cx.meta(&cx.secret()),
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": BASE64.encode(cert),
+            "tls.key": BASE64.encode(key),
+        },
+    }))
+}
+
+fn service(cx: &Ctx) -> Value {
+    let mut ports = Vec::new();
+    if cx.s.tls.is_some() {
+        ports.push(
+            json!({ "name": "https", "port": 443, "targetPort": "https", "protocol": "TCP" }),
+        );
+    }
+    if cx.s.allow_insecure_connections {
+        ports.push(json!({ "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP" }));
+    }
+    let mut meta = cx.meta(cx.name);
+    if cx.s.exposure == Exposure::InternalLoadBalancer {
+        meta["annotations"] =
+            json!({ "service.beta.kubernetes.io/azure-load-balancer-internal": "true" });
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "type": cx.s.exposure.service_type(),
+            "selector": cx.selector(),
+            "ports": ports,
+        },
+    })
+}
+
+fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
+    let s = cx.s;
+    let mut ports = Vec::new();
+    if s.tls.is_some() {
+        ports.push(json!({ "name": "https", "containerPort": HTTPS_PORT, "protocol": "TCP" }));
+    }
+    if s.allow_insecure_connections {
+        ports.push(json!({ "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" }));
+    }
+    ports.push(json!({ "name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP" }));
+
+    let mut mounts = vec![json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true })];
+    let mut volumes = vec![json!({ "name": "config", "configMap": { "name": cx.config_map() } })];
+    if s.tls.is_some() {
+        mounts.push(json!({ "name": "tls", "mountPath": TLS_DIR, "readOnly": true }));
+        volumes.push(json!({
+            "name": "tls",
+            "secret": { "secretName": cx.secret(), "defaultMode": SECRET_MODE },
+        }));
+    }
+
+    // OpenShift assigns the UID, GID and fsGroup from the namespace's range: fixing them
+    // would make the pod fail admission.
+    let pod_security = if s.openshift {
+        json!({ "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } })
+    } else {
+        json!({
+            "runAsNonRoot": true,
+            "runAsUser": NONROOT,
+            "runAsGroup": NONROOT,
+            "fsGroup": NONROOT,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        })
+    };
+
+    let probe = |path: &str, period: u32, failures: u32| {
+        json!({
+            "httpGet": { "path": path, "port": "admin" },
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        })
+    };
+
+    let container = json!({
+        "name": "infergate",
+        "image": cx.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["serve", "--config", CONFIG_PATH],
+        "ports": ports,
+        "livenessProbe": probe("/healthz", 10, 3),
+        "readinessProbe": probe("/readyz", 5, 2),
+        // The sleep action needs no shell (the image is distroless); Kubernetes >= 1.30.
+        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
+        // No CPU limit: CFS throttling of a latency-sensitive proxy shows up as tail latency.
+        "resources": {
+            "requests": { "cpu": "250m", "memory": "128Mi" },
+            "limits": { "memory": "512Mi" },
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "volumeMounts": mounts,
+    });
+
+    let mut pod_annotations = json!({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": ADMIN_PORT.to_string(),
+        "prometheus.io/path": "/metrics",
+    });
+    if s.openshift {
+        pod_annotations["openshift.io/required-scc"] = json!(cx.scc());
+    }
+
+    let mut pod_spec = json!({
+        "serviceAccountName": cx.name,
+        "terminationGracePeriodSeconds": termination_grace_seconds(drain_timeout_ms),
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": volumes,
+    });
+    if s.high_availability {
+        // Preferred, not required: with maxSurge 1 on a three-node cluster a required
+        // anti-affinity would leave the surge pod unschedulable and stall every rollout.
+        pod_spec["affinity"] = json!({
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": { "matchLabels": cx.selector() },
+                    },
+                }],
+            },
+        });
+        let spread = |key: &str| {
+            json!({
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": { "matchLabels": cx.selector() },
+                "matchLabelKeys": ["pod-template-hash"],
+            })
+        };
+        pod_spec["topologySpreadConstraints"] = json!([
+            spread("topology.kubernetes.io/zone"),
+            spread("kubernetes.io/hostname")
+        ]);
+    }
+
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": cx.meta(cx.name),
+        "spec": {
+            "replicas": if s.high_availability { 3 } else { 1 },
+            "revisionHistoryLimit": 5,
+            "selector": { "matchLabels": cx.selector() },
+            // Never below the desired count during a rollout (a single replica included).
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 },
+            },
+            "template": {
+                "metadata": { "labels": cx.labels(), "annotations": pod_annotations },
+                "spec": pod_spec,
+            },
+        },
+    })
+}
+
+fn pod_disruption_budget(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": cx.meta(cx.name),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": { "matchLabels": cx.selector() },
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    })
+}
+
+/// As strict as OpenShift's `restricted-v2`, plus a read-only root filesystem; UIDs, GIDs and
+/// SELinux labels come from the namespace's ranges.
+fn scc(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "security.openshift.io/v1",
+        "kind": "SecurityContextConstraints",
+        "metadata": { "name": cx.scc(), "labels": cx.labels() },
+        "allowHostDirVolumePlugin": false,
+        "allowHostIPC": false,
+        "allowHostNetwork": false,
+        "allowHostPID": false,
+        "allowHostPorts": false,
+        "allowPrivilegeEscalation": false,
+        "allowPrivilegedContainer": false,
+        "allowedCapabilities": null,
+        "defaultAddCapabilities": null,
+        "priority": null,
+        "readOnlyRootFilesystem": true,
+        "requiredDropCapabilities": ["ALL"],
+        "runAsUser": { "type": "MustRunAsRange" },
+        "seLinuxContext": { "type": "MustRunAs" },
+        "fsGroup": { "type": "MustRunAs" },
+        "supplementalGroups": { "type": "RunAsAny" },
+        "seccompProfiles": ["runtime/default"],
+        "volumes": ["configMap", "downwardAPI", "emptyDir", "projected", "secret"],
+        "users": [],
+        "groups": [],
+    })
+}
+
+fn scc_role(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": cx.meta(&cx.scc_role()),
+        "rules": [{
+            "apiGroups": ["security.openshift.io"],
+            "resources": ["securitycontextconstraints"],
+            "resourceNames": [cx.scc()],
+            "verbs": ["use"],
+        }],
+    })
+}
+
+fn scc_role_binding(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": cx.meta(&cx.scc_role()),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": cx.scc_role(),
+        },
+        "subjects": [{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }],
+    })
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every test of the project: formatting, the crypto-provider guard, all cargo tests
+# (unit, property, end-to-end over 127.0.0.1), and offline schema validation of the manifests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== only ring as rustls crypto provider (two providers panic at run time)"
+if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
+    echo "aws-lc-sys is in the dependency tree:"; cargo tree --workspace -i aws-lc-sys; exit 1
+fi
+
+echo "== cargo test"
+cargo test --workspace --locked
+
+echo "== manifests: kustomize overlays and render modes against the Kubernetes schemas"
+bash deploy/validate.sh
