@@ -30,7 +30,7 @@ fn mk_table(endpoints: usize) -> RouteTable<()> {
             .zip(ep.weights())
             .map(|(d, w)| (Deployment::from_config(d, settings, ()), w))
             .collect();
-        Endpoint::new(&ep.name, deps)
+        Endpoint::new(&ep.name, (), deps)
     }))
 }
 

@@ -1,9 +1,9 @@
 use super::*;
 use proptest::prelude::*;
 
-fn addrs(n: usize) -> Vec<SocketAddr> {
+fn addrs(n: usize) -> Vec<PodSpec> {
     (0..n)
-        .map(|i| SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)))
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)).into())
         .collect()
 }
 
@@ -168,7 +168,7 @@ proptest! {
                 },
                 Op::Release(i) => if !live.is_empty() { live.swap_remove(i % live.len()); },
             }
-            for pod in p.pods() {
+            for pod in p.pods().iter() {
                 let held = live.iter().filter(|l| l.pod().addr() == pod.addr()).count();
                 prop_assert_eq!(pod.in_flight() as usize, held);
                 prop_assert!(pod.in_flight() <= limit);
@@ -177,4 +177,45 @@ proptest! {
         drop(live);
         prop_assert_eq!(p.busy(), 0);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_pods_keeps_state_by_address_and_retires_removed_pods() {
+    let p = mk_pool(2, 1);
+    let a = p.try_acquire(0).unwrap();
+    let b = p.try_acquire(0).unwrap();
+    let a_addr = a.pod().addr();
+    // keep a's pod, drop b's, add a new one
+    let third = SocketAddr::from(([127, 0, 0, 1], 6000));
+    p.set_pods(&[a_addr.into(), third.into()], 1);
+    assert_eq!(p.pods().len(), 2);
+    let kept = p.pods().iter().find(|x| x.addr() == a_addr).unwrap().clone();
+    assert_eq!(kept.in_flight(), 1, "in-flight count survived the update");
+    assert!(!b.pod().is_active(), "removed pod is retired");
+    let c = p.try_acquire(0).unwrap();
+    assert_eq!(c.pod().addr(), third, "only the new pod had a free slot");
+    assert!(p.try_acquire(0).is_none(), "a's pod is still busy, b's is gone");
+    drop(b); // the retired pod's request ends: no new capacity
+    assert!(p.try_acquire(0).is_none());
+    drop(a);
+    assert!(p.try_acquire(0).is_some());
+    drop(c);
+}
+
+#[tokio::test(start_paused = true)]
+async fn added_pods_serve_waiters_at_once() {
+    let p = mk_pool(1, 1);
+    let _held = p.try_acquire(0).unwrap();
+    let waiter = tokio::spawn({
+        let p = p.clone();
+        async move { p.acquire(0, Duration::from_secs(60)).await.map(|l| l.pod().addr()) }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(p.queued(), 1);
+    let new = SocketAddr::from(([127, 0, 0, 1], 7000));
+    let mut pods = addrs(1);
+    pods.push(new.into());
+    p.set_pods(&pods, 1);
+    assert_eq!(waiter.await.unwrap().unwrap(), new);
+    assert_eq!(p.queued(), 0);
 }

@@ -10,7 +10,10 @@ pub mod headers;
 pub mod metrics;
 mod server;
 mod service;
+pub mod spec;
 
 pub use error::{ProxyError, error_response};
 pub use server::{Readiness, Server, StartError};
-pub use service::{ConnInfo, DeploymentState, Router, Table};
+pub use service::{ConnInfo, DeploymentState, EndpointState, Router, Table};
+pub use spec::{DeploymentSpec, EndpointSpec, specs_from_config};
+pub use infergate_balance::PodSpec;

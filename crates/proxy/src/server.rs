@@ -113,7 +113,8 @@ impl Server {
             _ => None,
         };
         let prom = crate::metrics::install();
-        let router = Router::new(Router::table_from_config(cfg));
+        let router = Router::new();
+        router.publish_specs(&crate::spec::specs_from_config(cfg));
 
         let https = match (addrs.https, &cert) {
             (Some(a), Some(c)) => Some((

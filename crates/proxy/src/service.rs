@@ -11,9 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use infergate_balance::{DEFAULT_MAX_QUEUE, Lease, Pool};
-use infergate_config::Config;
-use infergate_routing::RouteTable;
+use infergate_balance::{DEFAULT_MAX_QUEUE, Lease, PodSpec, PodState, Pool};
+use infergate_routing::{Action, Deployment, Endpoint, RouteTable};
 use metrics::{Counter, Gauge, Histogram, Label};
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -28,8 +27,18 @@ use crate::metrics::{
     REQUEST_DURATION_SECONDS, REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
 
-/// The route table the proxy serves: each deployment carries its balancer and metric handles.
-pub type Table = RouteTable<Arc<DeploymentState>>;
+use crate::spec::EndpointSpec;
+
+/// The route table the proxy serves: each endpoint carries its policy, each deployment its
+/// balancer and metric handles.
+pub type Table = RouteTable<Arc<DeploymentState>, Arc<EndpointState>>;
+
+/// Endpoint-wide state.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Endpoint name.
+    pub name: Arc<str>,
+}
 
 /// Where a connection came from and over what.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +63,7 @@ pub struct DeploymentState {
 
 impl DeploymentState {
     /// State for a deployment of `endpoint` with these pods and per-pod slots.
-    pub fn new(endpoint: &str, deployment: &str, pods: &[SocketAddr], slots: u32) -> Self {
+    pub fn new(endpoint: &str, deployment: &str, pods: &[PodSpec], slots: u32) -> Self {
         DeploymentState {
             pool: Pool::new(pods, slots, DEFAULT_MAX_QUEUE),
             endpoint: endpoint.into(),
@@ -148,7 +157,7 @@ impl Completion {
                 start: self.start,
             },
             Some(&self.dep),
-            Some(self.lease.pod().addr()),
+            Some(self.lease.pod()),
             self.status,
             Some(self.upstream),
             self.bytes_in.load(Ordering::Relaxed),
@@ -163,7 +172,7 @@ impl Completion {
 fn access_log(
     ctx: &LogCtx<'_>,
     dep: Option<&DeploymentState>,
-    pod: Option<SocketAddr>,
+    pod: Option<&PodState>,
     status: u16,
     upstream: Option<Duration>,
     bytes_in: u64,
@@ -177,7 +186,8 @@ fn access_log(
         path = ctx.path,
         endpoint = dep.map_or("", |d| &d.endpoint),
         deployment = dep.map_or("", |d| &d.deployment),
-        pod = pod.map(tracing::field::display),
+        pod = pod.map(|p| tracing::field::display(p.addr())),
+        pod_name = pod.and_then(|p| p.name()),
         status,
         duration_ms = ctx.start.elapsed().as_secs_f64() * 1e3,
         upstream_ms = upstream.map(|u| u.as_secs_f64() * 1e3),
@@ -198,8 +208,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router serving `table`.
-    pub fn new(table: Table) -> Arc<Self> {
+    /// A router with an empty table; see [`Router::publish_specs`].
+    pub fn new() -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
@@ -210,23 +220,54 @@ impl Router {
             .timer(TokioTimer::new())
             .build(connector);
         Arc::new(Router {
-            table: ArcSwap::from_pointee(table),
+            table: ArcSwap::from_pointee(Table::default()),
             client,
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             unrouted: LabelledMetrics::new("", ""),
         })
     }
 
-    /// Builds the table of a validated configuration.
-    pub fn table_from_config(cfg: &Config) -> Table {
-        RouteTable::from_config(cfg, |ep, dep, s| {
-            Arc::new(DeploymentState::new(
-                &ep.name,
-                &dep.name,
-                &dep.pod_addrs(),
-                s.max_concurrent_requests_per_instance,
-            ))
-        })
+    /// Builds a table from `specs` and publishes it with one atomic swap.
+    ///
+    /// A deployment that exists in the current table under the same (endpoint, deployment)
+    /// names keeps its state: its pool is updated in place, so in-flight counts, waiters and
+    /// per-pod state carry over; pods that left take no new requests but finish their own.
+    pub fn publish_specs(&self, specs: &[EndpointSpec]) {
+        let old = self.table.load_full();
+        let table = RouteTable::new(specs.iter().map(|ep| {
+            let prev = old.endpoint(&ep.name);
+            let deployments = ep
+                .deployments
+                .iter()
+                .map(|d| {
+                    let slots = d.settings.max_concurrent_requests_per_instance;
+                    let state = match prev.and_then(|e| e.deployment(d.name.as_bytes())) {
+                        Some(p) => {
+                            p.balancer.pool.set_pods(&d.pods, slots);
+                            p.balancer.clone()
+                        }
+                        None => Arc::new(DeploymentState::new(&ep.name, &d.name, &d.pods, slots)),
+                    };
+                    let dep = Deployment::new(
+                        &d.name,
+                        &d.scoring_path,
+                        &d.swagger_path,
+                        d.settings,
+                        d.pods.iter().map(|p| p.addr).collect(),
+                        state,
+                    );
+                    (dep, d.weight)
+                })
+                .collect();
+            let state = match prev {
+                Some(p) => p.state.clone(),
+                None => Arc::new(EndpointState {
+                    name: ep.name.as_str().into(),
+                }),
+            };
+            Endpoint::new(&ep.name, state, deployments)
+        }));
+        self.publish(table);
     }
 
     /// Publishes a new table with one atomic swap; requests already running keep the old one.
@@ -255,16 +296,19 @@ impl Router {
 
         // One snapshot per request, held (as an Arc, not a lock) until the response head.
         let table = self.table.load_full();
-        let target = match table.resolve(
-            &parts.method,
-            parts.uri.path(),
-            parts.headers.get(AZUREML_MODEL_DEPLOYMENT),
-            roll as u32,
-        ) {
-            Ok(t) => t,
+        let (endpoint, action) = match table.lookup(&parts.method, parts.uri.path()) {
+            Ok(x) => x,
             Err(e) => return self.fail(ProxyError::Route(e), &ctx, None, None, 0),
         };
-        let dep = target.deployment;
+        // Endpoint-level checks go here: before a deployment is chosen, a pod contacted or a slot taken.
+        let dep = match endpoint.select(parts.headers.get(AZUREML_MODEL_DEPLOYMENT), roll as u32) {
+            Ok(d) => d,
+            Err(e) => return self.fail(ProxyError::Route(e), &ctx, None, None, 0),
+        };
+        let upstream_path: &str = match action {
+            Action::Score => &dep.scoring_path,
+            Action::Swagger => &dep.swagger_path,
+        };
         let state = &dep.balancer;
         let settings = dep.settings;
         let limit = settings.max_request_body_bytes;
@@ -288,13 +332,13 @@ impl Router {
             Ok(l) => l,
             Err(e) => return self.fail(ProxyError::Unavailable(e), &ctx, Some(state), None, 0),
         };
-        let pod = lease.pod().addr();
+        let pod = lease.pod().clone();
 
-        let upstream_uri = match upstream_uri(pod, target.upstream_path(), parts.uri.query()) {
+        let upstream_uri = match upstream_uri(pod.addr(), upstream_path, parts.uri.query()) {
             Some(u) => u,
             None => {
                 let e = ProxyError::UpstreamFailed("the upstream URI could not be built");
-                return self.fail(e, &ctx, Some(state), Some(pod), 0);
+                return self.fail(e, &ctx, Some(state), Some(&pod), 0);
             }
         };
         let authority = parts.uri.authority().map(|a| a.to_string());
@@ -324,14 +368,14 @@ impl Router {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let n = bytes_in.load(Ordering::Relaxed);
-                return self.fail(classify(&e, limit), &ctx, Some(state), Some(pod), n);
+                return self.fail(classify(&e, limit), &ctx, Some(state), Some(&pod), n);
             }
             Err(_) => {
                 let n = bytes_in.load(Ordering::Relaxed);
                 let e = ProxyError::UpstreamTimeout {
                     ms: settings.request_timeout_ms,
                 };
-                return self.fail(e, &ctx, Some(state), Some(pod), n);
+                return self.fail(e, &ctx, Some(state), Some(&pod), n);
             }
         };
         let upstream = sent.elapsed();
@@ -374,7 +418,7 @@ impl Router {
         err: ProxyError,
         ctx: &LogCtx<'_>,
         dep: Option<&Arc<DeploymentState>>,
-        pod: Option<SocketAddr>,
+        pod: Option<&PodState>,
         bytes_in: u64,
     ) -> Response<ProxyBody> {
         let resp = error_response(&err, ctx.request_id);

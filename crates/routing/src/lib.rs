@@ -1,8 +1,9 @@
 //! The route table and request resolution: azureml-fe URL shapes, deployment pinning, weighted split. Pure: no I/O.
 //!
 //! A [`RouteTable`] maps endpoint names to [`Endpoint`]s, each holding [`Deployment`]s.
-//! Every deployment carries a payload `B` (the proxy puts its balancer there), so one
-//! snapshot load gives the caller everything it needs for a request.
+//! Every endpoint carries a payload `E` and every deployment a payload `B` (the proxy puts its
+//! endpoint policy and its balancer there), so one snapshot load gives the caller everything it
+//! needs for a request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,16 +52,16 @@ pub enum RouteError {
 
 /// A resolved request: which endpoint, which deployment, what for.
 #[derive(Debug)]
-pub struct Target<'a, B> {
+pub struct Target<'a, B, E = ()> {
     /// The endpoint named in the URL.
-    pub endpoint: &'a Endpoint<B>,
+    pub endpoint: &'a Endpoint<B, E>,
     /// The deployment chosen (pinned or by weight).
     pub deployment: &'a Deployment<B>,
     /// Score or swagger.
     pub action: Action,
 }
 
-impl<B> Target<'_, B> {
+impl<B, E> Target<'_, B, E> {
     /// The path on the pod this request goes to.
     pub fn upstream_path(&self) -> &str {
         match self.action {
@@ -91,18 +92,20 @@ pub struct Deployment<B> {
 
 /// One endpoint: deployments and the cumulative traffic weights that split unpinned requests.
 #[derive(Debug)]
-pub struct Endpoint<B> {
+pub struct Endpoint<B, E = ()> {
     /// Endpoint name, as in the URL.
     pub name: Box<str>,
+    /// The caller's endpoint-wide payload (the proxy's auth and mirror policy).
+    pub state: E,
     /// Deployments in configuration order.
     pub deployments: Box<[Deployment<B>]>,
     /// `cumulative[i]` = sum of weights of deployments `0..=i`.
     cumulative: Box<[u32]>,
 }
 
-impl<B> Endpoint<B> {
-    /// Builds an endpoint from deployments and their weights (same order).
-    pub fn new(name: &str, deployments: Vec<(Deployment<B>, u32)>) -> Self {
+impl<B, E> Endpoint<B, E> {
+    /// Builds an endpoint from its payload, deployments and their weights (same order).
+    pub fn new(name: &str, state: E, deployments: Vec<(Deployment<B>, u32)>) -> Self {
         let mut acc = 0u32;
         let mut cumulative = Vec::with_capacity(deployments.len());
         let mut deps = Vec::with_capacity(deployments.len());
@@ -113,6 +116,7 @@ impl<B> Endpoint<B> {
         }
         Endpoint {
             name: name.into(),
+            state,
             deployments: deps.into(),
             cumulative: cumulative.into(),
         }
@@ -128,6 +132,19 @@ impl<B> Endpoint<B> {
         self.deployments.iter().find(|d| d.name.as_bytes() == name)
     }
 
+    /// The deployment a request goes to: the pinned one (`azureml-model-deployment`), else one by weight.
+    pub fn select(&self, pinned: Option<&HeaderValue>, roll: u32) -> Result<&Deployment<B>, RouteError> {
+        match pinned {
+            Some(h) => self.deployment(h.as_bytes()).ok_or_else(|| RouteError::DeploymentNotFound {
+                endpoint: self.name.to_string(),
+                deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
+            }),
+            None => self
+                .pick(roll)
+                .ok_or_else(|| RouteError::NoTrafficAllocated(self.name.to_string())),
+        }
+    }
+
     /// Picks a deployment by weight; `roll` is any random number (reduced modulo the total weight).
     pub fn pick(&self, roll: u32) -> Option<&Deployment<B>> {
         let total = self.total_weight();
@@ -141,6 +158,27 @@ impl<B> Endpoint<B> {
 }
 
 impl<B> Deployment<B> {
+    /// Builds a deployment; an invalid header-value name becomes `invalid` (names are validated upstream).
+    pub fn new(
+        name: &str,
+        scoring_path: &str,
+        swagger_path: &str,
+        settings: ResolvedSettings,
+        pods: Vec<SocketAddr>,
+        balancer: B,
+    ) -> Self {
+        Deployment {
+            header_value: HeaderValue::from_str(name)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            name: name.into(),
+            scoring_path: scoring_path.into(),
+            swagger_path: swagger_path.into(),
+            settings,
+            pods: pods.into(),
+            balancer,
+        }
+    }
+
     /// Builds a deployment from its configuration.
     pub fn from_config(cfg: &DeploymentConfig, settings: ResolvedSettings, balancer: B) -> Self {
         Deployment {
@@ -158,11 +196,11 @@ impl<B> Deployment<B> {
 
 /// The route table: one immutable snapshot, replaced whole on change.
 #[derive(Debug)]
-pub struct RouteTable<B> {
-    endpoints: HashMap<Box<str>, Endpoint<B>>,
+pub struct RouteTable<B, E = ()> {
+    endpoints: HashMap<Box<str>, Endpoint<B, E>>,
 }
 
-impl<B> Default for RouteTable<B> {
+impl<B, E> Default for RouteTable<B, E> {
     fn default() -> Self {
         RouteTable {
             endpoints: HashMap::new(),
@@ -170,17 +208,18 @@ impl<B> Default for RouteTable<B> {
     }
 }
 
-impl<B> RouteTable<B> {
+impl<B, E> RouteTable<B, E> {
     /// A table of these endpoints (a later one with the same name replaces an earlier one).
-    pub fn new(endpoints: impl IntoIterator<Item = Endpoint<B>>) -> Self {
+    pub fn new(endpoints: impl IntoIterator<Item = Endpoint<B, E>>) -> Self {
         RouteTable {
             endpoints: endpoints.into_iter().map(|e| (e.name.clone(), e)).collect(),
         }
     }
 
-    /// Builds the table of a validated configuration; `mk` makes each deployment's payload.
+    /// Builds the table of a validated configuration; `mk_ep` and `mk` make the payloads.
     pub fn from_config(
         cfg: &Config,
+        mut mk_ep: impl FnMut(&EndpointConfig) -> E,
         mut mk: impl FnMut(&EndpointConfig, &DeploymentConfig, &ResolvedSettings) -> B,
     ) -> Self {
         Self::new(cfg.endpoints.iter().map(|ep| {
@@ -195,17 +234,17 @@ impl<B> RouteTable<B> {
                     (Deployment::from_config(d, s, b), w)
                 })
                 .collect();
-            Endpoint::new(&ep.name, deps)
+            Endpoint::new(&ep.name, mk_ep(ep), deps)
         }))
     }
 
     /// The endpoint named `name`.
-    pub fn endpoint(&self, name: &str) -> Option<&Endpoint<B>> {
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint<B, E>> {
         self.endpoints.get(name)
     }
 
     /// All endpoints, in no particular order.
-    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint<B>> {
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint<B, E>> {
         self.endpoints.values()
     }
 
@@ -219,7 +258,7 @@ impl<B> RouteTable<B> {
         self.endpoints.is_empty()
     }
 
-    /// Resolves a request to (endpoint, deployment, action).
+    /// Resolves a request to (endpoint, deployment, action): [`RouteTable::lookup`] then [`Endpoint::select`].
     ///
     /// `path` is the URI path without the query; `pinned` is the `azureml-model-deployment`
     /// header, if any; `roll` is a random number for the weighted split.
@@ -229,24 +268,9 @@ impl<B> RouteTable<B> {
         path: &str,
         pinned: Option<&HeaderValue>,
         roll: u32,
-    ) -> Result<Target<'_, B>, RouteError> {
-        let (raw_name, action) = parse_path(path).ok_or(RouteError::NoRoute)?;
-        if action == Action::Swagger && method != Method::GET && method != Method::HEAD {
-            return Err(RouteError::MethodNotAllowed);
-        }
-        let endpoint = self.lookup(raw_name)?;
-        let deployment =
-            match pinned {
-                Some(h) => endpoint.deployment(h.as_bytes()).ok_or_else(|| {
-                    RouteError::DeploymentNotFound {
-                        endpoint: endpoint.name.to_string(),
-                        deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
-                    }
-                })?,
-                None => endpoint
-                    .pick(roll)
-                    .ok_or_else(|| RouteError::NoTrafficAllocated(endpoint.name.to_string()))?,
-            };
+    ) -> Result<Target<'_, B, E>, RouteError> {
+        let (endpoint, action) = self.lookup(method, path)?;
+        let deployment = endpoint.select(pinned, roll)?;
         Ok(Target {
             endpoint,
             deployment,
@@ -254,8 +278,17 @@ impl<B> RouteTable<B> {
         })
     }
 
+    /// The endpoint and action a request path names (deployment not chosen yet).
+    pub fn lookup(&self, method: &Method, path: &str) -> Result<(&Endpoint<B, E>, Action), RouteError> {
+        let (raw_name, action) = parse_path(path).ok_or(RouteError::NoRoute)?;
+        if action == Action::Swagger && method != Method::GET && method != Method::HEAD {
+            return Err(RouteError::MethodNotAllowed);
+        }
+        Ok((self.find(raw_name)?, action))
+    }
+
     /// Looks an endpoint up by the raw (still percent-encoded) URL segment.
-    fn lookup(&self, raw: &str) -> Result<&Endpoint<B>, RouteError> {
+    fn find(&self, raw: &str) -> Result<&Endpoint<B, E>, RouteError> {
         let not_found = || {
             RouteError::EndpointNotFound(
                 percent_encoding::percent_decode_str(raw)

@@ -22,7 +22,7 @@ endpoints:
     .unwrap();
     cfg.validate().unwrap();
     let mut n = 0;
-    RouteTable::from_config(&cfg, |_, _, _| {
+    RouteTable::from_config(&cfg, |_| (), |_, _, _| {
         n += 1;
         n
     })
