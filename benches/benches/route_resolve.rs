@@ -8,7 +8,7 @@ use infergate_config::{DeploymentConfig, EndpointConfig};
 use infergate_routing::{Deployment, Endpoint, RouteTable};
 
 fn mk_table(endpoints: usize) -> RouteTable<()> {
-    let settings = infergate_config::ResolvedSettings::from(infergate_config::Defaults::default());
+    let settings = infergate_config::Defaults::default();
     RouteTable::new((0..endpoints).map(|i| {
         let ep = EndpointConfig {
             name: format!("model-{i}"),
@@ -23,6 +23,9 @@ fn mk_table(endpoints: usize) -> RouteTable<()> {
                     request_settings: Default::default(),
                 })
                 .collect(),
+            mirror: None,
+            auth: Default::default(),
+            swagger_auth: false,
         };
         let deps = ep
             .deployments

@@ -1,10 +1,14 @@
 //! Per-pod concurrency slots, a bounded FIFO wait queue and pod picking for one deployment.
 //!
 //! A [`Pool`] holds the pods of one deployment. [`Pool::acquire`] returns a [`Lease`] on a pod
-//! with a free slot, picked by power of two choices over in-flight counts; when every slot is
-//! taken, the request joins a FIFO queue and waits up to a deadline. A released slot is handed
-//! straight to the oldest waiter (no barging), and a lease gives its slot back when dropped,
-//! so no slot can leak whatever path a request takes.
+//! with a free slot, picked by power of two choices over in-flight counts with a peak-EWMA
+//! latency tie-break; when every slot is taken, the request joins a FIFO queue and waits up to a
+//! deadline. A released slot goes straight to the oldest waiter (no barging), and a lease gives
+//! its slot back when dropped, so no slot can leak whatever path a request takes.
+//!
+//! Passive health: [`Lease::report`] feeds each outcome back; a pod with too many consecutive
+//! failures is ejected for a while (doubling with each ejection in a row), gets no traffic until
+//! the ejection ends, and when every pod is ejected the pool fails open to all of them.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -54,6 +58,15 @@ pub struct PodState {
     in_flight: AtomicU32,
     served: AtomicU64,
     active: AtomicBool,
+    consecutive_failures: AtomicU32,
+    /// Ejections in a row (reset by a success): the next ejection lasts base * 2^ejections.
+    ejections: AtomicU32,
+    /// Pool clock (ns) until which the pod is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+    /// Peak-EWMA of response-head latency, ns.
+    ewma_ns: AtomicU64,
+    /// Pool clock (ns) of the last EWMA update.
+    ewma_at: AtomicU64,
 }
 
 impl PodState {
@@ -64,7 +77,19 @@ impl PodState {
             in_flight: AtomicU32::new(0),
             served: AtomicU64::new(0),
             active: AtomicBool::new(true),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new(0),
+            ewma_at: AtomicU64::new(0),
         })
+    }
+    /// Peak-EWMA latency estimate.
+    pub fn latency_estimate(&self) -> Duration {
+        Duration::from_nanos(self.ewma_ns.load(Ordering::Relaxed))
+    }
+    fn ejected_at(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Acquire) > now
     }
     /// The pod's address.
     pub fn addr(&self) -> SocketAddr {
@@ -89,19 +114,68 @@ impl PodState {
 
     fn try_take(&self, limit: u32) -> bool {
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .is_ok()
     }
 }
 
+/// How a pool admits and judges its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Slots per pod (`maxConcurrentRequestsPerInstance`).
+    pub slots: u32,
+    /// Cap on waiting requests; more get [`AcquireError::QueueFull`]. 0: no waiting.
+    pub max_queue: u32,
+    /// Consecutive failures that eject a pod; 0: never eject.
+    pub eject_after: u32,
+    /// First ejection time.
+    pub ejection_base: Duration,
+    /// Longest ejection time.
+    pub ejection_max: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            slots: 1,
+            max_queue: DEFAULT_MAX_QUEUE as u32,
+            eject_after: 5,
+            ejection_base: Duration::from_secs(5),
+            ejection_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What happened to a request, fed back with [`Lease::report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pod answered (not a 5xx) after this long.
+    Success(Duration),
+    /// A connect failure or a 5xx answer.
+    Failure,
+}
+
+/// Time constant of the latency EWMA.
+const EWMA_TAU_NS: f64 = 10e9;
+
 #[derive(Debug)]
 struct Shared {
     pods: ArcSwap<Vec<Arc<PodState>>>,
+    settings: parking_lot::RwLock<PoolSettings>,
     limit: AtomicU32,
-    max_queue: usize,
+    epoch: tokio::time::Instant,
     /// Mirrors `queue.len()` so the fast path can see waiters without the lock.
     waiting: AtomicUsize,
-    queue: Mutex<VecDeque<oneshot::Sender<Lease>>>,
+    queue: Mutex<VecDeque<Waiter>>,
+}
+
+/// A request waiting for a slot, and the pod it must not get (the one its first attempt failed on).
+#[derive(Debug)]
+struct Waiter {
+    tx: oneshot::Sender<Lease>,
+    avoid: Option<Arc<PodState>>,
 }
 
 /// The pods of one deployment with their slots and wait queue. Cheap to clone (shared).
@@ -122,6 +196,50 @@ impl Lease {
     pub fn pod(&self) -> &Arc<PodState> {
         self.pod.as_ref().expect("a live lease always has its pod")
     }
+
+    /// Feeds the request's outcome back into the pod's health and latency estimate.
+    /// Returns true when this report ejected the pod.
+    pub fn report(&self, outcome: Outcome) -> bool {
+        let pod = self.pod();
+        let now = self.shared.now_ns();
+        match outcome {
+            Outcome::Success(latency) => {
+                pod.consecutive_failures.store(0, Ordering::Relaxed);
+                if !pod.ejected_at(now) {
+                    pod.ejections.store(0, Ordering::Relaxed);
+                }
+                let sample = latency.as_nanos().min(u64::MAX as u128) as u64;
+                let prev = pod.ewma_ns.load(Ordering::Relaxed);
+                let at = pod.ewma_at.swap(now, Ordering::Relaxed);
+                let next = if sample >= prev || prev == 0 {
+                    sample // peak: jump up at once
+                } else {
+                    let w = (-(now.saturating_sub(at) as f64) / EWMA_TAU_NS).exp();
+                    (prev as f64 * w + sample as f64 * (1.0 - w)) as u64
+                };
+                pod.ewma_ns.store(next, Ordering::Relaxed);
+                false
+            }
+            Outcome::Failure => {
+                let s = *self.shared.settings.read();
+                let n = pod.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if s.eject_after == 0 || n < s.eject_after {
+                    return false;
+                }
+                pod.consecutive_failures.store(0, Ordering::Relaxed);
+                let k = pod.ejections.fetch_add(1, Ordering::AcqRel).min(30);
+                let dur = s
+                    .ejection_base
+                    .saturating_mul(1u32 << k.min(20))
+                    .min(s.ejection_max);
+                pod.ejected_until.store(
+                    now + dur.as_nanos().min(u64::MAX as u128) as u64,
+                    Ordering::Release,
+                );
+                true
+            }
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -136,13 +254,14 @@ impl Drop for Lease {
 pub const DEFAULT_MAX_QUEUE: usize = 1024;
 
 impl Pool {
-    /// A pool of `pods`, each with `limit` slots, and a queue of at most `max_queue` waiters.
-    pub fn new(pods: &[PodSpec], limit: u32, max_queue: usize) -> Self {
+    /// A pool of `pods` run with `settings`.
+    pub fn new(pods: &[PodSpec], settings: PoolSettings) -> Self {
         Pool {
             shared: Arc::new(Shared {
                 pods: ArcSwap::from_pointee(pods.iter().map(PodState::new).collect()),
-                limit: AtomicU32::new(limit.max(1)),
-                max_queue,
+                limit: AtomicU32::new(settings.slots.max(1)),
+                settings: parking_lot::RwLock::new(settings),
+                epoch: tokio::time::Instant::now(),
                 waiting: AtomicUsize::new(0),
                 queue: Mutex::new(VecDeque::new()),
             }),
@@ -152,7 +271,7 @@ impl Pool {
     /// Replaces the pod set and the per-pod slot count. A pod whose address stays keeps its
     /// state (in-flight count included); a removed pod keeps its in-flight requests but gets no
     /// new ones; waiters are served at once if the change frees capacity.
-    pub fn set_pods(&self, pods: &[PodSpec], limit: u32) {
+    pub fn set_pods(&self, pods: &[PodSpec], settings: PoolSettings) {
         let old = self.shared.pods.load_full();
         let new: Vec<Arc<PodState>> = pods
             .iter()
@@ -168,7 +287,10 @@ impl Pool {
                 p.active.store(false, Ordering::Release);
             }
         }
-        self.shared.limit.store(limit.max(1), Ordering::Release);
+        self.shared
+            .limit
+            .store(settings.slots.max(1), Ordering::Release);
+        *self.shared.settings.write() = settings;
         self.shared.pods.store(Arc::new(new));
         let mut q = self.shared.queue.lock();
         self.shared.dispatch(&mut q);
@@ -196,37 +318,69 @@ impl Pool {
 
     /// Takes a free slot at once, or `None`. `roll` is any random number (for the pick).
     pub fn try_acquire(&self, roll: u64) -> Option<Lease> {
-        self.shared.try_pick(roll).map(|pod| self.shared.lease(pod))
+        self.shared
+            .try_pick(roll, None)
+            .map(|pod| self.shared.lease(pod))
+    }
+
+    /// Takes a free slot at once on any pod but `avoid` (a retry after `avoid` failed).
+    pub fn try_acquire_avoiding(&self, roll: u64, avoid: &PodState) -> Option<Lease> {
+        self.shared
+            .try_pick(roll, Some(avoid))
+            .map(|pod| self.shared.lease(pod))
+    }
+
+    /// Pods ejected now.
+    pub fn ejected(&self) -> usize {
+        let now = self.shared.now_ns();
+        self.shared
+            .pods
+            .load()
+            .iter()
+            .filter(|p| p.ejected_at(now))
+            .count()
     }
 
     /// Takes a slot, waiting in FIFO order up to `max_wait` when none is free.
     pub async fn acquire(&self, roll: u64, max_wait: Duration) -> Result<Lease, AcquireError> {
+        self.acquire_avoiding(roll, max_wait, None).await
+    }
+
+    /// Like [`Pool::acquire`], never on `avoid` (a retry after that pod failed). While the oldest
+    /// waiter can only be served by the pod it avoids, younger waiters may go first.
+    pub async fn acquire_avoiding(
+        &self,
+        roll: u64,
+        max_wait: Duration,
+        avoid: Option<Arc<PodState>>,
+    ) -> Result<Lease, AcquireError> {
+        let avoid_ref = avoid.as_deref();
         if self.shared.pods.load().is_empty() {
             return Err(AcquireError::NoPods);
         }
         // Fast path, only when nobody is waiting: a newcomer never overtakes a waiter.
         if self.shared.waiting.load(Ordering::Acquire) == 0
-            && let Some(l) = self.try_acquire(roll)
+            && let Some(pod) = self.shared.try_pick(roll, avoid_ref)
         {
-            return Ok(l);
+            return Ok(self.shared.lease(pod));
         }
         let rx = {
             let mut q = self.shared.queue.lock();
-            q.retain(|tx| !tx.is_closed());
+            q.retain(|w| !w.tx.is_closed());
             // Re-check under the lock: a release that ran since the fast path found no waiter.
             if q.is_empty()
-                && let Some(pod) = self.shared.try_pick(roll)
+                && let Some(pod) = self.shared.try_pick(roll, avoid_ref)
             {
                 self.shared.waiting.store(0, Ordering::Release);
                 drop(q);
                 return Ok(self.shared.lease(pod));
             }
-            if q.len() >= self.shared.max_queue {
+            if q.len() >= self.shared.settings.read().max_queue as usize {
                 self.shared.waiting.store(q.len(), Ordering::Release);
                 return Err(AcquireError::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
-            q.push_back(tx);
+            q.push_back(Waiter { tx, avoid });
             self.shared.waiting.store(q.len(), Ordering::Release);
             rx
         };
@@ -239,6 +393,12 @@ impl Pool {
 }
 
 impl Shared {
+    /// Nanoseconds on the pool's clock (tokio's, so paused-time tests drive it).
+    fn now_ns(&self) -> u64 {
+        // +1: a pod whose `ejected_until` is 0 is never ejected, even at the first instant.
+        self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64 + 1
+    }
+
     fn lease(self: &Arc<Self>, pod: Arc<PodState>) -> Lease {
         pod.served.fetch_add(1, Ordering::Relaxed);
         Lease {
@@ -247,41 +407,47 @@ impl Shared {
         }
     }
 
-    /// Power of two choices over in-flight counts among the pool's pods with a free slot.
-    fn try_pick(&self, roll: u64) -> Option<Arc<PodState>> {
+    /// Power of two choices among eligible pods with a free slot: fewer in flight wins, then the
+    /// lower peak-EWMA latency. Ejected pods are not eligible unless every pod is ejected (then
+    /// all are: fail open); `avoid` never is.
+    fn try_pick(&self, roll: u64, avoid: Option<&PodState>) -> Option<Arc<PodState>> {
         let pods = self.pods.load();
         let limit = self.limit.load(Ordering::Acquire);
         let n = pods.len();
-        match n {
-            0 => return None,
-            1 => return pods[0].try_take(limit).then(|| pods[0].clone()),
-            _ => {}
+        if n == 0 {
+            return None;
         }
-        let a = (roll % n as u64) as usize;
-        let b = (a + 1 + ((roll >> 32) % (n as u64 - 1)) as usize) % n;
-        let (first, second) = if pods[b].in_flight() < pods[a].in_flight() {
-            (b, a)
-        } else {
-            (a, b)
+        let now = self.now_ns();
+        let fail_open = pods.iter().all(|p| p.ejected_at(now));
+        let eligible = |p: &PodState| {
+            !avoid.is_some_and(|a| std::ptr::eq(a, p)) && (fail_open || !p.ejected_at(now))
         };
-        for i in [first, second] {
-            if pods[i].try_take(limit) {
-                return Some(pods[i].clone());
+        let key = |p: &PodState| (p.in_flight(), p.ewma_ns.load(Ordering::Relaxed));
+        if n >= 2 {
+            let a = (roll % n as u64) as usize;
+            let b = (a + 1 + ((roll >> 32) % (n as u64 - 1)) as usize) % n;
+            let (first, second) = if key(&pods[b]) < key(&pods[a]) {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            for i in [first, second] {
+                if eligible(&pods[i]) && pods[i].try_take(limit) {
+                    return Some(pods[i].clone());
+                }
             }
         }
-        // Both choices are full: take the least loaded pod with a free slot.
-        let mut best: Option<(usize, u32)> = None;
-        for (i, p) in pods.iter().enumerate() {
-            let f = p.in_flight();
-            if f < limit && best.is_none_or(|(_, bf)| f < bf) {
-                best = Some((i, f));
+        // Both choices full or ineligible (or a single pod): the best eligible pod with a free
+        // slot; retried when another thread takes that slot first.
+        for _ in 0..n {
+            let best = (0..n)
+                .filter(|&i| eligible(&pods[i]) && pods[i].in_flight() < limit)
+                .min_by_key(|&i| key(&pods[i]))?;
+            if pods[best].try_take(limit) {
+                return Some(pods[best].clone());
             }
         }
-        let (start, _) = best?;
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| pods[i].try_take(limit))
-            .map(|i| pods[i].clone())
+        None
     }
 
     fn release(self: &Arc<Self>, pod: &PodState) {
@@ -291,17 +457,24 @@ impl Shared {
     }
 
     /// Serves waiters, oldest first, while a slot is free. Called with the queue locked.
-    fn dispatch(self: &Arc<Self>, q: &mut VecDeque<oneshot::Sender<Lease>>) {
+    fn dispatch(self: &Arc<Self>, q: &mut VecDeque<Waiter>) {
         let mut roll = self.waiting.load(Ordering::Relaxed) as u64 ^ 0x9E37_79B9_7F4A_7C15;
-        while let Some(front) = q.front() {
-            if front.is_closed() {
-                q.pop_front();
+        let mut i = 0;
+        while i < q.len() {
+            if q[i].tx.is_closed() {
+                q.remove(i);
                 continue;
             }
             roll = roll.rotate_left(17).wrapping_mul(0x2545_F491_4F6C_DD1D);
-            let Some(pod) = self.try_pick(roll) else { break };
-            let tx = q.pop_front().expect("front exists");
-            if let Err(mut back) = tx.send(self.lease(pod)) {
+            let Some(pod) = self.try_pick(roll, q[i].avoid.as_deref()) else {
+                if q[i].avoid.is_none() {
+                    break; // nothing is free for anyone
+                }
+                i += 1; // only the pod this waiter avoids is free: serve the next one
+                continue;
+            };
+            let w = q.remove(i).expect("index in range");
+            if let Err(mut back) = w.tx.send(self.lease(pod)) {
                 // The waiter gave up between the check and the send: free the slot quietly
                 // (not through the lease's drop, which would take the lock again).
                 let pod = back.pod.take().expect("lease just built");

@@ -7,8 +7,15 @@ fn addrs(n: usize) -> Vec<PodSpec> {
         .collect()
 }
 
+fn settings(slots: u32) -> PoolSettings {
+    PoolSettings {
+        slots,
+        ..PoolSettings::default()
+    }
+}
+
 fn mk_pool(n: usize, limit: u32) -> Pool {
-    Pool::new(&addrs(n), limit, DEFAULT_MAX_QUEUE)
+    Pool::new(&addrs(n), settings(limit))
 }
 
 #[test]
@@ -84,7 +91,13 @@ async fn waiters_are_served_in_fifo_order() {
 
 #[tokio::test(start_paused = true)]
 async fn queue_cap_refuses_at_once() {
-    let p = Pool::new(&addrs(1), 1, 2);
+    let p = Pool::new(
+        &addrs(1),
+        PoolSettings {
+            max_queue: 2,
+            ..settings(1)
+        },
+    );
     let _held = p.try_acquire(0).unwrap();
     let w1 = tokio::spawn({
         let p = p.clone();
@@ -187,14 +200,22 @@ async fn set_pods_keeps_state_by_address_and_retires_removed_pods() {
     let a_addr = a.pod().addr();
     // keep a's pod, drop b's, add a new one
     let third = SocketAddr::from(([127, 0, 0, 1], 6000));
-    p.set_pods(&[a_addr.into(), third.into()], 1);
+    p.set_pods(&[a_addr.into(), third.into()], settings(1));
     assert_eq!(p.pods().len(), 2);
-    let kept = p.pods().iter().find(|x| x.addr() == a_addr).unwrap().clone();
+    let kept = p
+        .pods()
+        .iter()
+        .find(|x| x.addr() == a_addr)
+        .unwrap()
+        .clone();
     assert_eq!(kept.in_flight(), 1, "in-flight count survived the update");
     assert!(!b.pod().is_active(), "removed pod is retired");
     let c = p.try_acquire(0).unwrap();
     assert_eq!(c.pod().addr(), third, "only the new pod had a free slot");
-    assert!(p.try_acquire(0).is_none(), "a's pod is still busy, b's is gone");
+    assert!(
+        p.try_acquire(0).is_none(),
+        "a's pod is still busy, b's is gone"
+    );
     drop(b); // the retired pod's request ends: no new capacity
     assert!(p.try_acquire(0).is_none());
     drop(a);
@@ -208,14 +229,216 @@ async fn added_pods_serve_waiters_at_once() {
     let _held = p.try_acquire(0).unwrap();
     let waiter = tokio::spawn({
         let p = p.clone();
-        async move { p.acquire(0, Duration::from_secs(60)).await.map(|l| l.pod().addr()) }
+        async move {
+            p.acquire(0, Duration::from_secs(60))
+                .await
+                .map(|l| l.pod().addr())
+        }
     });
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(p.queued(), 1);
     let new = SocketAddr::from(([127, 0, 0, 1], 7000));
     let mut pods = addrs(1);
     pods.push(new.into());
-    p.set_pods(&pods, 1);
+    p.set_pods(&pods, settings(1));
     assert_eq!(waiter.await.unwrap().unwrap(), new);
     assert_eq!(p.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_with_exponential_back_in_and_fail_open() {
+    let s = PoolSettings {
+        eject_after: 3,
+        ejection_base: Duration::from_secs(1),
+        ejection_max: Duration::from_secs(3),
+        ..settings(1)
+    };
+    let p = Pool::new(&addrs(2), s);
+    let bad = p.pods()[0].clone();
+    let fail_on_bad = || {
+        let l = p
+            .try_acquire_avoiding(0, &p.pods()[1])
+            .expect("bad pod free");
+        assert_eq!(l.pod().addr(), bad.addr());
+        l.report(Outcome::Failure)
+    };
+    assert!(!fail_on_bad());
+    assert!(!fail_on_bad());
+    assert!(fail_on_bad(), "third consecutive failure ejects");
+    assert_eq!(p.ejected(), 1);
+    for roll in 0..20 {
+        let l = p.try_acquire(roll).unwrap();
+        assert_ne!(l.pod().addr(), bad.addr(), "ejected pod gets no traffic");
+    }
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    assert_eq!(p.ejected(), 0, "ejection over after the base time");
+    // ejected again at once: this time for 2 s (doubled)
+    for _ in 0..3 {
+        fail_on_bad();
+    }
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert_eq!(p.ejected(), 1, "second ejection lasts twice as long");
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert_eq!(p.ejected(), 0);
+    // third: capped at ejection_max (3 s, not 4 s)
+    for _ in 0..3 {
+        fail_on_bad();
+    }
+    tokio::time::advance(Duration::from_millis(3001)).await;
+    assert_eq!(p.ejected(), 0, "capped at ejection_max");
+    // a success resets the back-in
+    let l = p.try_acquire_avoiding(0, &p.pods()[1]).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(5)));
+    drop(l);
+    for _ in 0..3 {
+        fail_on_bad();
+    }
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    assert_eq!(p.ejected(), 0, "back to the base time after a success");
+
+    // every pod ejected: fail open
+    let p = Pool::new(&addrs(2), s);
+    for pod in p.pods().iter() {
+        for _ in 0..3 {
+            let l = p
+                .try_acquire_avoiding(
+                    0,
+                    &p.pods()
+                        .iter()
+                        .find(|x| x.addr() != pod.addr())
+                        .unwrap()
+                        .clone(),
+                )
+                .unwrap();
+            l.report(Outcome::Failure);
+        }
+    }
+    assert_eq!(p.ejected(), 2);
+    assert!(
+        p.try_acquire(0).is_some(),
+        "all ejected: traffic goes to all"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_breaks_ties_between_equally_loaded_pods() {
+    let p = mk_pool(2, 4);
+    let pods = p.pods();
+    let (slow, fast) = (pods[0].clone(), pods[1].clone());
+    let l = p.try_acquire_avoiding(0, &fast).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(400)));
+    drop(l);
+    let l = p.try_acquire_avoiding(0, &slow).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(10)));
+    drop(l);
+    assert!(slow.latency_estimate() > fast.latency_estimate());
+    for roll in 0..50u64 {
+        let l = p
+            .try_acquire(roll.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .unwrap();
+        assert_eq!(
+            l.pod().addr(),
+            fast.addr(),
+            "idle pods: the faster one wins"
+        );
+    }
+    // peak EWMA: a slow answer counts at once, then decays
+    let l = p.try_acquire_avoiding(0, &slow).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(900)));
+    drop(l);
+    assert_eq!(fast.latency_estimate(), Duration::from_millis(900));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let l = p.try_acquire_avoiding(0, &slow).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(10)));
+    drop(l);
+    assert!(
+        fast.latency_estimate() < Duration::from_millis(100),
+        "{:?}",
+        fast.latency_estimate()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_length_zero_refuses_at_once_when_busy() {
+    let p = Pool::new(
+        &addrs(1),
+        PoolSettings {
+            max_queue: 0,
+            ..settings(1)
+        },
+    );
+    let _held = p.try_acquire(0).unwrap();
+    assert_eq!(
+        p.acquire(0, Duration::from_secs(1)).await.unwrap_err(),
+        AcquireError::QueueFull
+    );
+}
+
+proptest! {
+    /// Waiters are served strictly in arrival order, whatever mix of arrivals and releases.
+    #[test]
+    fn waiters_are_served_fifo_under_any_schedule(
+        pods in 1usize..4, limit in 1u32..3, steps in proptest::collection::vec(any::<bool>(), 1..60)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async move {
+            let p = mk_pool(pods, limit);
+            let mut held: Vec<Lease> = (0..pods * limit as usize).map(|_| p.try_acquire(0).unwrap()).collect();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut next_id = 0u32;
+            let mut served = vec![];
+            for arrive in steps {
+                if arrive {
+                    let (p, tx, id) = (p.clone(), tx.clone(), next_id);
+                    next_id += 1;
+                    tokio::spawn(async move {
+                        let l = p.acquire(0, Duration::from_secs(3600)).await.unwrap();
+                        tx.send((id, l)).unwrap();
+                    });
+                } else if let Some(l) = held.pop() {
+                    drop(l);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                while let Ok((id, l)) = rx.try_recv() {
+                    served.push(id);
+                    held.insert(0, l);
+                }
+            }
+            let mut sorted = served.clone();
+            sorted.sort();
+            assert_eq!(served, sorted, "served out of order");
+            assert!(p.pods().iter().all(|x| x.in_flight() <= limit));
+        });
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_avoiding_a_pod_is_served_by_another_and_lets_others_pass() {
+    let p = mk_pool(2, 1);
+    let a = p.try_acquire(0).unwrap();
+    let b = p.try_acquire(0).unwrap();
+    let (pa, pb) = (a.pod().clone(), b.pod().clone());
+    let avoider = tokio::spawn({
+        let p = p.clone();
+        let pa = pa.clone();
+        async move {
+            p.acquire_avoiding(0, Duration::from_secs(60), Some(pa))
+                .await
+                .map(|l| l.pod().addr())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let plain = tokio::spawn({
+        let p = p.clone();
+        async move {
+            p.acquire(0, Duration::from_secs(60))
+                .await
+                .map(|l| l.pod().addr())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drop(a); // only the avoided pod frees up: the younger, plain waiter takes it
+    assert_eq!(plain.await.unwrap().unwrap(), pa.addr());
+    drop(b);
+    assert_eq!(avoider.await.unwrap().unwrap(), pb.addr());
 }

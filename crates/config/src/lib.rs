@@ -12,8 +12,14 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+mod auth;
+mod discovery;
 mod settings;
-pub use settings::{RequestSettings, ResolvedSettings};
+pub use auth::{
+    AuthConfig, AuthModeConfig, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
+};
+pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig};
+pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +141,9 @@ pub struct Config {
     /// The scoring endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Endpoints from Kubernetes (`discovery.kube`) instead of `endpoints`.
+    #[serde(default, skip_serializing_if = "DiscoveryConfig::is_empty")]
+    pub discovery: DiscoveryConfig,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -179,48 +188,6 @@ impl Default for Listen {
     }
 }
 
-/// Request settings that apply to every deployment unless its `requestSettings` overrides them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Defaults {
-    /// Time allowed for the pod's response head, in milliseconds (then 504).
-    #[serde(default = "d_timeout")]
-    pub request_timeout_ms: u64,
-    /// Requests a pod serves at once.
-    #[serde(default = "d_conc")]
-    pub max_concurrent_requests_per_instance: u32,
-    /// Time a request may wait for a free pod slot, in milliseconds (then 503).
-    #[serde(default = "d_wait")]
-    pub max_queue_wait_ms: u64,
-    /// Largest request body accepted, in bytes (then 413).
-    #[serde(default = "d_body")]
-    pub max_request_body_bytes: u64,
-}
-
-fn d_timeout() -> u64 {
-    5_000
-}
-fn d_conc() -> u32 {
-    1
-}
-fn d_wait() -> u64 {
-    500
-}
-fn d_body() -> u64 {
-    104_857_600
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            request_timeout_ms: d_timeout(),
-            max_concurrent_requests_per_instance: d_conc(),
-            max_queue_wait_ms: d_wait(),
-            max_request_body_bytes: d_body(),
-        }
-    }
-}
-
 /// One scoring endpoint: a URL name, its deployments and how traffic is split between them.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -233,6 +200,15 @@ pub struct EndpointConfig {
     pub traffic: BTreeMap<String, u32>,
     /// The deployments behind this endpoint.
     pub deployments: Vec<DeploymentConfig>,
+    /// How callers authenticate. Omitted: key mode (with no keys, every request is refused).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Whether `swagger.json` needs authentication too (by default it is open: it documents the API).
+    #[serde(default, deserialize_with = "de_bool")]
+    pub swagger_auth: bool,
+    /// Copy a share of requests to another deployment, discarding its answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// One deployment: a set of identical model pods.
@@ -278,6 +254,7 @@ pub const SETTABLE_KEYS: &[&str] = &[
     "defaults.maxConcurrentRequestsPerInstance",
     "defaults.maxQueueWaitMs",
     "defaults.maxRequestBodyBytes",
+    "defaults.maxQueueLength",
 ];
 
 /// Listener addresses after validation.
@@ -376,7 +353,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addrs()?;
         self.check_tls()?;
-        validate_settings("defaults", &ResolvedSettings::from(self.defaults))?;
+        validate_settings("defaults", &self.defaults)?;
         if self.drain_timeout_ms > 3_600_000 {
             return Err(ConfigError::invalid(
                 "drainTimeoutMs",
@@ -393,6 +370,7 @@ impl Config {
                 "use e.g. 2000 (the default)",
             ));
         }
+        self.discovery.validate(self.endpoints.len())?;
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");
@@ -499,7 +477,9 @@ pub fn is_valid_name(name: &str) -> bool {
 const NAME_FIX: &str = "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit";
 
 impl EndpointConfig {
-    fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
+    /// Checks this endpoint as if it sat at config key `key` (e.g. `endpoints[0]`; Kubernetes
+    /// discovery passes `spec`), with deployment settings resolved over `defaults`.
+    pub fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
         if !is_valid_name(&self.name) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
@@ -546,6 +526,7 @@ impl EndpointConfig {
                 ));
             }
         }
+        self.validate_auth(key)?;
         let sum: u64 = self.traffic.values().map(|&w| u64::from(w)).sum();
         if !self.traffic.is_empty() && sum != 100 && sum != 0 {
             return Err(ConfigError::invalid(
@@ -554,6 +535,24 @@ impl EndpointConfig {
                 format!("weights sum to {sum}"),
                 "make the weights sum to 100 (or set all to 0 to serve only requests that pin a deployment)",
             ));
+        }
+        if let Some(m) = &self.mirror {
+            if !names.contains(m.deployment.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.mirror.deployment"),
+                    &m.deployment,
+                    "no deployment of this endpoint has that name",
+                    "name one of this endpoint's deployments",
+                ));
+            }
+            if m.percent > 100 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.mirror.percent"),
+                    m.percent,
+                    "more than 100 percent",
+                    "use 0 to 100",
+                ));
+            }
         }
         Ok(())
     }
@@ -640,6 +639,22 @@ fn validate_settings(key: &str, s: &ResolvedSettings) -> Result<(), ConfigError>
             0,
             "a pod must accept at least one request",
             "use 1 or more (the default is 1)",
+        ));
+    }
+    if s.ejection_base_ms > s.ejection_max_ms {
+        return Err(ConfigError::invalid(
+            format!("{key}.ejectionBaseMs"),
+            s.ejection_base_ms,
+            format!("longer than ejectionMaxMs ({})", s.ejection_max_ms),
+            "make ejectionBaseMs at most ejectionMaxMs",
+        ));
+    }
+    if s.retry_budget_percent > 100 {
+        return Err(ConfigError::invalid(
+            format!("{key}.retryBudgetPercent"),
+            s.retry_budget_percent,
+            "more than 100 percent",
+            "use 0 (no retries) to 100; the default is 20",
         ));
     }
     if s.max_request_body_bytes == 0 {

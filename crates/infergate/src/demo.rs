@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use infergate_config::{Config, DeploymentConfig, EndpointConfig};
+use infergate_config::{AuthConfig, Config, DeploymentConfig, EndpointConfig, KeyString};
 use mock_model::MockConfig;
 
 const CA_PEM: &str = include_str!("../../../certs-example/ca.pem");
@@ -59,6 +59,11 @@ pub async fn run(https_port: u16, admin_port: u16, latency_ms: u64) -> anyhow::R
     cfg.listen.admin = format!("127.0.0.1:{admin_port}");
     cfg.defaults.max_concurrent_requests_per_instance = 4;
     cfg.drain_timeout_ms = 5_000;
+    // A fresh random key per run: the endpoint is in key mode, like a real one.
+    let key: String = rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
     cfg.endpoints = vec![EndpointConfig {
         name: "demo".into(),
         traffic: [("blue".to_string(), 90), ("green".to_string(), 10)].into(),
@@ -66,6 +71,12 @@ pub async fn run(https_port: u16, admin_port: u16, latency_ms: u64) -> anyhow::R
             deployment("blue", vec![addr(0), addr(1)]),
             deployment("green", vec![addr(2)]),
         ],
+        mirror: None,
+        auth: AuthConfig {
+            primary_key: Some(KeyString(key.clone())),
+            ..AuthConfig::default()
+        },
+        swagger_auth: false,
     }];
     let server = infergate_proxy::Server::bind(&cfg).await?;
     let https = server.https_addr().context("the demo always has TLS")?;
@@ -80,10 +91,11 @@ pub async fn run(https_port: u16, admin_port: u16, latency_ms: u64) -> anyhow::R
     };
     let ca = ca.display();
     println!(
-        "\ninfergate demo: endpoint `demo` with deployments blue (2 pods, 90%) and green (1 pod, 10%)\n\
-         \n  # score (traffic split 90/10)\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'content-type: application/json' -d '{{\"data\": [[1, 2, 3, 4]]}}'\n\
-         \n  # pin a deployment\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'azureml-model-deployment: green' -d '{{}}'\n\
-         \n  # the model's swagger document\n  curl --cacert {ca} {base}/api/v1/service/demo/swagger.json\n\
+        "\ninfergate demo: endpoint `demo` with deployments blue (2 pods, 90%) and green (1 pod, 10%), key {key}\n\
+         \n  # score (traffic split 90/10)\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'Authorization: Bearer {key}' -H 'content-type: application/json' -d '{{\"data\": [[1, 2, 3, 4]]}}'\n\
+         \n  # pin a deployment\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'Authorization: Bearer {key}' -H 'azureml-model-deployment: green' -d '{{}}'\n\
+         \n  # without the key: 401\n  curl -i --cacert {ca} {base}/api/v1/endpoint/demo/score -d '{{}}'\n\
+         \n  # the model's swagger document (open unless swaggerAuth is set)\n  curl --cacert {ca} {base}/api/v1/service/demo/swagger.json\n\
          \n  # health, readiness and Prometheus metrics\n  curl http://{admin}/readyz\n  curl http://{admin}/metrics\n\
          \nPress Ctrl-C to stop.\n"
     );

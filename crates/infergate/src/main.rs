@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
+mod token;
 
 /// infergate: an inference ingress/router for Kubernetes (the job of azureml-fe).
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ enum Cmd {
     },
     /// Print Kubernetes manifests from the AzureML extension's `--config KEY=VALUE` settings.
     Render(infergate_deploy::cli::RenderCommand),
+    /// Issue tokens for endpoints in token mode (`token issue --endpoint NAME --ttl 1h --key-file F`).
+    Token(token::TokenCommand),
     /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
     Demo {
         /// HTTPS port of the router.
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Render(cmd) => cmd.run(),
+        Cmd::Token(cmd) => cmd.run(),
         Cmd::Demo {
             https_port,
             admin_port,

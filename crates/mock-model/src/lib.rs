@@ -425,7 +425,9 @@ async fn score(
     let fail = config.fail_rate > 0.0 && rand::random::<f64>() < config.fail_rate;
     let streamed = !fail && params.respond_bytes.is_none() && chunks > 0;
     if !streamed {
-        tokio::time::sleep(latency).await;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
     }
     shared.stats.served.fetch_add(1, Ordering::SeqCst);
 
@@ -502,7 +504,10 @@ async fn echo(
         headers.insert(name.as_str().to_owned(), Value::String(joined));
     }
     let received = drain(body).await?;
-    tokio::time::sleep(params.latency(&shared.config)).await;
+    let latency = params.latency(&shared.config);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({

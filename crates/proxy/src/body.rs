@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -20,23 +21,149 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// The client's request body on its way to the pod: counted, and cut off past `limit` bytes.
+/// Per-request state shared by the attempts of one request: the client's body until an attempt
+/// starts reading it (so a request whose connection never opened can be sent again), and the
+/// bytes read so far (for the access log).
 #[derive(Debug)]
+pub struct RequestShared {
+    unsent: parking_lot::Mutex<Option<Incoming>>,
+    hint: SizeHint,
+    empty: bool,
+    bytes_in: AtomicU64,
+}
+
+impl RequestShared {
+    /// Holds `body` until an attempt reads it.
+    pub fn new(body: Incoming) -> Arc<Self> {
+        Arc::new(RequestShared {
+            hint: body.size_hint(),
+            empty: body.is_end_stream(),
+            unsent: parking_lot::Mutex::new(Some(body)),
+            bytes_in: AtomicU64::new(0),
+        })
+    }
+    /// Whether no attempt has read the body yet (so no body byte went to any pod).
+    pub fn is_unsent(&self) -> bool {
+        self.unsent.lock().is_some()
+    }
+    /// Bytes of the client's body read so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+    /// The body's length, when known up front.
+    pub fn size_hint_exact(&self) -> Option<u64> {
+        self.hint.exact()
+    }
+    /// Whether the body is known to be empty.
+    pub fn is_empty_body(&self) -> bool {
+        self.empty
+    }
+}
+
+/// A copy of a request body kept (by reference, frames are shared) for a mirror request.
+pub struct Tee {
+    frames: Vec<Bytes>,
+    size: u64,
+    max: u64,
+    on_end: Option<Box<dyn FnOnce(Vec<Bytes>) + Send>>,
+    skipped: metrics::Counter,
+}
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tee")
+            .field("size", &self.size)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tee {
+    /// Keeps up to `max` bytes; `on_end` receives the whole body if it ended within that bound,
+    /// otherwise `skipped` is counted.
+    pub fn new(
+        max: u64,
+        on_end: Box<dyn FnOnce(Vec<Bytes>) + Send>,
+        skipped: metrics::Counter,
+    ) -> Self {
+        Tee {
+            frames: Vec::new(),
+            size: 0,
+            max,
+            on_end: Some(on_end),
+            skipped,
+        }
+    }
+
+    fn push(&mut self, d: &Bytes) {
+        if self.on_end.is_none() {
+            return;
+        }
+        self.size += d.len() as u64;
+        if self.size > self.max {
+            // Too large to mirror: give up the copy, never the request.
+            self.on_end = None;
+            self.frames = Vec::new();
+            self.skipped.increment(1);
+        } else {
+            self.frames.push(d.clone());
+        }
+    }
+
+    /// The body ended: hand the copy over.
+    pub fn finish(mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(std::mem::take(&mut self.frames));
+        }
+    }
+}
+
+enum Source {
+    /// Not read yet: the body is still in [`RequestShared`].
+    Pending,
+    Streaming(Incoming),
+    /// A mirror copy.
+    Buffered(std::collections::VecDeque<Bytes>),
+}
+
+/// A request body on its way to a pod: counted, cut off past `limit` bytes, optionally copied.
 pub struct RequestBody {
-    inner: Incoming,
+    source: Source,
+    shared: Option<Arc<RequestShared>>,
     limit: u64,
     seen: u64,
-    counter: Arc<AtomicU64>,
+    tee: Option<Tee>,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("limit", &self.limit)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestBody {
-    /// Wraps `inner`; `counter` receives the bytes read so far (for the access log).
-    pub fn new(inner: Incoming, limit: u64, counter: Arc<AtomicU64>) -> Self {
+    /// The client's body, taken from `shared` when the first frame is asked for.
+    pub fn new(shared: Arc<RequestShared>, limit: u64, tee: Option<Tee>) -> Self {
         RequestBody {
-            inner,
+            source: Source::Pending,
+            shared: Some(shared),
             limit,
             seen: 0,
-            counter,
+            tee,
+        }
+    }
+
+    /// A body of frames already in memory (a mirror copy).
+    pub fn buffered(frames: Vec<Bytes>) -> Self {
+        RequestBody {
+            source: Source::Buffered(frames.into()),
+            shared: None,
+            limit: u64::MAX,
+            seen: 0,
+            tee: None,
         }
     }
 }
@@ -50,28 +177,73 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        if let Source::Pending = this.source {
+            let taken = this.shared.as_ref().and_then(|s| s.unsent.lock().take());
+            match taken {
+                Some(b) => this.source = Source::Streaming(b),
+                None => return Poll::Ready(Some(Err("request body already taken".into()))),
+            }
+        }
+        let inner = match &mut this.source {
+            Source::Streaming(b) => b,
+            Source::Buffered(q) => return Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
+            Source::Pending => unreachable!("set just above"),
+        };
+        match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
-                    this.counter.store(this.seen, Ordering::Relaxed);
+                    if let Some(s) = &this.shared {
+                        s.bytes_in.store(this.seen, Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
+                        this.tee = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
+                    if let Some(t) = &mut this.tee {
+                        t.push(d);
+                    }
+                }
+                // hyper stops polling a body of known length once it reports its end, so the
+                // copy is handed over here rather than waiting for a final `None`.
+                if inner.is_end_stream()
+                    && let Some(t) = this.tee.take()
+                {
+                    t.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
+            Some(Err(e)) => {
+                this.tee = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => {
+                if let Some(t) = this.tee.take() {
+                    t.finish();
+                }
+                Poll::Ready(None)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Pending => self.shared.as_ref().is_none_or(|s| s.empty),
+            Source::Streaming(b) => b.is_end_stream(),
+            Source::Buffered(q) => q.is_empty(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Pending => self
+                .shared
+                .as_ref()
+                .map(|s| s.hint.clone())
+                .unwrap_or_default(),
+            Source::Streaming(b) => b.size_hint(),
+            Source::Buffered(q) => SizeHint::with_exact(q.iter().map(|b| b.len() as u64).sum()),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use infergate_auth::AuthFailure;
 use infergate_balance::AcquireError;
 use infergate_routing::RouteError;
 
@@ -35,6 +36,12 @@ pub enum ProxyError {
     /// The pod reset the connection or sent a malformed response.
     #[error("the model pod failed: {0}")]
     UpstreamFailed(&'static str),
+    /// The endpoint's authentication refused the request (no key or token in the message).
+    #[error("{reason}")]
+    Unauthorized {
+        /// Why.
+        reason: AuthFailure,
+    },
 }
 
 impl ProxyError {
@@ -63,12 +70,13 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "UpstreamConnectFailed"),
             ProxyError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UpstreamFailed"),
+            ProxyError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         }
     }
 }
 
 /// The one place a [`ProxyError`] becomes a response: status, `{"error": {"code", "message"}, "requestId"}`
-/// body, `x-request-id`, and `Retry-After` / `Allow` where they apply.
+/// body, `x-request-id`, and `Retry-After` / `Allow` / `WWW-Authenticate` where they apply.
 pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
     let (status, code) = err.status_and_code();
     let body = serde_json::json!({
@@ -89,6 +97,12 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    if let ProxyError::Unauthorized { reason } = err {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(reason.www_authenticate()),
+        );
     }
     resp
 }

@@ -4,6 +4,7 @@
 //! shutdown signal and drains. Each request goes through [`Router::handle`]: one route-table
 //! snapshot, a pod slot from the deployment's pool, the body streamed both ways.
 
+mod auth;
 pub mod body;
 pub mod error;
 pub mod headers;
@@ -13,7 +14,8 @@ mod service;
 pub mod spec;
 
 pub use error::{ProxyError, error_response};
-pub use server::{Readiness, Server, StartError};
-pub use service::{ConnInfo, DeploymentState, EndpointState, Router, Table};
-pub use spec::{DeploymentSpec, EndpointSpec, specs_from_config};
+pub use infergate_auth::{AuthFailure, AuthMode, AuthPolicy};
 pub use infergate_balance::PodSpec;
+pub use server::{Readiness, Server, StartError};
+pub use service::{ConnInfo, DeploymentState, EndpointState, Router, Table, pool_settings};
+pub use spec::{DeploymentSpec, EndpointSpec, MirrorSpec, specs_from_config};

@@ -10,10 +10,30 @@ pub const REQUESTS_TOTAL: &str = "infergate_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "infergate_request_duration_seconds";
 /// Time from sending to the pod until its response head, by `endpoint` and `deployment`.
 pub const UPSTREAM_DURATION_SECONDS: &str = "infergate_upstream_duration_seconds";
+/// Requests refused by endpoint authentication, by `endpoint` and `reason` (`missing`,
+/// `bad_scheme`, `invalid_key`, `no_keys_configured`, `expired`, `wrong_audience`,
+/// `bad_signature`, `malformed`). Never labelled with a key or token.
+pub const AUTH_FAILURES_TOTAL: &str = "infergate_auth_failures_total";
 /// Requests being served now (head received, response body not yet finished).
 pub const REQUESTS_IN_FLIGHT: &str = "infergate_requests_in_flight";
 /// TLS handshakes that failed or timed out.
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "infergate_tls_handshake_failures_total";
+/// Time spent waiting for a pod slot, by `endpoint` and `deployment`.
+pub const QUEUE_WAIT_SECONDS: &str = "infergate_queue_wait_seconds";
+/// Slots taken now (the autoscale signal's numerator, with queued requests).
+pub const DEPLOYMENT_BUSY_SLOTS: &str = "infergate_deployment_busy_slots";
+/// Requests waiting for a slot now.
+pub const DEPLOYMENT_QUEUED_REQUESTS: &str = "infergate_deployment_queued_requests";
+/// Pods taking new requests.
+pub const DEPLOYMENT_PODS: &str = "infergate_deployment_pods";
+/// (busy + queued) / (pods x slots): above 1 means requests wait; what an autoscaler targets.
+pub const DEPLOYMENT_UTILIZATION: &str = "infergate_deployment_utilization";
+/// Requests sent again to another pod after a connection that never opened.
+pub const RETRIES_TOTAL: &str = "infergate_retries_total";
+/// Pods ejected after consecutive failures.
+pub const POD_EJECTIONS_TOTAL: &str = "infergate_pod_ejections_total";
+/// Mirror copies, by `result` (`ok`, `failed`, `skipped`).
+pub const MIRROR_REQUESTS_TOTAL: &str = "infergate_mirror_requests_total";
 /// Certificate reload attempts, by `result` (`ok` / `failed`).
 pub use infergate_tls::CERT_RELOADS_TOTAL;
 
@@ -59,6 +79,10 @@ fn describe() {
         "Request sent to the pod until its response head."
     );
     describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being served now.");
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests refused by endpoint authentication, by endpoint and reason."
+    );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out."

@@ -66,6 +66,13 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.published.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
+
+    /// Marks the route table as published (or not). [`Server::bind`] does it for a static
+    /// configuration; with `discovery.kube` the discovery task does it after the first full
+    /// sync of every watch.
+    pub fn set_published(&self, published: bool) {
+        self.published.store(published, Ordering::Release);
+    }
 }
 
 /// A bound, not yet running router.
@@ -135,7 +142,8 @@ impl Server {
         };
         let admin = bind("admin", addrs.admin).await?;
         let ready = Arc::new(Readiness::default());
-        ready.published.store(true, Ordering::Release);
+        // With Kubernetes discovery the table is published after the first full sync.
+        ready.set_published(cfg.discovery.kube.is_none());
         Ok(Server {
             router,
             https,
@@ -209,7 +217,7 @@ impl Server {
                 }
             })
         };
-        let admin_task = tokio::spawn(admin_loop(admin, prom, ready.clone()));
+        let admin_task = tokio::spawn(admin_loop(admin, prom, ready.clone(), router.clone()));
 
         let builder = Arc::new(conn_builder());
         let graceful = GracefulShutdown::new();
@@ -336,7 +344,12 @@ async fn serve_conn<I>(
     }
 }
 
-async fn admin_loop(listener: TcpListener, prom: PrometheusHandle, ready: Arc<Readiness>) {
+async fn admin_loop(
+    listener: TcpListener,
+    prom: PrometheusHandle,
+    ready: Arc<Readiness>,
+    router: Arc<Router>,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -344,9 +357,10 @@ async fn admin_loop(listener: TcpListener, prom: PrometheusHandle, ready: Arc<Re
         };
         let prom = prom.clone();
         let ready = ready.clone();
+        let router = router.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let r = admin_response(req.uri().path(), &prom, &ready);
+                let r = admin_response(req.uri().path(), &prom, &ready, &router);
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -358,7 +372,12 @@ async fn admin_loop(listener: TcpListener, prom: PrometheusHandle, ready: Arc<Re
     }
 }
 
-fn admin_response(path: &str, prom: &PrometheusHandle, ready: &Readiness) -> Response<ProxyBody> {
+fn admin_response(
+    path: &str,
+    prom: &PrometheusHandle,
+    ready: &Readiness,
+    router: &Router,
+) -> Response<ProxyBody> {
     let (status, ctype, body) = match path {
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         "/readyz" if ready.is_ready() => {
@@ -369,11 +388,14 @@ fn admin_response(path: &str, prom: &PrometheusHandle, ready: &Readiness) -> Res
             "text/plain",
             Bytes::from_static(b"not ready\n"),
         ),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(prom.render()),
-        ),
+        "/metrics" => {
+            router.update_gauges();
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(prom.render()),
+            )
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -1,33 +1,38 @@
-//! The per-request path: resolve, admit, forward, stream back, account.
+//! The per-request path: resolve, admit, forward (retrying a connection that never opened on
+//! another pod), stream back, account; plus mirroring and the per-deployment autoscale signal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use infergate_balance::{DEFAULT_MAX_QUEUE, Lease, PodSpec, PodState, Pool};
+use infergate_balance::{Lease, Outcome, PodSpec, PodState, Pool, PoolSettings};
+use infergate_config::ResolvedSettings;
 use infergate_routing::{Action, Deployment, Endpoint, RouteTable};
 use metrics::{Counter, Gauge, Histogram, Label};
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use crate::body::{BodyTooLarge, ProxyBody, RequestBody};
+use crate::body::{BodyTooLarge, ProxyBody, RequestBody, RequestShared, Tee};
 use crate::error::{ProxyError, error_response};
 use crate::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, new_request_id,
     rewrite_request, strip_hop_by_hop,
 };
 use crate::metrics::{
-    REQUEST_DURATION_SECONDS, REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, UPSTREAM_DURATION_SECONDS,
+    DEPLOYMENT_BUSY_SLOTS, DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_UTILIZATION,
+    MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
+    REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
-
-use crate::spec::EndpointSpec;
+use crate::spec::{EndpointSpec, MirrorSpec};
 
 /// The route table the proxy serves: each endpoint carries its policy, each deployment its
 /// balancer and metric handles.
@@ -38,6 +43,14 @@ pub type Table = RouteTable<Arc<DeploymentState>, Arc<EndpointState>>;
 pub struct EndpointState {
     /// Endpoint name.
     pub name: Arc<str>,
+    /// How callers authenticate: always the policy of the latest published spec.
+    pub auth: infergate_auth::AuthPolicy,
+    /// Whether `swagger.json` needs authentication too.
+    pub swagger_auth: bool,
+    /// Refusals by reason (handles kept across route-table swaps).
+    pub(crate) auth_failures: Arc<crate::auth::AuthFailureCounters>,
+    /// Requests copied to another deployment, if any.
+    pub mirror: Option<MirrorSpec>,
 }
 
 /// Where a connection came from and over what.
@@ -49,7 +62,19 @@ pub struct ConnInfo {
     pub proto: &'static str,
 }
 
-/// Live state of one deployment: its pool of pods and its metric handles.
+/// How a deployment's request settings drive its pool.
+pub fn pool_settings(s: &ResolvedSettings) -> PoolSettings {
+    PoolSettings {
+        slots: s.max_concurrent_requests_per_instance,
+        max_queue: s.max_queue_length,
+        eject_after: s.eject_after_consecutive_failures,
+        ejection_base: Duration::from_millis(s.ejection_base_ms),
+        ejection_max: Duration::from_millis(s.ejection_max_ms),
+    }
+}
+
+/// Live state of one deployment: its pool of pods, retry budget and metric handles. Kept across
+/// route-table swaps while the (endpoint, deployment) names stay.
 #[derive(Debug)]
 pub struct DeploymentState {
     /// Slots, queue and pick over the deployment's pods.
@@ -58,18 +83,57 @@ pub struct DeploymentState {
     pub endpoint: Arc<str>,
     /// Deployment name (labels, logs).
     pub deployment: Arc<str>,
+    retry_budget: RetryBudget,
     metrics: LabelledMetrics,
 }
 
 impl DeploymentState {
-    /// State for a deployment of `endpoint` with these pods and per-pod slots.
-    pub fn new(endpoint: &str, deployment: &str, pods: &[PodSpec], slots: u32) -> Self {
+    /// State for a deployment of `endpoint` with these pods and settings.
+    pub fn new(
+        endpoint: &str,
+        deployment: &str,
+        pods: &[PodSpec],
+        settings: &ResolvedSettings,
+    ) -> Self {
         DeploymentState {
-            pool: Pool::new(pods, slots, DEFAULT_MAX_QUEUE),
+            pool: Pool::new(pods, pool_settings(settings)),
             endpoint: endpoint.into(),
             deployment: deployment.into(),
+            retry_budget: RetryBudget::new(),
             metrics: LabelledMetrics::new(endpoint, deployment),
         }
+    }
+}
+
+/// A token bucket for retries: every request deposits `retryBudgetPercent`/100 of a retry,
+/// every retry withdraws one, so retries stay a bounded share of traffic (no retry storms when
+/// a whole deployment is down). Starts with 10 retries, holds at most 100.
+#[derive(Debug)]
+struct RetryBudget {
+    milli: AtomicI64,
+}
+
+impl RetryBudget {
+    const ONE: i64 = 1000;
+    const CAP: i64 = 100 * Self::ONE;
+
+    fn new() -> Self {
+        RetryBudget {
+            milli: AtomicI64::new(10 * Self::ONE),
+        }
+    }
+    fn deposit(&self, percent: u32) {
+        if percent > 0 && self.milli.load(Ordering::Relaxed) < Self::CAP {
+            self.milli
+                .fetch_add(i64::from(percent) * 10, Ordering::Relaxed);
+        }
+    }
+    fn withdraw(&self) -> bool {
+        self.milli
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                (m >= Self::ONE).then_some(m - Self::ONE)
+            })
+            .is_ok()
     }
 }
 
@@ -79,8 +143,20 @@ struct LabelledMetrics {
     labels: [Label; 2],
     duration: Histogram,
     upstream: Histogram,
+    queue_wait: Histogram,
+    retries: Counter,
+    ejections: Counter,
+    mirror: [Counter; 3],
+    busy: Gauge,
+    queued: Gauge,
+    pods: Gauge,
+    utilization: Gauge,
     by_status: RwLock<Vec<(u16, Counter)>>,
 }
+
+const MIRROR_OK: usize = 0;
+const MIRROR_FAILED: usize = 1;
+const MIRROR_SKIPPED: usize = 2;
 
 impl LabelledMetrics {
     fn new(endpoint: &str, deployment: &str) -> Self {
@@ -88,9 +164,23 @@ impl LabelledMetrics {
             Label::new("endpoint", endpoint.to_string()),
             Label::new("deployment", deployment.to_string()),
         ];
+        let l = || labels.to_vec();
+        let mirror = |result: &'static str| {
+            let mut v = l();
+            v.push(Label::new("result", result));
+            metrics::counter!(MIRROR_REQUESTS_TOTAL, v)
+        };
         LabelledMetrics {
-            duration: metrics::histogram!(REQUEST_DURATION_SECONDS, labels.to_vec()),
-            upstream: metrics::histogram!(UPSTREAM_DURATION_SECONDS, labels.to_vec()),
+            duration: metrics::histogram!(REQUEST_DURATION_SECONDS, l()),
+            upstream: metrics::histogram!(UPSTREAM_DURATION_SECONDS, l()),
+            queue_wait: metrics::histogram!(QUEUE_WAIT_SECONDS, l()),
+            retries: metrics::counter!(RETRIES_TOTAL, l()),
+            ejections: metrics::counter!(POD_EJECTIONS_TOTAL, l()),
+            mirror: [mirror("ok"), mirror("failed"), mirror("skipped")],
+            busy: metrics::gauge!(DEPLOYMENT_BUSY_SLOTS, l()),
+            queued: metrics::gauge!(DEPLOYMENT_QUEUED_REQUESTS, l()),
+            pods: metrics::gauge!(DEPLOYMENT_PODS, l()),
+            utilization: metrics::gauge!(DEPLOYMENT_UTILIZATION, l()),
             labels,
             by_status: RwLock::new(Vec::new()),
         }
@@ -116,6 +206,19 @@ impl LabelledMetrics {
     }
 }
 
+/// Reports an outcome to the pool and counts an ejection it causes.
+fn report(lease: &Lease, dep: &DeploymentState, outcome: Outcome) {
+    if lease.report(outcome) {
+        dep.metrics.ejections.increment(1);
+        tracing::warn!(
+            endpoint = &*dep.endpoint,
+            deployment = &*dep.deployment,
+            pod = %lease.pod().addr(),
+            "pod ejected after consecutive failures"
+        );
+    }
+}
+
 /// What is known about a request for its access-log line.
 struct LogCtx<'a> {
     request_id: &'a HeaderValue,
@@ -137,7 +240,7 @@ pub struct Completion {
     status: u16,
     start: Instant,
     upstream: Duration,
-    bytes_in: Arc<AtomicU64>,
+    shared: Arc<RequestShared>,
     in_flight: Gauge,
 }
 
@@ -160,7 +263,7 @@ impl Completion {
             Some(self.lease.pod()),
             self.status,
             Some(self.upstream),
-            self.bytes_in.load(Ordering::Relaxed),
+            self.shared.bytes_in(),
             self.bytes_out,
             outcome,
         );
@@ -198,11 +301,13 @@ fn access_log(
     );
 }
 
+type UpstreamClient = Client<HttpConnector, RequestBody>;
+
 /// The router: the current route table and the pooled client to the pods.
 #[derive(Debug)]
 pub struct Router {
     table: ArcSwap<Table>,
-    client: Client<HttpConnector, RequestBody>,
+    client: UpstreamClient,
     in_flight: Gauge,
     unrouted: LabelledMetrics,
 }
@@ -231,7 +336,8 @@ impl Router {
     ///
     /// A deployment that exists in the current table under the same (endpoint, deployment)
     /// names keeps its state: its pool is updated in place, so in-flight counts, waiters and
-    /// per-pod state carry over; pods that left take no new requests but finish their own.
+    /// per-pod state (latency estimates, ejections) carry over; pods that left take no new
+    /// requests but finish their own.
     pub fn publish_specs(&self, specs: &[EndpointSpec]) {
         let old = self.table.load_full();
         let table = RouteTable::new(specs.iter().map(|ep| {
@@ -240,13 +346,19 @@ impl Router {
                 .deployments
                 .iter()
                 .map(|d| {
-                    let slots = d.settings.max_concurrent_requests_per_instance;
                     let state = match prev.and_then(|e| e.deployment(d.name.as_bytes())) {
                         Some(p) => {
-                            p.balancer.pool.set_pods(&d.pods, slots);
+                            p.balancer
+                                .pool
+                                .set_pods(&d.pods, pool_settings(&d.settings));
                             p.balancer.clone()
                         }
-                        None => Arc::new(DeploymentState::new(&ep.name, &d.name, &d.pods, slots)),
+                        None => Arc::new(DeploymentState::new(
+                            &ep.name,
+                            &d.name,
+                            &d.pods,
+                            &d.settings,
+                        )),
                     };
                     let dep = Deployment::new(
                         &d.name,
@@ -259,12 +371,17 @@ impl Router {
                     (dep, d.weight)
                 })
                 .collect();
-            let state = match prev {
-                Some(p) => p.state.clone(),
-                None => Arc::new(EndpointState {
-                    name: ep.name.as_str().into(),
-                }),
-            };
+            crate::auth::log_policy_change(prev.map(|p| &*p.state), ep);
+            let state = Arc::new(EndpointState {
+                name: ep.name.as_str().into(),
+                auth: ep.auth.clone(),
+                swagger_auth: ep.swagger_auth,
+                auth_failures: prev.map_or_else(
+                    || crate::auth::AuthFailureCounters::new(&ep.name),
+                    |p| p.state.auth_failures.clone(),
+                ),
+                mirror: ep.mirror.clone(),
+            });
             Endpoint::new(&ep.name, state, deployments)
         }));
         self.publish(table);
@@ -278,6 +395,31 @@ impl Router {
     /// The table being served now.
     pub fn table(&self) -> Arc<Table> {
         self.table.load_full()
+    }
+
+    /// Sets the per-deployment autoscale gauges from the pools (called when `/metrics` is scraped):
+    /// busy slots, queued requests, pods, and utilization = (busy + queued) / (pods x slots).
+    pub fn update_gauges(&self) {
+        let table = self.table.load();
+        for ep in table.endpoints() {
+            for d in ep.deployments.iter() {
+                let pool = &d.balancer.pool;
+                let m = &d.balancer.metrics;
+                let (busy, queued) = (f64::from(pool.busy()), pool.queued() as f64);
+                let pods = pool.pods().len() as f64;
+                let capacity = pods * f64::from(pool.limit());
+                m.busy.set(busy);
+                m.queued.set(queued);
+                m.pods.set(pods);
+                m.utilization.set(if capacity > 0.0 {
+                    (busy + queued) / capacity
+                } else if busy + queued > 0.0 {
+                    f64::INFINITY
+                } else {
+                    0.0
+                });
+            }
+        }
     }
 
     /// Serves one request.
@@ -301,6 +443,9 @@ impl Router {
             Err(e) => return self.fail(ProxyError::Route(e), &ctx, None, None, 0),
         };
         // Endpoint-level checks go here: before a deployment is chosen, a pod contacted or a slot taken.
+        if let Err(reason) = endpoint.state.authorize(action, &mut parts.headers) {
+            return self.fail(ProxyError::Unauthorized { reason }, &ctx, None, None, 0);
+        }
         let dep = match endpoint.select(parts.headers.get(AZUREML_MODEL_DEPLOYMENT), roll as u32) {
             Ok(d) => d,
             Err(e) => return self.fail(ProxyError::Route(e), &ctx, None, None, 0),
@@ -312,6 +457,7 @@ impl Router {
         let state = &dep.balancer;
         let settings = dep.settings;
         let limit = settings.max_request_body_bytes;
+        state.retry_budget.deposit(settings.retry_budget_percent);
 
         if http_body::Body::size_hint(&body)
             .exact()
@@ -327,20 +473,18 @@ impl Router {
             );
         }
 
+        let queued_at = Instant::now();
         let wait = Duration::from_millis(settings.max_queue_wait_ms);
-        let lease = match state.pool.acquire(roll, wait).await {
+        let acquired = state.pool.acquire(roll, wait).await;
+        state
+            .metrics
+            .queue_wait
+            .record(queued_at.elapsed().as_secs_f64());
+        let mut lease = match acquired {
             Ok(l) => l,
             Err(e) => return self.fail(ProxyError::Unavailable(e), &ctx, Some(state), None, 0),
         };
-        let pod = lease.pod().clone();
 
-        let upstream_uri = match upstream_uri(pod.addr(), upstream_path, parts.uri.query()) {
-            Some(u) => u,
-            None => {
-                let e = ProxyError::UpstreamFailed("the upstream URI could not be built");
-                return self.fail(e, &ctx, Some(state), Some(&pod), 0);
-            }
-        };
         let authority = parts.uri.authority().map(|a| a.to_string());
         rewrite_request(
             &mut parts.headers,
@@ -350,35 +494,79 @@ impl Router {
             authority.as_deref(),
         );
         let client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
+        let shared = RequestShared::new(body);
+        let tee = self.mirror_tee(endpoint, action, &parts, roll, &shared);
         let method = parts.method.clone();
-        let uri = std::mem::replace(&mut parts.uri, upstream_uri);
+        let uri = std::mem::take(&mut parts.uri);
         parts.version = Version::HTTP_11;
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let up_req = Request::from_parts(parts, RequestBody::new(body, limit, bytes_in.clone()));
+        // Kept only where a retry is possible: a request whose connection never opened may go
+        // to another pod, and hyper's client consumes the request it is given.
+        let mut retry_headers = (settings.retry_budget_percent > 0 && state.pool.pods().len() > 1)
+            .then(|| parts.headers.clone());
         let ctx = LogCtx {
             request_id: &request_id,
             method: &method,
             path: uri.path(),
             start,
         };
-
-        let sent = Instant::now();
         let timeout = Duration::from_millis(settings.request_timeout_ms);
-        let resp = match tokio::time::timeout(timeout, self.client.request(up_req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let n = bytes_in.load(Ordering::Relaxed);
-                return self.fail(classify(&e, limit), &ctx, Some(state), Some(&pod), n);
-            }
-            Err(_) => {
-                let n = bytes_in.load(Ordering::Relaxed);
-                let e = ProxyError::UpstreamTimeout {
-                    ms: settings.request_timeout_ms,
-                };
-                return self.fail(e, &ctx, Some(state), Some(&pod), n);
+        let mut parts = Some(parts);
+        let mut tee = tee;
+
+        let (resp, upstream) = loop {
+            let pod = lease.pod().clone();
+            let Some(upstream_uri) = upstream_uri(pod.addr(), upstream_path, uri.query()) else {
+                let e = ProxyError::UpstreamFailed("the upstream URI could not be built");
+                return self.fail(e, &ctx, Some(state), Some(&pod), 0);
+            };
+            let mut p = parts.take().expect("parts for this attempt");
+            p.uri = upstream_uri;
+            let up_req =
+                Request::from_parts(p, RequestBody::new(shared.clone(), limit, tee.take()));
+            let sent = Instant::now();
+            match tokio::time::timeout(timeout, self.client.request(up_req)).await {
+                Ok(Ok(r)) => {
+                    let upstream = sent.elapsed();
+                    let outcome = if r.status().is_server_error() {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success(upstream)
+                    };
+                    report(&lease, state, outcome);
+                    break (r, upstream);
+                }
+                Ok(Err(e)) => {
+                    report(&lease, state, Outcome::Failure);
+                    // Retry only what provably never reached a pod: the connection never opened
+                    // and the body was never read. Once, on another pod, within the budget.
+                    if e.is_connect()
+                        && shared.is_unsent()
+                        && let Some(headers) = retry_headers.take()
+                        && state.retry_budget.withdraw()
+                        && let Ok(next) = state
+                            .pool
+                            .acquire_avoiding(roll.rotate_left(21), wait, Some(pod.clone()))
+                            .await
+                    {
+                        state.metrics.retries.increment(1);
+                        tracing::debug!(pod = %pod.addr(), next = %next.pod().addr(), "connect failed; retrying on another pod");
+                        drop(std::mem::replace(&mut lease, next));
+                        parts = Some(request_parts(&method, headers));
+                        continue;
+                    }
+                    let n = shared.bytes_in();
+                    return self.fail(classify(&e, limit), &ctx, Some(state), Some(&pod), n);
+                }
+                Err(_) => {
+                    report(&lease, state, Outcome::Failure);
+                    let n = shared.bytes_in();
+                    let e = ProxyError::UpstreamTimeout {
+                        ms: settings.request_timeout_ms,
+                    };
+                    return self.fail(e, &ctx, Some(state), Some(&pod), n);
+                }
             }
         };
-        let upstream = sent.elapsed();
         state.metrics.upstream.record(upstream.as_secs_f64());
 
         let (mut rp, inner) = resp.into_parts();
@@ -400,7 +588,7 @@ impl Router {
             status,
             start,
             upstream,
-            bytes_in,
+            shared,
             in_flight: self.in_flight.clone(),
         };
         Response::from_parts(
@@ -410,6 +598,64 @@ impl Router {
                 done: Some(completion),
             },
         )
+    }
+
+    /// When this request is chosen for mirroring: a tee that sends the copy once the body has
+    /// streamed to the primary pod (or at once for an empty body). The copy never touches the
+    /// client's response: it runs in its own task, takes a mirror slot only if one is free, and
+    /// its answer is discarded.
+    fn mirror_tee(
+        &self,
+        endpoint: &Endpoint<Arc<DeploymentState>, Arc<EndpointState>>,
+        action: Action,
+        parts: &Parts,
+        roll: u64,
+        shared: &Arc<RequestShared>,
+    ) -> Option<Tee> {
+        let m = endpoint.state.mirror.as_ref()?;
+        if ((roll >> 40) % 100) as u32 >= m.percent {
+            return None;
+        }
+        let target = endpoint.deployment(m.deployment.as_bytes())?;
+        let state = target.balancer.clone();
+        if shared
+            .size_hint_exact()
+            .is_some_and(|n| n > m.max_body_bytes)
+        {
+            state.metrics.mirror[MIRROR_SKIPPED].increment(1);
+            return None;
+        }
+        let path = match action {
+            Action::Score => &target.scoring_path,
+            Action::Swagger => &target.swagger_path,
+        };
+        let mirror = MirrorRequest {
+            client: self.client.clone(),
+            state: state.clone(),
+            method: parts.method.clone(),
+            path: format!(
+                "{path}{}",
+                parts
+                    .uri
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default()
+            ),
+            headers: parts.headers.clone(),
+            timeout: Duration::from_millis(target.settings.request_timeout_ms),
+        };
+        if shared.is_empty_body() {
+            tokio::spawn(mirror.send(Vec::new()));
+            return None;
+        }
+        let skipped = state.metrics.mirror[MIRROR_SKIPPED].clone();
+        Some(Tee::new(
+            m.max_body_bytes,
+            Box::new(move |frames| {
+                tokio::spawn(mirror.send(frames));
+            }),
+            skipped,
+        ))
     }
 
     /// Answers a failure: the error response, metrics and the access-log line.
@@ -442,6 +688,65 @@ impl Router {
             code,
         );
         resp
+    }
+}
+
+fn request_parts(method: &Method, headers: HeaderMap) -> Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = method.clone();
+    p.headers = headers;
+    p.version = Version::HTTP_11;
+    p
+}
+
+/// A copy of a request for the mirror deployment.
+struct MirrorRequest {
+    client: UpstreamClient,
+    state: Arc<DeploymentState>,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl MirrorRequest {
+    async fn send(self, body: Vec<Bytes>) {
+        let m = &self.state.metrics;
+        let Some(lease) = self.state.pool.try_acquire(rand::random()) else {
+            m.mirror[MIRROR_SKIPPED].increment(1);
+            return;
+        };
+        let Ok(uri) = Uri::try_from(format!("http://{}{}", lease.pod().addr(), self.path)) else {
+            m.mirror[MIRROR_FAILED].increment(1);
+            return;
+        };
+        let mut p = request_parts(&self.method, self.headers);
+        p.uri = uri;
+        let req = Request::from_parts(p, RequestBody::buffered(body));
+        let sent = Instant::now();
+        let ok = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = !resp.status().is_server_error();
+                // Read the answer to its end so the connection goes back to the pool; keep nothing.
+                let mut b = resp.into_body();
+                while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut b).await {}
+                report(
+                    &lease,
+                    &self.state,
+                    if ok {
+                        Outcome::Success(sent.elapsed())
+                    } else {
+                        Outcome::Failure
+                    },
+                );
+                ok
+            }
+            _ => {
+                report(&lease, &self.state, Outcome::Failure);
+                false
+            }
+        };
+        m.mirror[if ok { MIRROR_OK } else { MIRROR_FAILED }].increment(1);
     }
 }
 

@@ -133,12 +133,19 @@ impl<B, E> Endpoint<B, E> {
     }
 
     /// The deployment a request goes to: the pinned one (`azureml-model-deployment`), else one by weight.
-    pub fn select(&self, pinned: Option<&HeaderValue>, roll: u32) -> Result<&Deployment<B>, RouteError> {
+    pub fn select(
+        &self,
+        pinned: Option<&HeaderValue>,
+        roll: u32,
+    ) -> Result<&Deployment<B>, RouteError> {
         match pinned {
-            Some(h) => self.deployment(h.as_bytes()).ok_or_else(|| RouteError::DeploymentNotFound {
-                endpoint: self.name.to_string(),
-                deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
-            }),
+            Some(h) => {
+                self.deployment(h.as_bytes())
+                    .ok_or_else(|| RouteError::DeploymentNotFound {
+                        endpoint: self.name.to_string(),
+                        deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
+                    })
+            }
             None => self
                 .pick(roll)
                 .ok_or_else(|| RouteError::NoTrafficAllocated(self.name.to_string())),
@@ -279,7 +286,11 @@ impl<B, E> RouteTable<B, E> {
     }
 
     /// The endpoint and action a request path names (deployment not chosen yet).
-    pub fn lookup(&self, method: &Method, path: &str) -> Result<(&Endpoint<B, E>, Action), RouteError> {
+    pub fn lookup(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Result<(&Endpoint<B, E>, Action), RouteError> {
         let (raw_name, action) = parse_path(path).ok_or(RouteError::NoRoute)?;
         if action == Action::Swagger && method != Method::GET && method != Method::HEAD {
             return Err(RouteError::MethodNotAllowed);

@@ -22,10 +22,14 @@ endpoints:
     .unwrap();
     cfg.validate().unwrap();
     let mut n = 0;
-    RouteTable::from_config(&cfg, |_| (), |_, _, _| {
-        n += 1;
-        n
-    })
+    RouteTable::from_config(
+        &cfg,
+        |_| (),
+        |_, _, _| {
+            n += 1;
+            n
+        },
+    )
 }
 
 fn hv(s: &str) -> HeaderValue {

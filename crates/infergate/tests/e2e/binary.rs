@@ -126,7 +126,7 @@ async fn access_log_is_one_json_line_per_request_with_all_fields() {
     let f = cfg_file(
         dir.path(),
         &format!(
-            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
             listen_local(),
             pod.addr()
         ),
@@ -163,7 +163,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let f = cfg_file(
         dir.path(),
         &format!(
-            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
             listen_local(),
             pod.addr()
         ),
@@ -203,7 +203,7 @@ async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
     let f = cfg_file(
         dir.path(),
         &format!(
-            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
             listen_local(),
             pod.addr()
         ),
@@ -302,17 +302,26 @@ async fn demo_serves_the_curl_commands_it_prints() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line}"));
     assert!(line.contains("certs-example/ca.pem"), "{line}");
+    let auth = line
+        .split("-H 'Authorization: ")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .unwrap_or_else(|| panic!("no Authorization header in {line}"))
+        .to_string();
+    assert!(auth.starts_with("Bearer ") && auth.len() > 20, "{auth}");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut c = Client::tls(addr, Proto::H2).await;
+    // the printed command without its key is refused
+    c.call(post("/api/v1/endpoint/demo/score", "{}"))
+        .await
+        .assert_error(401, "Unauthorized");
     let mut deployments = std::collections::HashSet::new();
     let t0 = Instant::now();
     while deployments.len() < 2 && t0.elapsed() < Duration::from_secs(20) {
-        let a = c
-            .call(post(
-                "/api/v1/endpoint/demo/score",
-                "{\"data\": [[1, 2, 3, 4]]}",
-            ))
-            .await;
+        let mut q = post("/api/v1/endpoint/demo/score", "{\"data\": [[1, 2, 3, 4]]}");
+        q.headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        let a = c.call(q).await;
         assert_eq!(a.status, 200);
         deployments.insert(a.header("azureml-model-deployment").to_string());
     }

@@ -2,6 +2,8 @@
 //! in front of mock model pods.
 
 mod admin;
+mod admission;
+mod auth;
 mod binary;
 mod errors;
 mod headers;
@@ -25,7 +27,22 @@ pub async fn mock(name: &str, latency_ms: u64) -> MockHandle {
     .unwrap()
 }
 
-/// A plain-HTTP router config with these endpoints (YAML list items).
+/// A plain-HTTP router config with these endpoints (YAML list items, each starting with
+/// `  - name: `). Each endpoint gets `auth: {mode: none}`: the default, key mode with no key,
+/// would refuse these tests' requests. The auth tests write their own `auth`.
 pub fn insecure(endpoints: &str) -> String {
-    format!("allowInsecureConnections: true\nendpoints:\n{endpoints}\n")
+    let endpoints: Vec<String> = endpoints
+        .lines()
+        .map(|l| {
+            if l.starts_with("  - name: ") {
+                format!("{l}\n    auth: {{mode: none}}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    format!(
+        "allowInsecureConnections: true\nendpoints:\n{}\n",
+        endpoints.join("\n")
+    )
 }

@@ -42,6 +42,8 @@ pub fn empty() -> Body {
 
 /// A router running in this process.
 pub struct Router {
+    /// The live router, to publish new specs while serving.
+    pub router: Arc<infergate_proxy::Router>,
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: SocketAddr,
@@ -67,10 +69,12 @@ impl Router {
             .expect("router starts");
         let (tx, rx) = oneshot::channel();
         let (https, http, admin) = (server.https_addr(), server.http_addr(), server.admin_addr());
+        let router = server.router().clone();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         Router {
+            router,
             https,
             http,
             admin,
@@ -419,6 +423,22 @@ impl Bin {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for exit (up to 40 s) and returns the whole stdout (every line, also those already
+    /// seen) and the whole stderr.
+    pub fn finish(mut self) -> (String, String) {
+        self.wait_exit();
+        // The reader thread ends at EOF, which follows the exit.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (self.seen.join("\n"), err)
     }
 
     /// Resident set high-water mark (VmHWM) and current RSS in bytes.

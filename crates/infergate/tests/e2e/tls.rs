@@ -13,7 +13,7 @@ async fn tls_router(dir: &Path, pod: &mock_model::MockHandle) -> Router {
     std::fs::copy(certs_example("server-key.pem"), dir.join("key.pem")).unwrap();
     Router::start(&format!(
         "sslCertPemFile: {d}/cert.pem\nsslKeyPemFile: {d}/key.pem\ncertReloadIntervalMs: 50\n\
-         endpoints:\n  - name: e\n    deployments: [{{name: d, pods: [\"{p}\"], requestSettings: {{maxConcurrentRequestsPerInstance: 8}}}}]\n",
+         endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{p}\"], requestSettings: {{maxConcurrentRequestsPerInstance: 8}}}}]\n",
         d = dir.display(),
         p = pod.addr()
     ))

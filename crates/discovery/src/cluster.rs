@@ -1,0 +1,159 @@
+//! Kubernetes wiring: the client, the watches of every configured namespace, the status writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infergate_config::{Defaults, KubeDiscoveryConfig};
+use infergate_proxy::{Readiness, Router};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc;
+
+use crate::crd::InferenceEndpoint;
+use crate::index::SERVICE_NAME_LABEL;
+use crate::status::write_statuses;
+use crate::watch::{Discovery, Feed};
+
+/// Why discovery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// No client configuration (neither in-cluster nor KUBECONFIG).
+    #[error(
+        "config key `discovery.kube`: cannot build a Kubernetes client: {0}; fix: run in a pod \
+         with a service account, or set KUBECONFIG to a kubeconfig file (or remove \
+         `discovery.kube` to serve the static `endpoints`)"
+    )]
+    Client(#[source] kube::Error),
+}
+
+/// Retry timing of failed lists and watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay.
+    pub min: Duration,
+    /// Longest delay (the delay doubles up to it).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// client-go's reflector timing: 800 ms doubling up to 30 s.
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_millis(800),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Exponential backoff with +-20 % jitter, reset by any successful event.
+struct Exp {
+    b: Backoff,
+    next: Option<Duration>,
+    seed: u64,
+}
+
+impl Iterator for Exp {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = match self.next {
+            None => self.b.min,
+            Some(d) => (d * 2).min(self.b.max),
+        };
+        self.next = Some(d);
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = 0.8 + (self.seed % 1000) as f64 / 2500.0;
+        Some(d.mul_f64(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for Exp {
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+fn exp(b: Backoff) -> Exp {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    Exp {
+        b,
+        next: None,
+        seed,
+    }
+}
+
+/// A client from the environment, as kube finds it: KUBECONFIG (or `~/.kube/config`), else
+/// the pod's service account.
+pub async fn client_from_env() -> Result<Client, DiscoveryError> {
+    Client::try_default().await.map_err(DiscoveryError::Client)
+}
+
+/// The watch feeds of `cfg`: per namespace (or once for all), InferenceEndpoints and the
+/// EndpointSlices that belong to a Service.
+pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Vec<Feed> {
+    let ar = ApiResource::erase::<InferenceEndpoint>(&());
+    let scopes: Vec<Option<&str>> = if cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        cfg.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut feeds = Vec::new();
+    for ns in scopes {
+        let ie: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let slices: Api<EndpointSlice> = match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        feeds.push(Feed::endpoints(
+            ns,
+            watcher(ie, watcher::Config::default()).backoff(exp(backoff)),
+        ));
+        feeds.push(Feed::slices(
+            ns,
+            watcher(
+                slices,
+                watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            )
+            .backoff(exp(backoff)),
+        ));
+    }
+    feeds
+}
+
+/// Starts discovery with `client`: the watches, the index publishing to `router`, readiness
+/// after the first full sync, and the status writer. Runs until the returned task is aborted.
+pub fn spawn(
+    client: Client,
+    cfg: &KubeDiscoveryConfig,
+    defaults: Defaults,
+    router: Arc<Router>,
+    readiness: Arc<Readiness>,
+    backoff: Backoff,
+) -> tokio::task::JoinHandle<()> {
+    let feeds = feeds(&client, cfg, backoff);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_statuses(client, rx));
+    let namespaces = if cfg.namespaces.is_empty() {
+        "(all)".to_string()
+    } else {
+        cfg.namespaces.join(",")
+    };
+    tracing::info!(%namespaces, "discovery: watching InferenceEndpoints and EndpointSlices");
+    let d = Discovery::new(defaults, router)
+        .with_readiness(readiness)
+        .with_status_sink(tx);
+    tokio::spawn(async move {
+        d.run(feeds).await;
+        writer.abort();
+    })
+}

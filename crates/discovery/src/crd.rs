@@ -1,0 +1,181 @@
+//! The `InferenceEndpoint` custom resource (`infergate.io/v1`): one scoring URL, its deployments
+//! (each a Service whose EndpointSlices hold the pods) and the traffic split.
+
+use std::collections::BTreeMap;
+
+use infergate_config::RequestSettings;
+use kube::CustomResource;
+use kube::CustomResourceExt;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// The spec of an `InferenceEndpoint`; its `metadata.name` is the URL name
+/// (`/api/v1/endpoint/<name>/score`).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "infergate.io",
+    version = "v1",
+    kind = "InferenceEndpoint",
+    namespaced,
+    status = "InferenceEndpointStatus",
+    shortname = "ie",
+    category = "infergate",
+    doc = "A scoring endpoint served by infergate: metadata.name is the URL name, each deployment names a Service whose EndpointSlices hold the model pods.",
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Accepted\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceEndpointSpec {
+    /// Percent of unpinned requests per deployment name. Sums to 100, or all 0 (then only
+    /// requests pinning a deployment with the `azureml-model-deployment` header are served).
+    /// May be omitted when there is exactly one deployment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, u32>,
+    /// The deployments behind this endpoint.
+    pub deployments: Vec<InferenceDeployment>,
+    /// How callers authenticate: `{mode: key|token|none, secretName}`. Omitted: key mode, keys
+    /// from the Secret `secretName` in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthRef>,
+}
+
+/// One deployment: a Service in the endpoint's namespace whose ready endpoints are the pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceDeployment {
+    /// The name clients pin with the `azureml-model-deployment` header.
+    pub name: String,
+    /// A Service in the same namespace; its EndpointSlices (label `kubernetes.io/service-name`)
+    /// list the pods.
+    pub service_name: String,
+    /// The pod port: a number (the target port as the EndpointSlice lists it) or the Service
+    /// port's name. May be omitted when the Service has a single port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
+    pub port: Option<PortRef>,
+    /// Path of the scoring route on the pod (default `/score`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring_path: Option<String>,
+    /// Path of the swagger document on the pod (default `/swagger.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swagger_path: Option<String>,
+    /// Overrides of the router's `defaults`: any of its keys (`requestTimeoutMs`,
+    /// `maxConcurrentRequestsPerInstance`, `maxQueueWaitMs`, `maxRequestBodyBytes`, ...).
+    #[serde(default, skip_serializing_if = "is_default_settings")]
+    #[schemars(schema_with = "request_settings_schema")]
+    pub request_settings: RequestSettings,
+}
+
+fn is_default_settings(s: &RequestSettings) -> bool {
+    *s == RequestSettings::default()
+}
+
+/// A port by number or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// A port number (1-65535).
+    Number(i64),
+    /// A Service port name.
+    Name(String),
+}
+
+impl std::fmt::Display for PortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// An endpoint's authentication reference, kept loosely typed: the Secret watch (issue 5)
+/// turns it into an [`infergate_auth::AuthPolicy`]. Unknown keys are preserved by the API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct AuthRef {
+    /// `key` (default), `token` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// A Secret in the endpoint's namespace holding `primaryKey`/`secondaryKey` (key mode) or
+    /// `signingKey` (token mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+fn int_or_string(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "The pod port: a number (the target port as the EndpointSlice lists it) or the Service port's name. May be omitted when the Service has a single port.",
+        "x-kubernetes-int-or-string": true,
+    })
+}
+
+fn request_settings_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Overrides of the router's `defaults`: any of its keys (requestTimeoutMs, maxConcurrentRequestsPerInstance, maxQueueWaitMs, maxRequestBodyBytes, ...). Checked by the router: an unknown key or a bad value makes it skip the endpoint and report why in status.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// What the router observed, written by the router.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceEndpointStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods per deployment.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentStatus>,
+    /// `Accepted` (the spec is valid and this object owns its URL name) and `Ready` (every
+    /// deployment with traffic has a ready pod).
+    #[serde(default)]
+    pub conditions: Vec<EndpointCondition>,
+}
+
+/// Pods of one deployment as the router sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// Deployment name.
+    pub name: String,
+    /// Pods taking new requests (EndpointSlice condition `ready`).
+    pub ready_pods: u32,
+    /// Pods finishing their requests, taking no new ones (`serving` and `terminating`).
+    pub terminating_pods: u32,
+}
+
+/// A condition, as in Kubernetes' `metav1.Condition`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointCondition {
+    /// `Accepted` or `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One CamelCase word.
+    pub reason: String,
+    /// For humans.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The `metadata.generation` this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CustomResourceDefinition of [`InferenceEndpoint`] as YAML, the way `infergate crd`
+/// prints it and `deploy/crds/` commits it.
+pub fn crd_yaml() -> String {
+    let crd = InferenceEndpoint::crd();
+    let body = serde_saphyr::to_string(&crd).expect("a CRD serializes");
+    format!(
+        "# GENERATED from the Rust type (crates/discovery/src/crd.rs) by `infergate crd`: do not edit.\n{body}"
+    )
+}

@@ -1,0 +1,968 @@
+//! The pure discovery index: InferenceEndpoints and EndpointSlices in, endpoint specs,
+//! statuses and reports out. No I/O, no clock, no async.
+//!
+//! Watch events go in through `apply_*`, `delete_*` and `reset_*` (a relist replaces every
+//! object of a kind in a scope). Each call marks the URL names it may change as dirty;
+//! [`Index::refresh`] rebuilds only those, keeps the spec list sorted by name, and returns the
+//! status updates and reports that the rebuild produced.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use infergate_auth::AuthPolicy;
+use infergate_balance::PodSpec;
+use infergate_config::{ConfigError, Defaults, EndpointConfig, ResolvedSettings, is_valid_name};
+use infergate_proxy::{DeploymentSpec, EndpointSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DynamicObject;
+use serde_json::json;
+
+use crate::crd::{
+    AuthRef, DeploymentStatus, EndpointCondition, InferenceEndpointSpec, InferenceEndpointStatus,
+    PortRef,
+};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `namespace/name` of an object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why an object is not routed: the key, the value, the problem and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `spec.traffic`.
+    pub key: String,
+    /// The offending value.
+    pub value: String,
+    /// What is wrong.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: value `{}` is invalid: {}; fix: {}",
+            self.key, self.value, self.problem, self.fix
+        )
+    }
+}
+
+impl Problem {
+    fn new(
+        key: impl Into<String>,
+        value: impl std::fmt::Display,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Problem {
+            key: key.into(),
+            value: value.to_string(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for Problem {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Invalid {
+                key,
+                value,
+                problem,
+                fix,
+            } => Problem {
+                key,
+                value,
+                problem,
+                fix,
+            },
+            other => Problem::new("spec", "", other.to_string(), "correct the spec"),
+        }
+    }
+}
+
+/// Something the glue should log: an object skipped, a name conflict, a recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `InferenceEndpoint ns/name` or `EndpointSlice ns/name`.
+    pub object: String,
+    /// Why.
+    pub reason: String,
+    /// `false` for good news (an object accepted again).
+    pub is_problem: bool,
+}
+
+/// A status the glue should write (it differs from what the object shows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    /// The InferenceEndpoint.
+    pub key: ObjectKey,
+    /// The status to write (conditions without `lastTransitionTime`).
+    pub status: InferenceEndpointStatus,
+    /// The status the object shows now, for carrying transition times over.
+    pub observed: Option<InferenceEndpointStatus>,
+}
+
+/// What one [`Index::refresh`] produced.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Whether the spec list changed (publish it).
+    pub specs_changed: bool,
+    /// Statuses to write.
+    pub statuses: Vec<StatusUpdate>,
+    /// Lines to log.
+    pub reports: Vec<Report>,
+}
+
+/// A deployment after parsing and validation.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    name: String,
+    service: String,
+    port: Option<PortRef>,
+    scoring_path: String,
+    swagger_path: String,
+    settings: ResolvedSettings,
+    weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Parsed {
+    deployments: Vec<Plan>,
+}
+
+#[derive(Debug, Clone)]
+struct EndpointEntry {
+    created: Option<Time>,
+    generation: Option<i64>,
+    parsed: Result<Parsed, Problem>,
+    /// Opaque auth reference for the Secret watch (issue 5).
+    auth: Option<AuthRef>,
+    observed: Option<InferenceEndpointStatus>,
+    services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpState {
+    Ready,
+    /// `serving` and `terminating`: finishes its requests, takes no new ones.
+    Draining,
+    NotReady,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SliceEndpoint {
+    ip: IpAddr,
+    name: Option<Arc<str>>,
+    state: EpState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SlicePort {
+    name: Option<String>,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SliceEntry {
+    ports: Vec<SlicePort>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+/// `(namespace, service)`.
+type ServiceKey = (String, String);
+
+/// Which objects a reset replaces: one namespace, or all.
+pub type Scope<'a> = Option<&'a str>;
+
+/// The discovery index. See the module docs.
+#[derive(Debug)]
+pub struct Index {
+    defaults: Defaults,
+    endpoints: HashMap<ObjectKey, EndpointEntry>,
+    /// URL name -> namespaces of the InferenceEndpoints claiming it.
+    claims: HashMap<String, BTreeSet<String>>,
+    /// Service -> InferenceEndpoints naming it.
+    users: HashMap<ServiceKey, BTreeSet<ObjectKey>>,
+    /// Service -> slice name -> slice.
+    slices: HashMap<ServiceKey, BTreeMap<String, SliceEntry>>,
+    /// Slice -> its service (to follow label changes and deletions).
+    slice_service: HashMap<ObjectKey, String>,
+    dirty: BTreeSet<String>,
+    /// Built specs, sorted by name.
+    specs: Vec<EndpointSpec>,
+    /// Last problem reported per object (reports only on change).
+    reported: HashMap<ObjectKey, String>,
+    /// Last status handed out per object (not handed out again until it changes).
+    sent: HashMap<ObjectKey, InferenceEndpointStatus>,
+    reports: Vec<Report>,
+}
+
+impl Index {
+    /// An empty index; deployments' request settings resolve over `defaults`.
+    pub fn new(defaults: Defaults) -> Self {
+        Index {
+            defaults,
+            endpoints: HashMap::new(),
+            claims: HashMap::new(),
+            users: HashMap::new(),
+            slices: HashMap::new(),
+            slice_service: HashMap::new(),
+            dirty: BTreeSet::new(),
+            specs: Vec::new(),
+            reported: HashMap::new(),
+            sent: HashMap::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    // === InferenceEndpoints ===
+
+    /// An InferenceEndpoint was added or changed.
+    pub fn apply_endpoint(&mut self, obj: &DynamicObject) {
+        let Some(key) = key_of(&obj.metadata.namespace, &obj.metadata.name) else {
+            return;
+        };
+        let (parsed, auth) = parse_endpoint(&key.name, obj, &self.defaults);
+        let entry = EndpointEntry {
+            created: obj.metadata.creation_timestamp.clone(),
+            generation: obj.metadata.generation,
+            services: match &parsed {
+                Ok(p) => p.deployments.iter().map(|d| d.service.clone()).collect(),
+                Err(_) => Vec::new(),
+            },
+            parsed,
+            auth,
+            observed: obj
+                .data
+                .get("status")
+                .and_then(|s| serde_json::from_value(s.clone()).ok()),
+        };
+        if let Some(old) = self.endpoints.get(&key)
+            && old.parsed == entry.parsed
+            && old.created == entry.created
+            && old.generation == entry.generation
+            && old.auth == entry.auth
+        {
+            // Only the status changed (our own write, most likely): nothing to rebuild, but
+            // the status may now match (or not) what we want.
+            let observed_changed = old.observed != entry.observed;
+            self.endpoints.insert(key.clone(), entry);
+            if observed_changed {
+                self.dirty.insert(key.name);
+            }
+            return;
+        }
+        self.remove_endpoint(&key);
+        for svc in &entry.services {
+            self.users
+                .entry((key.namespace.clone(), svc.clone()))
+                .or_default()
+                .insert(key.clone());
+        }
+        self.claims
+            .entry(key.name.clone())
+            .or_default()
+            .insert(key.namespace.clone());
+        self.endpoints.insert(key.clone(), entry);
+        self.dirty.insert(key.name);
+    }
+
+    /// An InferenceEndpoint was deleted.
+    pub fn delete_endpoint(&mut self, obj: &DynamicObject) {
+        if let Some(key) = key_of(&obj.metadata.namespace, &obj.metadata.name) {
+            self.remove_endpoint(&key);
+            self.sent.remove(&key);
+            self.reported.remove(&key);
+        }
+    }
+
+    /// A relist: `objs` are every InferenceEndpoint in `scope` (a namespace, or all).
+    pub fn reset_endpoints(&mut self, scope: Scope<'_>, objs: &[DynamicObject]) {
+        let keep: HashSet<ObjectKey> = objs
+            .iter()
+            .filter_map(|o| key_of(&o.metadata.namespace, &o.metadata.name))
+            .collect();
+        let gone: Vec<ObjectKey> = self
+            .endpoints
+            .keys()
+            .filter(|k| in_scope(scope, &k.namespace) && !keep.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_endpoint(&k);
+            self.sent.remove(&k);
+            self.reported.remove(&k);
+        }
+        for o in objs {
+            self.apply_endpoint(o);
+        }
+    }
+
+    fn remove_endpoint(&mut self, key: &ObjectKey) {
+        let Some(old) = self.endpoints.remove(key) else {
+            return;
+        };
+        for svc in &old.services {
+            let sk = (key.namespace.clone(), svc.clone());
+            if let Some(u) = self.users.get_mut(&sk) {
+                u.remove(key);
+                if u.is_empty() {
+                    self.users.remove(&sk);
+                }
+            }
+        }
+        if let Some(c) = self.claims.get_mut(&key.name) {
+            c.remove(&key.namespace);
+            if c.is_empty() {
+                self.claims.remove(&key.name);
+            }
+        }
+        self.dirty.insert(key.name.clone());
+    }
+
+    // === EndpointSlices ===
+
+    /// An EndpointSlice was added or changed.
+    pub fn apply_slice(&mut self, s: &EndpointSlice) {
+        let Some(key) = key_of(&s.metadata.namespace, &s.metadata.name) else {
+            return;
+        };
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned();
+        let Some(service) = service else {
+            // Not (or no longer) a Service's slice.
+            self.remove_slice(&key);
+            return;
+        };
+        let entry = self.parse_slice(&key, s);
+        if self.slice_service.get(&key) == Some(&service) {
+            let sk = (key.namespace.clone(), service);
+            let slot = self.slices.entry(sk.clone()).or_default();
+            if slot.get(&key.name) == Some(&entry) {
+                return;
+            }
+            slot.insert(key.name.clone(), entry);
+            self.mark_service(&sk);
+            return;
+        }
+        self.remove_slice(&key);
+        let sk = (key.namespace.clone(), service.clone());
+        self.slices
+            .entry(sk.clone())
+            .or_default()
+            .insert(key.name.clone(), entry);
+        self.slice_service.insert(key, service);
+        self.mark_service(&sk);
+    }
+
+    /// An EndpointSlice was deleted.
+    pub fn delete_slice(&mut self, s: &EndpointSlice) {
+        if let Some(key) = key_of(&s.metadata.namespace, &s.metadata.name) {
+            self.remove_slice(&key);
+        }
+    }
+
+    /// A relist: `slices` are every EndpointSlice in `scope` (a namespace, or all).
+    pub fn reset_slices(&mut self, scope: Scope<'_>, slices: &[EndpointSlice]) {
+        let keep: HashSet<ObjectKey> = slices
+            .iter()
+            .filter_map(|s| key_of(&s.metadata.namespace, &s.metadata.name))
+            .collect();
+        let gone: Vec<ObjectKey> = self
+            .slice_service
+            .keys()
+            .filter(|k| in_scope(scope, &k.namespace) && !keep.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_slice(&k);
+        }
+        for s in slices {
+            self.apply_slice(s);
+        }
+    }
+
+    fn remove_slice(&mut self, key: &ObjectKey) {
+        let Some(service) = self.slice_service.remove(key) else {
+            return;
+        };
+        let sk = (key.namespace.clone(), service);
+        if let Some(m) = self.slices.get_mut(&sk) {
+            m.remove(&key.name);
+            if m.is_empty() {
+                self.slices.remove(&sk);
+            }
+        }
+        self.mark_service(&sk);
+    }
+
+    fn mark_service(&mut self, sk: &ServiceKey) {
+        if let Some(users) = self.users.get(sk) {
+            for u in users {
+                self.dirty.insert(u.name.clone());
+            }
+        }
+    }
+
+    fn parse_slice(&mut self, key: &ObjectKey, s: &EndpointSlice) -> SliceEntry {
+        let ports = s
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().is_none_or(|pr| pr == "TCP"))
+            .filter_map(|p| {
+                Some(SlicePort {
+                    name: p.name.clone().filter(|n| !n.is_empty()),
+                    port: u16::try_from(p.port?).ok().filter(|&n| n != 0)?,
+                })
+            })
+            .collect();
+        let mut endpoints = Vec::new();
+        if s.address_type == "IPv4" || s.address_type == "IPv6" {
+            for e in s.endpoints.iter().flatten() {
+                // Consumers use the first address only (the others are the same pod).
+                let Some(addr) = e.addresses.first() else {
+                    continue;
+                };
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    self.reports.push(Report {
+                        object: format!("EndpointSlice {key}"),
+                        reason: format!("endpoint address `{addr}` is not an IP address; skipped"),
+                        is_problem: true,
+                    });
+                    continue;
+                };
+                let c = e.conditions.clone().unwrap_or_default();
+                // Unknown (absent) conditions count as ready and serving, as Kubernetes advises.
+                let ready = c.ready.unwrap_or(true);
+                let serving = c.serving.unwrap_or(ready);
+                let state = match (c.terminating.unwrap_or(false), serving, ready) {
+                    (true, true, _) => EpState::Draining,
+                    (true, false, _) => EpState::NotReady,
+                    (false, _, true) => EpState::Ready,
+                    (false, _, false) => EpState::NotReady,
+                };
+                let name = e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
+                    .and_then(|r| r.name.as_deref())
+                    .map(Arc::from);
+                endpoints.push(SliceEndpoint { ip, name, state });
+            }
+        }
+        SliceEntry { ports, endpoints }
+    }
+
+    // === output ===
+
+    /// Whether events since the last [`Index::refresh`] may change the output.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.reports.is_empty()
+    }
+
+    /// The endpoint specs as of the last [`Index::refresh`], sorted by name.
+    pub fn specs(&self) -> &[EndpointSpec] {
+        &self.specs
+    }
+
+    /// The auth reference of the InferenceEndpoint serving `url_name`, for the Secret watch
+    /// (issue 5): which Secret holds its keys.
+    pub fn auth_ref(&self, url_name: &str) -> Option<(&ObjectKey, Option<&AuthRef>)> {
+        let ns = self.owner(url_name)?;
+        let (k, e) = self
+            .endpoints
+            .get_key_value(&ObjectKey::new(&ns, url_name))?;
+        Some((k, e.auth.as_ref()))
+    }
+
+    /// Number of InferenceEndpoints known, and of those routed.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.endpoints.len(), self.specs.len())
+    }
+
+    /// Rebuilds what changed since the last call.
+    pub fn refresh(&mut self) -> Changes {
+        let mut changes = Changes {
+            reports: std::mem::take(&mut self.reports),
+            ..Changes::default()
+        };
+        let dirty = std::mem::take(&mut self.dirty);
+        for url in dirty {
+            let owner = self.owner(&url);
+            let spec = owner.as_ref().and_then(|ns| {
+                let key = ObjectKey::new(ns, &url);
+                let e = self.endpoints.get(&key)?;
+                let p = e.parsed.as_ref().ok()?;
+                Some(self.build(&url, &key.namespace, p, e.auth.as_ref()))
+            });
+            changes.specs_changed |= self.put_spec(&url, spec);
+            let claimants: Vec<String> = self
+                .claims
+                .get(&url)
+                .map(|c| c.iter().cloned().collect())
+                .unwrap_or_default();
+            for ns in claimants {
+                let key = ObjectKey::new(&ns, &url);
+                self.status_for(&key, owner.as_deref(), &mut changes);
+            }
+        }
+        changes
+    }
+
+    /// The namespace of the InferenceEndpoint that owns `url`: the oldest claimant (creation
+    /// time, then namespace name), valid or not, so that a broken spec never hands its URL
+    /// to another namespace.
+    fn owner(&self, url: &str) -> Option<String> {
+        let claims = self.claims.get(url)?;
+        claims
+            .iter()
+            .min_by(|a, b| {
+                let ca = &self.endpoints[&ObjectKey::new(a, url)].created;
+                let cb = &self.endpoints[&ObjectKey::new(b, url)].created;
+                // A missing timestamp sorts last.
+                (ca.is_none(), ca, *a).cmp(&(cb.is_none(), cb, *b))
+            })
+            .cloned()
+    }
+
+    fn put_spec(&mut self, url: &str, spec: Option<EndpointSpec>) -> bool {
+        let at = self.specs.binary_search_by(|s| s.name.as_str().cmp(url));
+        match (at, spec) {
+            (Ok(i), Some(s)) => {
+                if self.specs[i] == s {
+                    return false;
+                }
+                self.specs[i] = s;
+            }
+            (Ok(i), None) => {
+                self.specs.remove(i);
+            }
+            (Err(i), Some(s)) => self.specs.insert(i, s),
+            (Err(_), None) => return false,
+        }
+        true
+    }
+
+    fn build(&self, url: &str, ns: &str, p: &Parsed, auth: Option<&AuthRef>) -> EndpointSpec {
+        EndpointSpec {
+            name: url.to_string(),
+            deployments: p
+                .deployments
+                .iter()
+                .map(|d| DeploymentSpec {
+                    name: d.name.clone(),
+                    pods: self.pods(ns, d).pods,
+                    scoring_path: d.scoring_path.clone(),
+                    swagger_path: d.swagger_path.clone(),
+                    settings: d.settings,
+                    weight: d.weight,
+                })
+                .collect(),
+            // Mirroring is not part of the InferenceEndpoint spec yet.
+            mirror: None,
+            // AUTH (issue 5): the Secret watch replaces this with the keys of the Secret that
+            // `auth_ref` names. Until then only `mode: none` opens an endpoint; key and token
+            // modes refuse every request (fail closed).
+            auth: auth_policy(auth),
+            swagger_auth: false,
+        }
+    }
+
+    /// The pods of one deployment: ready ones (routed), draining ones (counted), and why
+    /// none could be found when that is the case.
+    fn pods(&self, ns: &str, d: &Plan) -> Pods {
+        let mut out = Pods::default();
+        let Some(slices) = self.slices.get(&(ns.to_string(), d.service.clone())) else {
+            out.why_none = Some(format!(
+                "Service {ns}/{} has no EndpointSlices (no such Service, or no pods selected)",
+                d.service
+            ));
+            return out;
+        };
+        let mut ready: BTreeMap<SocketAddr, Option<Arc<str>>> = BTreeMap::new();
+        let mut draining: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut port_missing = None;
+        for (slice_name, s) in slices {
+            let port = match &d.port {
+                Some(PortRef::Number(n)) => s.ports.iter().find(|p| i64::from(p.port) == *n),
+                Some(PortRef::Name(name)) => {
+                    s.ports.iter().find(|p| p.name.as_deref() == Some(name))
+                }
+                None if s.ports.len() == 1 => s.ports.first(),
+                None => None,
+            };
+            let Some(port) = port else {
+                if !s.endpoints.is_empty() {
+                    port_missing = Some(port_problem(slice_name, s, d.port.as_ref()));
+                }
+                continue;
+            };
+            for e in &s.endpoints {
+                let addr = SocketAddr::new(e.ip, port.port);
+                match e.state {
+                    EpState::Ready => {
+                        ready.insert(addr, e.name.clone());
+                    }
+                    EpState::Draining => {
+                        draining.insert(addr);
+                    }
+                    EpState::NotReady => {}
+                }
+            }
+        }
+        out.draining = draining.iter().filter(|a| !ready.contains_key(a)).count() as u32;
+        out.pods = ready
+            .into_iter()
+            .map(|(addr, name)| PodSpec { addr, name })
+            .collect();
+        if out.pods.is_empty() {
+            out.why_none = port_missing
+                .or_else(|| Some(format!("Service {ns}/{} has no ready endpoints", d.service)));
+        }
+        out
+    }
+
+    fn status_for(&mut self, key: &ObjectKey, owner: Option<&str>, changes: &mut Changes) {
+        let Some(e) = self.endpoints.get(key) else {
+            return;
+        };
+        let gen_ = e.generation;
+        let cond = |type_: &str, ok: bool, reason: &str, message: String| EndpointCondition {
+            type_: type_.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: None,
+            observed_generation: gen_,
+        };
+        let mut status = InferenceEndpointStatus {
+            observed_generation: gen_,
+            ..Default::default()
+        };
+        let is_owner = owner == Some(key.namespace.as_str());
+        let problem = match (&e.parsed, is_owner) {
+            (Err(p), _) => {
+                status
+                    .conditions
+                    .push(cond("Accepted", false, "Invalid", p.to_string()));
+                status.conditions.push(cond(
+                    "Ready",
+                    false,
+                    "NotAccepted",
+                    "the spec is invalid; the endpoint is not routed".into(),
+                ));
+                Some(format!("skipped: {p}"))
+            }
+            (Ok(_), false) => {
+                let msg = format!(
+                    "the URL name `{}` belongs to InferenceEndpoint {}/{} (created earlier); this one is not routed",
+                    key.name,
+                    owner.unwrap_or("?"),
+                    key.name
+                );
+                status
+                    .conditions
+                    .push(cond("Accepted", false, "NameConflict", msg.clone()));
+                status.conditions.push(cond(
+                    "Ready",
+                    false,
+                    "NotAccepted",
+                    "another namespace owns the URL name".into(),
+                ));
+                Some(format!("not routed: {msg}"))
+            }
+            (Ok(_), true) => None,
+        };
+        if let Ok(p) = &e.parsed {
+            let mut missing = Vec::new();
+            for d in &p.deployments {
+                let pods = self.pods(&key.namespace, d);
+                status.deployments.push(DeploymentStatus {
+                    name: d.name.clone(),
+                    ready_pods: pods.pods.len() as u32,
+                    terminating_pods: pods.draining,
+                });
+                let needs_pods = d.weight > 0 || p.deployments.iter().all(|x| x.weight == 0);
+                if needs_pods && let Some(why) = pods.why_none {
+                    missing.push(format!("deployment {}: {why}", d.name));
+                }
+            }
+            if is_owner {
+                status.conditions.push(cond(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    format!("routed at /api/v1/endpoint/{}/", key.name),
+                ));
+                status.conditions.push(if missing.is_empty() {
+                    cond(
+                        "Ready",
+                        true,
+                        "PodsReady",
+                        "every deployment with traffic has a ready pod".into(),
+                    )
+                } else {
+                    cond("Ready", false, "NoReadyPods", missing.join("; "))
+                });
+            }
+        }
+
+        // Reports: on a change of problem only.
+        let object = format!("InferenceEndpoint {key}");
+        match (problem, self.reported.get(key)) {
+            (Some(p), prev) if prev != Some(&p) => {
+                changes.reports.push(Report {
+                    object,
+                    reason: p.clone(),
+                    is_problem: true,
+                });
+                self.reported.insert(key.clone(), p);
+            }
+            (None, Some(_)) => {
+                changes.reports.push(Report {
+                    object,
+                    reason: "accepted: routed".into(),
+                    is_problem: false,
+                });
+                self.reported.remove(key);
+            }
+            _ => {}
+        }
+
+        let e = &self.endpoints[key];
+        let shown = e.observed.as_ref().is_some_and(|o| same_status(o, &status));
+        if shown {
+            self.sent.remove(key);
+        } else if self.sent.get(key) != Some(&status) {
+            self.sent.insert(key.clone(), status.clone());
+            changes.statuses.push(StatusUpdate {
+                key: key.clone(),
+                status,
+                observed: e.observed.clone(),
+            });
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pods {
+    pods: Vec<PodSpec>,
+    draining: u32,
+    why_none: Option<String>,
+}
+
+fn port_problem(slice: &str, s: &SliceEntry, want: Option<&PortRef>) -> String {
+    let have: Vec<String> = s
+        .ports
+        .iter()
+        .map(|p| match &p.name {
+            Some(n) => format!("{n}:{}", p.port),
+            None => p.port.to_string(),
+        })
+        .collect();
+    match want {
+        Some(p) => format!(
+            "port `{p}` is not among the ports of EndpointSlice {slice} ({})",
+            have.join(", ")
+        ),
+        None => format!(
+            "EndpointSlice {slice} has {} ports ({}): name one in `port`",
+            have.len(),
+            have.join(", ")
+        ),
+    }
+}
+
+/// Equal but for `lastTransitionTime`.
+pub fn same_status(a: &InferenceEndpointStatus, b: &InferenceEndpointStatus) -> bool {
+    let strip = |s: &InferenceEndpointStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+fn auth_policy(auth: Option<&AuthRef>) -> AuthPolicy {
+    match auth.and_then(|a| a.mode.as_deref()) {
+        Some("none") => AuthPolicy::None,
+        _ => AuthPolicy::default(),
+    }
+}
+
+fn in_scope(scope: Scope<'_>, ns: &str) -> bool {
+    scope.is_none_or(|s| s == ns)
+}
+
+fn key_of(ns: &Option<String>, name: &Option<String>) -> Option<ObjectKey> {
+    Some(ObjectKey::new(ns.as_deref()?, name.as_deref()?))
+}
+
+/// Parses and validates an InferenceEndpoint's spec; the auth reference is kept even when the
+/// rest is invalid.
+fn parse_endpoint(
+    name: &str,
+    obj: &DynamicObject,
+    defaults: &Defaults,
+) -> (Result<Parsed, Problem>, Option<AuthRef>) {
+    let raw = obj.data.get("spec").cloned().unwrap_or(json!(null));
+    let auth = raw
+        .get("auth")
+        .and_then(|a| serde_json::from_value::<AuthRef>(a.clone()).ok());
+    (parse_spec(name, raw, defaults), auth)
+}
+
+fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result<Parsed, Problem> {
+    if !is_valid_name(name) {
+        return Err(Problem::new(
+            "metadata.name",
+            name,
+            "not usable as an endpoint name in a URL",
+            "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit",
+        ));
+    }
+    let spec: InferenceEndpointSpec = serde_json::from_value(raw.clone()).map_err(|e| {
+        Problem::new(
+            "spec",
+            short(&raw.to_string()),
+            format!("does not match the InferenceEndpoint schema: {e}"),
+            "correct the spec (`kubectl explain inferenceendpoint.spec`)",
+        )
+    })?;
+    if let Some(mode) = spec.auth.as_ref().and_then(|a| a.mode.as_deref())
+        && !matches!(mode, "key" | "token" | "none")
+    {
+        return Err(Problem::new(
+            "spec.auth.mode",
+            mode,
+            "unknown authentication mode",
+            "use key, token or none",
+        ));
+    }
+    for (i, d) in spec.deployments.iter().enumerate() {
+        let key = format!("spec.deployments[{i}]");
+        if !is_dns_label(&d.service_name) {
+            return Err(Problem::new(
+                format!("{key}.serviceName"),
+                &d.service_name,
+                "not a Service name",
+                "name a Service in the same namespace (lowercase letters, digits and '-', at most 63)",
+            ));
+        }
+        match &d.port {
+            Some(PortRef::Number(n)) if !(1..=65535).contains(n) => {
+                return Err(Problem::new(
+                    format!("{key}.port"),
+                    n,
+                    "not a port number",
+                    "use 1-65535, or the Service port's name",
+                ));
+            }
+            Some(PortRef::Name(s)) if s.is_empty() || s.len() > 15 => {
+                return Err(Problem::new(
+                    format!("{key}.port"),
+                    s,
+                    "not a port name",
+                    "use the Service port's name (1-15 characters), or its number",
+                ));
+            }
+            _ => {}
+        }
+    }
+    // The static file's rules (names, traffic sums, paths, settings), through its own validator.
+    let as_config = json!({
+        "name": name,
+        "traffic": spec.traffic,
+        "deployments": spec.deployments.iter().map(|d| {
+            let mut v = json!({
+                "name": d.name,
+                "requestSettings": d.request_settings,
+            });
+            if let Some(p) = &d.scoring_path { v["scoringPath"] = json!(p); }
+            if let Some(p) = &d.swagger_path { v["swaggerPath"] = json!(p); }
+            v
+        }).collect::<Vec<_>>(),
+        "auth": {"mode": "none"},
+    });
+    let ep: EndpointConfig = serde_json::from_value(as_config)
+        .map_err(|e| Problem::new("spec", "", e.to_string(), "correct the spec"))?;
+    ep.validate("spec", defaults)?;
+    let deployments = spec
+        .deployments
+        .iter()
+        .zip(&ep.deployments)
+        .zip(ep.weights())
+        .map(|((d, c), weight)| Plan {
+            name: d.name.clone(),
+            service: d.service_name.clone(),
+            port: d.port.clone(),
+            scoring_path: c.scoring_path.clone(),
+            swagger_path: c.swagger_path.clone(),
+            settings: c.request_settings.over(*defaults),
+            weight,
+        })
+        .collect();
+    Ok(Parsed { deployments })
+}
+
+fn short(s: &str) -> String {
+    if s.len() <= 120 {
+        return s.to_string();
+    }
+    let mut end = 117;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// RFC 1123 label: what a Service name is.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,654 @@
+//! Unit tests of the pure index: no sockets, no runtime.
+
+use std::net::SocketAddr;
+
+use infergate_auth::AuthPolicy;
+use infergate_config::Defaults;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// An InferenceEndpoint created `created` seconds into 2026.
+pub(crate) fn mk_ie(ns: &str, name: &str, spec: Value, created: u64) -> DynamicObject {
+    let ts = k8s_openapi::jiff::Timestamp::from_second(1_767_225_600 + created as i64).unwrap();
+    serde_json::from_value(json!({
+        "apiVersion": "infergate.io/v1",
+        "kind": "InferenceEndpoint",
+        "metadata": {
+            "name": name, "namespace": ns, "generation": 1,
+            "creationTimestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// One deployment `blue` on Service `svc`, port `http`, no auth.
+fn one(svc: &str) -> Value {
+    json!({
+        "deployments": [{"name": "blue", "serviceName": svc, "port": "http"}],
+        "auth": {"mode": "none"},
+    })
+}
+
+/// An endpoint: (ip, ready, serving, terminating, pod name).
+type Ep<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>, &'a str);
+
+pub(crate) fn mk_slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    ports: &[(&str, u16)],
+    eps: &[Ep],
+) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns, "labels": {SERVICE_NAME_LABEL: svc}},
+        "addressType": "IPv4",
+        "ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP"})).collect::<Vec<_>>(),
+        "endpoints": eps.iter().map(|(ip, r, s, t, pod)| json!({
+            "addresses": [ip],
+            "conditions": {"ready": r, "serving": s, "terminating": t},
+            "targetRef": {"kind": "Pod", "name": pod, "namespace": ns},
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+fn ready(ip: &str, pod: &'static str) -> Ep<'static> {
+    let ip: &'static str = Box::leak(ip.to_string().into_boxed_str());
+    (ip, Some(true), Some(true), Some(false), pod)
+}
+
+fn mk_index() -> Index {
+    Index::new(Defaults::default())
+}
+
+fn pods(ix: &Index, ep: &str, dep: &str) -> Vec<SocketAddr> {
+    ix.specs()
+        .iter()
+        .find(|s| s.name == ep)
+        .unwrap_or_else(|| panic!("{ep} not routed"))
+        .deployments
+        .iter()
+        .find(|d| d.name == dep)
+        .unwrap()
+        .pods
+        .iter()
+        .map(|p| p.addr)
+        .collect()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn cond<'a>(s: &'a InferenceEndpointStatus, t: &str) -> &'a EndpointCondition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+fn status_of(ch: &Changes, ns: &str, name: &str) -> InferenceEndpointStatus {
+    ch.statuses
+        .iter()
+        .find(|u| u.key == ObjectKey::new(ns, name))
+        .unwrap_or_else(|| panic!("no status for {ns}/{name}: {:?}", ch.statuses))
+        .status
+        .clone()
+}
+
+#[test]
+fn pods_appear_with_names_weights_and_settings() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "iris",
+        json!({
+            "traffic": {"blue": 90, "green": 10},
+            "deployments": [
+                {"name": "blue", "serviceName": "iris-blue", "port": 5001,
+                 "requestSettings": {"requestTimeoutMs": 700, "maxConcurrentRequestsPerInstance": 2}},
+                {"name": "green", "serviceName": "iris-green", "port": "http", "scoringPath": "/v2/score"},
+            ],
+            "auth": {"mode": "none"},
+        }),
+        0,
+    ));
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "iris-blue-1",
+        "iris-blue",
+        &[("http", 5001)],
+        &[ready("10.0.0.2", "blue-b"), ready("10.0.0.1", "blue-a")],
+    ));
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "iris-green-1",
+        "iris-green",
+        &[("http", 8080)],
+        &[ready("10.0.1.1", "green-a")],
+    ));
+    let ch = ix.refresh();
+    assert!(ch.specs_changed);
+    assert!(ch.reports.is_empty(), "{:?}", ch.reports);
+    let spec = &ix.specs()[0];
+    assert_eq!(spec.name, "iris");
+    assert_eq!(spec.auth, AuthPolicy::None);
+    let blue = &spec.deployments[0];
+    assert_eq!(blue.weight, 90);
+    assert_eq!(blue.scoring_path, "/score");
+    assert_eq!(blue.settings.request_timeout_ms, 700);
+    assert_eq!(blue.settings.max_concurrent_requests_per_instance, 2);
+    assert_eq!(
+        blue.settings.max_queue_wait_ms,
+        Defaults::default().max_queue_wait_ms
+    );
+    // Sorted by address; the pod name is the targetRef's.
+    assert_eq!(
+        pods(&ix, "iris", "blue"),
+        [addr("10.0.0.1:5001"), addr("10.0.0.2:5001")]
+    );
+    assert_eq!(blue.pods[0].name.as_deref(), Some("blue-a"));
+    let green = &spec.deployments[1];
+    assert_eq!(
+        (green.weight, green.scoring_path.as_str()),
+        (10, "/v2/score")
+    );
+    assert_eq!(pods(&ix, "iris", "green"), [addr("10.0.1.1:8080")]);
+
+    let st = status_of(&ch, "ml", "iris");
+    assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(st.deployments[0].ready_pods, 2);
+    assert_eq!(cond(&st, "Accepted").status, "True");
+    assert_eq!(cond(&st, "Ready").reason, "PodsReady");
+}
+
+#[test]
+fn conditions_decide_eligibility() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("ml", "e", one("svc"), 0));
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "svc-1",
+        "svc",
+        &[("http", 80)],
+        &[
+            ("10.0.0.1", Some(true), Some(true), Some(false), "ready"),
+            ("10.0.0.2", None, None, None, "unknown-counts-as-ready"),
+            (
+                "10.0.0.3",
+                Some(false),
+                Some(false),
+                Some(false),
+                "not-ready",
+            ),
+            ("10.0.0.4", Some(false), Some(true), Some(true), "draining"),
+            (
+                "10.0.0.5",
+                Some(false),
+                Some(false),
+                Some(true),
+                "terminating-not-serving",
+            ),
+        ],
+    ));
+    let ch = ix.refresh();
+    assert_eq!(
+        pods(&ix, "e", "blue"),
+        [addr("10.0.0.1:80"), addr("10.0.0.2:80")]
+    );
+    let st = status_of(&ch, "ml", "e");
+    assert_eq!(
+        st.deployments[0],
+        DeploymentStatus {
+            name: "blue".into(),
+            ready_pods: 2,
+            terminating_pods: 1
+        }
+    );
+
+    // The ready pod turns not ready: out of the pool.
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "svc-1",
+        "svc",
+        &[("http", 80)],
+        &[("10.0.0.1", Some(false), Some(false), Some(false), "ready")],
+    ));
+    ix.refresh();
+    assert!(pods(&ix, "e", "blue").is_empty());
+}
+
+#[test]
+fn ports_resolve_by_name_number_or_a_lone_port() {
+    let slice = |svc: &str, ports: &[(&str, u16)]| {
+        mk_slice(
+            "ml",
+            &format!("{svc}-1"),
+            svc,
+            ports,
+            &[ready("10.0.0.1", "p")],
+        )
+    };
+    let mut ix = mk_index();
+    let dep = |name: &str, port: Value| {
+        let mut d = json!({"name": name, "serviceName": name});
+        if !port.is_null() {
+            d["port"] = port;
+        }
+        d
+    };
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "e",
+        json!({
+            "traffic": {"byname": 25, "bynumber": 25, "lone": 25, "ambiguous": 25},
+            "deployments": [
+                dep("byname", json!("metrics")), dep("bynumber", json!(9000)),
+                dep("lone", Value::Null), dep("ambiguous", Value::Null),
+            ],
+            "auth": {"mode": "none"},
+        }),
+        0,
+    ));
+    ix.apply_slice(&slice("byname", &[("http", 80), ("metrics", 9100)]));
+    ix.apply_slice(&slice("bynumber", &[("http", 80), ("grpc", 9000)]));
+    ix.apply_slice(&slice("lone", &[("", 7000)]));
+    ix.apply_slice(&slice("ambiguous", &[("a", 1), ("b", 2)]));
+    let ch = ix.refresh();
+    assert_eq!(pods(&ix, "e", "byname"), [addr("10.0.0.1:9100")]);
+    assert_eq!(pods(&ix, "e", "bynumber"), [addr("10.0.0.1:9000")]);
+    assert_eq!(pods(&ix, "e", "lone"), [addr("10.0.0.1:7000")]);
+    assert!(pods(&ix, "e", "ambiguous").is_empty());
+    let st = status_of(&ch, "ml", "e");
+    let r = cond(&st, "Ready");
+    assert_eq!(
+        (r.status.as_str(), r.reason.as_str()),
+        ("False", "NoReadyPods")
+    );
+    assert!(
+        r.message.contains("deployment ambiguous") && r.message.contains("name one in `port`"),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn slices_of_one_service_merge_and_a_pod_in_two_slices_counts_once() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("ml", "e", one("svc"), 0));
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "a",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.0.0.1", "p1")],
+    ));
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "b",
+        "svc",
+        &[("http", 81)],
+        &[ready("10.0.0.2", "p2"), ready("10.0.0.1", "p1")],
+    ));
+    // Same name in another namespace: not ours.
+    ix.apply_slice(&mk_slice(
+        "other",
+        "a",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.9.9.9", "x")],
+    ));
+    ix.refresh();
+    assert_eq!(
+        pods(&ix, "e", "blue"),
+        [
+            addr("10.0.0.1:80"),
+            addr("10.0.0.1:81"),
+            addr("10.0.0.2:81")
+        ]
+    );
+    ix.delete_slice(&mk_slice("ml", "b", "svc", &[], &[]));
+    assert!(ix.refresh().specs_changed);
+    assert_eq!(pods(&ix, "e", "blue"), [addr("10.0.0.1:80")]);
+}
+
+#[test]
+fn a_deleted_service_leaves_the_endpoint_routed_without_pods() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("ml", "e", one("svc"), 0));
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "a",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.0.0.1", "p1")],
+    ));
+    ix.refresh();
+    ix.delete_slice(&mk_slice("ml", "a", "svc", &[], &[]));
+    let ch = ix.refresh();
+    assert!(
+        pods(&ix, "e", "blue").is_empty(),
+        "503 NoPodAvailable, not 404"
+    );
+    let st = status_of(&ch, "ml", "e");
+    assert_eq!(st.deployments[0].ready_pods, 0);
+    let r = cond(&st, "Ready");
+    assert!(
+        r.message.contains("Service ml/svc has no EndpointSlices"),
+        "{}",
+        r.message
+    );
+
+    ix.delete_endpoint(&mk_ie("ml", "e", json!({}), 0));
+    assert!(ix.refresh().specs_changed);
+    assert!(ix.specs().is_empty(), "404 once the endpoint is gone");
+}
+
+#[test]
+fn the_older_endpoint_keeps_a_duplicate_name_and_the_newer_is_reported() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("team-b", "iris", one("b"), 50));
+    ix.apply_endpoint(&mk_ie("team-a", "iris", one("a"), 10));
+    ix.apply_slice(&mk_slice(
+        "team-a",
+        "a",
+        "a",
+        &[("http", 80)],
+        &[ready("10.0.0.1", "pa")],
+    ));
+    ix.apply_slice(&mk_slice(
+        "team-b",
+        "b",
+        "b",
+        &[("http", 80)],
+        &[ready("10.0.0.2", "pb")],
+    ));
+    let ch = ix.refresh();
+    assert_eq!(
+        pods(&ix, "iris", "blue"),
+        [addr("10.0.0.1:80")],
+        "team-a is older"
+    );
+    let st = status_of(&ch, "team-b", "iris");
+    let a = cond(&st, "Accepted");
+    assert_eq!(
+        (a.status.as_str(), a.reason.as_str()),
+        ("False", "NameConflict")
+    );
+    assert!(a.message.contains("team-a/iris"), "{}", a.message);
+    assert_eq!(
+        cond(&status_of(&ch, "team-a", "iris"), "Accepted").status,
+        "True"
+    );
+    let r: Vec<&Report> = ch.reports.iter().filter(|r| r.is_problem).collect();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].object, "InferenceEndpoint team-b/iris");
+    assert!(
+        r[0].reason
+            .contains("belongs to InferenceEndpoint team-a/iris")
+    );
+
+    // Nothing changes: no new report, no status again.
+    ix.apply_slice(&mk_slice(
+        "team-b",
+        "b",
+        "b",
+        &[("http", 80)],
+        &[ready("10.0.0.3", "pb2")],
+    ));
+    let ch = ix.refresh();
+    assert!(ch.reports.is_empty(), "{:?}", ch.reports);
+    assert!(!ch.specs_changed, "the loser's pods are not routed");
+
+    // The owner goes away: the other takes the URL over.
+    ix.delete_endpoint(&mk_ie("team-a", "iris", json!({}), 10));
+    let ch = ix.refresh();
+    assert_eq!(pods(&ix, "iris", "blue"), [addr("10.0.0.3:80")]);
+    assert!(
+        ch.reports
+            .iter()
+            .any(|r| !r.is_problem && r.object == "InferenceEndpoint team-b/iris")
+    );
+    assert_eq!(
+        cond(&status_of(&ch, "team-b", "iris"), "Accepted").status,
+        "True"
+    );
+}
+
+#[test]
+fn malformed_endpoints_are_skipped_with_the_key_and_reason_and_others_stay() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("ml", "good", one("svc"), 0));
+    let bad = [
+        (
+            "sum90",
+            json!({"traffic": {"a": 70, "b": 20}, "deployments": [
+                {"name": "a", "serviceName": "s"}, {"name": "b", "serviceName": "s"}]}),
+            "spec.traffic",
+            "weights sum to 90",
+        ),
+        (
+            "negative",
+            json!({"traffic": {"a": -5}, "deployments": [{"name": "a", "serviceName": "s"}]}),
+            "spec",
+            "does not match the InferenceEndpoint schema",
+        ),
+        (
+            "noservice",
+            json!({"deployments": [{"name": "a"}]}),
+            "spec",
+            "missing field `serviceName`",
+        ),
+        (
+            "badservice",
+            json!({"deployments": [{"name": "a", "serviceName": "Not_A_Service"}]}),
+            "spec.deployments[0].serviceName",
+            "not a Service name",
+        ),
+        (
+            "badport",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "port": 70000}]}),
+            "spec.deployments[0].port",
+            "not a port number",
+        ),
+        (
+            "typo",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"requestTimeoutMS": 5}}]}),
+            "spec",
+            "requestTimeoutMS",
+        ),
+        (
+            "unknown-traffic",
+            json!({"traffic": {"green": 100}, "deployments": [{"name": "a", "serviceName": "s"}]}),
+            "spec.traffic.green",
+            "no deployment of this endpoint has that name",
+        ),
+        (
+            "badauth",
+            json!({"deployments": [{"name": "a", "serviceName": "s"}], "auth": {"mode": "keys"}}),
+            "spec.auth.mode",
+            "unknown authentication mode",
+        ),
+    ];
+    for (name, spec, _, _) in &bad {
+        ix.apply_endpoint(&mk_ie("ml", name, spec.clone(), 1));
+    }
+    let ch = ix.refresh();
+    assert_eq!(ix.specs().len(), 1, "only `good` is routed");
+    assert_eq!(ix.specs()[0].name, "good");
+    for (name, _, key, why) in &bad {
+        let r = ch
+            .reports
+            .iter()
+            .find(|r| r.object == format!("InferenceEndpoint ml/{name}"))
+            .unwrap_or_else(|| panic!("no report for {name}: {:?}", ch.reports));
+        assert!(r.is_problem);
+        assert!(
+            r.reason.contains(&format!("{key}:")) && r.reason.contains(why),
+            "{name}: {}",
+            r.reason
+        );
+        let st = status_of(&ch, "ml", name);
+        let a = cond(&st, "Accepted");
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            ("False", "Invalid"),
+            "{name}"
+        );
+    }
+    // Fixing one routes it and says so.
+    ix.apply_endpoint(&mk_ie("ml", "sum90", json!({"traffic": {"a": 80, "b": 20}, "deployments": [
+        {"name": "a", "serviceName": "s"}, {"name": "b", "serviceName": "s"}], "auth": {"mode": "none"}}), 1));
+    let ch = ix.refresh();
+    assert_eq!(ix.specs().len(), 2);
+    assert!(
+        ch.reports
+            .iter()
+            .any(|r| !r.is_problem && r.object.ends_with("ml/sum90"))
+    );
+}
+
+#[test]
+fn a_relist_replaces_its_scope_only() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("a", "one", one("svc"), 0));
+    ix.apply_endpoint(&mk_ie("a", "two", one("svc"), 0));
+    ix.apply_endpoint(&mk_ie("b", "three", one("svc"), 0));
+    ix.apply_slice(&mk_slice(
+        "a",
+        "s1",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.0.0.1", "p")],
+    ));
+    ix.apply_slice(&mk_slice(
+        "b",
+        "s1",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.0.0.2", "p")],
+    ));
+    ix.refresh();
+    // Namespace a relisted: `two` and its slice were deleted while the watch was down.
+    ix.reset_endpoints(Some("a"), &[mk_ie("a", "one", one("svc"), 0)]);
+    ix.reset_slices(Some("a"), &[]);
+    assert!(ix.refresh().specs_changed);
+    let names: Vec<&str> = ix.specs().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["one", "three"]);
+    assert!(pods(&ix, "one", "blue").is_empty());
+    assert_eq!(pods(&ix, "three", "blue"), [addr("10.0.0.2:80")]);
+    // A cluster-wide relist replaces everything.
+    ix.reset_endpoints(None, &[]);
+    ix.refresh();
+    assert!(ix.specs().is_empty());
+}
+
+#[test]
+fn status_only_changes_rebuild_nothing_and_a_shown_status_is_not_sent_again() {
+    let mut ix = mk_index();
+    let ie = mk_ie("ml", "e", one("svc"), 0);
+    ix.apply_endpoint(&ie);
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "s",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.0.0.1", "p")],
+    ));
+    let ch = ix.refresh();
+    let want = status_of(&ch, "ml", "e");
+    // Our write comes back through the watch (with transition times).
+    let mut written = ie.clone();
+    written.data["status"] = serde_json::to_value(crate::status::with_times(
+        &want,
+        None,
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .unwrap();
+    ix.apply_endpoint(&written);
+    let ch = ix.refresh();
+    assert!(!ch.specs_changed);
+    assert!(ch.statuses.is_empty(), "{:?}", ch.statuses);
+    // The same desired status is not handed out twice while the write is on its way.
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "s",
+        "svc",
+        &[("http", 80)],
+        &[ready("10.0.0.9", "q")],
+    ));
+    let ch = ix.refresh();
+    assert!(ch.specs_changed);
+    assert!(ch.statuses.is_empty(), "same counts: {:?}", ch.statuses);
+}
+
+#[test]
+fn auth_reference_is_kept_for_the_secret_watch_and_fails_closed() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "keyed",
+        json!({"deployments": [{"name": "a", "serviceName": "s"}],
+               "auth": {"mode": "key", "secretName": "keyed-keys", "future": 1}}),
+        0,
+    ));
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "default",
+        json!({"deployments": [{"name": "a", "serviceName": "s"}]}),
+        0,
+    ));
+    ix.refresh();
+    let (key, auth) = ix.auth_ref("keyed").unwrap();
+    assert_eq!(key, &ObjectKey::new("ml", "keyed"));
+    assert_eq!(auth.unwrap().secret_name.as_deref(), Some("keyed-keys"));
+    assert!(ix.auth_ref("default").unwrap().1.is_none());
+    for s in ix.specs() {
+        assert_eq!(
+            s.auth,
+            AuthPolicy::default(),
+            "{}: refuses until keys are wired",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn one_slice_change_among_many_rebuilds_one_endpoint() {
+    let mut ix = mk_index();
+    for i in 0..50 {
+        ix.apply_endpoint(&mk_ie("ml", &format!("e{i:02}"), one(&format!("s{i}")), i));
+        ix.apply_slice(&mk_slice(
+            "ml",
+            &format!("s{i}"),
+            &format!("s{i}"),
+            &[("http", 80)],
+            &[ready(&format!("10.0.{i}.1"), "p")],
+        ));
+    }
+    ix.refresh();
+    let before = ix.specs().to_vec();
+    ix.apply_slice(&mk_slice(
+        "ml",
+        "s7",
+        "s7",
+        &[("http", 80)],
+        &[ready("10.9.9.9", "p")],
+    ));
+    assert!(ix.is_dirty());
+    let ch = ix.refresh();
+    assert!(ch.specs_changed);
+    assert_eq!(ch.statuses.len(), 0, "one ready pod before and after");
+    let changed: Vec<&str> = ix
+        .specs()
+        .iter()
+        .zip(&before)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.name.as_str())
+        .collect();
+    assert_eq!(changed, ["e07"]);
+    assert!(!ix.is_dirty());
+}

@@ -1,0 +1,23 @@
+//! Kubernetes discovery for infergate: InferenceEndpoints and EndpointSlices, watched live, become the route table.
+//!
+//! - [`crd`]: the `InferenceEndpoint` custom resource (`infergate.io/v1`) and its status;
+//!   [`crd_yaml`] is its CustomResourceDefinition (`infergate crd`).
+//! - [`index`]: the pure index: apply/delete/reset of watch events in, endpoint specs (for
+//!   [`Router::publish_specs`](infergate_proxy::Router::publish_specs)), statuses and reports out.
+//! - [`Discovery`]: the glue from watch-event streams ([`Feed`]) to the index and one
+//!   route-table swap per batch; readiness after the first full sync.
+//! - [`spawn`]: the real thing: kube watches of the configured namespaces and the status writer.
+
+pub mod crd;
+pub mod index;
+pub mod metrics;
+
+mod cluster;
+mod status;
+mod watch;
+
+pub use cluster::{Backoff, DiscoveryError, client_from_env, feeds, spawn};
+pub use crd::{InferenceEndpoint, InferenceEndpointSpec, InferenceEndpointStatus, crd_yaml};
+pub use index::{Index, ObjectKey, StatusUpdate};
+pub use status::{with_times, write_statuses};
+pub use watch::{Discovery, Feed, FeedKind};

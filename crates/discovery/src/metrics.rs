@@ -1,0 +1,19 @@
+//! Metric names of Kubernetes discovery (Prometheus style).
+
+/// Gauge, `kind`, `namespace` (`*` = all): 1 while the watch works, 0 after a failure until the
+/// next event arrives on it.
+pub const WATCH_UP: &str = "infergate_discovery_watch_up";
+/// Counter, `kind`, `namespace`: failed lists and watches (each retried with backoff).
+pub const WATCH_ERRORS_TOTAL: &str = "infergate_discovery_watch_errors_total";
+/// Counter, `kind`, `namespace`: completed full lists (the first sync and every relist).
+pub const LISTS_TOTAL: &str = "infergate_discovery_lists_total";
+/// Gauge: 1 once every watch has completed its first list (readiness).
+pub const SYNCED: &str = "infergate_discovery_synced";
+/// Gauge, `state` = `routed` / `not_routed`: InferenceEndpoints by whether they serve a URL.
+pub const ENDPOINTS: &str = "infergate_discovery_endpoints";
+/// Counter: route tables published.
+pub const PUBLISHES_TOTAL: &str = "infergate_discovery_publishes_total";
+/// Histogram: from reading a batch of watch events to its route table being published.
+pub const PUBLISH_DURATION_SECONDS: &str = "infergate_discovery_publish_duration_seconds";
+/// Counter, `result` = `ok` / `failed`: status subresource writes.
+pub const STATUS_WRITES_TOTAL: &str = "infergate_discovery_status_writes_total";

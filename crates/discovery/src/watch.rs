@@ -1,0 +1,343 @@
+//! The glue: watch-event streams -> [`Index`] -> one route-table swap per batch.
+//!
+//! It takes streams, not a client, so tests feed events directly. Each stream is one
+//! [`Feed`]: a kind (InferenceEndpoints or EndpointSlices) in a scope (a namespace, or all).
+//! A relist (`Init` .. `InitDone`) is buffered and replaces the feed's objects at `InitDone`;
+//! until then, and while a watch fails, the last table keeps serving. Nothing is published
+//! before every feed has completed its first list; then readiness turns true. Events that are
+//! ready together are applied together and published with one swap, so a burst is one rebuild
+//! and a single event is published as soon as it is read.
+
+use std::sync::Arc;
+
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::{FutureExt, Stream, StreamExt};
+use infergate_config::Defaults;
+use infergate_proxy::{Readiness, Router};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::index::{Index, StatusUpdate};
+use crate::metrics;
+
+/// Most events applied before a rebuild, so a flood cannot delay publishing indefinitely.
+const MAX_BATCH: usize = 4096;
+
+/// The kind a feed carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// `InferenceEndpoint` objects (as [`DynamicObject`], parsed one by one so that a
+    /// malformed one is skipped instead of failing the whole list).
+    Endpoints,
+    /// `EndpointSlice` objects.
+    Slices,
+}
+
+impl FeedKind {
+    /// The Kubernetes kind, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Endpoints => "InferenceEndpoint",
+            FeedKind::Slices => "EndpointSlice",
+        }
+    }
+}
+
+enum Item {
+    Endpoint(watcher::Result<Event<DynamicObject>>),
+    Slice(watcher::Result<Event<EndpointSlice>>),
+}
+
+/// One watch stream: a kind in a scope.
+pub struct Feed {
+    kind: FeedKind,
+    namespace: Option<String>,
+    stream: BoxStream<'static, Item>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("kind", &self.kind)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    /// InferenceEndpoints of `namespace` (`None`: all namespaces).
+    pub fn endpoints<S>(namespace: Option<&str>, s: S) -> Feed
+    where
+        S: Stream<Item = watcher::Result<Event<DynamicObject>>> + Send + 'static,
+    {
+        Feed {
+            kind: FeedKind::Endpoints,
+            namespace: namespace.map(str::to_string),
+            stream: s.map(Item::Endpoint).boxed(),
+        }
+    }
+
+    /// EndpointSlices of `namespace` (`None`: all namespaces).
+    pub fn slices<S>(namespace: Option<&str>, s: S) -> Feed
+    where
+        S: Stream<Item = watcher::Result<Event<EndpointSlice>>> + Send + 'static,
+    {
+        Feed {
+            kind: FeedKind::Slices,
+            namespace: namespace.map(str::to_string),
+            stream: s.map(Item::Slice).boxed(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Staging {
+    endpoints: Vec<DynamicObject>,
+    slices: Vec<EndpointSlice>,
+}
+
+struct FeedState {
+    kind: FeedKind,
+    namespace: Option<String>,
+    /// Completed one full list.
+    synced: bool,
+    /// Buffer of the relist in progress.
+    staging: Option<Staging>,
+    /// The last item was not an error.
+    up: bool,
+}
+
+impl FeedState {
+    fn ns_label(&self) -> String {
+        self.namespace.clone().unwrap_or_else(|| "*".into())
+    }
+}
+
+/// Runs the index over feeds and publishes to a router.
+pub struct Discovery {
+    index: Index,
+    router: Arc<Router>,
+    readiness: Option<Arc<Readiness>>,
+    status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// Publishes to `router`; deployments' settings resolve over `defaults`.
+    pub fn new(defaults: Defaults, router: Arc<Router>) -> Self {
+        Discovery {
+            index: Index::new(defaults),
+            router,
+            readiness: None,
+            status: None,
+        }
+    }
+
+    /// Marks `readiness` published after the first full sync of every feed.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// Sends status updates to `tx` (the status writer, or a test).
+    pub fn with_status_sink(mut self, tx: mpsc::UnboundedSender<StatusUpdate>) -> Self {
+        self.status = Some(tx);
+        self
+    }
+
+    /// Consumes the feeds until they all end (watch streams never do).
+    pub async fn run(mut self, feeds: Vec<Feed>) {
+        let mut states: Vec<FeedState> = feeds
+            .iter()
+            .map(|f| FeedState {
+                kind: f.kind,
+                namespace: f.namespace.clone(),
+                synced: false,
+                staging: None,
+                up: true,
+            })
+            .collect();
+        for s in &states {
+            ::metrics::gauge!(metrics::WATCH_UP, "kind" => s.kind.as_str(), "namespace" => s.ns_label())
+                .set(1.0);
+        }
+        ::metrics::gauge!(metrics::SYNCED).set(0.0);
+        let mut merged: SelectAll<_> = futures_util::stream::select_all(
+            feeds
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| f.stream.map(move |it| (i, it))),
+        );
+        let mut synced_all = false;
+        let mut open = true;
+        while open {
+            let Some((i, item)) = merged.next().await else {
+                break;
+            };
+            let first_seen = Instant::now();
+            self.handle(&mut states[i], item);
+            for _ in 0..MAX_BATCH {
+                match merged.next().now_or_never() {
+                    Some(Some((i, item))) => self.handle(&mut states[i], item),
+                    Some(None) => {
+                        open = false;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !synced_all {
+                if !states.iter().all(|s| s.synced) {
+                    continue;
+                }
+                synced_all = true;
+                self.publish(true, first_seen);
+                if let Some(r) = &self.readiness {
+                    r.set_published(true);
+                }
+                ::metrics::gauge!(metrics::SYNCED).set(1.0);
+                let (known, routed) = self.index.counts();
+                tracing::info!(
+                    inference_endpoints = known,
+                    routed,
+                    "discovery: first full sync of every watch; route table published, ready"
+                );
+            } else if self.index.is_dirty() {
+                self.publish(false, first_seen);
+            }
+        }
+    }
+
+    fn handle(&mut self, st: &mut FeedState, item: Item) {
+        let ok = match item {
+            Item::Endpoint(Ok(ev)) => {
+                self.endpoint_event(st, ev);
+                true
+            }
+            Item::Slice(Ok(ev)) => {
+                self.slice_event(st, ev);
+                true
+            }
+            Item::Endpoint(Err(e)) | Item::Slice(Err(e)) => {
+                watch_failed(st, &e);
+                false
+            }
+        };
+        if ok && !st.up {
+            st.up = true;
+            ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
+                .set(1.0);
+            tracing::info!(
+                kind = st.kind.as_str(),
+                namespace = %st.ns_label(),
+                "discovery: watch recovered"
+            );
+        }
+    }
+
+    fn endpoint_event(&mut self, st: &mut FeedState, ev: Event<DynamicObject>) {
+        match ev {
+            Event::Init => st.staging = Some(Staging::default()),
+            Event::InitApply(o) => st.staging.get_or_insert_default().endpoints.push(o),
+            Event::InitDone => {
+                let objs = st.staging.take().unwrap_or_default().endpoints;
+                self.index.reset_endpoints(st.namespace.as_deref(), &objs);
+                listed(st, objs.len());
+            }
+            Event::Apply(o) => self.index.apply_endpoint(&o),
+            Event::Delete(o) => self.index.delete_endpoint(&o),
+        }
+    }
+
+    fn slice_event(&mut self, st: &mut FeedState, ev: Event<EndpointSlice>) {
+        match ev {
+            Event::Init => st.staging = Some(Staging::default()),
+            Event::InitApply(o) => st.staging.get_or_insert_default().slices.push(o),
+            Event::InitDone => {
+                let objs = st.staging.take().unwrap_or_default().slices;
+                self.index.reset_slices(st.namespace.as_deref(), &objs);
+                listed(st, objs.len());
+            }
+            Event::Apply(o) => self.index.apply_slice(&o),
+            Event::Delete(o) => self.index.delete_slice(&o),
+        }
+    }
+
+    fn publish(&mut self, force: bool, since: Instant) {
+        let changes = self.index.refresh();
+        for r in &changes.reports {
+            if r.is_problem {
+                tracing::warn!(object = %r.object, reason = %r.reason, "discovery: object not routed");
+            } else {
+                tracing::info!(object = %r.object, reason = %r.reason, "discovery: object routed again");
+            }
+        }
+        if changes.specs_changed || force {
+            self.router.publish_specs(self.index.specs());
+            ::metrics::counter!(metrics::PUBLISHES_TOTAL).increment(1);
+            ::metrics::histogram!(metrics::PUBLISH_DURATION_SECONDS)
+                .record(since.elapsed().as_secs_f64());
+        }
+        let (known, routed) = self.index.counts();
+        ::metrics::gauge!(metrics::ENDPOINTS, "state" => "routed").set(routed as f64);
+        ::metrics::gauge!(metrics::ENDPOINTS, "state" => "not_routed")
+            .set(known.saturating_sub(routed) as f64);
+        if let Some(tx) = &self.status {
+            for s in changes.statuses {
+                let _ = tx.send(s);
+            }
+        }
+    }
+}
+
+fn listed(st: &mut FeedState, n: usize) {
+    ::metrics::counter!(metrics::LISTS_TOTAL, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
+        .increment(1);
+    if st.synced {
+        tracing::info!(
+            kind = st.kind.as_str(),
+            namespace = %st.ns_label(),
+            objects = n,
+            "discovery: relisted"
+        );
+    } else {
+        tracing::debug!(
+            kind = st.kind.as_str(),
+            namespace = %st.ns_label(),
+            objects = n,
+            "discovery: listed"
+        );
+    }
+    st.synced = true;
+}
+
+fn watch_failed(st: &mut FeedState, e: &watcher::Error) {
+    let gone = matches!(e, watcher::Error::WatchError(s) if s.code == 410);
+    ::metrics::counter!(metrics::WATCH_ERRORS_TOTAL, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
+        .increment(1);
+    ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
+        .set(0.0);
+    st.up = false;
+    if gone {
+        tracing::info!(
+            kind = st.kind.as_str(),
+            namespace = %st.ns_label(),
+            "discovery: watch expired (410 Gone); relisting, the last route table keeps serving"
+        );
+    } else {
+        tracing::warn!(
+            kind = st.kind.as_str(),
+            namespace = %st.ns_label(),
+            error = %e,
+            "discovery: watch failed; retrying with backoff, the last route table keeps serving"
+        );
+    }
+}
