@@ -39,6 +39,7 @@ listen: {http: "127.0.0.1:18080", admin: "127.0.0.1:18090"}
 defaults: {maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: $QUEUE_MS, requestTimeoutMs: 10000}
 endpoints:
   - name: e
+    auth: {mode: none}
     deployments:
       - name: d
         pods: ["127.0.0.1:${PORTS[0]}", "127.0.0.1:${PORTS[1]}", "127.0.0.1:${PORTS[2]}", "127.0.0.1:${PORTS[3]}"]
@@ -118,7 +119,7 @@ def ms(v):
 total = int(re.search(r"(\d+) requests in", out).group(1))
 bad = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-p50 = ms(re.search(r"50%\s+(\S+)", out).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
 print(f"{(total - bad) / dur:.1f} {p50:.1f} {p99:.1f} {bad + errs}")
 PY
 }

@@ -222,6 +222,8 @@ fn report(lease: &Lease, dep: &DeploymentState, outcome: Outcome) {
 /// What is known about a request for its access-log line.
 struct LogCtx<'a> {
     request_id: &'a HeaderValue,
+    /// The endpoint, once the URL has named a known one.
+    endpoint: &'a str,
     method: &'a Method,
     path: &'a str,
     start: Instant,
@@ -255,6 +257,7 @@ impl Completion {
         access_log(
             &LogCtx {
                 request_id: &self.request_id,
+                endpoint: &self.dep.endpoint,
                 method: &self.method,
                 path: self.uri.path(),
                 start: self.start,
@@ -287,7 +290,7 @@ fn access_log(
         request_id = ctx.request_id.to_str().unwrap_or(""),
         method = %ctx.method,
         path = ctx.path,
-        endpoint = dep.map_or("", |d| &d.endpoint),
+        endpoint = dep.map_or(ctx.endpoint, |d| &d.endpoint),
         deployment = dep.map_or("", |d| &d.deployment),
         pod = pod.map(|p| tracing::field::display(p.addr())),
         pod_name = pod.and_then(|p| p.name()),
@@ -430,6 +433,7 @@ impl Router {
         let (mut parts, body) = req.into_parts();
         let ctx = LogCtx {
             request_id: &request_id,
+            endpoint: "",
             method: &parts.method,
             path: parts.uri.path(),
             start,
@@ -441,6 +445,10 @@ impl Router {
         let (endpoint, action) = match table.lookup(&parts.method, parts.uri.path()) {
             Ok(x) => x,
             Err(e) => return self.fail(ProxyError::Route(e), &ctx, None, None, 0),
+        };
+        let ctx = LogCtx {
+            endpoint: &endpoint.name,
+            ..ctx
         };
         // Endpoint-level checks go here: before a deployment is chosen, a pod contacted or a slot taken.
         if let Err(reason) = endpoint.state.authorize(action, &mut parts.headers) {
@@ -505,6 +513,7 @@ impl Router {
             .then(|| parts.headers.clone());
         let ctx = LogCtx {
             request_id: &request_id,
+            endpoint: &endpoint.name,
             method: &method,
             path: uri.path(),
             start,

@@ -446,13 +446,22 @@ async fn the_binary_never_logs_a_key_or_token() {
         assert_eq!(j["target"], "infergate::access");
         if j["status"] == 401 {
             assert_eq!(j["outcome"], "Unauthorized", "{line}");
+            assert!(["k", "t", "forgotten"].contains(&j["endpoint"].as_str().unwrap()), "401 lines name the endpoint: {line}");
         }
     }
     let metrics = String::from_utf8_lossy(&admin_get(admin, "/metrics").await.body).into_owned();
-    assert!(
-        metrics.contains("infergate_auth_failures_total{endpoint=\"k\",reason=\"invalid_key\"} 6"),
-        "{metrics}"
-    );
+    for (ep, reason, n) in [
+        ("k", "invalid_key", 3.0),
+        ("k", "bad_scheme", 6.0),
+        ("t", "expired", 1.0),
+        ("forgotten", "no_keys_configured", 1.0),
+    ] {
+        assert_eq!(
+            failures(&metrics, ep, reason),
+            n,
+            "{ep} {reason}: {metrics}"
+        );
+    }
 
     b.signal("TERM");
     let (stdout, stderr) = tokio::task::spawn_blocking(move || b.finish())
