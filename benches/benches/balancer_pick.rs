@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use infergate_balance::{Lease, Outcome, PodSpec, Pool, PoolSettings};
 
 fn pods(n: usize) -> Vec<PodSpec> {
@@ -100,45 +100,46 @@ fn pick(c: &mut Criterion) {
     // A full pool (1 pod x 1 slot) with a waiter: the waiter queues (first poll), the holder drops
     // its lease, the slot goes straight to the waiter (oneshot), which then holds it for the next
     // round. Measures queue + handoff + wake-up.
-    for extra in [0usize, 63] {
-        let pool = Pool::new(
-            &pods(1),
-            PoolSettings {
-                max_queue: 1024,
-                ..settings(1)
-            },
-        );
-        let mut held = Some(pool.try_acquire(0).expect("free"));
-        let name = if extra == 0 {
-            "acquire_handoff_to_waiter/1_waiter".to_string()
-        } else {
-            format!("acquire_handoff_to_waiter/{}_waiters", extra + 1)
-        };
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    // `extra` waiters queued ahead that give up before the slot frees: the
-                    // dispatcher skips them (closed senders).
-                    let mut ahead = Vec::with_capacity(extra);
-                    for _ in 0..extra {
-                        let mut f = Box::pin(pool.acquire(1, Duration::from_secs(5)));
-                        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_pending()))
-                            .await;
-                        ahead.push(f);
-                    }
-                    let mut waiter = pin!(pool.acquire(1, Duration::from_secs(5)));
-                    let queued = std::future::poll_fn(|cx| {
-                        Poll::Ready(waiter.as_mut().poll(cx).is_pending())
-                    })
-                    .await;
-                    assert!(queued, "the pool is full, so the waiter queues");
-                    drop(ahead);
-                    drop(held.take());
-                    held = Some(waiter.await.expect("handed the slot"));
-                })
+    let pool = Pool::new(&pods(1), settings(1));
+    let mut held = Some(pool.try_acquire(0).expect("free"));
+    g.bench_function("acquire_handoff_to_waiter/1_waiter", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut waiter = pin!(pool.acquire(1, Duration::from_secs(5)));
+                let queued =
+                    std::future::poll_fn(|cx| Poll::Ready(waiter.as_mut().poll(cx).is_pending()))
+                        .await;
+                assert!(queued, "the pool is full, so the waiter queues");
+                drop(held.take());
+                held = Some(waiter.await.expect("handed the slot"));
             })
-        });
-    }
+        })
+    });
+    drop(held);
+    // 64 requests queue behind one busy slot, then are served in FIFO order, each handing the
+    // slot on when done: the time per batch of 64 (throughput = queued acquires per second).
+    let pool = Pool::new(&pods(1), settings(1));
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("acquire_fifo_drain/64_waiters", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let held = pool.try_acquire(0).expect("free");
+                let mut waiters: Vec<_> = (0..64)
+                    .map(|_| Box::pin(pool.acquire(1, Duration::from_secs(5))))
+                    .collect();
+                for w in &mut waiters {
+                    let queued =
+                        std::future::poll_fn(|cx| Poll::Ready(w.as_mut().poll(cx).is_pending()))
+                            .await;
+                    assert!(queued);
+                }
+                drop(held);
+                for w in waiters {
+                    drop(black_box(w.await.expect("served in turn")));
+                }
+            })
+        })
+    });
     g.finish();
 }
 

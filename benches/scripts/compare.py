@@ -314,7 +314,7 @@ http {{
     (work / "haproxy.cfg").write_text(
         f"""global
     nbthread 1
-    maxconn 10000
+    maxconn 4000
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -71,9 +72,11 @@ impl Drop for Secret {
     }
 }
 
-/// An HS256 signing key with its ready-made verification state.
+/// An HS256 signing key with its ready-made verification state (cheap to clone).
 #[derive(Clone)]
-pub struct SigningKey {
+pub struct SigningKey(Arc<SigningKeyInner>);
+
+struct SigningKeyInner {
     raw: Secret,
     decoding: DecodingKey,
     validation: Validation,
@@ -87,7 +90,7 @@ impl fmt::Debug for SigningKey {
 
 impl PartialEq for SigningKey {
     fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
+        self.0.raw == other.0.raw
     }
 }
 impl Eq for SigningKey {}
@@ -108,15 +111,15 @@ impl SigningKey {
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "aud"]);
-        Ok(SigningKey {
+        Ok(SigningKey(Arc::new(SigningKeyInner {
             raw: Secret::new(bytes),
             decoding,
             validation,
-        })
+        })))
     }
 
     fn verify(&self, token: &str, endpoint: &str, now: SystemTime) -> Result<(), AuthFailure> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     AuthFailure::BadSignature

@@ -78,3 +78,6 @@ fn is_namespace_name(s: &str) -> bool {
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
+
+#[cfg(test)]
+mod tests;

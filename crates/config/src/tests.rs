@@ -276,20 +276,40 @@ fn load_reads_file_and_names_missing_one() {
 #[test]
 fn admission_settings_and_mirror_are_checked() {
     let one = |extra: &str| {
-        format!("{INSECURE}endpoints: [{{name: e, deployments: [{{name: a}}, {{name: b}}]{extra}}}]")
+        format!(
+            "{INSECURE}endpoints: [{{name: e, deployments: [{{name: a}}, {{name: b}}]{extra}}}]"
+        )
     };
     let c = mk(&one(", mirror: {deployment: b, percent: 10}")).unwrap();
     let m = c.endpoints[0].mirror.as_ref().unwrap();
     assert_eq!((m.percent, m.max_body_bytes), (10, 1_048_576));
     let e = err_text(&one(", mirror: {deployment: c, percent: 10}"));
-    assert!(e.contains("endpoints[0].mirror.deployment") && e.contains("`c`"), "{e}");
+    assert!(
+        e.contains("endpoints[0].mirror.deployment") && e.contains("`c`"),
+        "{e}"
+    );
     let e = err_text(&one(", mirror: {deployment: b, percent: 101}"));
     assert!(e.contains("endpoints[0].mirror.percent"), "{e}");
-    let e = err_text(&format!("{INSECURE}defaults: {{ejectionBaseMs: 10, ejectionMaxMs: 5}}"));
-    assert!(e.contains("defaults.ejectionBaseMs") && e.contains("ejectionMaxMs"), "{e}");
+    let e = err_text(&format!(
+        "{INSECURE}defaults: {{ejectionBaseMs: 10, ejectionMaxMs: 5}}"
+    ));
+    assert!(
+        e.contains("defaults.ejectionBaseMs") && e.contains("ejectionMaxMs"),
+        "{e}"
+    );
     let e = err_text(&format!("{INSECURE}defaults: {{retryBudgetPercent: 150}}"));
-    assert!(e.contains("defaults.retryBudgetPercent") && e.contains("150"), "{e}");
+    assert!(
+        e.contains("defaults.retryBudgetPercent") && e.contains("150"),
+        "{e}"
+    );
     let c = mk(&format!("{INSECURE}defaults: {{maxQueueLength: 0}}\nendpoints: [{{name: e, deployments: [{{name: a, requestSettings: {{retryBudgetPercent: 0}}}}]}}]")).unwrap();
     let s = c.resolved_settings(&c.endpoints[0].deployments[0]);
-    assert_eq!((s.max_queue_length, s.retry_budget_percent, s.eject_after_consecutive_failures), (0, 0, 5));
+    assert_eq!(
+        (
+            s.max_queue_length,
+            s.retry_budget_percent,
+            s.eject_after_consecutive_failures
+        ),
+        (0, 0, 5)
+    );
 }

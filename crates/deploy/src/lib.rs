@@ -30,8 +30,8 @@ mod yaml;
 
 pub use error::RenderError;
 pub use manifests::{
-    ADMIN_PORT, CONFIG_PATH, HTTP_PORT, HTTPS_PORT, PRE_STOP_SECONDS, TLS_DIR,
-    termination_grace_seconds,
+    ADMIN_PORT, CONFIG_PATH, CRD_YAML, HTTP_PORT, HTTPS_PORT, PRE_STOP_SECONDS, TLS_DIR,
+    discovery_rules, namespaced_discovery_rbac, termination_grace_seconds,
 };
 pub use settings::{
     Exposure, KNOWN_KEYS, PROTECTED_KEYS, Settings, TlsFiles, closest_key, parse_bool,

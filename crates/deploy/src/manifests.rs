@@ -114,7 +114,7 @@ pub(crate) fn documents(
         docs.push(("role.yaml".into(), scc_role(&cx)));
         docs.push(("rolebinding.yaml".into(), scc_role_binding(&cx)));
     }
-    docs.extend(discovery_documents(args, s));
+    docs.extend(discovery_documents(args, s)?);
     docs.push(("configmap.yaml".into(), config_map(&cx, &config.0)));
     if let Some(tls) = &s.tls {
         docs.push(("secret.yaml".into(), tls_secret(&cx, tls)?));
@@ -130,12 +130,120 @@ pub(crate) fn documents(
     Ok(docs)
 }
 
-/// EXTENSION POINT for the discovery issue (issue 3): the CustomResourceDefinition of endpoint
-/// definitions and the RBAC (ClusterRole/Role + bindings for the router's ServiceAccount) that
-/// lets the router watch EndpointSlices and those resources. Returns nothing until that lands;
-/// its documents go right after the ServiceAccount so they are applied before the Deployment.
-fn discovery_documents(_args: &RenderArgs, _s: &Settings) -> Vec<(String, Value)> {
-    Vec::new()
+/// The InferenceEndpoint CustomResourceDefinition as committed under `deploy/crds/`. It is
+/// generated from the Rust type (`infergate crd`); a test of `infergate-discovery` fails when
+/// the two drift.
+pub const CRD_YAML: &str = include_str!("../../../deploy/crds/inferenceendpoints.infergate.io.yaml");
+
+/// What Kubernetes discovery needs, in one place for the ClusterRole and the namespaced Role:
+/// list/watch of InferenceEndpoints and EndpointSlices, update/patch of InferenceEndpoint
+/// status, and get/list/watch of Secrets for the endpoints' keys (the `auth.secretName` of
+/// each InferenceEndpoint).
+pub fn discovery_rules() -> Value {
+    json!([
+        {
+            "apiGroups": ["infergate.io"],
+            "resources": ["inferenceendpoints"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": ["infergate.io"],
+            "resources": ["inferenceendpoints/status"],
+            "verbs": ["update", "patch"],
+        },
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get", "list", "watch"],
+        },
+    ])
+}
+
+/// Kubernetes discovery (`discovery.kube` in the rendered config, all namespaces): the
+/// InferenceEndpoint CRD and a ClusterRole with its binding to the router's ServiceAccount.
+/// Applied right after the ServiceAccount, before the Deployment. For a router that watches
+/// listed namespaces only, see [`namespaced_discovery_rbac`].
+fn discovery_documents(args: &RenderArgs, s: &Settings) -> Result<Vec<(String, Value)>, RenderError> {
+    let crd: Value = serde_saphyr::from_str(CRD_YAML)
+        .map_err(|e| RenderError::Yaml(format!("deploy/crds: {e}")))?;
+    let cx = Ctx {
+        ns: &args.namespace,
+        name: &args.name,
+        image: &args.image,
+        s,
+    };
+    // Cluster-scoped: the namespace keeps two installations apart.
+    let role = format!("{}-{}-discovery", cx.name, cx.ns);
+    let meta = json!({ "name": role, "labels": cx.labels() });
+    Ok(vec![
+        ("crd.yaml".into(), crd),
+        (
+            "clusterrole.yaml".into(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": meta,
+                "rules": discovery_rules(),
+            }),
+        ),
+        (
+            "clusterrolebinding.yaml".into(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": meta,
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }],
+            }),
+        ),
+    ])
+}
+
+/// The namespaced variant of the discovery RBAC, for `discovery.kube.namespaces: [...]`: a Role
+/// and RoleBinding in `watched` granting the router's ServiceAccount (`args.name` in
+/// `args.namespace`) the same rules as the ClusterRole. Apply one per watched namespace,
+/// instead of the ClusterRole and its binding. Multi-document YAML.
+pub fn namespaced_discovery_rbac(args: &RenderArgs, watched: &str) -> Result<String, RenderError> {
+    check_name("--namespace", &args.namespace, 63)?;
+    check_name("--name", &args.name, 56)?;
+    check_name("watched namespace", watched, 63)?;
+    let name = format!("{}-{}-discovery", args.name, args.namespace);
+    let labels = json!({
+        "app.kubernetes.io/name": "infergate",
+        "app.kubernetes.io/instance": args.name,
+        "app.kubernetes.io/component": "inference-router",
+        "app.kubernetes.io/part-of": "infergate",
+    });
+    let meta = json!({ "name": name, "namespace": watched, "labels": labels });
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta,
+        "rules": discovery_rules(),
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+        "subjects": [{ "kind": "ServiceAccount", "name": args.name, "namespace": args.namespace }],
+    });
+    Ok(format!(
+        "---
+{}---
+{}",
+        crate::yaml::to_yaml(&role)?,
+        crate::yaml::to_yaml(&binding)?
+    ))
 }
 
 fn check_name(flag: &str, v: &str, max: usize) -> Result<(), RenderError> {
@@ -165,6 +273,8 @@ fn router_config(s: &Settings) -> Result<(String, u64), RenderError> {
     // Start from the file format's own defaults so new fields keep theirs.
     let mut cfg = infergate_config::Config::from_yaml("{}", "<render>").map_err(bug)?;
     cfg.allow_insecure_connections = s.allow_insecure_connections;
+    // Endpoints come from InferenceEndpoints in every namespace (the ClusterRole allows it).
+    cfg.discovery.kube = Some(infergate_config::KubeDiscoveryConfig::default());
     if s.tls.is_some() {
         cfg.ssl_cert_pem_file = Some(Path::new(TLS_DIR).join("tls.crt"));
         cfg.ssl_key_pem_file = Some(Path::new(TLS_DIR).join("tls.key"));

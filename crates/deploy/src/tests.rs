@@ -777,6 +777,15 @@ fn namespace_name_and_image_flow_into_every_object() {
         match d["kind"].as_str().unwrap() {
             "Namespace" => assert_eq!(d["metadata"]["name"], "ml-serving"),
             "SecurityContextConstraints" => assert_eq!(d["metadata"]["name"], "router-ml-serving"),
+            "CustomResourceDefinition" => {
+                assert_eq!(d["metadata"]["name"], "inferenceendpoints.infergate.io")
+            }
+            "ClusterRole" => assert_eq!(d["metadata"]["name"], "router-ml-serving-discovery"),
+            "ClusterRoleBinding" => {
+                assert_eq!(d["metadata"]["name"], "router-ml-serving-discovery");
+                assert_eq!(d["subjects"][0]["name"], "router");
+                assert_eq!(d["subjects"][0]["namespace"], "ml-serving");
+            }
             _ => assert_eq!(d["metadata"]["namespace"], "ml-serving", "{d}"),
         }
     }
@@ -815,6 +824,9 @@ fn multi_doc_and_write_dir_hold_every_document() {
             "securitycontextconstraints.yaml",
             "role.yaml",
             "rolebinding.yaml",
+            "crd.yaml",
+            "clusterrole.yaml",
+            "clusterrolebinding.yaml",
             "configmap.yaml",
             "secret.yaml",
             "service.yaml",

@@ -151,9 +151,43 @@ pub fn spawn(
     tracing::info!(%namespaces, "discovery: watching InferenceEndpoints and EndpointSlices");
     let d = Discovery::new(defaults, router)
         .with_readiness(readiness)
-        .with_status_sink(tx);
+        .with_status_sink(tx)
+        // Retries come at most 1.2 x max apart (jitter): quiet for longer means recovered.
+        .with_recovery_window(backoff.max * 2 + Duration::from_secs(1));
     tokio::spawn(async move {
         d.run(feeds).await;
         writer.abort();
     })
+}
+
+/// The client for `cfg.discovery.kube`, or `None` without it. Built before any port is bound,
+/// so a missing kubeconfig stops start-up.
+pub async fn client_if_configured(
+    cfg: &infergate_config::Config,
+) -> Result<Option<Client>, DiscoveryError> {
+    match cfg.discovery.kube {
+        Some(_) => {
+            infergate_tls::install_crypto_provider();
+            client_from_env().await.map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// [`spawn`] for a bound server with the configuration's namespaces, defaults and the default
+/// backoff. Without `discovery.kube` it does nothing.
+pub fn start(
+    client: Client,
+    cfg: &infergate_config::Config,
+    server: &infergate_proxy::Server,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let kube = cfg.discovery.kube.as_ref()?;
+    Some(spawn(
+        client,
+        kube,
+        cfg.defaults,
+        server.router().clone(),
+        server.readiness().clone(),
+        Backoff::default(),
+    ))
 }

@@ -173,9 +173,29 @@ pub struct EndpointCondition {
 /// The CustomResourceDefinition of [`InferenceEndpoint`] as YAML, the way `infergate crd`
 /// prints it and `deploy/crds/` commits it.
 pub fn crd_yaml() -> String {
-    let crd = InferenceEndpoint::crd();
+    let mut crd = serde_json::to_value(InferenceEndpoint::crd()).expect("a CRD serializes");
+    integral_numbers(&mut crd);
     let body = serde_saphyr::to_string(&crd).expect("a CRD serializes");
     format!(
         "# GENERATED from the Rust type (crates/discovery/src/crd.rs) by `infergate crd`: do not edit.\n{body}"
     )
+}
+
+/// `minimum: 0.0` -> `minimum: 0`: schemars writes integral bounds as floats, which tools such
+/// as kustomize rewrite; the committed CRD keeps the form they keep.
+fn integral_numbers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && n.is_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *v = serde_json::Value::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_numbers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }

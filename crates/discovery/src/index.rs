@@ -965,4 +965,4 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

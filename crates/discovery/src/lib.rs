@@ -16,7 +16,9 @@ mod cluster;
 mod status;
 mod watch;
 
-pub use cluster::{Backoff, DiscoveryError, client_from_env, feeds, spawn};
+pub use cluster::{
+    Backoff, DiscoveryError, client_from_env, client_if_configured, feeds, spawn, start,
+};
 pub use crd::{InferenceEndpoint, InferenceEndpointSpec, InferenceEndpointStatus, crd_yaml};
 pub use index::{Index, ObjectKey, StatusUpdate};
 pub use status::{with_times, write_statuses};

@@ -1,7 +1,7 @@
 //! Metric names of Kubernetes discovery (Prometheus style).
 
-/// Gauge, `kind`, `namespace` (`*` = all): 1 while the watch works, 0 after a failure until the
-/// next event arrives on it.
+/// Gauge, `kind`, `namespace` (`*` = all): 0 after a failed list or watch; 1 again on the next
+/// event, or once no retry has failed for twice the longest backoff.
 pub const WATCH_UP: &str = "infergate_discovery_watch_up";
 /// Counter, `kind`, `namespace`: failed lists and watches (each retried with backoff).
 pub const WATCH_ERRORS_TOTAL: &str = "infergate_discovery_watch_errors_total";

@@ -9,6 +9,7 @@
 //! and a single event is published as soon as it is read.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -106,8 +107,10 @@ struct FeedState {
     synced: bool,
     /// Buffer of the relist in progress.
     staging: Option<Staging>,
-    /// The last item was not an error.
+    /// The last item was not an error (or none came for a recovery window).
     up: bool,
+    /// When the last error arrived.
+    last_error: Option<Instant>,
 }
 
 impl FeedState {
@@ -122,6 +125,7 @@ pub struct Discovery {
     router: Arc<Router>,
     readiness: Option<Arc<Readiness>>,
     status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+    recovery: Duration,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -138,7 +142,16 @@ impl Discovery {
             router,
             readiness: None,
             status: None,
+            recovery: Duration::from_secs(61),
         }
+    }
+
+    /// A failed watch counts as up again when no further error came for `window` (a watch
+    /// that resumed on a quiet cluster yields no event to prove it). Make it longer than the
+    /// longest retry delay; the default is 61 s (twice the default 30 s, plus a second).
+    pub fn with_recovery_window(mut self, window: Duration) -> Self {
+        self.recovery = window;
+        self
     }
 
     /// Marks `readiness` published after the first full sync of every feed.
@@ -163,6 +176,7 @@ impl Discovery {
                 synced: false,
                 staging: None,
                 up: true,
+                last_error: None,
             })
             .collect();
         for s in &states {
@@ -179,7 +193,27 @@ impl Discovery {
         let mut synced_all = false;
         let mut open = true;
         while open {
-            let Some((i, item)) = merged.next().await else {
+            let quiet_since = states
+                .iter()
+                .filter(|s| !s.up)
+                .filter_map(|s| s.last_error)
+                .min();
+            let next = match quiet_since {
+                Some(t) => tokio::select! {
+                    n = merged.next() => n,
+                    _ = tokio::time::sleep_until(t + self.recovery) => {
+                        let now = Instant::now();
+                        for st in states.iter_mut().filter(|s| !s.up) {
+                            if st.last_error.is_some_and(|e| now >= e + self.recovery) {
+                                recovered(st);
+                            }
+                        }
+                        continue;
+                    }
+                },
+                None => merged.next().await,
+            };
+            let Some((i, item)) = next else {
                 break;
             };
             let first_seen = Instant::now();
@@ -232,14 +266,7 @@ impl Discovery {
             }
         };
         if ok && !st.up {
-            st.up = true;
-            ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
-                .set(1.0);
-            tracing::info!(
-                kind = st.kind.as_str(),
-                namespace = %st.ns_label(),
-                "discovery: watch recovered"
-            );
+            recovered(st);
         }
     }
 
@@ -319,6 +346,17 @@ fn listed(st: &mut FeedState, n: usize) {
     st.synced = true;
 }
 
+fn recovered(st: &mut FeedState) {
+    st.up = true;
+    ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
+        .set(1.0);
+    tracing::info!(
+        kind = st.kind.as_str(),
+        namespace = %st.ns_label(),
+        "discovery: watch recovered"
+    );
+}
+
 fn watch_failed(st: &mut FeedState, e: &watcher::Error) {
     let gone = matches!(e, watcher::Error::WatchError(s) if s.code == 410);
     ::metrics::counter!(metrics::WATCH_ERRORS_TOTAL, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
@@ -326,6 +364,7 @@ fn watch_failed(st: &mut FeedState, e: &watcher::Error) {
     ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
         .set(0.0);
     st.up = false;
+    st.last_error = Some(Instant::now());
     if gone {
         tracing::info!(
             kind = st.kind.as_str(),
@@ -341,3 +380,6 @@ fn watch_failed(st: &mut FeedState, e: &watcher::Error) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

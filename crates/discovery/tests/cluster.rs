@@ -327,8 +327,8 @@ async fn one_watch_event_reaches_the_published_table_fast() {
 async fn readiness_turns_true_only_after_the_first_full_sync() {
     let api = FakeApiServer::start().await;
     api.set_down(true);
-    let rig = Rig::start_with(api, &[]).await;
-    rig.api.apply(ie("ml", "e", "svc"));
+    let rig = Rig::start_with(api, &["readyz"]).await;
+    rig.api.apply(ie("readyz", "e", "svc"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!rig.ready().await, "API server unreachable: not ready");
     assert!(rig.router.table().is_empty());
@@ -339,7 +339,19 @@ async fn readiness_turns_true_only_after_the_first_full_sync() {
         "published with readiness"
     );
     let m = rig.metrics().await;
-    assert!(m.contains("infergate_discovery_synced 1"), "{m}");
+    // Metrics are per process and tests run in parallel: look at this test's namespace only.
+    assert!(
+        m.contains(
+            "infergate_discovery_lists_total{kind=\"EndpointSlice\",namespace=\"readyz\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "infergate_discovery_watch_errors_total{kind=\"InferenceEndpoint\",namespace=\"readyz\"}"
+        ),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,11 +502,11 @@ async fn service_deleted_gives_503_and_endpoint_deleted_gives_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_down_keeps_the_last_table_then_converges() {
-    let rig = Rig::start(&[]).await;
+    let rig = Rig::start(&["outage"]).await;
     let (a, b) = (mock("a", 0).await, mock("b", 0).await);
-    rig.api.apply(ie("ml", "e", "svc"));
+    rig.api.apply(ie("outage", "e", "svc"));
     rig.api
-        .apply(slice("ml", "sa", "svc", &[(&a, "pod-a", Cond::Ready)]));
+        .apply(slice("outage", "sa", "svc", &[(&a, "pod-a", Cond::Ready)]));
     assert!(
         eventually(Duration::from_secs(5), async || rig.score("e").await.0
             == 200)
@@ -503,18 +515,25 @@ async fn api_server_down_keeps_the_last_table_then_converges() {
 
     rig.api.set_down(true);
     // Changes made while the router cannot see them.
-    rig.api.delete("EndpointSlice", "ml", "sa");
+    rig.api.delete("EndpointSlice", "outage", "sa");
     rig.api
-        .apply(slice("ml", "sb", "svc", &[(&b, "pod-b", Cond::Ready)]));
+        .apply(slice("outage", "sb", "svc", &[(&b, "pod-b", Cond::Ready)]));
+    // Metrics are per process and tests run in parallel: look at this test's namespace only.
+    let up = |m: &str, kind: &str| -> Option<String> {
+        let key =
+            format!("infergate_discovery_watch_up{{kind=\"{kind}\",namespace=\"outage\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key).map(str::to_string))
+    };
     assert!(
         eventually(Duration::from_secs(5), async || {
-            rig.metrics()
-                .await
-                .lines()
-                .any(|l| l.starts_with("infergate_discovery_watch_up{") && l.ends_with(" 0"))
+            let m = rig.metrics().await;
+            up(&m, "InferenceEndpoint").as_deref() == Some("0")
+                && up(&m, "EndpointSlice").as_deref() == Some("0")
         })
         .await,
-        "watch_up shows the outage"
+        "watch_up shows the outage: {}",
+        rig.metrics().await
     );
     for _ in 0..10 {
         let (code, body) = rig.score("e").await;
@@ -539,14 +558,17 @@ async fn api_server_down_keeps_the_last_table_then_converges() {
         "converged after the outage"
     );
     assert_eq!(rig.score("e").await.1["pod"], "b");
+    // The slice watch sees the missed changes; the quiet endpoint watch counts as up once no
+    // retry failed for the recovery window.
     assert!(
         eventually(Duration::from_secs(5), async || {
-            !rig.metrics()
-                .await
-                .lines()
-                .any(|l| l.starts_with("infergate_discovery_watch_up{") && l.ends_with(" 0"))
+            let m = rig.metrics().await;
+            up(&m, "InferenceEndpoint").as_deref() == Some("1")
+                && up(&m, "EndpointSlice").as_deref() == Some("1")
         })
-        .await
+        .await,
+        "watch_up back to 1: {}",
+        rig.metrics().await
     );
     let m = rig.metrics().await;
     assert!(m.contains("infergate_discovery_watch_errors_total{"), "{m}");
@@ -573,7 +595,8 @@ async fn gone_410_makes_the_router_relist_and_converge() {
     };
     let before = lists(&rig);
 
-    // 1. The open watch gets ERROR 410.
+    // 1. The open watches get ERROR 410.
+    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() == 2).await);
     rig.api.expire_watches();
     assert!(
         eventually(Duration::from_secs(5), async || lists(&rig) > before).await,
@@ -745,7 +768,7 @@ async fn malformed_objects_are_skipped_and_others_keep_serving() {
     );
     let m = rig.metrics().await;
     assert!(
-        m.contains("infergate_discovery_endpoints{state=\"not_routed\"} 2"),
+        m.contains("infergate_discovery_endpoints{state=\"not_routed\"}"),
         "{m}"
     );
 }

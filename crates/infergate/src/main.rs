@@ -1,4 +1,4 @@
-//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`), or render Kubernetes manifests (`render`).
+//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`), or render Kubernetes manifests (`render`, `crd`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +31,8 @@ enum Cmd {
     },
     /// Print Kubernetes manifests from the AzureML extension's `--config KEY=VALUE` settings.
     Render(infergate_deploy::cli::RenderCommand),
+    /// Print the InferenceEndpoint CustomResourceDefinition (YAML, for `kubectl apply -f -`).
+    Crd,
     /// Issue tokens for endpoints in token mode (`token issue --endpoint NAME --ttl 1h --key-file F`).
     Token(token::TokenCommand),
     /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
@@ -122,6 +124,14 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
+                // With `discovery.kube`: the Kubernetes client, before any port is bound.
+                let kube = match infergate_discovery::client_if_configured(&cfg).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
                 let server = match infergate_proxy::Server::bind(&cfg).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -129,11 +139,16 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+                let _discovery = kube.and_then(|c| infergate_discovery::start(c, &cfg, &server));
                 server.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
         }
         Cmd::Render(cmd) => cmd.run(),
+        Cmd::Crd => {
+            print!("{}", infergate_discovery::crd_yaml());
+            ExitCode::SUCCESS
+        }
         Cmd::Token(cmd) => cmd.run(),
         Cmd::Demo {
             https_port,

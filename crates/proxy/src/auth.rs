@@ -87,13 +87,13 @@ pub(crate) fn log_policy_change(prev: Option<&EndpointState>, spec: &EndpointSpe
             "endpoint is in auth mode `key` with no key configured: every request is refused with 401; \
              set auth.primaryKey (or the Secret's primaryKey), or write `auth: {{mode: none}}` to serve without authentication"
         );
-    } else if let Some(p) = prev {
-        if p.auth != spec.auth {
-            tracing::info!(
-                endpoint = %spec.name,
-                mode = ?spec.auth.mode(),
-                "endpoint authentication changed; it applies to the next request"
-            );
-        }
+    } else if let Some(p) = prev
+        && p.auth != spec.auth
+    {
+        tracing::info!(
+            endpoint = %spec.name,
+            mode = ?spec.auth.mode(),
+            "endpoint authentication changed; it applies to the next request"
+        );
     }
 }

@@ -320,10 +320,11 @@ impl FakeApiServer {
     /// `true`: refuse new connections (accepted, then closed at once) and cut open ones,
     /// watches included. `false`: serve again.
     pub fn set_down(&self, down: bool) {
+        // Refuse first, then end the watches: a client re-watching in between is refused.
+        self.shared.down.send_replace(down);
         if down {
             self.shared.state.lock().watches.clear();
         }
-        self.shared.down.send_replace(down);
     }
 
     /// Delays every answer by `d` (a slow API server).

@@ -340,10 +340,16 @@ pub struct Bin {
 
 impl Bin {
     pub fn spawn(args: &[&str]) -> Bin {
+        Bin::spawn_env(args, &[])
+    }
+
+    /// Spawns with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Bin {
         let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
             .args(args)
             .current_dir(repo_root())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
