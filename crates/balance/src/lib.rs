@@ -159,6 +159,8 @@ pub enum Outcome {
 
 /// Time constant of the latency EWMA.
 const EWMA_TAU_NS: f64 = 10e9;
+/// A pod with no latency sample for this long is treated as unknown again (probed).
+const PROBE_AFTER_NS: u64 = 10_000_000_000;
 
 #[derive(Debug)]
 struct Shared {
@@ -319,14 +321,14 @@ impl Pool {
     /// Takes a free slot at once, or `None`. `roll` is any random number (for the pick).
     pub fn try_acquire(&self, roll: u64) -> Option<Lease> {
         self.shared
-            .try_pick(roll, None)
+            .try_pick(roll, None, 0)
             .map(|pod| self.shared.lease(pod))
     }
 
     /// Takes a free slot at once on any pod but `avoid` (a retry after `avoid` failed).
     pub fn try_acquire_avoiding(&self, roll: u64, avoid: &PodState) -> Option<Lease> {
         self.shared
-            .try_pick(roll, Some(avoid))
+            .try_pick(roll, Some(avoid), 0)
             .map(|pod| self.shared.lease(pod))
     }
 
@@ -360,7 +362,7 @@ impl Pool {
         }
         // Fast path, only when nobody is waiting: a newcomer never overtakes a waiter.
         if self.shared.waiting.load(Ordering::Acquire) == 0
-            && let Some(pod) = self.shared.try_pick(roll, avoid_ref)
+            && let Some(pod) = self.shared.try_pick(roll, avoid_ref, 0)
         {
             return Ok(self.shared.lease(pod));
         }
@@ -369,7 +371,7 @@ impl Pool {
             q.retain(|w| !w.tx.is_closed());
             // Re-check under the lock: a release that ran since the fast path found no waiter.
             if q.is_empty()
-                && let Some(pod) = self.shared.try_pick(roll, avoid_ref)
+                && let Some(pod) = self.shared.try_pick(roll, avoid_ref, 0)
             {
                 self.shared.waiting.store(0, Ordering::Release);
                 drop(q);
@@ -409,8 +411,10 @@ impl Shared {
 
     /// Power of two choices among eligible pods with a free slot: fewer in flight wins, then the
     /// lower peak-EWMA latency. Ejected pods are not eligible unless every pod is ejected (then
-    /// all are: fail open); `avoid` never is.
-    fn try_pick(&self, roll: u64, avoid: Option<&PodState>) -> Option<Arc<PodState>> {
+    /// all are: fail open); `avoid` never is. A free pod much slower than the others is taken
+    /// only when it is expected to finish sooner than waiting for a faster one would
+    /// ([`Shared::worth_taking`]); `ahead` is how many requests wait before this one.
+    fn try_pick(&self, roll: u64, avoid: Option<&PodState>, ahead: usize) -> Option<Arc<PodState>> {
         let pods = self.pods.load();
         let limit = self.limit.load(Ordering::Acquire);
         let n = pods.len();
@@ -423,6 +427,9 @@ impl Shared {
             !avoid.is_some_and(|a| std::ptr::eq(a, p)) && (fail_open || !p.ejected_at(now))
         };
         let key = |p: &PodState| (p.in_flight(), p.ewma_ns.load(Ordering::Relaxed));
+        let usable = |i: usize| {
+            eligible(&pods[i]) && self.worth_taking(&pods, i, limit, ahead, now, &eligible)
+        };
         if n >= 2 {
             let a = (roll % n as u64) as usize;
             let b = (a + 1 + ((roll >> 32) % (n as u64 - 1)) as usize) % n;
@@ -432,22 +439,73 @@ impl Shared {
                 (a, b)
             };
             for i in [first, second] {
-                if eligible(&pods[i]) && pods[i].try_take(limit) {
+                if pods[i].in_flight() < limit && usable(i) && pods[i].try_take(limit) {
                     return Some(pods[i].clone());
                 }
             }
         }
-        // Both choices full or ineligible (or a single pod): the best eligible pod with a free
+        // Both choices full or unusable (or a single pod): the best usable pod with a free
         // slot; retried when another thread takes that slot first.
         for _ in 0..n {
             let best = (0..n)
-                .filter(|&i| eligible(&pods[i]) && pods[i].in_flight() < limit)
+                .filter(|&i| pods[i].in_flight() < limit && usable(i))
                 .min_by_key(|&i| key(&pods[i]))?;
             if pods[best].try_take(limit) {
                 return Some(pods[best].clone());
             }
         }
         None
+    }
+
+    /// A pod's latency estimate as picking sees it: 0 (unknown, so tried like a new pod) when it
+    /// has had no sample for [`PROBE_AFTER_NS`], so a pod that was avoided for being slow gets a
+    /// request now and then and can show it recovered.
+    fn estimate(p: &PodState, now: u64) -> u64 {
+        let at = p.ewma_at.load(Ordering::Relaxed);
+        if at == 0 || now.saturating_sub(at) > PROBE_AFTER_NS {
+            0
+        } else {
+            p.ewma_ns.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Whether sending a request to free pod `i` beats waiting for a faster one.
+    ///
+    /// A pod at most twice as slow as the fastest eligible pod is always worth it. A slower one
+    /// (latency `L`) is worth it only if `L <= (ahead + 1) / mu + best`, where `mu` is the rate at
+    /// which the faster pods complete requests (sum of slots / latency) and `best` the fastest
+    /// latency: the time this request would otherwise spend queued and then served. Under light
+    /// load a slow pod gets nothing while a fast slot frees soon; as the queue grows, it takes
+    /// the requests that would have waited longest.
+    fn worth_taking(
+        &self,
+        pods: &[Arc<PodState>],
+        i: usize,
+        limit: u32,
+        ahead: usize,
+        now: u64,
+        eligible: &impl Fn(&PodState) -> bool,
+    ) -> bool {
+        let l = Self::estimate(&pods[i], now);
+        if l == 0 {
+            return true;
+        }
+        let mut best = u64::MAX;
+        let mut mu = 0.0f64; // completions per ns of the pods more than twice as fast
+        for (j, p) in pods.iter().enumerate() {
+            let e = Self::estimate(p, now);
+            if j == i || e == 0 || !eligible(p) {
+                continue;
+            }
+            best = best.min(e);
+            if e.saturating_mul(2) < l {
+                mu += f64::from(limit) / e as f64;
+            }
+        }
+        if best == u64::MAX || l <= best.saturating_mul(2) || mu == 0.0 {
+            return true;
+        }
+        l as f64 <= (ahead as f64 + 1.0) / mu + best as f64
     }
 
     fn release(self: &Arc<Self>, pod: &PodState) {
@@ -457,20 +515,24 @@ impl Shared {
     }
 
     /// Serves waiters, oldest first, while a slot is free. Called with the queue locked.
+    ///
+    /// A waiter that cannot be served (the only free pod is one it avoids, or one too slow to be
+    /// worth it at its place in the queue) lets later waiters try; the scan stops as soon as no
+    /// pod has a free slot, and after [`DISPATCH_SCAN`] waiters.
     fn dispatch(self: &Arc<Self>, q: &mut VecDeque<Waiter>) {
         let mut roll = self.waiting.load(Ordering::Relaxed) as u64 ^ 0x9E37_79B9_7F4A_7C15;
         let mut i = 0;
-        while i < q.len() {
+        while i < q.len() && i < DISPATCH_SCAN {
             if q[i].tx.is_closed() {
                 q.remove(i);
                 continue;
             }
             roll = roll.rotate_left(17).wrapping_mul(0x2545_F491_4F6C_DD1D);
-            let Some(pod) = self.try_pick(roll, q[i].avoid.as_deref()) else {
-                if q[i].avoid.is_none() {
-                    break; // nothing is free for anyone
+            let Some(pod) = self.try_pick(roll, q[i].avoid.as_deref(), i) else {
+                if !self.any_free() {
+                    break;
                 }
-                i += 1; // only the pod this waiter avoids is free: serve the next one
+                i += 1;
                 continue;
             };
             let w = q.remove(i).expect("index in range");
@@ -484,7 +546,15 @@ impl Shared {
         }
         self.waiting.store(q.len(), Ordering::Release);
     }
+
+    fn any_free(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.pods.load().iter().any(|p| p.in_flight() < limit)
+    }
 }
+
+/// How many waiters one dispatch looks at beyond those it serves.
+const DISPATCH_SCAN: usize = 256;
 
 #[cfg(test)]
 mod tests;

@@ -442,3 +442,94 @@ async fn a_waiter_avoiding_a_pod_is_served_by_another_and_lets_others_pass() {
     drop(b);
     assert_eq!(avoider.await.unwrap().unwrap(), pb.addr());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_much_slower_free_pod_is_skipped_while_a_fast_slot_will_free_sooner() {
+    let p = mk_pool(2, 1);
+    let pods = p.pods();
+    let (fast, slow) = (pods[0].clone(), pods[1].clone());
+    let l = p.try_acquire_avoiding(0, &slow).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(20)));
+    drop(l);
+    let l = p.try_acquire_avoiding(0, &fast).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(400)));
+    drop(l);
+
+    // light load: the fast pod is free, everyone goes there
+    for roll in 0..20u64 {
+        let l = p
+            .try_acquire(roll.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .unwrap();
+        assert_eq!(l.pod().addr(), fast.addr());
+    }
+    // the fast pod busy: the next request waits for it rather than taking the 400 ms pod
+    let held = p.try_acquire(1).unwrap();
+    assert_eq!(held.pod().addr(), fast.addr());
+    assert!(
+        p.try_acquire(2).is_none(),
+        "20 ms queue wait + 20 ms beats 400 ms"
+    );
+    let w1 = tokio::spawn({
+        let p = p.clone();
+        async move { p.acquire(3, Duration::from_secs(60)).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // a deep queue: waiters far back are better off on the slow pod (position >= ~18 here)
+    let mut deep = vec![];
+    for k in 0..30u64 {
+        let p = p.clone();
+        deep.push(tokio::spawn(async move {
+            let l = p.acquire(k, Duration::from_secs(60)).await.unwrap();
+            let (addr, at) = (l.pod().addr(), tokio::time::Instant::now());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(l);
+            (k, addr, at)
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(held);
+    let first = w1.await.unwrap();
+    assert_eq!(
+        first.pod().addr(),
+        fast.addr(),
+        "the head of the queue waited for the fast pod"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        slow.in_flight(),
+        1,
+        "a waiter deep in the queue took the slow pod"
+    );
+    drop(first);
+    let mut on_slow = vec![];
+    for d in deep {
+        let (k, addr, at) = d.await.unwrap();
+        if addr == slow.addr() {
+            on_slow.push((at, k));
+        }
+    }
+    on_slow.sort();
+    assert!(
+        on_slow[0].1 >= 17,
+        "the first waiter the slow pod took came from deep in the queue: {on_slow:?}"
+    );
+
+    // a pod not sampled for a while is probed again
+    let p = mk_pool(2, 1);
+    let pods = p.pods();
+    let (fast, slow) = (pods[0].clone(), pods[1].clone());
+    let l = p.try_acquire_avoiding(0, &slow).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(20)));
+    drop(l);
+    let l = p.try_acquire_avoiding(0, &fast).unwrap();
+    l.report(Outcome::Success(Duration::from_millis(400)));
+    drop(l);
+    let held = p.try_acquire(1).unwrap();
+    assert!(p.try_acquire(2).is_none());
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let probe = p
+        .try_acquire(2)
+        .expect("stale estimate: the slow pod is tried again");
+    assert_eq!(probe.pod().addr(), slow.addr());
+    drop((held, probe));
+}

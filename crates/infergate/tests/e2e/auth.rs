@@ -446,7 +446,10 @@ async fn the_binary_never_logs_a_key_or_token() {
         assert_eq!(j["target"], "infergate::access");
         if j["status"] == 401 {
             assert_eq!(j["outcome"], "Unauthorized", "{line}");
-            assert!(["k", "t", "forgotten"].contains(&j["endpoint"].as_str().unwrap()), "401 lines name the endpoint: {line}");
+            assert!(
+                ["k", "t", "forgotten"].contains(&j["endpoint"].as_str().unwrap()),
+                "401 lines name the endpoint: {line}"
+            );
         }
     }
     let metrics = String::from_utf8_lossy(&admin_get(admin, "/metrics").await.body).into_owned();

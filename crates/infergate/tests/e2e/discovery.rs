@@ -97,7 +97,10 @@ async fn serve_routes_inference_endpoints_from_the_api_server() {
     }));
     assert!(
         eventually(Duration::from_secs(10), async || {
-            call(http, post("/api/v1/endpoint/iris/score", "{}")).await.status == 200
+            call(http, post("/api/v1/endpoint/iris/score", "{}"))
+                .await
+                .status
+                == 200
         })
         .await
     );
