@@ -19,3 +19,6 @@ pub use infergate_balance::PodSpec;
 pub use server::{Readiness, Server, StartError};
 pub use service::{ConnInfo, DeploymentState, EndpointState, Router, Table, pool_settings};
 pub use spec::{DeploymentSpec, EndpointSpec, MirrorSpec, specs_from_config};
+
+#[cfg(test)]
+mod tests;

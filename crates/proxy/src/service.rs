@@ -51,6 +51,8 @@ pub struct EndpointState {
     pub(crate) auth_failures: Arc<crate::auth::AuthFailureCounters>,
     /// Requests copied to another deployment, if any.
     pub mirror: Option<MirrorSpec>,
+    /// The spec this endpoint was built from: an unchanged spec reuses the endpoint as is.
+    pub(crate) spec: EndpointSpec,
 }
 
 /// Where a connection came from and over what.
@@ -343,7 +345,14 @@ impl Router {
     /// requests but finish their own.
     pub fn publish_specs(&self, specs: &[EndpointSpec]) {
         let old = self.table.load_full();
-        let table = RouteTable::new(specs.iter().map(|ep| {
+        let table = RouteTable::from_shared(specs.iter().map(|ep| {
+            // Unchanged endpoints are shared with the old table: one change costs a pointer
+            // copy per endpoint, not a rebuild of every deployment and pod.
+            if let Some(prev) = old.endpoint_shared(&ep.name)
+                && prev.state.spec == *ep
+            {
+                return prev.clone();
+            }
             let prev = old.endpoint(&ep.name);
             let deployments = ep
                 .deployments
@@ -384,8 +393,9 @@ impl Router {
                     |p| p.state.auth_failures.clone(),
                 ),
                 mirror: ep.mirror.clone(),
+                spec: ep.clone(),
             });
-            Endpoint::new(&ep.name, state, deployments)
+            Arc::new(Endpoint::new(&ep.name, state, deployments))
         }));
         self.publish(table);
     }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 use infergate_config::{Config, DeploymentConfig, EndpointConfig, ResolvedSettings};
@@ -204,7 +205,8 @@ impl<B> Deployment<B> {
 /// The route table: one immutable snapshot, replaced whole on change.
 #[derive(Debug)]
 pub struct RouteTable<B, E = ()> {
-    endpoints: HashMap<Box<str>, Endpoint<B, E>>,
+    /// Shared, so a new table can reuse the endpoints that did not change.
+    endpoints: HashMap<Box<str>, Arc<Endpoint<B, E>>>,
 }
 
 impl<B, E> Default for RouteTable<B, E> {
@@ -218,9 +220,20 @@ impl<B, E> Default for RouteTable<B, E> {
 impl<B, E> RouteTable<B, E> {
     /// A table of these endpoints (a later one with the same name replaces an earlier one).
     pub fn new(endpoints: impl IntoIterator<Item = Endpoint<B, E>>) -> Self {
+        Self::from_shared(endpoints.into_iter().map(Arc::new))
+    }
+
+    /// A table of shared endpoints, some possibly taken from an older table: building a new
+    /// table after one change costs a pointer copy per unchanged endpoint.
+    pub fn from_shared(endpoints: impl IntoIterator<Item = Arc<Endpoint<B, E>>>) -> Self {
         RouteTable {
             endpoints: endpoints.into_iter().map(|e| (e.name.clone(), e)).collect(),
         }
+    }
+
+    /// The shared endpoint named `name` (to reuse it in a newer table).
+    pub fn endpoint_shared(&self, name: &str) -> Option<&Arc<Endpoint<B, E>>> {
+        self.endpoints.get(name)
     }
 
     /// Builds the table of a validated configuration; `mk_ep` and `mk` make the payloads.
@@ -247,12 +260,12 @@ impl<B, E> RouteTable<B, E> {
 
     /// The endpoint named `name`.
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint<B, E>> {
-        self.endpoints.get(name)
+        self.endpoints.get(name).map(|e| &**e)
     }
 
     /// All endpoints, in no particular order.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint<B, E>> {
-        self.endpoints.values()
+        self.endpoints.values().map(|e| &**e)
     }
 
     /// Number of endpoints.
@@ -308,7 +321,7 @@ impl<B, E> RouteTable<B, E> {
             )
         };
         if !raw.contains('%') {
-            return self.endpoints.get(raw).ok_or_else(not_found);
+            return self.endpoint(raw).ok_or_else(not_found);
         }
         let decoded = percent_encoding::percent_decode_str(raw)
             .decode_utf8()
@@ -317,7 +330,7 @@ impl<B, E> RouteTable<B, E> {
         if decoded.contains('/') || decoded == "." || decoded == ".." {
             return Err(not_found());
         }
-        self.endpoints.get(decoded.as_ref()).ok_or_else(not_found)
+        self.endpoint(decoded.as_ref()).ok_or_else(not_found)
     }
 }
 
