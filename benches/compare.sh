@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET/release"
+BIN="${BIN:-$TARGET/release}"   # BIN=DIR + SKIP_BUILD=1: use binaries built elsewhere
 
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx-light)
@@ -45,8 +45,10 @@ if [ -z "$ENVOY" ] && [ "${NO_ENVOY:-0}" != 1 ]; then
 fi
 OHA="${OHA:-$(command -v oha || true)}"
 
-echo "building release binaries into $TARGET" >&2
-cargo build --release --quiet -p infergate -p mock-model -p infergate-loadtest
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    echo "building release binaries into $TARGET" >&2
+    cargo build --release --quiet -p infergate -p mock-model -p infergate-loadtest
+fi
 
 WORK="$(mktemp -d /tmp/infergate-compare.XXXXXX)"
 PY_PID=""

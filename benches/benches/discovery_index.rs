@@ -85,7 +85,10 @@ fn discovery(c: &mut Criterion) {
         .flat_map(|e| &e.deployments)
         .map(|d| d.pods.len())
         .sum();
-    assert_eq!((ix.specs().len(), pods), (ENDPOINTS, ENDPOINTS * 2 * PODS_PER_SLICE));
+    assert_eq!(
+        (ix.specs().len(), pods),
+        (ENDPOINTS, ENDPOINTS * 2 * PODS_PER_SLICE)
+    );
 
     let mut g = c.benchmark_group("discovery_10k_endpoints_100k_pods");
     g.sample_size(10);

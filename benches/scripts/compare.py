@@ -500,6 +500,8 @@ class Bench:
         self.pids: dict[str, list[int]] = {}
         self.versions: dict[str, str] = {}
         self.tls: dict[str, str] = {}
+        self.t0 = time.time()
+        self.budget_note = False
 
     # -- set-up
 
@@ -673,9 +675,13 @@ class Bench:
     def run_with_redo(self, scen: dict, target: str, rnd: int) -> dict:
         a = self.a
         best = None
-        for attempt in range(a.redo + 1):
+        over = a.budget_min > 0 and time.time() - self.t0 > 60 * a.budget_min
+        if over and not self.budget_note:
+            self.budget_note = True
+            log(f"time budget of {a.budget_min:g} min used up: no more idle waits or redos")
+        for attempt in range(1 if over else a.redo + 1):
             mine = {q for pids in self.pids.values() for p in pids for q in tree(p)} | {os.getpid()}
-            idle, waited = wait_idle(a.idle_threshold, a.idle_max_wait)
+            idle, waited = wait_idle(a.idle_threshold, 2.0 if over else a.idle_max_wait)
             who = "" if idle < a.idle_threshold else top_other_processes(mine)
             res = self.one_run(scen, target, rnd)
             res.update(idle_before_pct=idle, idle_waited_s=waited, attempt=attempt + 1,
@@ -759,17 +765,44 @@ class Bench:
 
         by_sym = report("--sort", "dso,sym")
         by_dso = report("--sort", "dso")
-        (self.work / "perf-symbols.txt").write_text(by_sym)
-        (self.work / "perf-dso.txt").write_text(by_dso)
+        by_thread = report("--sort", "comm")
+        all_syms = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+             "--percent-limit", "0", "--sort", "dso,sym"],
+            capture_output=True, text=True, timeout=300,
+        ).stdout
+        (self.work / "perf-symbols.txt").write_text(all_syms)
         return (
             f"`perf record -e cpu-clock -F 2000 -g -p <infergate>` for {self.a.duration:g} s during "
             f"`taskset -c 1 wrk -t1 -c64` (plain HTTP, layout A; {rps:,.0f} req/s while profiled).\n\n"
-            "Self time by shared object:\n\n```text\n" + by_dso + "\n```\n\n"
+            "Self time by shared object, by thread, and by crate (infergate's own symbols grouped "
+            "by their first path segment; `[kernel]`: kernel symbols):\n\n```text\n" + by_dso
+            + "\n\n" + by_thread + "\n\n" + by_crate(all_syms) + "\n```\n\n"
             "Top symbols (self time, >= 0.8%):\n\n```text\n" + by_sym + "\n```\n"
         )
 
 
 # ---------------------------------------------------------------- report
+
+
+def by_crate(perf_report: str, top: int = 14) -> str:
+    """Sums `perf report --sort dso,sym` self time by crate (first path segment of the symbol)."""
+    acc: dict[str, float] = {}
+    for line in perf_report.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)", line)
+        if not m:
+            continue
+        pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4).strip()
+        if kind == "k":
+            key = "[kernel]"
+        elif dso.startswith("lib"):
+            key = f"[{dso}]"
+        else:
+            s = sym.lstrip("<&*").replace("dyn ", "")
+            key = re.split(r"::|<| as |\[", s, maxsplit=1)[0] or sym[:30]
+        acc[key] = acc.get(key, 0.0) + pct
+    rows = sorted(acc.items(), key=lambda kv: -kv[1])[:top]
+    return "\n".join(f"{v:7.2f}%  {k}" for k, v in rows)
 
 
 def fmt_us(v):
@@ -892,6 +925,7 @@ def render(bench: Bench, perf: str | None, started: str, cmdline: str) -> str:
         f"median {med(other):.2f}%, max {max(other):.2f}%. Runs above {a.other_max:g}% were redone "
         f"(up to {a.redo} times, keeping the quietest attempt): {redone} run(s) redone, "
         f"{len(noisy)} still above the limit"
+        + (f" (time budget of {a.budget_min:g} min reached: later runs were not redone)" if bench.budget_note else "")
         + (": " + ", ".join(f"{r['scenario']}/{r['target']}/r{r['round']} {r['other_cpu_pct']:.1f}%" for r in noisy)
            if noisy else "")
         + "."
@@ -934,6 +968,8 @@ def main():
     ap.add_argument("--idle-max-wait", type=float, default=10 if quick else 300)
     ap.add_argument("--other-max", type=float, default=2.0, help="%% of the machine used by others")
     ap.add_argument("--redo", type=int, default=0 if quick else 2)
+    ap.add_argument("--budget-min", type=float, default=0,
+                    help="after this many minutes, stop waiting for idle and redoing (0: no limit)")
     ap.add_argument("--perf", action="store_true", help="profile infergate with perf at the end")
     a = ap.parse_args()
     a.rates = [int(x) for x in a.rates.split(",") if x]

@@ -133,7 +133,8 @@ pub(crate) fn documents(
 /// The InferenceEndpoint CustomResourceDefinition as committed under `deploy/crds/`. It is
 /// generated from the Rust type (`infergate crd`); a test of `infergate-discovery` fails when
 /// the two drift.
-pub const CRD_YAML: &str = include_str!("../../../deploy/crds/inferenceendpoints.infergate.io.yaml");
+pub const CRD_YAML: &str =
+    include_str!("../../../deploy/crds/inferenceendpoints.infergate.io.yaml");
 
 /// What Kubernetes discovery needs, in one place for the ClusterRole and the namespaced Role:
 /// list/watch of InferenceEndpoints and EndpointSlices, update/patch of InferenceEndpoint
@@ -168,7 +169,10 @@ pub fn discovery_rules() -> Value {
 /// InferenceEndpoint CRD and a ClusterRole with its binding to the router's ServiceAccount.
 /// Applied right after the ServiceAccount, before the Deployment. For a router that watches
 /// listed namespaces only, see [`namespaced_discovery_rbac`].
-fn discovery_documents(args: &RenderArgs, s: &Settings) -> Result<Vec<(String, Value)>, RenderError> {
+fn discovery_documents(
+    args: &RenderArgs,
+    s: &Settings,
+) -> Result<Vec<(String, Value)>, RenderError> {
     let crd: Value = serde_saphyr::from_str(CRD_YAML)
         .map_err(|e| RenderError::Yaml(format!("deploy/crds: {e}")))?;
     let cx = Ctx {

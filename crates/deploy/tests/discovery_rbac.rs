@@ -38,7 +38,11 @@ fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
                     .iter()
                     .map(|v| v.as_str().unwrap().to_string())
                     .collect();
-                out.push((g.as_str().unwrap().into(), res.as_str().unwrap().into(), verbs));
+                out.push((
+                    g.as_str().unwrap().into(),
+                    res.as_str().unwrap().into(),
+                    verbs,
+                ));
             }
         }
     }
@@ -49,13 +53,21 @@ fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
 fn exact() -> Vec<(String, String, Vec<String>)> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut v = vec![
-        ("infergate.io".into(), "inferenceendpoints".into(), s(&["list", "watch"])),
+        (
+            "infergate.io".into(),
+            "inferenceendpoints".into(),
+            s(&["list", "watch"]),
+        ),
         (
             "infergate.io".into(),
             "inferenceendpoints/status".into(),
             s(&["update", "patch"]),
         ),
-        ("discovery.k8s.io".into(), "endpointslices".into(), s(&["list", "watch"])),
+        (
+            "discovery.k8s.io".into(),
+            "endpointslices".into(),
+            s(&["list", "watch"]),
+        ),
         // For the endpoints' keys (auth.secretName), read by the Secret watch.
         ("".into(), "secrets".into(), s(&["get", "list", "watch"])),
     ];
@@ -67,10 +79,10 @@ fn exact() -> Vec<(String, String, Vec<String>)> {
 fn render_has_the_crd_and_a_cluster_role_with_exactly_the_needed_verbs() {
     let r = render(&mk_args()).unwrap();
     let crd: Value = serde_saphyr::from_str(r.document("crd.yaml").unwrap()).unwrap();
-    let committed: Value = serde_saphyr::from_str(&std::fs::read_to_string(
-        root().join("deploy/crds/inferenceendpoints.infergate.io.yaml"),
+    let committed: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("deploy/crds/inferenceendpoints.infergate.io.yaml"))
+            .unwrap(),
     )
-    .unwrap())
     .unwrap();
     assert_eq!(crd, committed);
     let role: Value = serde_saphyr::from_str(r.document("clusterrole.yaml").unwrap()).unwrap();
@@ -86,7 +98,10 @@ fn render_has_the_crd_and_a_cluster_role_with_exactly_the_needed_verbs() {
     // The rendered router watches every namespace, which the ClusterRole allows.
     let cm: Value = serde_saphyr::from_str(r.document("configmap.yaml").unwrap()).unwrap();
     let cfg = cm["data"]["infergate.yaml"].as_str().unwrap();
-    assert!(cfg.contains("discovery:\n  kube:\n    namespaces: []"), "{cfg}");
+    assert!(
+        cfg.contains("discovery:\n  kube:\n    namespaces: []"),
+        "{cfg}"
+    );
     // The CRD and the role come before the Deployment that needs them.
     let files: Vec<&str> = r.documents.iter().map(|(f, _)| f.as_str()).collect();
     let at = |f: &str| files.iter().position(|x| *x == f).unwrap();
@@ -119,7 +134,10 @@ fn committed_namespaced_role_variant_is_generated() {
     );
     let d = docs(&have);
     assert_eq!(d.len(), 2);
-    assert_eq!((d[0]["kind"].as_str(), d[1]["kind"].as_str()), (Some("Role"), Some("RoleBinding")));
+    assert_eq!(
+        (d[0]["kind"].as_str(), d[1]["kind"].as_str()),
+        (Some("Role"), Some("RoleBinding"))
+    );
     assert_eq!(d[0]["metadata"]["namespace"], "models");
     assert_eq!(rules(&d[0]), exact());
     assert_eq!(d[1]["roleRef"]["kind"], "Role");

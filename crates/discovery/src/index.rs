@@ -524,22 +524,30 @@ impl Index {
         let dirty = std::mem::take(&mut self.dirty);
         for url in dirty {
             let owner = self.owner(&url);
-            let spec = owner.as_ref().and_then(|ns| {
-                let key = ObjectKey::new(ns, &url);
-                let e = self.endpoints.get(&key)?;
-                let p = e.parsed.as_ref().ok()?;
-                Some(self.build(&url, &key.namespace, p, e.auth.as_ref()))
-            });
-            changes.specs_changed |= self.put_spec(&url, spec);
             let claimants: Vec<String> = self
                 .claims
                 .get(&url)
                 .map(|c| c.iter().cloned().collect())
                 .unwrap_or_default();
+            let mut spec = None;
             for ns in claimants {
                 let key = ObjectKey::new(&ns, &url);
-                self.status_for(&key, owner.as_deref(), &mut changes);
+                // The pods of each deployment, found once for the spec and the status.
+                let pods: Option<Vec<Pods>> = self.endpoints.get(&key).and_then(|e| {
+                    let p = e.parsed.as_ref().ok()?;
+                    Some(p.deployments.iter().map(|d| self.pods(&ns, d)).collect())
+                });
+                self.status_for(&key, owner.as_deref(), pods.as_deref(), &mut changes);
+                if owner.as_deref() == Some(ns.as_str())
+                    && let Some(pods) = pods
+                {
+                    let e = &self.endpoints[&key];
+                    if let Ok(p) = &e.parsed {
+                        spec = Some(build(&url, p, e.auth.as_ref(), pods));
+                    }
+                }
             }
+            changes.specs_changed |= self.put_spec(&url, spec);
         }
         changes
     }
@@ -576,31 +584,6 @@ impl Index {
             (Err(_), None) => return false,
         }
         true
-    }
-
-    fn build(&self, url: &str, ns: &str, p: &Parsed, auth: Option<&AuthRef>) -> EndpointSpec {
-        EndpointSpec {
-            name: url.to_string(),
-            deployments: p
-                .deployments
-                .iter()
-                .map(|d| DeploymentSpec {
-                    name: d.name.clone(),
-                    pods: self.pods(ns, d).pods,
-                    scoring_path: d.scoring_path.clone(),
-                    swagger_path: d.swagger_path.clone(),
-                    settings: d.settings,
-                    weight: d.weight,
-                })
-                .collect(),
-            // Mirroring is not part of the InferenceEndpoint spec yet.
-            mirror: None,
-            // AUTH (issue 5): the Secret watch replaces this with the keys of the Secret that
-            // `auth_ref` names. Until then only `mode: none` opens an endpoint; key and token
-            // modes refuse every request (fail closed).
-            auth: auth_policy(auth),
-            swagger_auth: false,
-        }
     }
 
     /// The pods of one deployment: ready ones (routed), draining ones (counted), and why
@@ -657,7 +640,13 @@ impl Index {
         out
     }
 
-    fn status_for(&mut self, key: &ObjectKey, owner: Option<&str>, changes: &mut Changes) {
+    fn status_for(
+        &mut self,
+        key: &ObjectKey,
+        owner: Option<&str>,
+        pods: Option<&[Pods]>,
+        changes: &mut Changes,
+    ) {
         let Some(e) = self.endpoints.get(key) else {
             return;
         };
@@ -708,17 +697,16 @@ impl Index {
             }
             (Ok(_), true) => None,
         };
-        if let Ok(p) = &e.parsed {
+        if let (Ok(p), Some(pods)) = (&e.parsed, pods) {
             let mut missing = Vec::new();
-            for d in &p.deployments {
-                let pods = self.pods(&key.namespace, d);
+            for (d, pods) in p.deployments.iter().zip(pods) {
                 status.deployments.push(DeploymentStatus {
                     name: d.name.clone(),
                     ready_pods: pods.pods.len() as u32,
                     terminating_pods: pods.draining,
                 });
                 let needs_pods = d.weight > 0 || p.deployments.iter().all(|x| x.weight == 0);
-                if needs_pods && let Some(why) = pods.why_none {
+                if needs_pods && let Some(why) = &pods.why_none {
                     missing.push(format!("deployment {}: {why}", d.name));
                 }
             }
@@ -784,6 +772,32 @@ struct Pods {
     pods: Vec<PodSpec>,
     draining: u32,
     why_none: Option<String>,
+}
+
+fn build(url: &str, p: &Parsed, auth: Option<&AuthRef>, pods: Vec<Pods>) -> EndpointSpec {
+    EndpointSpec {
+        name: url.to_string(),
+        deployments: p
+            .deployments
+            .iter()
+            .zip(pods)
+            .map(|(d, pods)| DeploymentSpec {
+                name: d.name.clone(),
+                pods: pods.pods,
+                scoring_path: d.scoring_path.clone(),
+                swagger_path: d.swagger_path.clone(),
+                settings: d.settings,
+                weight: d.weight,
+            })
+            .collect(),
+        // Mirroring is not part of the InferenceEndpoint spec yet.
+        mirror: None,
+        // AUTH (issue 5): the Secret watch replaces this with the keys of the Secret that
+        // `Index::auth_ref` names. Until then only `mode: none` opens an endpoint; key and
+        // token modes refuse every request (fail closed).
+        auth: auth_policy(auth),
+        swagger_auth: false,
+    }
 }
 
 fn port_problem(slice: &str, s: &SliceEntry, want: Option<&PortRef>) -> String {

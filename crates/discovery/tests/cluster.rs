@@ -520,8 +520,7 @@ async fn api_server_down_keeps_the_last_table_then_converges() {
         .apply(slice("outage", "sb", "svc", &[(&b, "pod-b", Cond::Ready)]));
     // Metrics are per process and tests run in parallel: look at this test's namespace only.
     let up = |m: &str, kind: &str| -> Option<String> {
-        let key =
-            format!("infergate_discovery_watch_up{{kind=\"{kind}\",namespace=\"outage\"}} ");
+        let key = format!("infergate_discovery_watch_up{{kind=\"{kind}\",namespace=\"outage\"}} ");
         m.lines()
             .find_map(|l| l.strip_prefix(&key).map(str::to_string))
     };

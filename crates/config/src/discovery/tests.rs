@@ -57,7 +57,10 @@ fn static_endpoints_and_kube_discovery_exclude_each_other() {
 #[test]
 fn namespaces_must_be_names_listed_once() {
     let (key, value, _) = invalid("discovery: {kube: {namespaces: [ml, ML_Prod]}}\n");
-    assert_eq!((key.as_str(), value.as_str()), ("discovery.kube.namespaces[1]", "ML_Prod"));
+    assert_eq!(
+        (key.as_str(), value.as_str()),
+        ("discovery.kube.namespaces[1]", "ML_Prod")
+    );
     let (key, _, fix) = invalid("discovery: {kube: {namespaces: [ml, ml]}}\n");
     assert_eq!(key, "discovery.kube.namespaces[1]");
     assert!(fix.contains("once"));

@@ -19,7 +19,10 @@ type SlTx = mpsc::UnboundedSender<watcher::Result<Event<EndpointSlice>>>;
 
 fn channel_stream<T: Send + 'static>() -> (mpsc::UnboundedSender<T>, impl Stream<Item = T> + Send) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (tx, stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }))
+    (
+        tx,
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }),
+    )
 }
 
 struct Fed {
@@ -84,7 +87,13 @@ async fn settle() {
 fn pods(f: &Fed, ep: &str) -> Option<Vec<String>> {
     let t = f.router.table();
     let e = t.endpoint(ep)?;
-    Some(e.deployments[0].pods.iter().map(|p| p.to_string()).collect())
+    Some(
+        e.deployments[0]
+            .pods
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+    )
 }
 
 #[tokio::test]
@@ -97,7 +106,8 @@ async fn nothing_is_published_before_every_feed_has_listed() {
     assert!(!f.ready.is_ready(), "slices not listed yet");
     assert!(f.router.table().is_empty());
     f.sl.send(Ok(Event::Init)).unwrap();
-    f.sl.send(Ok(Event::InitApply(sl("ml", "s", "10.0.0.1")))).unwrap();
+    f.sl.send(Ok(Event::InitApply(sl("ml", "s", "10.0.0.1"))))
+        .unwrap();
     settle().await;
     assert!(!f.ready.is_ready(), "the slice list is not complete");
     f.sl.send(Ok(Event::InitDone)).unwrap();
@@ -113,7 +123,8 @@ async fn a_relist_replaces_the_feed_at_init_done_and_errors_keep_the_table() {
         if tx_ep {
             f.ep.send(Ok(Event::Init)).unwrap();
             f.ep.send(Ok(Event::InitApply(ie("ml", "e")))).unwrap();
-            f.ep.send(Ok(Event::InitApply(ie("ml", "gone-soon")))).unwrap();
+            f.ep.send(Ok(Event::InitApply(ie("ml", "gone-soon"))))
+                .unwrap();
             f.ep.send(Ok(Event::InitDone)).unwrap();
         } else {
             f.sl.send(Ok(Event::Init)).unwrap();
@@ -142,10 +153,12 @@ async fn a_relist_replaces_the_feed_at_init_done_and_errors_keep_the_table() {
     assert!(pods(&f, "e").is_some());
 
     // Live events.
-    f.sl.send(Ok(Event::Apply(sl("ml", "s", "10.0.0.2")))).unwrap();
+    f.sl.send(Ok(Event::Apply(sl("ml", "s", "10.0.0.2"))))
+        .unwrap();
     settle().await;
     assert_eq!(pods(&f, "e").unwrap(), ["10.0.0.2:80"]);
-    f.sl.send(Ok(Event::Delete(sl("ml", "s", "10.0.0.2")))).unwrap();
+    f.sl.send(Ok(Event::Delete(sl("ml", "s", "10.0.0.2"))))
+        .unwrap();
     settle().await;
     assert_eq!(pods(&f, "e").unwrap(), Vec::<String>::new());
 
@@ -168,9 +181,11 @@ async fn a_burst_of_events_is_applied_and_published() {
     let before = Arc::as_ptr(&f.router.table());
     // Sent before the task runs again: one batch.
     for i in 0..100 {
-        f.ep.send(Ok(Event::Apply(ie("ml", &format!("e{i}"))))).unwrap();
+        f.ep.send(Ok(Event::Apply(ie("ml", &format!("e{i}")))))
+            .unwrap();
     }
-    f.sl.send(Ok(Event::Apply(sl("ml", "s", "10.0.0.1")))).unwrap();
+    f.sl.send(Ok(Event::Apply(sl("ml", "s", "10.0.0.1"))))
+        .unwrap();
     settle().await;
     let t = f.router.table();
     assert_ne!(Arc::as_ptr(&t), before);
