@@ -772,7 +772,40 @@ class Bench:
             capture_output=True, text=True, timeout=300,
         ).stdout
         (self.work / "perf-symbols.txt").write_text(all_syms)
+        # Syscalls and context switches per request, every proxy, same load (layout A).
+        rows = ["| proxy | req/s (while counted) | syscalls / req | context switches / req | proxy CPU us/req |",
+                "|---|---|---|---|---|"]
+        for t in [t for t in self.targets if t != "direct"]:
+            pids = [q for p in self.pids[t] for q in tree(p)]
+            wait_idle(self.a.idle_threshold, min(60.0, self.a.idle_max_wait))
+            st = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
+                 "-p", ",".join(map(str, pids)), "--", "sleep", str(self.a.duration)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            c0 = tree_ticks(pids)
+            out, _, _ = run_generator(
+                ["wrk", "-t1", "-c64", f"-d{self.a.duration + 1:g}s", "-s", str(self.work / "post.lua"),
+                 self.url(t, False)], 1, self.a.duration + 60,
+            )
+            c1 = tree_ticks(pids)
+            _, err = st.communicate(timeout=60)
+            w = parse_wrk(out)
+            cnt = {}
+            for line in err.decode(errors="replace").splitlines():
+                f = line.split(",")
+                if len(f) > 3 and f[0].strip().isdigit():
+                    cnt[f[2]] = int(f[0])
+            n = w["rps"] * self.a.duration  # requests inside perf's window (approximately)
+            rows.append(
+                f"| {t} | {w['rps']:,.0f} | {cnt.get('raw_syscalls:sys_enter', 0) / n:.1f} "
+                f"| {cnt.get('context-switches', 0) / n:.2f} | {1e6 * (c1 - c0) / HZ / w['requests']:.1f} |"
+            )
+        counts = "\n".join(rows)
         return (
+            "Syscalls and context switches per request (`perf stat -e raw_syscalls:sys_enter,"
+            f"context-switches -p <proxy>` for {self.a.duration:g} s under the layout A closed loop, "
+            "plain HTTP; the proxy's own counts, generator and mock excluded):\n\n" + counts + "\n\n"
             f"`perf record -e cpu-clock -F 2000 -g -p <infergate>` for {self.a.duration:g} s during "
             f"`taskset -c 1 wrk -t1 -c64` (plain HTTP, layout A; {rps:,.0f} req/s while profiled).\n\n"
             "Self time by shared object, by thread, and by crate (infergate's own symbols grouped "

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use infergate_config::{Defaults, KubeDiscoveryConfig};
 use infergate_proxy::{Readiness, Router};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -95,8 +96,10 @@ pub async fn client_from_env() -> Result<Client, DiscoveryError> {
     Client::try_default().await.map_err(DiscoveryError::Client)
 }
 
-/// The watch feeds of `cfg`: per namespace (or once for all), InferenceEndpoints and the
-/// EndpointSlices that belong to a Service.
+/// The watch feeds of `cfg`: per namespace (or once for all), InferenceEndpoints, the
+/// EndpointSlices that belong to a Service, and Secrets (the endpoints' keys: a field selector
+/// cannot name many Secrets, so all of the namespace are watched and the index keeps only the
+/// auth entries).
 pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Vec<Feed> {
     let ar = ApiResource::erase::<InferenceEndpoint>(&());
     let scopes: Vec<Option<&str>> = if cfg.namespaces.is_empty() {
@@ -126,6 +129,14 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
             )
             .backoff(exp(backoff)),
         ));
+        let secrets: Api<Secret> = match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        feeds.push(Feed::secrets(
+            ns,
+            watcher(secrets, watcher::Config::default()).backoff(exp(backoff)),
+        ));
     }
     feeds
 }
@@ -148,7 +159,7 @@ pub fn spawn(
     } else {
         cfg.namespaces.join(",")
     };
-    tracing::info!(%namespaces, "discovery: watching InferenceEndpoints and EndpointSlices");
+    tracing::info!(%namespaces, "discovery: watching InferenceEndpoints, EndpointSlices and Secrets");
     let d = Discovery::new(defaults, router)
         .with_readiness(readiness)
         .with_status_sink(tx)

@@ -1,5 +1,10 @@
-//! The pure discovery index: InferenceEndpoints and EndpointSlices in, endpoint specs,
-//! statuses and reports out. No I/O, no clock, no async.
+//! The pure discovery index: InferenceEndpoints, EndpointSlices and Secrets in, endpoint
+//! specs, statuses and reports out. No I/O, no clock, no async.
+//!
+//! Secrets: every Secret of the watched namespaces is known by name (so that "missing" is
+//! told apart from "lacks the entries"), but only its auth entries (`primaryKey`,
+//! `secondaryKey`, `signingKey`) are kept; nothing else of a Secret is stored, and the
+//! `Debug` of a stored Secret prints entry names only.
 //!
 //! Watch events go in through `apply_*`, `delete_*` and `reset_*` (a relist replaces every
 //! object of a kind in a scope). Each call marks the URL names it may change as dirty;
@@ -10,10 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use infergate_auth::AuthPolicy;
+use infergate_auth::{
+    AuthMode, AuthPolicy, SECRET_PRIMARY_KEY, SECRET_SECONDARY_KEY, SECRET_SIGNING_KEY,
+};
 use infergate_balance::PodSpec;
 use infergate_config::{ConfigError, Defaults, EndpointConfig, ResolvedSettings, is_valid_name};
 use infergate_proxy::{DeploymentSpec, EndpointSpec};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
@@ -201,6 +209,20 @@ struct SliceEntry {
 /// `(namespace, service)`.
 type ServiceKey = (String, String);
 
+/// The auth entries of one Secret (`primaryKey`, `secondaryKey`, `signingKey`); other entries
+/// are not kept. `Debug` prints the entry names, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct SecretData(BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// The Secret entries the index keeps.
+const AUTH_ENTRIES: [&str; 3] = [SECRET_PRIMARY_KEY, SECRET_SECONDARY_KEY, SECRET_SIGNING_KEY];
+
 /// Which objects a reset replaces: one namespace, or all.
 pub type Scope<'a> = Option<&'a str>;
 
@@ -217,11 +239,17 @@ pub struct Index {
     slices: HashMap<ServiceKey, BTreeMap<String, SliceEntry>>,
     /// Slice -> its service (to follow label changes and deletions).
     slice_service: HashMap<ObjectKey, String>,
+    /// Secret -> its auth entries (every Secret of the watched namespaces, entries filtered).
+    secrets: HashMap<ObjectKey, SecretData>,
+    /// Secret -> InferenceEndpoints naming it in `spec.auth.secretName`.
+    secret_users: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     dirty: BTreeSet<String>,
     /// Built specs, sorted by name.
     specs: Vec<EndpointSpec>,
     /// Last problem reported per object (reports only on change).
     reported: HashMap<ObjectKey, String>,
+    /// Last auth problem reported per routed InferenceEndpoint (reports only on change).
+    reported_auth: HashMap<ObjectKey, String>,
     /// Last status handed out per object (not handed out again until it changes).
     sent: HashMap<ObjectKey, InferenceEndpointStatus>,
     reports: Vec<Report>,
@@ -237,9 +265,12 @@ impl Index {
             users: HashMap::new(),
             slices: HashMap::new(),
             slice_service: HashMap::new(),
+            secrets: HashMap::new(),
+            secret_users: HashMap::new(),
             dirty: BTreeSet::new(),
             specs: Vec::new(),
             reported: HashMap::new(),
+            reported_auth: HashMap::new(),
             sent: HashMap::new(),
             reports: Vec::new(),
         }
@@ -293,6 +324,9 @@ impl Index {
             .entry(key.name.clone())
             .or_default()
             .insert(key.namespace.clone());
+        if let Some(sk) = secret_key(&key.namespace, entry.auth.as_ref()) {
+            self.secret_users.entry(sk).or_default().insert(key.clone());
+        }
         self.endpoints.insert(key.clone(), entry);
         self.dirty.insert(key.name);
     }
@@ -303,6 +337,7 @@ impl Index {
             self.remove_endpoint(&key);
             self.sent.remove(&key);
             self.reported.remove(&key);
+            self.reported_auth.remove(&key);
         }
     }
 
@@ -322,6 +357,7 @@ impl Index {
             self.remove_endpoint(&k);
             self.sent.remove(&k);
             self.reported.remove(&k);
+            self.reported_auth.remove(&k);
         }
         for o in objs {
             self.apply_endpoint(o);
@@ -347,7 +383,119 @@ impl Index {
                 self.claims.remove(&key.name);
             }
         }
+        if let Some(sk) = secret_key(&key.namespace, old.auth.as_ref())
+            && let Some(u) = self.secret_users.get_mut(&sk)
+        {
+            u.remove(key);
+            if u.is_empty() {
+                self.secret_users.remove(&sk);
+            }
+        }
         self.dirty.insert(key.name.clone());
+    }
+
+    // === Secrets ===
+
+    /// A Secret was added or changed. Only its auth entries are kept.
+    pub fn apply_secret(&mut self, s: &Secret) {
+        let Some(key) = key_of(&s.metadata.namespace, &s.metadata.name) else {
+            return;
+        };
+        let data = SecretData(
+            s.data
+                .iter()
+                .flatten()
+                .filter(|(k, _)| AUTH_ENTRIES.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+        );
+        if self.secrets.get(&key) == Some(&data) {
+            return;
+        }
+        self.secrets.insert(key.clone(), data);
+        self.mark_secret(&key);
+    }
+
+    /// A Secret was deleted.
+    pub fn delete_secret(&mut self, s: &Secret) {
+        if let Some(key) = key_of(&s.metadata.namespace, &s.metadata.name) {
+            self.remove_secret(&key);
+        }
+    }
+
+    /// A relist: `secrets` are every Secret in `scope` (a namespace, or all).
+    pub fn reset_secrets(&mut self, scope: Scope<'_>, secrets: &[Secret]) {
+        let keep: HashSet<ObjectKey> = secrets
+            .iter()
+            .filter_map(|s| key_of(&s.metadata.namespace, &s.metadata.name))
+            .collect();
+        let gone: Vec<ObjectKey> = self
+            .secrets
+            .keys()
+            .filter(|k| in_scope(scope, &k.namespace) && !keep.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_secret(&k);
+        }
+        for s in secrets {
+            self.apply_secret(s);
+        }
+    }
+
+    fn remove_secret(&mut self, key: &ObjectKey) {
+        if self.secrets.remove(key).is_some() {
+            self.mark_secret(key);
+        }
+    }
+
+    fn mark_secret(&mut self, key: &ObjectKey) {
+        if let Some(users) = self.secret_users.get(key) {
+            for u in users {
+                self.dirty.insert(u.name.clone());
+            }
+        }
+    }
+
+    /// The policy of an InferenceEndpoint's `spec.auth` with the Secrets known now, and why it
+    /// refuses every request when it does for a reason the user can fix (never key material).
+    fn auth_for(&self, key: &ObjectKey, auth: Option<&AuthRef>) -> (AuthPolicy, Option<String>) {
+        let mode = match auth.and_then(|a| a.mode.as_deref()) {
+            Some("none") => return (AuthPolicy::None, None),
+            Some("token") => AuthMode::Token,
+            _ => AuthMode::Key,
+        };
+        let mode_name = if mode == AuthMode::Token {
+            "token"
+        } else {
+            "key"
+        };
+        let Some(sk) = secret_key(&key.namespace, auth) else {
+            return (
+                AuthPolicy::default(),
+                Some(format!(
+                    "spec.auth.secretName is not set: mode {mode_name} needs a Secret with the keys \
+                     (or set `auth: {{mode: none}}`)"
+                )),
+            );
+        };
+        let Some(data) = self.secrets.get(&sk) else {
+            return (
+                AuthPolicy::default(),
+                Some(format!("Secret {sk} (spec.auth.secretName) not found")),
+            );
+        };
+        match AuthPolicy::from_secret_data(mode, &data.0) {
+            Ok(p) if p.refuses_all() => (
+                p,
+                Some(format!(
+                    "Secret {sk} has no `{SECRET_PRIMARY_KEY}` or `{SECRET_SECONDARY_KEY}` entry, \
+                     which mode key needs"
+                )),
+            ),
+            Ok(p) => (p, None),
+            Err(e) => (AuthPolicy::default(), Some(format!("Secret {sk}: {e}"))),
+        }
     }
 
     // === EndpointSlices ===
@@ -537,13 +685,25 @@ impl Index {
                     let p = e.parsed.as_ref().ok()?;
                     Some(p.deployments.iter().map(|d| self.pods(&ns, d)).collect())
                 });
-                self.status_for(&key, owner.as_deref(), pods.as_deref(), &mut changes);
-                if owner.as_deref() == Some(ns.as_str())
-                    && let Some(pods) = pods
-                {
+                // The keys, for the routed object only.
+                let auth = match (owner.as_deref() == Some(ns.as_str()), &pods) {
+                    (true, Some(_)) => {
+                        Some(self.auth_for(&key, self.endpoints[&key].auth.as_ref()))
+                    }
+                    _ => None,
+                };
+                let auth_problem = auth.as_ref().and_then(|a| a.1.as_deref());
+                self.status_for(
+                    &key,
+                    owner.as_deref(),
+                    pods.as_deref(),
+                    auth_problem,
+                    &mut changes,
+                );
+                if let (Some(pods), Some((policy, _))) = (pods, auth) {
                     let e = &self.endpoints[&key];
                     if let Ok(p) = &e.parsed {
-                        spec = Some(build(&url, p, e.auth.as_ref(), pods));
+                        spec = Some(build(&url, p, policy, pods));
                     }
                 }
             }
@@ -645,6 +805,7 @@ impl Index {
         key: &ObjectKey,
         owner: Option<&str>,
         pods: Option<&[Pods]>,
+        auth_problem: Option<&str>,
         changes: &mut Changes,
     ) {
         let Some(e) = self.endpoints.get(key) else {
@@ -717,16 +878,25 @@ impl Index {
                     "Accepted",
                     format!("routed at /api/v1/endpoint/{}/", key.name),
                 ));
-                status.conditions.push(if missing.is_empty() {
-                    cond(
-                        "Ready",
-                        true,
-                        "PodsReady",
-                        "every deployment with traffic has a ready pod".into(),
-                    )
-                } else {
-                    cond("Ready", false, "NoReadyPods", missing.join("; "))
-                });
+                status
+                    .conditions
+                    .push(match (auth_problem, missing.is_empty()) {
+                        (Some(why), _) => {
+                            let mut msg = format!("every request is refused (401): {why}");
+                            for m in &missing {
+                                msg.push_str("; ");
+                                msg.push_str(m);
+                            }
+                            cond("Ready", false, "AuthNotConfigured", msg)
+                        }
+                        (None, true) => cond(
+                            "Ready",
+                            true,
+                            "PodsReady",
+                            "every deployment with traffic has a ready pod".into(),
+                        ),
+                        (None, false) => cond("Ready", false, "NoReadyPods", missing.join("; ")),
+                    });
             }
         }
 
@@ -748,6 +918,25 @@ impl Index {
                     is_problem: false,
                 });
                 self.reported.remove(key);
+            }
+            _ => {}
+        }
+        match (auth_problem, self.reported_auth.get(key)) {
+            (Some(p), prev) if prev.map(String::as_str) != Some(p) => {
+                changes.reports.push(Report {
+                    object: format!("InferenceEndpoint {key}"),
+                    reason: format!("every request is refused (401): {p}"),
+                    is_problem: true,
+                });
+                self.reported_auth.insert(key.clone(), p.to_string());
+            }
+            (None, Some(_)) => {
+                changes.reports.push(Report {
+                    object: format!("InferenceEndpoint {key}"),
+                    reason: "keys loaded: requests are authenticated again".into(),
+                    is_problem: false,
+                });
+                self.reported_auth.remove(key);
             }
             _ => {}
         }
@@ -774,7 +963,7 @@ struct Pods {
     why_none: Option<String>,
 }
 
-fn build(url: &str, p: &Parsed, auth: Option<&AuthRef>, pods: Vec<Pods>) -> EndpointSpec {
+fn build(url: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> EndpointSpec {
     EndpointSpec {
         name: url.to_string(),
         deployments: p
@@ -792,10 +981,8 @@ fn build(url: &str, p: &Parsed, auth: Option<&AuthRef>, pods: Vec<Pods>) -> Endp
             .collect(),
         // Mirroring is not part of the InferenceEndpoint spec yet.
         mirror: None,
-        // AUTH (issue 5): the Secret watch replaces this with the keys of the Secret that
-        // `Index::auth_ref` names. Until then only `mode: none` opens an endpoint; key and
-        // token modes refuse every request (fail closed).
-        auth: auth_policy(auth),
+        // From the Secret `spec.auth.secretName` ([`Index::auth_for`]); fails closed.
+        auth,
         swagger_auth: false,
     }
 }
@@ -834,11 +1021,14 @@ pub fn same_status(a: &InferenceEndpointStatus, b: &InferenceEndpointStatus) -> 
     strip(a) == strip(b)
 }
 
-fn auth_policy(auth: Option<&AuthRef>) -> AuthPolicy {
-    match auth.and_then(|a| a.mode.as_deref()) {
-        Some("none") => AuthPolicy::None,
-        _ => AuthPolicy::default(),
+/// The Secret an endpoint's `spec.auth` names (same namespace), unless its mode is `none`.
+fn secret_key(ns: &str, auth: Option<&AuthRef>) -> Option<ObjectKey> {
+    let a = auth?;
+    if a.mode.as_deref() == Some("none") {
+        return None;
     }
+    let name = a.secret_name.as_deref().filter(|n| !n.is_empty())?;
+    Some(ObjectKey::new(ns, name))
 }
 
 fn in_scope(scope: Scope<'_>, ns: &str) -> bool {

@@ -6,7 +6,8 @@
 //!   [`Router::publish_specs`](infergate_proxy::Router::publish_specs)), statuses and reports out.
 //! - [`Discovery`]: the glue from watch-event streams ([`Feed`]) to the index and one
 //!   route-table swap per batch; readiness after the first full sync.
-//! - [`spawn`]: the real thing: kube watches of the configured namespaces and the status writer.
+//! - [`spawn`]: the real thing: kube watches (InferenceEndpoints, EndpointSlices, Secrets) of
+//!   the configured namespaces and the status writer.
 
 pub mod crd;
 pub mod index;

@@ -1,7 +1,8 @@
 //! The glue: watch-event streams -> [`Index`] -> one route-table swap per batch.
 //!
 //! It takes streams, not a client, so tests feed events directly. Each stream is one
-//! [`Feed`]: a kind (InferenceEndpoints or EndpointSlices) in a scope (a namespace, or all).
+//! [`Feed`]: a kind (InferenceEndpoints, EndpointSlices or Secrets) in a scope (a namespace,
+//! or all).
 //! A relist (`Init` .. `InitDone`) is buffered and replaces the feed's objects at `InitDone`;
 //! until then, and while a watch fails, the last table keeps serving. Nothing is published
 //! before every feed has completed its first list; then readiness turns true. Events that are
@@ -15,6 +16,7 @@ use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, Stream, StreamExt};
 use infergate_config::Defaults;
 use infergate_proxy::{Readiness, Router};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};
@@ -35,6 +37,8 @@ pub enum FeedKind {
     Endpoints,
     /// `EndpointSlice` objects.
     Slices,
+    /// `Secret` objects (the endpoints' keys; only their auth entries are kept).
+    Secrets,
 }
 
 impl FeedKind {
@@ -43,6 +47,7 @@ impl FeedKind {
         match self {
             FeedKind::Endpoints => "InferenceEndpoint",
             FeedKind::Slices => "EndpointSlice",
+            FeedKind::Secrets => "Secret",
         }
     }
 }
@@ -50,6 +55,7 @@ impl FeedKind {
 enum Item {
     Endpoint(watcher::Result<Event<DynamicObject>>),
     Slice(watcher::Result<Event<EndpointSlice>>),
+    Secret(watcher::Result<Event<Secret>>),
 }
 
 /// One watch stream: a kind in a scope.
@@ -92,12 +98,25 @@ impl Feed {
             stream: s.map(Item::Slice).boxed(),
         }
     }
+
+    /// Secrets of `namespace` (`None`: all namespaces), for the endpoints' keys.
+    pub fn secrets<S>(namespace: Option<&str>, s: S) -> Feed
+    where
+        S: Stream<Item = watcher::Result<Event<Secret>>> + Send + 'static,
+    {
+        Feed {
+            kind: FeedKind::Secrets,
+            namespace: namespace.map(str::to_string),
+            stream: s.map(Item::Secret).boxed(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Staging {
     endpoints: Vec<DynamicObject>,
     slices: Vec<EndpointSlice>,
+    secrets: Vec<Secret>,
 }
 
 struct FeedState {
@@ -260,7 +279,11 @@ impl Discovery {
                 self.slice_event(st, ev);
                 true
             }
-            Item::Endpoint(Err(e)) | Item::Slice(Err(e)) => {
+            Item::Secret(Ok(ev)) => {
+                self.secret_event(st, ev);
+                true
+            }
+            Item::Endpoint(Err(e)) | Item::Slice(Err(e)) | Item::Secret(Err(e)) => {
                 watch_failed(st, &e);
                 false
             }
@@ -298,13 +321,27 @@ impl Discovery {
         }
     }
 
+    fn secret_event(&mut self, st: &mut FeedState, ev: Event<Secret>) {
+        match ev {
+            Event::Init => st.staging = Some(Staging::default()),
+            Event::InitApply(o) => st.staging.get_or_insert_default().secrets.push(o),
+            Event::InitDone => {
+                let objs = st.staging.take().unwrap_or_default().secrets;
+                self.index.reset_secrets(st.namespace.as_deref(), &objs);
+                listed(st, objs.len());
+            }
+            Event::Apply(o) => self.index.apply_secret(&o),
+            Event::Delete(o) => self.index.delete_secret(&o),
+        }
+    }
+
     fn publish(&mut self, force: bool, since: Instant) {
         let changes = self.index.refresh();
         for r in &changes.reports {
             if r.is_problem {
-                tracing::warn!(object = %r.object, reason = %r.reason, "discovery: object not routed");
+                tracing::warn!(object = %r.object, reason = %r.reason, "discovery: object not served");
             } else {
-                tracing::info!(object = %r.object, reason = %r.reason, "discovery: object routed again");
+                tracing::info!(object = %r.object, reason = %r.reason, "discovery: object served again");
             }
         }
         if changes.specs_changed || force {

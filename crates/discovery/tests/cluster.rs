@@ -118,6 +118,16 @@ impl Rig {
         post(self.http, &format!("/api/v1/endpoint/{ep}/score")).await
     }
 
+    async fn score_with(&self, ep: &str, bearer: &str) -> u16 {
+        post_with(
+            self.http,
+            &format!("/api/v1/endpoint/{ep}/score"),
+            Some(bearer),
+        )
+        .await
+        .0
+    }
+
     fn status(&self, ns: &str, name: &str) -> Value {
         self.api
             .get("InferenceEndpoint", ns, name)
@@ -138,9 +148,18 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 async fn post(addr: SocketAddr, path: &str) -> (u16, Value) {
+    post_with(addr, path, None).await
+}
+
+/// A scoring POST, with `Authorization: Bearer <bearer>` when given.
+async fn post_with(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Value) {
     let c = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(b) = bearer {
+        req = req.header("authorization", format!("Bearer {b}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from_static(b"{\"data\": [1]}")))
         .unwrap();
     let r = c.request(req).await.unwrap();
@@ -183,6 +202,29 @@ fn ie(ns: &str, name: &str, svc: &str) -> Value {
             "auth": {"mode": "none"},
         },
     })
+}
+
+/// An InferenceEndpoint like [`ie`] with `spec.auth` = `auth`.
+fn ie_auth(ns: &str, name: &str, svc: &str, auth: Value) -> Value {
+    let mut o = ie(ns, name, svc);
+    o["spec"]["auth"] = auth;
+    o
+}
+
+/// A Secret with these entries (base64 in `data`, as the API server holds them).
+fn secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Value {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let mut s = Secret::default();
+    s.metadata.namespace = Some(ns.into());
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    serde_json::to_value(s).unwrap()
 }
 
 #[derive(Clone, Copy)]
@@ -595,7 +637,8 @@ async fn gone_410_makes_the_router_relist_and_converge() {
     let before = lists(&rig);
 
     // 1. The open watches get ERROR 410.
-    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() == 2).await);
+    // InferenceEndpoints, EndpointSlices, Secrets.
+    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() == 3).await);
     rig.api.expire_watches();
     assert!(
         eventually(Duration::from_secs(5), async || lists(&rig) > before).await,
@@ -604,7 +647,7 @@ async fn gone_410_makes_the_router_relist_and_converge() {
 
     // 2. A missed delete: the watch is cut, the history compacted, then the client comes back
     //    with an old resourceVersion and is told 410: only a relist can see the delete.
-    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() >= 2).await);
+    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() >= 3).await);
     let before = lists(&rig);
     rig.api.set_down(true);
     rig.api.delete("EndpointSlice", "ml", "sa");
@@ -630,7 +673,7 @@ async fn bookmarks_and_dropped_watches_resume_without_a_relist() {
     let a = mock("a", 0).await;
     rig.api.apply(ie("ml", "e", "svc"));
     assert!(eventually(Duration::from_secs(5), async || rig.ready().await).await);
-    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() == 2).await);
+    assert!(eventually(Duration::from_secs(5), async || rig.api.open_watches() == 3).await);
     // Unrelated changes move the version; the bookmark tells the client.
     rig.api
         .apply(slice("other", "x", "svc", &[(&a, "p", Cond::Ready)]));
@@ -812,4 +855,220 @@ async fn watched_namespaces_only_and_large_lists_page_through() {
             r.path
         );
     }
+}
+
+// === keys from Secrets (issue 5) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_refuses_all() {
+    let rig = Rig::start(&["keys"]).await;
+    let a = mock("a", 0).await;
+    rig.api.apply(secret(
+        "keys",
+        "iris-keys",
+        &[("primaryKey", "prim-1"), ("secondaryKey", "sec-1")],
+    ));
+    rig.api.apply(ie_auth(
+        "keys",
+        "iris",
+        "svc",
+        json!({"mode": "key", "secretName": "iris-keys"}),
+    ));
+    rig.api
+        .apply(slice("keys", "s", "svc", &[(&a, "pod-a", Cond::Ready)]));
+    assert!(eventually(Duration::from_secs(5), async || rig.ready().await).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || rig
+            .score_with("iris", "prim-1")
+            .await
+            == 200)
+        .await
+    );
+    assert_eq!(rig.score_with("iris", "sec-1").await, 200, "secondary");
+    assert_eq!(rig.score_with("iris", "wrong").await, 401, "wrong key");
+    assert_eq!(rig.score("iris").await.0, 401, "no header");
+    let served = a.stats().served;
+
+    // Rotation: old primary refused and new one accepted within 1 s of the Secret update.
+    let mut took = Vec::new();
+    for round in 0..5 {
+        let (old, new) = (format!("prim-{}", round + 1), format!("prim-{}", round + 2));
+        let t0 = Instant::now();
+        rig.api.apply(secret(
+            "keys",
+            "iris-keys",
+            &[("primaryKey", &new), ("secondaryKey", "sec-1")],
+        ));
+        let mut done = false;
+        while t0.elapsed() < Duration::from_secs(1) {
+            if rig.score_with("iris", &new).await == 200
+                && rig.score_with("iris", &old).await == 401
+            {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(done, "round {round}: rotation not in effect within 1 s");
+        took.push(t0.elapsed());
+        assert_eq!(rig.score_with("iris", "sec-1").await, 200, "secondary kept");
+    }
+    took.sort();
+    eprintln!(
+        "Secret update -> new key accepted, old refused: median {:?}, max {:?} over {} rotations",
+        took[took.len() / 2],
+        took[took.len() - 1],
+        took.len()
+    );
+
+    // Refused requests never reached the pod: one new-primary and one secondary call per round.
+    assert_eq!(a.stats().served, served + 5 * 2);
+
+    // Deleted: everyone refused, the reason in status (naming the Secret, not its keys).
+    rig.api.delete("Secret", "keys", "iris-keys");
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            rig.score_with("iris", "prim-6").await == 401
+                && rig.score_with("iris", "sec-1").await == 401
+        })
+        .await,
+        "refused within 1 s of the delete"
+    );
+    eprintln!("Secret deleted -> refused after {:?}", t0.elapsed());
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let s = rig.status("keys", "iris");
+            let c = cond_of(&s, "Ready");
+            c["reason"] == "AuthNotConfigured"
+                && c["message"].as_str().is_some_and(|m| {
+                    m.contains("Secret keys/iris-keys (spec.auth.secretName) not found")
+                })
+        })
+        .await,
+        "status: {}",
+        rig.status("keys", "iris")
+    );
+    let st = rig.status("keys", "iris").to_string();
+    assert!(!st.contains("prim-") && !st.contains("sec-1"), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_takes_the_signing_key_from_the_secret() {
+    const KEY: &str = "a-signing-key-of-at-least-32-bytes!!";
+    let rig = Rig::start(&["tokens"]).await;
+    let a = mock("a", 0).await;
+    rig.api
+        .apply(secret("tokens", "tok-signing", &[("signingKey", KEY)]));
+    rig.api.apply(ie_auth(
+        "tokens",
+        "tok",
+        "svc",
+        json!({"mode": "token", "secretName": "tok-signing"}),
+    ));
+    rig.api
+        .apply(slice("tokens", "s", "svc", &[(&a, "pod-a", Cond::Ready)]));
+    let token =
+        infergate_auth::issue_token("tok", Duration::from_secs(3600), KEY.as_bytes()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || rig
+            .score_with("tok", &token)
+            .await
+            == 200)
+        .await
+    );
+    let other =
+        infergate_auth::issue_token("other", Duration::from_secs(3600), KEY.as_bytes()).unwrap();
+    assert_eq!(rig.score_with("tok", &other).await, 401, "another audience");
+    let forged = infergate_auth::issue_token(
+        "tok",
+        Duration::from_secs(3600),
+        b"another-signing-key-of-32-bytes-or-more",
+    )
+    .unwrap();
+    assert_eq!(rig.score_with("tok", &forged).await, 401, "another key");
+    assert_eq!(rig.score("tok").await.0, 401);
+
+    // A Secret without `signingKey`: refused, with the reason in status.
+    rig.api
+        .apply(secret("tokens", "tok-signing", &[("primaryKey", "x")]));
+    assert!(
+        eventually(Duration::from_secs(1), async || rig
+            .score_with("tok", &token)
+            .await
+            == 401)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            cond_of(&rig.status("tokens", "tok"), "Ready")["message"]
+                .as_str()
+                .is_some_and(|m| {
+                    m.contains("Secret tokens/tok-signing") && m.contains("signingKey")
+                })
+        })
+        .await,
+        "status: {}",
+        rig.status("tokens", "tok")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_missing_at_start_refuses_with_the_reason_until_it_is_created() {
+    let api = FakeApiServer::start().await;
+    let a = mock("a", 0).await;
+    api.apply(ie_auth(
+        "nokeys",
+        "e",
+        "svc",
+        json!({"mode": "key", "secretName": "e-keys"}),
+    ));
+    api.apply(slice("nokeys", "s", "svc", &[(&a, "pod-a", Cond::Ready)]));
+    // A Secret of the namespace that no endpoint names: watched, ignored.
+    api.apply(secret("nokeys", "unrelated", &[("primaryKey", "k")]));
+    let rig = Rig::start_with(api, &["nokeys"]).await;
+    assert!(eventually(Duration::from_secs(5), async || rig.ready().await).await);
+    assert!(rig.table_pods("e", "blue").is_some(), "routed");
+    assert_eq!(rig.score_with("e", "k").await, 401);
+    assert_eq!(rig.score("e").await.0, 401);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let s = rig.status("nokeys", "e");
+            let c = cond_of(&s, "Ready");
+            c["status"] == "False"
+                && c["reason"] == "AuthNotConfigured"
+                && c["message"].as_str().is_some_and(|m| {
+                    m.contains("every request is refused (401)")
+                        && m.contains("Secret nokeys/e-keys (spec.auth.secretName) not found")
+                })
+        })
+        .await,
+        "status: {}",
+        rig.status("nokeys", "e")
+    );
+    assert_eq!(a.stats().served, 0, "no refused request reached the pod");
+    // The Secret watch is part of the first sync and lists the namespace.
+    assert!(
+        rig.api
+            .requests()
+            .iter()
+            .any(|r| r.is_list_of("secrets") && r.path == "/api/v1/namespaces/nokeys/secrets")
+    );
+
+    // Created: served, and the status says so.
+    rig.api
+        .apply(secret("nokeys", "e-keys", &[("primaryKey", "k")]));
+    assert!(
+        eventually(Duration::from_secs(1), async || rig
+            .score_with("e", "k")
+            .await
+            == 200)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            cond_of(&rig.status("nokeys", "e"), "Ready")["reason"] == "PodsReady"
+        })
+        .await
+    );
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use infergate_auth::AuthPolicy;
 use infergate_config::Defaults;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
@@ -610,10 +611,172 @@ fn auth_reference_is_kept_for_the_secret_watch_and_fails_closed() {
         assert_eq!(
             s.auth,
             AuthPolicy::default(),
-            "{}: refuses until keys are wired",
+            "{}: refuses until its Secret is listed",
             s.name
         );
     }
+}
+
+/// A Secret with these entries (values as given; the API carries them base64-encoded).
+pub(crate) fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Secret {
+    use k8s_openapi::ByteString;
+    let mut s = Secret::default();
+    s.metadata.namespace = Some(ns.into());
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    s
+}
+
+fn auth_of<'a>(ix: &'a Index, ep: &str) -> &'a AuthPolicy {
+    &ix.specs().iter().find(|s| s.name == ep).unwrap().auth
+}
+
+const SIGNING: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
+    let mut ix = mk_index();
+    let ep = |name: &str, auth: Value| {
+        mk_ie(
+            "ml",
+            name,
+            json!({"deployments": [{"name": "a", "serviceName": "s"}], "auth": auth}),
+            0,
+        )
+    };
+    ix.apply_endpoint(&ep("k", json!({"mode": "key", "secretName": "k-keys"})));
+    ix.apply_endpoint(&ep("t", json!({"mode": "token", "secretName": "t-keys"})));
+    ix.apply_endpoint(&ep("d", json!({"secretName": "k-keys"})));
+    ix.apply_endpoint(&ep("nosecret", json!({"mode": "key"})));
+    ix.apply_endpoint(&ep("open", json!({"mode": "none", "secretName": "k-keys"})));
+    // Secrets not listed yet: every keyed endpoint refuses, with the reason in status and log.
+    let ch = ix.refresh();
+    for e in ["k", "t", "d", "nosecret"] {
+        assert_eq!(auth_of(&ix, e), &AuthPolicy::default(), "{e}");
+        let st = status_of(&ch, "ml", e);
+        let c = cond(&st, "Ready");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "AuthNotConfigured"),
+            "{e}"
+        );
+        assert!(
+            ch.reports
+                .iter()
+                .any(|r| r.object == format!("InferenceEndpoint ml/{e}")
+                    && r.is_problem
+                    && r.reason.contains("refused (401)")),
+            "{e}: {:?}",
+            ch.reports
+        );
+    }
+    assert!(
+        cond(&status_of(&ch, "ml", "k"), "Ready")
+            .message
+            .contains("Secret ml/k-keys (spec.auth.secretName) not found")
+    );
+    assert!(
+        cond(&status_of(&ch, "ml", "nosecret"), "Ready")
+            .message
+            .contains("secretName is not set")
+    );
+    assert_eq!(auth_of(&ix, "open"), &AuthPolicy::None);
+
+    // The Secrets arrive (an unrelated one too: only auth entries are kept, never printed).
+    ix.reset_secrets(
+        Some("ml"),
+        &[
+            mk_secret(
+                "ml",
+                "k-keys",
+                &[
+                    ("primaryKey", "p1"),
+                    ("secondaryKey", "s1"),
+                    ("tls.key", "x"),
+                ],
+            ),
+            mk_secret("ml", "t-keys", &[("signingKey", SIGNING)]),
+            mk_secret("ml", "other", &[("password", "hunter2")]),
+        ],
+    );
+    assert!(ix.is_dirty());
+    let ch = ix.refresh();
+    let keys = AuthPolicy::keys(Some(b"p1"), Some(b"s1"));
+    assert_eq!(auth_of(&ix, "k"), &keys);
+    assert_eq!(auth_of(&ix, "d"), &keys, "mode defaults to key");
+    assert_eq!(
+        auth_of(&ix, "t"),
+        &AuthPolicy::token(SIGNING.as_bytes()).unwrap()
+    );
+    assert_eq!(auth_of(&ix, "nosecret"), &AuthPolicy::default());
+    assert!(
+        ch.reports
+            .iter()
+            .any(|r| r.object == "InferenceEndpoint ml/k" && !r.is_problem)
+    );
+    let dbg = format!("{ix:?}");
+    for secret in ["p1", "s1", SIGNING, "hunter2", "\"x\""] {
+        assert!(!dbg.contains(secret), "Debug prints {secret}");
+    }
+    assert!(
+        !dbg.contains("tls.key") && !dbg.contains("password"),
+        "only auth entries kept"
+    );
+
+    // Rotation: the new key replaces the old at once; an unrelated Secret changes nothing.
+    ix.apply_secret(&mk_secret("ml", "other", &[("password", "new")]));
+    assert!(!ix.is_dirty());
+    ix.apply_secret(&mk_secret(
+        "ml",
+        "k-keys",
+        &[("primaryKey", "p2"), ("secondaryKey", "s1")],
+    ));
+    ix.refresh();
+    assert_eq!(
+        auth_of(&ix, "k"),
+        &AuthPolicy::keys(Some(b"p2"), Some(b"s1"))
+    );
+
+    // A Secret without the needed entries, a short signing key, a deleted Secret: refuse all.
+    ix.apply_secret(&mk_secret("ml", "k-keys", &[("primaryKey", "  ")]));
+    ix.apply_secret(&mk_secret("ml", "t-keys", &[("signingKey", "short")]));
+    let ch = ix.refresh();
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
+    assert_eq!(auth_of(&ix, "t"), &AuthPolicy::default());
+    let msg = cond(&status_of(&ch, "ml", "k"), "Ready").message.clone();
+    assert!(
+        msg.contains("Secret ml/k-keys has no `primaryKey` or `secondaryKey`"),
+        "{msg}"
+    );
+    let msg = cond(&status_of(&ch, "ml", "t"), "Ready").message.clone();
+    assert!(
+        msg.contains("Secret ml/t-keys") && msg.contains("signing key is 5 bytes"),
+        "{msg}"
+    );
+    ix.apply_secret(&mk_secret("ml", "t-keys", &[("signingKey", SIGNING)]));
+    ix.refresh();
+    assert!(matches!(auth_of(&ix, "t"), AuthPolicy::Token { .. }));
+    ix.delete_secret(&mk_secret("ml", "t-keys", &[]));
+    let ch = ix.refresh();
+    assert_eq!(auth_of(&ix, "t"), &AuthPolicy::default());
+    assert!(
+        cond(&status_of(&ch, "ml", "t"), "Ready")
+            .message
+            .contains("not found")
+    );
+
+    // A relist without the Secret removes it too; switching the endpoint to mode none opens it.
+    ix.reset_secrets(Some("ml"), &[]);
+    ix.refresh();
+    assert_eq!(auth_of(&ix, "d"), &AuthPolicy::default());
+    ix.apply_endpoint(&ep("d", json!({"mode": "none"})));
+    ix.refresh();
+    assert_eq!(auth_of(&ix, "d"), &AuthPolicy::None);
 }
 
 #[test]

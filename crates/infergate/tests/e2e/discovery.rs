@@ -138,3 +138,119 @@ async fn serve_routes_inference_endpoints_from_the_api_server() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A Secret with these entries (base64 in `data`, as the API server holds them).
+fn secret(name: &str, entries: &[(&str, &str)]) -> serde_json::Value {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let mut s = Secret::default();
+    s.metadata.namespace = Some("ml".into());
+    s.metadata.name = Some(name.into());
+    s.data = Some(
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    serde_json::to_value(s).unwrap()
+}
+
+fn bearer(path: &str, key: &str) -> http::Request<Body> {
+    let mut r = post(path, "{}");
+    r.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_endpoint_keys_from_a_secret_and_logs_why_it_refuses() {
+    let api = FakeApiServer::start().await;
+    let pod = mock("kube-keyed-pod", 0).await;
+    // The endpoint names a Secret that does not exist yet.
+    api.apply(json!({
+        "apiVersion": "infergate.io/v1",
+        "kind": "InferenceEndpoint",
+        "metadata": {"name": "keyed", "namespace": "ml"},
+        "spec": {"deployments": [{"name": "blue", "serviceName": "keyed-blue", "port": "http"}],
+                 "auth": {"mode": "key", "secretName": "keyed-keys"}},
+    }));
+    api.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "keyed-blue-x", "namespace": "ml",
+                     "labels": {"kubernetes.io/service-name": "keyed-blue"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": pod.addr().port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_file(dir.path(), "kubeconfig", &api.kubeconfig());
+    let f = kube_config(dir.path(), "");
+    let mut b = Bin::spawn_env(&["serve", "--config", &f], &[("KUBECONFIG", &kubeconfig)]);
+    let http = b.listening("http");
+    let line = b.wait_line(|l| l.contains("InferenceEndpoint ml/keyed"));
+    assert!(
+        line.contains("every request is refused (401)")
+            && line.contains("Secret ml/keyed-keys (spec.auth.secretName) not found"),
+        "{line}"
+    );
+    b.wait_line(|l| l.contains("discovery: first full sync"));
+    let path = "/api/v1/endpoint/keyed/score";
+    assert_eq!(call(http, bearer(path, "primary-one")).await.status, 401);
+
+    // Created: the primary and the secondary work, a wrong key does not.
+    api.apply(secret(
+        "keyed-keys",
+        &[
+            ("primaryKey", "primary-one"),
+            ("secondaryKey", "secondary-one"),
+        ],
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            call(http, bearer(path, "primary-one")).await.status == 200
+        })
+        .await
+    );
+    assert_eq!(call(http, bearer(path, "secondary-one")).await.status, 200);
+    assert_eq!(call(http, bearer(path, "primary-two")).await.status, 401);
+
+    // Rotated: within 1 s of the update the new primary works and the old one is refused.
+    let t0 = std::time::Instant::now();
+    api.apply(secret(
+        "keyed-keys",
+        &[
+            ("primaryKey", "primary-two"),
+            ("secondaryKey", "secondary-one"),
+        ],
+    ));
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            call(http, bearer(path, "primary-two")).await.status == 200
+                && call(http, bearer(path, "primary-one")).await.status == 401
+        })
+        .await,
+        "rotation not in effect within 1 s"
+    );
+    eprintln!(
+        "binary: Secret update -> rotation in effect after {:?}",
+        t0.elapsed()
+    );
+
+    // Deleted: everyone refused.
+    api.delete("Secret", "ml", "keyed-keys");
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            call(http, bearer(path, "primary-two")).await.status == 401
+                && call(http, bearer(path, "secondary-one")).await.status == 401
+        })
+        .await
+    );
+    b.signal("TERM");
+    let (out, err) = tokio::task::spawn_blocking(move || b.finish())
+        .await
+        .unwrap();
+    for key in ["primary-one", "primary-two", "secondary-one"] {
+        assert!(!out.contains(key) && !err.contains(key), "{key} logged");
+    }
+}
