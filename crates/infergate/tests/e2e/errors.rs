@@ -59,7 +59,9 @@ async fn streamed_payload_over_the_limit_is_413_and_the_upstream_request_aborted
         ", requestSettings: {maxRequestBodyBytes: 100000}",
     ))
     .await;
-    let mut c = Client::plain(r.http(), Proto::H1).await;
+    // HTTP/2: an answer sent before the upload ends is clean there (over HTTP/1.1 the client may
+    // see the connection close while it is still writing, before it reads the 413).
+    let mut c = Client::plain(r.http(), Proto::H2).await;
     let a = c
         .call(req("POST", "/api/v1/endpoint/e/score", chunked(1_000_000)))
         .await;
