@@ -152,12 +152,12 @@ def tree_ticks(pids: list[int]) -> int:
     return sum(proc_ticks(p) for p in pids)
 
 
-def machine_ticks() -> tuple[int, int, int]:
-    """(total, busy by tasks, irq+softirq) over all CPUs, in clock ticks."""
+def machine_ticks() -> tuple[int, int, int, int]:
+    """(total, busy by tasks, irq+softirq, steal) over all CPUs, in clock ticks."""
     f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = (f + [0] * 8)[:8]
     total = user + nice + system + idle + iowait + irq + softirq + steal
-    return total, user + nice + system, irq + softirq
+    return total, user + nice + system, irq + softirq, steal
 
 
 def set_affinity(pids: list[int], cpus: set[int]):
@@ -174,9 +174,9 @@ def set_affinity(pids: list[int], cpus: set[int]):
 
 
 def busy_percent(seconds: float = 1.0) -> float:
-    t0, b0, i0 = machine_ticks()
+    t0, b0, i0, _ = machine_ticks()
     time.sleep(seconds)
-    t1, b1, i1 = machine_ticks()
+    t1, b1, i1, _ = machine_ticks()
     return 100.0 * ((b1 - b0) + (i1 - i0)) / max(1, t1 - t0)
 
 
@@ -669,6 +669,7 @@ class Bench:
             machine_busy_pct=100 * busy / tot if tot else 0,
             other_cpu_pct=100 * other_s / tot if tot else 0,  # % of the whole machine (all CPUs)
             other_cpu_core_pct=100 * other_s / wall,  # % of one core
+            steal_pct=100 * (m1[3] - m0[3]) / tot if tot else 0,  # the hypervisor's
         )
         return res
 
@@ -966,6 +967,8 @@ def render(bench: Bench, perf: str | None, started: str, cmdline: str) -> str:
     busy_names = sorted({r["busy_others"] for r in runs if r.get("busy_others")})
     if busy_names:
         L.append(f"- Busiest other processes when the machine was not idle: {'; '.join(busy_names[:5])}.")
+    steal = [r.get("steal_pct", 0) for r in runs]
+    L.append(f"- CPU stolen by the hypervisor during the runs: median {med(steal):.2f}%, max {max(steal):.2f}% of the machine.")
     gshare = [r["generator_cpu_share"] for r in runs if r["scenario"] == A]
     L.append(f"- Generator (wrk) CPU share on CPU 1 in layout A: median {med(gshare) * 100:.0f}% of a core.")
     L.append("- TLS negotiated (wrk/oha/loadtest use the same stack per tool): "

@@ -316,5 +316,7 @@ async fn thousands_of_cancelled_requests_leak_no_slot() {
             200
         );
     }
-    assert_eq!(a.stats().max_in_flight.max(b.stats().max_in_flight), 1);
+    // (No `max_in_flight` check here: a cancelled request frees its router slot at once, while
+    // the pod may still be finishing the abandoned work for a moment. Without cancellations the
+    // limit holds exactly: see `twenty_clients_never_put_two_requests_on_a_pod`.)
 }
