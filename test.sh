@@ -13,7 +13,13 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
 fi
 
 echo "== cargo test"
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 
 echo "== manifests: kustomize overlays and render modes against the Kubernetes schemas"
 bash deploy/validate.sh
+
+# One closing line for the whole run (the last cargo summary is often a 0-test doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
