@@ -47,7 +47,7 @@ impl DiscoveryConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, ns) in k.namespaces.iter().enumerate() {
             let key = format!("discovery.kube.namespaces[{i}]");
-            if !is_namespace_name(ns) {
+            if !is_dns_label(ns) {
                 return Err(ConfigError::invalid(
                     key,
                     ns,
@@ -69,7 +69,9 @@ impl DiscoveryConfig {
     }
 }
 
-fn is_namespace_name(s: &str) -> bool {
+/// Whether `s` is an RFC 1123 DNS label: what Kubernetes namespace and Service names are
+/// (1-63 lowercase letters, digits and `-`, starting and ending with a letter or digit).
+pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

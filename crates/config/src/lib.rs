@@ -18,7 +18,7 @@ mod settings;
 pub use auth::{
     AuthConfig, AuthModeConfig, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
 };
-pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig};
+pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.

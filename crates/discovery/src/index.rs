@@ -1082,7 +1082,7 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
     }
     for (i, d) in spec.deployments.iter().enumerate() {
         let key = format!("spec.deployments[{i}]");
-        if !is_dns_label(&d.service_name) {
+        if !infergate_config::is_dns_label(&d.service_name) {
             return Err(Problem::new(
                 format!("{key}.serviceName"),
                 &d.service_name,
@@ -1155,17 +1155,6 @@ fn short(s: &str) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
-}
-
-/// RFC 1123 label: what a Service name is.
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 #[cfg(test)]
