@@ -13,6 +13,18 @@ fn cfg_file(dir: &std::path::Path, yaml: &str) -> String {
     write_file(dir, "infergate.yaml", yaml)
 }
 
+/// A plain-HTTP config on 127.0.0.1:0 with endpoint `e` (no auth) in front of `pod`.
+fn one_pod_config(dir: &std::path::Path, pod: &mock_model::MockHandle) -> String {
+    cfg_file(
+        dir,
+        &format!(
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            listen_local(),
+            pod.addr()
+        ),
+    )
+}
+
 fn listen_local() -> String {
     "listen: {https: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\n".into()
 }
@@ -123,14 +135,7 @@ fn plain_http_port_is_not_bound_without_insecure_flag() {
 async fn access_log_is_one_json_line_per_request_with_all_fields() {
     let pod = mock("logpod", 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let f = cfg_file(
-        dir.path(),
-        &format!(
-            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
-            listen_local(),
-            pod.addr()
-        ),
-    );
+    let f = one_pod_config(dir.path(), &pod);
     let mut b = Bin::spawn(&["serve", "--config", &f]);
     let http = b.listening("http");
     let a = call(http, post("/api/v1/endpoint/e/score", "{\"x\": 1}")).await;
@@ -160,14 +165,7 @@ async fn access_log_is_one_json_line_per_request_with_all_fields() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let pod = mock("slow", 1500).await;
     let dir = tempfile::tempdir().unwrap();
-    let f = cfg_file(
-        dir.path(),
-        &format!(
-            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
-            listen_local(),
-            pod.addr()
-        ),
-    );
+    let f = one_pod_config(dir.path(), &pod);
     let mut b = Bin::spawn(&["serve", "--config", &f]);
     let http = b.listening("http");
     let admin = b.listening("admin");
@@ -200,14 +198,7 @@ async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
     const SIZE: usize = 64 << 20;
     let pod = mock("big", 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let f = cfg_file(
-        dir.path(),
-        &format!(
-            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
-            listen_local(),
-            pod.addr()
-        ),
-    );
+    let f = one_pod_config(dir.path(), &pod);
     let b = {
         let mut b = Bin::spawn(&["serve", "--config", &f, "--workers", "2"]);
         b.listening("http");
@@ -272,6 +263,12 @@ async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
 
     let (hwm_after, rss_after) = b.memory();
     let growth = hwm_after.saturating_sub(hwm_before);
+    eprintln!(
+        "64 MiB up + 64 MiB down: router peak RSS {} KiB -> {} KiB (+{} KiB)",
+        hwm_before >> 10,
+        hwm_after >> 10,
+        growth >> 10
+    );
     assert!(
         growth < 16 << 20,
         "router peak RSS grew by {} KiB (before {} KiB, after {} KiB, rss now {} KiB)",
