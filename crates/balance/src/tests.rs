@@ -14,6 +14,15 @@ fn settings(slots: u32) -> PoolSettings {
     }
 }
 
+/// In a two-pod pool: one request on `on` (by avoiding the other pod) that answers in `ms`.
+fn sample(p: &Pool, on: &Arc<PodState>, ms: u64) {
+    let pods = p.pods();
+    let other = pods.iter().find(|x| !Arc::ptr_eq(x, on)).expect("two pods");
+    let l = p.try_acquire_avoiding(0, other).unwrap();
+    assert!(Arc::ptr_eq(l.pod(), on));
+    l.report(Outcome::Success(Duration::from_millis(ms)));
+}
+
 fn mk_pool(n: usize, limit: u32) -> Pool {
     Pool::new(&addrs(n), settings(limit))
 }
@@ -325,12 +334,8 @@ async fn latency_breaks_ties_between_equally_loaded_pods() {
     let p = mk_pool(2, 4);
     let pods = p.pods();
     let (slow, fast) = (pods[0].clone(), pods[1].clone());
-    let l = p.try_acquire_avoiding(0, &fast).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(400)));
-    drop(l);
-    let l = p.try_acquire_avoiding(0, &slow).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(10)));
-    drop(l);
+    sample(&p, &slow, 400);
+    sample(&p, &fast, 10);
     assert!(slow.latency_estimate() > fast.latency_estimate());
     for roll in 0..50u64 {
         let l = p
@@ -343,14 +348,10 @@ async fn latency_breaks_ties_between_equally_loaded_pods() {
         );
     }
     // peak EWMA: a slow answer counts at once, then decays
-    let l = p.try_acquire_avoiding(0, &slow).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(900)));
-    drop(l);
+    sample(&p, &fast, 900);
     assert_eq!(fast.latency_estimate(), Duration::from_millis(900));
     tokio::time::advance(Duration::from_secs(30)).await;
-    let l = p.try_acquire_avoiding(0, &slow).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(10)));
-    drop(l);
+    sample(&p, &fast, 10);
     assert!(
         fast.latency_estimate() < Duration::from_millis(100),
         "{:?}",
@@ -448,12 +449,8 @@ async fn a_much_slower_free_pod_is_skipped_while_a_fast_slot_will_free_sooner() 
     let p = mk_pool(2, 1);
     let pods = p.pods();
     let (fast, slow) = (pods[0].clone(), pods[1].clone());
-    let l = p.try_acquire_avoiding(0, &slow).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(20)));
-    drop(l);
-    let l = p.try_acquire_avoiding(0, &fast).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(400)));
-    drop(l);
+    sample(&p, &fast, 20);
+    sample(&p, &slow, 400);
 
     // light load: the fast pod is free, everyone goes there
     for roll in 0..20u64 {
@@ -518,12 +515,8 @@ async fn a_much_slower_free_pod_is_skipped_while_a_fast_slot_will_free_sooner() 
     let p = mk_pool(2, 1);
     let pods = p.pods();
     let (fast, slow) = (pods[0].clone(), pods[1].clone());
-    let l = p.try_acquire_avoiding(0, &slow).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(20)));
-    drop(l);
-    let l = p.try_acquire_avoiding(0, &fast).unwrap();
-    l.report(Outcome::Success(Duration::from_millis(400)));
-    drop(l);
+    sample(&p, &fast, 20);
+    sample(&p, &slow, 400);
     let held = p.try_acquire(1).unwrap();
     assert!(p.try_acquire(2).is_none());
     tokio::time::advance(Duration::from_secs(11)).await;
