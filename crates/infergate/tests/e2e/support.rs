@@ -310,6 +310,12 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// Scrapes the admin listener's `/metrics` and reads one sample (see [`metric`]).
+pub async fn admin_metric(admin: SocketAddr, prefix: &str) -> f64 {
+    let m = admin_get(admin, "/metrics").await;
+    metric(&String::from_utf8_lossy(&m.body), prefix)
+}
+
 /// Polls `f` until it returns true, for at most `limit`.
 pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let end = Instant::now() + limit;

@@ -120,11 +120,11 @@ async fn corrupt_or_mismatched_replacement_keeps_the_old_pair() {
     let r = tls_router(dir.path(), &pod).await;
     let addr = r.https.unwrap();
     let failed = async || {
-        let m = admin_get(r.admin, "/metrics").await;
-        metric(
-            &String::from_utf8_lossy(&m.body),
+        admin_metric(
+            r.admin,
             "infergate_tls_cert_reloads_total{result=\"failed\"}",
         )
+        .await
     };
     let before = failed().await;
     std::fs::write(
@@ -163,13 +163,7 @@ async fn failed_handshakes_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let pod = mock("p", 0).await;
     let r = tls_router(dir.path(), &pod).await;
-    let count = async || {
-        let m = admin_get(r.admin, "/metrics").await;
-        metric(
-            &String::from_utf8_lossy(&m.body),
-            "infergate_tls_handshake_failures_total",
-        )
-    };
+    let count = async || admin_metric(r.admin, "infergate_tls_handshake_failures_total").await;
     let before = count().await;
     let mut s = tokio::net::TcpStream::connect(r.https.unwrap())
         .await
