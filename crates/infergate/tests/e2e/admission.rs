@@ -16,10 +16,6 @@ fn endpoint(pods: &[&mock_model::MockHandle], settings: &str) -> String {
     ))
 }
 
-async fn metrics_text(r: &Router) -> String {
-    String::from_utf8_lossy(&admin_get(r.admin, "/metrics").await.body).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_never_put_two_requests_on_a_pod() {
     let (a, b) = (mock("a", 50).await, mock("b", 50).await);

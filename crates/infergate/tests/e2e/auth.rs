@@ -44,10 +44,6 @@ fn assert_401(a: &Answer, www_authenticate: &str) {
     assert_eq!(a.header("www-authenticate"), www_authenticate, "{a:?}");
 }
 
-async fn metrics_text(r: &Router) -> String {
-    String::from_utf8_lossy(&admin_get(r.admin, "/metrics").await.body).into_owned()
-}
-
 fn failures(text: &str, endpoint: &str, reason: &str) -> f64 {
     metric(
         text,

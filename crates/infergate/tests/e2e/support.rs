@@ -310,6 +310,11 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The router's whole `/metrics` text.
+pub async fn metrics_text(r: &Router) -> String {
+    String::from_utf8_lossy(&admin_get(r.admin, "/metrics").await.body).into_owned()
+}
+
 /// Scrapes the admin listener's `/metrics` and reads one sample (see [`metric`]).
 pub async fn admin_metric(admin: SocketAddr, prefix: &str) -> f64 {
     let m = admin_get(admin, "/metrics").await;
