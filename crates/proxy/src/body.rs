@@ -257,7 +257,7 @@ pub enum ProxyBody {
     /// The pod's body; bookkeeping runs when it ends, fails or is dropped.
     Upstream {
         /// The pod's body.
-        inner: Incoming,
+        inner: crate::upstream::UpstreamBody,
         /// Slot, metrics and access log, finished exactly once.
         done: Option<Completion>,
     },

@@ -12,6 +12,7 @@ pub mod metrics;
 mod server;
 mod service;
 pub mod spec;
+mod upstream;
 
 pub use error::{ProxyError, error_response};
 pub use infergate_auth::{AuthFailure, AuthMode, AuthPolicy};

@@ -209,11 +209,13 @@ impl Server {
         let watcher_task = cert.as_ref().map(|c| c.spawn_watcher(reload_interval));
         let upkeep = {
             let prom = prom.clone();
+            let router = router.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tick.tick().await;
                     prom.run_upkeep();
+                    router.sweep_idle();
                 }
             })
         };

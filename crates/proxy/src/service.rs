@@ -11,9 +11,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use infergate_balance::{Lease, Outcome, PodSpec, PodState, Pool, PoolSettings};
 use infergate_config::ResolvedSettings;
 use infergate_routing::{Action, Deployment, Endpoint, RouteTable};
@@ -33,6 +30,7 @@ use crate::metrics::{
     REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
 use crate::spec::{EndpointSpec, MirrorSpec};
+use crate::upstream::{Checkout, ConnectError, SendError, Upstream};
 
 /// The route table the proxy serves: each endpoint carries its policy, each deployment its
 /// balancer and metric handles.
@@ -306,13 +304,11 @@ fn access_log(
     );
 }
 
-type UpstreamClient = Client<HttpConnector, RequestBody>;
-
-/// The router: the current route table and the pooled client to the pods.
+/// The router: the current route table and the connections to the pods.
 #[derive(Debug)]
 pub struct Router {
     table: ArcSwap<Table>,
-    client: UpstreamClient,
+    upstream: Upstream,
     in_flight: Gauge,
     unrouted: LabelledMetrics,
 }
@@ -320,18 +316,9 @@ pub struct Router {
 impl Router {
     /// A router with an empty table; see [`Router::publish_specs`].
     pub fn new() -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Arc::new(Router {
             table: ArcSwap::from_pointee(Table::default()),
-            client,
+            upstream: Upstream::new(),
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             unrouted: LabelledMetrics::new("", ""),
         })
@@ -410,6 +397,18 @@ impl Router {
         self.table.load_full()
     }
 
+    /// Closes upstream connections idle for longer than the idle timeout (called periodically).
+    pub fn sweep_idle(&self) {
+        let table = self.table.load();
+        for ep in table.endpoints() {
+            for d in ep.deployments.iter() {
+                for pod in d.balancer.pool.pods().iter() {
+                    self.upstream.sweep(pod);
+                }
+            }
+        }
+    }
+
     /// Sets the per-deployment autoscale gauges from the pools (called when `/metrics` is scraped):
     /// busy slots, queued requests, pods, and utilization = (busy + queued) / (pods x slots).
     pub fn update_gauges(&self) {
@@ -468,10 +467,6 @@ impl Router {
             Ok(d) => d,
             Err(e) => return self.fail(ProxyError::Route(e), &ctx, None, None, 0),
         };
-        let upstream_path: &str = match action {
-            Action::Score => &dep.scoring_path,
-            Action::Swagger => &dep.swagger_path,
-        };
         let state = &dep.balancer;
         let settings = dep.settings;
         let limit = settings.max_request_body_bytes;
@@ -503,24 +498,23 @@ impl Router {
             Err(e) => return self.fail(ProxyError::Unavailable(e), &ctx, Some(state), None, 0),
         };
 
-        let authority = parts.uri.authority().map(|a| a.to_string());
         rewrite_request(
             &mut parts.headers,
             &request_id,
             conn.remote.ip(),
             conn.proto,
-            authority.as_deref(),
+            parts.uri.authority().map(|a| a.as_str()),
         );
         let client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
         let shared = RequestShared::new(body);
         let tee = self.mirror_tee(endpoint, action, &parts, roll, &shared);
         let method = parts.method.clone();
-        let uri = std::mem::take(&mut parts.uri);
+        let Some(upstream_uri) = dep.upstream_uri(action, parts.uri.query()) else {
+            let e = ProxyError::UpstreamFailed("the upstream URI could not be built");
+            return self.fail(e, &ctx, Some(state), Some(lease.pod()), 0);
+        };
+        let uri = std::mem::replace(&mut parts.uri, upstream_uri);
         parts.version = Version::HTTP_11;
-        // Kept only where a retry is possible: a request whose connection never opened may go
-        // to another pod, and hyper's client consumes the request it is given.
-        let mut retry_headers = (settings.retry_budget_percent > 0 && state.pool.pods().len() > 1)
-            .then(|| parts.headers.clone());
         let ctx = LogCtx {
             request_id: &request_id,
             endpoint: &endpoint.name,
@@ -529,21 +523,59 @@ impl Router {
             start,
         };
         let timeout = Duration::from_millis(settings.request_timeout_ms);
-        let mut parts = Some(parts);
-        let mut tee = tee;
+        // The request is built once; it comes back untouched when a connection never took it.
+        let mut pending = Some(Request::from_parts(
+            parts,
+            RequestBody::new(shared.clone(), limit, tee),
+        ));
+        let mut may_retry = settings.retry_budget_percent > 0;
 
         let (resp, upstream) = loop {
             let pod = lease.pod().clone();
-            let Some(upstream_uri) = upstream_uri(pod.addr(), upstream_path, uri.query()) else {
-                let e = ProxyError::UpstreamFailed("the upstream URI could not be built");
-                return self.fail(e, &ctx, Some(state), Some(&pod), 0);
+            let deadline = Instant::now() + timeout;
+            let timed_out = |lease: &Lease| {
+                report(lease, state, Outcome::Failure);
+                ProxyError::UpstreamTimeout {
+                    ms: settings.request_timeout_ms,
+                }
             };
-            let mut p = parts.take().expect("parts for this attempt");
-            p.uri = upstream_uri;
-            let up_req =
-                Request::from_parts(p, RequestBody::new(shared.clone(), limit, tee.take()));
+            let conn: Checkout = match tokio::time::timeout_at(
+                deadline,
+                self.upstream.checkout(&pod),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    report(&lease, state, Outcome::Failure);
+                    tracing::debug!(pod = %pod.addr(), error = %e, "upstream connect failed");
+                    // Nothing reached any pod: once, on another pod, within the budget.
+                    if may_retry
+                        && shared.is_unsent()
+                        && state.pool.pods().len() > 1
+                        && state.retry_budget.withdraw()
+                        && let Ok(next) = state
+                            .pool
+                            .acquire_avoiding(roll.rotate_left(21), wait, Some(pod.clone()))
+                            .await
+                    {
+                        may_retry = false;
+                        state.metrics.retries.increment(1);
+                        tracing::debug!(pod = %pod.addr(), next = %next.pod().addr(), "retrying on another pod");
+                        drop(std::mem::replace(&mut lease, next));
+                        continue;
+                    }
+                    return self.fail(connect_error(&e), &ctx, Some(state), Some(&pod), 0);
+                }
+                Err(_) => {
+                    let e = timed_out(&lease);
+                    return self.fail(e, &ctx, Some(state), Some(&pod), 0);
+                }
+            };
+            let mut req = pending.take().expect("the request for this attempt");
+            req.headers_mut().insert(header::HOST, conn.host());
             let sent = Instant::now();
-            match tokio::time::timeout(timeout, self.client.request(up_req)).await {
+            match tokio::time::timeout_at(deadline, conn.send(req)).await {
                 Ok(Ok(r)) => {
                     let upstream = sent.elapsed();
                     let outcome = if r.status().is_server_error() {
@@ -554,34 +586,22 @@ impl Router {
                     report(&lease, state, outcome);
                     break (r, upstream);
                 }
-                Ok(Err(e)) => {
+                // A pooled connection closed before taking the request (the pod ended an idle
+                // keep-alive connection): the same request goes out on a fresh connection.
+                Ok(Err(SendError::NotSent {
+                    req, reused: true, ..
+                })) => {
+                    pending = Some(req);
+                    continue;
+                }
+                Ok(Err(SendError::NotSent { error: e, .. } | SendError::Failed(e))) => {
                     report(&lease, state, Outcome::Failure);
-                    // Retry only what provably never reached a pod: the connection never opened
-                    // and the body was never read. Once, on another pod, within the budget.
-                    if e.is_connect()
-                        && shared.is_unsent()
-                        && let Some(headers) = retry_headers.take()
-                        && state.retry_budget.withdraw()
-                        && let Ok(next) = state
-                            .pool
-                            .acquire_avoiding(roll.rotate_left(21), wait, Some(pod.clone()))
-                            .await
-                    {
-                        state.metrics.retries.increment(1);
-                        tracing::debug!(pod = %pod.addr(), next = %next.pod().addr(), "connect failed; retrying on another pod");
-                        drop(std::mem::replace(&mut lease, next));
-                        parts = Some(request_parts(&method, headers));
-                        continue;
-                    }
                     let n = shared.bytes_in();
                     return self.fail(classify(&e, limit), &ctx, Some(state), Some(&pod), n);
                 }
                 Err(_) => {
-                    report(&lease, state, Outcome::Failure);
+                    let e = timed_out(&lease);
                     let n = shared.bytes_in();
-                    let e = ProxyError::UpstreamTimeout {
-                        ms: settings.request_timeout_ms,
-                    };
                     return self.fail(e, &ctx, Some(state), Some(&pod), n);
                 }
             }
@@ -649,7 +669,7 @@ impl Router {
             Action::Swagger => &target.swagger_path,
         };
         let mirror = MirrorRequest {
-            client: self.client.clone(),
+            upstream: self.upstream.clone(),
             state: state.clone(),
             method: parts.method.clone(),
             path: format!(
@@ -720,7 +740,7 @@ fn request_parts(method: &Method, headers: HeaderMap) -> Parts {
 
 /// A copy of a request for the mirror deployment.
 struct MirrorRequest {
-    client: UpstreamClient,
+    upstream: Upstream,
     state: Arc<DeploymentState>,
     method: Method,
     path: String,
@@ -735,16 +755,23 @@ impl MirrorRequest {
             m.mirror[MIRROR_SKIPPED].increment(1);
             return;
         };
-        let Ok(uri) = Uri::try_from(format!("http://{}{}", lease.pod().addr(), self.path)) else {
+        let Ok(uri) = Uri::try_from(self.path) else {
             m.mirror[MIRROR_FAILED].increment(1);
             return;
         };
         let mut p = request_parts(&self.method, self.headers);
         p.uri = uri;
-        let req = Request::from_parts(p, RequestBody::buffered(body));
+        let pod = lease.pod().clone();
+        let upstream = &self.upstream;
+        let send = async move {
+            let conn = upstream.checkout(&pod).await.ok()?;
+            p.headers.insert(header::HOST, conn.host());
+            let req = Request::from_parts(p, RequestBody::buffered(body));
+            conn.send(req).await.ok()
+        };
         let sent = Instant::now();
-        let ok = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => {
+        let ok = match tokio::time::timeout(self.timeout, send).await {
+            Ok(Some(resp)) => {
                 let ok = !resp.status().is_server_error();
                 // Read the answer to its end so the connection goes back to the pool; keep nothing.
                 let mut b = resp.into_body();
@@ -769,8 +796,8 @@ impl MirrorRequest {
     }
 }
 
-/// Maps a client error to the failure it stands for.
-fn classify(e: &hyper_util::client::legacy::Error, limit: u64) -> ProxyError {
+/// Maps a failed exchange with a pod to the failure it stands for.
+fn classify(e: &hyper::Error, limit: u64) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if s.downcast_ref::<BodyTooLarge>().is_some() {
@@ -778,35 +805,23 @@ fn classify(e: &hyper_util::client::legacy::Error, limit: u64) -> ProxyError {
         }
         src = s.source();
     }
-    if e.is_connect() {
-        return ProxyError::UpstreamConnect;
+    if e.is_parse() || e.is_parse_status() {
+        return ProxyError::UpstreamFailed("malformed response");
     }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() {
-                return ProxyError::UpstreamFailed("malformed response");
-            }
-            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-                return ProxyError::UpstreamFailed("connection closed before a response");
-            }
-        }
-        src = s.source();
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return ProxyError::UpstreamFailed("connection closed before a response");
     }
     ProxyError::UpstreamFailed("connection error")
 }
 
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+/// Maps a failed connect to the failure it stands for.
+fn connect_error(e: &ConnectError) -> ProxyError {
+    match e {
+        ConnectError::Io(_) | ConnectError::Timeout(_) => ProxyError::UpstreamConnect,
+        ConnectError::Handshake(_) => ProxyError::UpstreamFailed("connection error"),
+    }
 }
 
-fn upstream_uri(pod: SocketAddr, path: &str, query: Option<&str>) -> Option<Uri> {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(8 + 47 + path.len() + query.map_or(0, |q| q.len() + 1));
-    write!(s, "http://{pod}{path}").ok()?;
-    if let Some(q) = query {
-        s.push('?');
-        s.push_str(q);
-    }
-    Uri::try_from(s).ok()
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

@@ -83,6 +83,9 @@ pub struct Deployment<B> {
     pub scoring_path: Box<str>,
     /// Swagger path on the pod.
     pub swagger_path: Box<str>,
+    /// `scoring_path` and `swagger_path` as ready-made origin-form URIs (None if they do not
+    /// parse), so a request without a query string costs a reference count, not a parse.
+    uris: [Option<http::Uri>; 2],
     /// Effective request settings.
     pub settings: ResolvedSettings,
     /// Pod addresses.
@@ -165,7 +168,28 @@ impl<B, E> Endpoint<B, E> {
     }
 }
 
+fn origin_uri(path: &str) -> Option<http::Uri> {
+    http::Uri::try_from(path).ok()
+}
+
 impl<B> Deployment<B> {
+    /// The origin-form URI for `action` on a pod: the deployment's path plus the client's query.
+    /// None when the result is not a valid URI.
+    pub fn upstream_uri(&self, action: Action, query: Option<&str>) -> Option<http::Uri> {
+        let (cached, path) = match action {
+            Action::Score => (&self.uris[0], &*self.scoring_path),
+            Action::Swagger => (&self.uris[1], &*self.swagger_path),
+        };
+        let Some(q) = query else {
+            return cached.clone();
+        };
+        let mut s = String::with_capacity(path.len() + 1 + q.len());
+        s.push_str(path);
+        s.push('?');
+        s.push_str(q);
+        http::Uri::try_from(s).ok()
+    }
+
     /// Builds a deployment; an invalid header-value name becomes `invalid` (names are validated upstream).
     pub fn new(
         name: &str,
@@ -179,6 +203,7 @@ impl<B> Deployment<B> {
             header_value: HeaderValue::from_str(name)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             name: name.into(),
+            uris: [origin_uri(scoring_path), origin_uri(swagger_path)],
             scoring_path: scoring_path.into(),
             swagger_path: swagger_path.into(),
             settings,
@@ -193,6 +218,7 @@ impl<B> Deployment<B> {
             header_value: HeaderValue::from_str(&cfg.name)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             name: cfg.name.as_str().into(),
+            uris: [origin_uri(&cfg.scoring_path), origin_uri(&cfg.swagger_path)],
             scoring_path: cfg.scoring_path.as_str().into(),
             swagger_path: cfg.swagger_path.as_str().into(),
             settings,

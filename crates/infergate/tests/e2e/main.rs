@@ -12,6 +12,7 @@ mod routing;
 mod streaming;
 mod support;
 mod tls;
+mod upstream;
 
 use std::time::Duration;
 

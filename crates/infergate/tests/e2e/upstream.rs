@@ -1,0 +1,228 @@
+//! Upstream connections: kept and reused per pod, dropped when the pod closes them or the client
+//! abandons a response, never costing a request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::insecure;
+use crate::support::*;
+
+/// How the raw pod treats a connection after answering.
+#[derive(Clone, Copy)]
+enum AfterAnswer {
+    /// Keep it open for more requests.
+    KeepAlive,
+    /// Close it at once, without saying so (no `Connection: close`): as a server whose
+    /// keep-alive timeout is shorter than the router's idle timeout.
+    Close,
+}
+
+/// A minimal HTTP/1.1 pod that counts connections and requests. `GET /slow` answers the head and
+/// half of a 10-byte body, then the rest after 2 s; anything else answers `ok` at once.
+struct RawPod {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    /// Connections that reached end of file or an error (closed by the router).
+    closed: Arc<AtomicUsize>,
+}
+
+impl RawPod {
+    async fn start(after: AfterAnswer) -> RawPod {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (c, r, x) = (connections.clone(), requests.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, x) = (r.clone(), x.clone());
+                tokio::spawn(async move {
+                    serve_raw(s, after, &r).await;
+                    x.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawPod {
+            addr,
+            connections,
+            requests,
+            closed,
+        }
+    }
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves requests on one connection until the peer closes it or `after` says to stop.
+async fn serve_raw(mut s: TcpStream, after: AfterAnswer, requests: &AtomicUsize) {
+    let mut buf = Vec::new();
+    loop {
+        // Read a head, then as many body bytes as content-length says.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + len);
+        requests.fetch_add(1, Ordering::SeqCst);
+        if head.contains(" /slow ") {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf-")
+                .await;
+            // Meanwhile, notice the router closing the connection.
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = s.read(&mut probe) => return,
+            }
+            if s.write_all(b"done!").await.is_err() {
+                return;
+            }
+        } else if s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let AfterAnswer::Close = after {
+            return;
+        }
+    }
+}
+
+fn one_pod(pod: &RawPod, settings: &str) -> String {
+    insecure(&format!(
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]{settings}}}]",
+        pod.addr
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_share_one_upstream_connection() {
+    let pod = RawPod::start(AfterAnswer::KeepAlive).await;
+    let r = Router::start(&one_pod(&pod, "")).await;
+    // Separate client connections, one after another: the router still needs only one to the pod.
+    for i in 0..20 {
+        let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
+        assert_eq!(a.status, 200, "request {i}: {:?}", a.body);
+        assert_eq!(&a.body[..], b"ok");
+    }
+    assert_eq!(pod.requests(), 20);
+    assert_eq!(
+        pod.connections(),
+        1,
+        "every request reused the first connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_open_no_more_connections_than_slots() {
+    let pod = RawPod::start(AfterAnswer::KeepAlive).await;
+    let r = Router::start(&one_pod(
+        &pod,
+        ", requestSettings: {maxConcurrentRequestsPerInstance: 3, maxQueueWaitMs: 5000}",
+    ))
+    .await;
+    let addr = r.http();
+    let clients = (0..8).map(|_| {
+        tokio::spawn(async move {
+            let mut c = Client::plain(addr, Proto::H1).await;
+            for _ in 0..25 {
+                let a = c.call(post("/api/v1/endpoint/e/score", "{}")).await;
+                assert_eq!(a.status, 200);
+            }
+        })
+    });
+    for c in clients.collect::<Vec<_>>() {
+        c.await.unwrap();
+    }
+    assert_eq!(pod.requests(), 200);
+    let n = pod.connections();
+    assert!(
+        (1..=3).contains(&n),
+        "{n} connections for 3 slots: idle connections were not reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_closing_idle_connections_costs_no_request() {
+    let pod = RawPod::start(AfterAnswer::Close).await;
+    let r = Router::start(&one_pod(&pod, "")).await;
+    let mut c = Client::plain(r.http(), Proto::H1).await;
+    for i in 0..10 {
+        let a = c.call(post("/api/v1/endpoint/e/score", "{}")).await;
+        assert_eq!(a.status, 200, "request {i}: {:?}", a.body);
+        // Give the pod's close time to arrive, as after any idle period.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(pod.requests(), 10);
+    assert_eq!(pod.connections(), 10, "a closed connection is never reused");
+    assert_eq!(
+        metric(&metrics_text(&r).await, "infergate_retries_total"),
+        0.0,
+        "a stale pooled connection is not a pod failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_response_closes_its_connection_and_the_next_request_gets_a_new_one() {
+    let pod = RawPod::start(AfterAnswer::KeepAlive).await;
+    let r = Router::start(&one_pod(&pod, ", scoringPath: /slow")).await;
+    {
+        let mut c = Client::plain(r.http(), Proto::H1).await;
+        let resp = c
+            .send(post("/api/v1/endpoint/e/score", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"half-");
+        // The client goes away in the middle of the body.
+    }
+    // The router closes the pod connection: an HTTP/1.1 response cannot be abandoned otherwise.
+    assert!(
+        eventually(Duration::from_secs(1), async || pod.closed() >= 1).await,
+        "the abandoned upstream connection was not closed"
+    );
+    // The next request gets a fresh connection and its whole answer.
+    let mut c = Client::plain(r.http(), Proto::H1).await;
+    let a = c.call(post("/api/v1/endpoint/e/score", "{}")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], b"half-done!");
+    assert_eq!(pod.connections(), 2);
+}

@@ -1,0 +1,331 @@
+//! HTTP/1.1 connections to pods, driven by the request that uses them.
+//!
+//! hyper-util's pooled client runs every upstream connection in a task of its own, so each
+//! request crosses tasks twice (the request goes to the connection's task through a channel, the
+//! response comes back through another) and the scheduler runs three tasks per request. Here a
+//! connection is owned by the request using it, as in pingora: the request's own task polls the
+//! connection while it waits for the response head ([`Checkout::send`]), and the response body
+//! polls it while the answer streams ([`UpstreamBody`]). When the answer has ended the connection
+//! goes back to its pod's idle list; an idle connection belongs to no task.
+//!
+//! The idle list hangs off the balancer's per-pod state ([`PodState::extension`]): no lookup per
+//! request, and a pod's connections close when the pod has left the pool and its last request
+//! is done. A pooled connection is checked before use (a closed one is dropped); a request that
+//! a pooled connection never started writing is sent again on a fresh connection to the same pod.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use infergate_balance::PodState;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+
+type Conn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// How connections to pods are opened and kept.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    builder: http1::Builder,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_pod: usize,
+}
+
+impl Upstream {
+    /// Connect within 3 s, keep idle connections for 60 s, at most 1024 idle per pod.
+    pub(crate) fn new() -> Self {
+        Upstream {
+            builder: http1::Builder::new(),
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_pod: 1024,
+        }
+    }
+
+    /// A connection to `pod`: its most recently used live idle connection, or a new one.
+    pub(crate) async fn checkout(&self, pod: &Arc<PodState>) -> Result<Checkout, ConnectError> {
+        let conns = pod.extension(PodConns::new);
+        loop {
+            let Some(mut c) = conns.idle.lock().pop() else {
+                break;
+            };
+            if c.idle_since.elapsed() >= self.idle_timeout {
+                // Newest first: every other idle connection is older still.
+                conns.idle.lock().clear();
+                break;
+            }
+            if poll_fn(|cx| Poll::Ready(c.revive(cx))).await {
+                return Ok(Checkout {
+                    conn: c,
+                    pod: pod.clone(),
+                    reused: true,
+                    max_idle: self.max_idle_per_pod,
+                });
+            }
+        }
+        let conn = self.connect(pod).await?;
+        Ok(Checkout {
+            conn,
+            pod: pod.clone(),
+            reused: false,
+            max_idle: self.max_idle_per_pod,
+        })
+    }
+
+    async fn connect(&self, pod: &PodState) -> Result<UpConn, ConnectError> {
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(pod.addr()))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Err(_) => return Err(ConnectError::Timeout(self.connect_timeout)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let (tx, conn) = self
+            .builder
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        Ok(UpConn {
+            tx,
+            conn,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Closes idle connections unused for longer than the idle timeout.
+    pub(crate) fn sweep(&self, pod: &PodState) {
+        if let Some(conns) = pod.extension_get::<PodConns>() {
+            let mut idle = conns.idle.lock();
+            // Oldest first in the list.
+            let expired = idle
+                .iter()
+                .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
+                .count();
+            idle.drain(..expired);
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// The TCP connect failed (refused, unreachable, ...).
+    #[error("connect: {0}")]
+    Io(std::io::Error),
+    /// The TCP connect did not finish in time.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// hyper refused the connection (does not happen for plain HTTP/1.1).
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// Why a request failed on its connection.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The connection closed before the request was written: nothing reached the pod, and the
+    /// request is given back untouched.
+    NotSent {
+        /// The request, as it was given.
+        req: Request<RequestBody>,
+        /// Whether the connection came from the idle list (a fresh one was never used).
+        reused: bool,
+        /// hyper's error.
+        error: hyper::Error,
+    },
+    /// The request may have reached the pod, which did not answer properly.
+    Failed(hyper::Error),
+}
+
+/// One pod's idle connections and its `Host` value.
+#[derive(Debug)]
+struct PodConns {
+    /// Oldest first; taken and returned at the end.
+    idle: parking_lot::Mutex<Vec<UpConn>>,
+    host: HeaderValue,
+}
+
+impl PodConns {
+    fn new(pod: &PodState) -> Self {
+        PodConns {
+            idle: parking_lot::Mutex::new(Vec::new()),
+            host: HeaderValue::try_from(pod.addr().to_string())
+                .expect("a socket address is a valid header value"),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection: the sending half and the connection state machine that must be
+/// polled for anything to move.
+struct UpConn {
+    tx: http1::SendRequest<RequestBody>,
+    conn: Conn,
+    idle_since: Instant,
+}
+
+impl std::fmt::Debug for UpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpConn")
+            .field("idle_since", &self.idle_since)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpConn {
+    /// Moves the connection along (reads, writes). Ready once it has ended (closed by either
+    /// side or failed); it must not be polled again after that.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(|_| ())
+    }
+
+    /// Whether an idle connection can take a request now (still open and ready).
+    fn revive(&mut self, cx: &mut Context<'_>) -> bool {
+        self.poll_conn(cx).is_pending() && self.tx.is_ready()
+    }
+}
+
+/// A connection taken for one request.
+#[derive(Debug)]
+pub(crate) struct Checkout {
+    conn: UpConn,
+    pod: Arc<PodState>,
+    reused: bool,
+    max_idle: usize,
+}
+
+impl Checkout {
+    /// The `Host` value for requests to this pod.
+    pub(crate) fn host(&self) -> HeaderValue {
+        self.pod.extension(PodConns::new).host.clone()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and waits for the response head, driving the
+    /// connection from this task. The response body keeps driving it.
+    pub(crate) async fn send(
+        mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let mut fut = std::pin::pin!(self.conn.tx.try_send_request(req));
+        let mut ended = false;
+        let res = poll_fn(|cx| {
+            if !ended && self.conn.poll_conn(cx).is_ready() {
+                // The connection is over; the response future resolves (with an error when no
+                // response came) without more polling of the connection.
+                ended = true;
+            }
+            fut.as_mut().poll(cx)
+        })
+        .await;
+        match res {
+            Ok(resp) => {
+                let (parts, inner) = resp.into_parts();
+                let conn = (!ended).then_some(self);
+                Ok(Response::from_parts(parts, UpstreamBody { inner, conn }))
+            }
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(SendError::NotSent {
+                    req,
+                    reused: self.reused,
+                    error: e.into_error(),
+                }),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        }
+    }
+
+    /// Back to the pod's idle list (most recent last).
+    fn put_back(mut self) {
+        let conns = self.pod.extension(PodConns::new);
+        self.conn.idle_since = Instant::now();
+        let mut idle = conns.idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push(self.conn);
+        }
+    }
+}
+
+/// A pod's response body. Polling it also drives the connection it arrives on; once the body
+/// has ended, the connection goes back to the pod's idle list. Dropped before its end, it closes
+/// the connection (the only way to abandon an HTTP/1.1 response).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<Checkout>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut c) = self.conn.take() {
+            // One more turn lets the connection settle into idle (and shows if it closed).
+            if c.conn.poll_conn(cx).is_pending() {
+                c.put_back();
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let r = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let Some(c) = &mut this.conn else {
+                    return Poll::Pending;
+                };
+                // Read what has arrived into the body, then look again.
+                if c.conn.poll_conn(cx).is_ready() {
+                    this.conn = None;
+                }
+                ready!(Pin::new(&mut this.inner).poll_frame(cx))
+            }
+        };
+        match &r {
+            None => this.release(cx),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(cx),
+            Some(Err(_)) => this.conn = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper drops a body it knows has ended (an empty one, say) without polling it: the
+        // connection is fine, and its next user polls it first.
+        if let Some(c) = self.conn.take()
+            && self.inner.is_end_stream()
+        {
+            c.put_back();
+        }
+    }
+}
