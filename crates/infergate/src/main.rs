@@ -86,6 +86,9 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == Some(1) && std::env::var_os("IG_EXPERIMENT_CURRENT").is_some() {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         b.worker_threads(n.max(1));

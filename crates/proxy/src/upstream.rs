@@ -101,7 +101,7 @@ impl Upstream {
             .map_err(ConnectError::Handshake)?;
         Ok(UpConn {
             tx,
-            conn,
+            conn: Box::new(conn),
             idle_since: Instant::now(),
         })
     }
@@ -173,7 +173,9 @@ impl PodConns {
 /// polled for anything to move.
 struct UpConn {
     tx: http1::SendRequest<RequestBody>,
-    conn: Conn,
+    /// Boxed (once per connection): hyper's connection state is ~700 bytes, and the response
+    /// body that carries it is moved several times per request.
+    conn: Box<Conn>,
     idle_since: Instant,
 }
 
@@ -189,7 +191,7 @@ impl UpConn {
     /// Moves the connection along (reads, writes). Ready once it has ended (closed by either
     /// side or failed); it must not be polled again after that.
     fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.conn).poll(cx).map(|_| ())
+        Pin::new(&mut *self.conn).poll(cx).map(|_| ())
     }
 
     /// Whether an idle connection can take a request now (still open and ready).
