@@ -166,7 +166,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let pod = mock("slow", 1500).await;
     let dir = tempfile::tempdir().unwrap();
     let f = one_pod_config(dir.path(), &pod);
-    let mut b = Bin::spawn(&["serve", "--config", &f]);
+    // One worker: the single-threaded runtime serves, handles the signal and drains too.
+    let mut b = Bin::spawn(&["serve", "--config", &f, "--workers", "1"]);
     let http = b.listening("http");
     let admin = b.listening("admin");
     let inflight =
