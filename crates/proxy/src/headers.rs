@@ -32,6 +32,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names present costs less than nine lookups.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -65,6 +69,16 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
+/// An address as a header value, formatted on the stack (one allocation, not two).
+fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 48]; // the longest IPv6 text form is 45 bytes
+    let mut w = &mut buf[..];
+    write!(w, "{ip}").ok()?;
+    let n = 48 - w.len();
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
 /// Rewrites the client's request headers for the pod.
 ///
 /// Removes hop-by-hop headers and `Host` (the client sets the pod's), sets the request id,
@@ -86,10 +100,12 @@ pub fn rewrite_request(
         h.remove(X_MS_CLIENT_REQUEST_ID);
     }
     let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip.to_string(),
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::try_from(format!("{prev}, {client_ip}")).ok()
+        }
+        _ => ip_header_value(client_ip),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -155,6 +171,12 @@ mod tests {
         assert!(h.get(header::HOST).is_none());
         assert!(h.get(X_MS_CLIENT_REQUEST_ID).is_none());
         assert_eq!(id.len(), 36);
+
+        let mut h = HeaderMap::new();
+        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        rewrite_request(&mut h, &id, v6, "http", Some("a.example:8443"));
+        assert_eq!(h[X_FORWARDED_FOR], v6.to_string().as_str());
+        assert_eq!(h[X_FORWARDED_HOST], "a.example:8443");
         assert_ne!(id, new_request_id());
     }
 }
