@@ -173,7 +173,9 @@ mod tests {
         assert_eq!(id.len(), 36);
 
         let mut h = HeaderMap::new();
-        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
         rewrite_request(&mut h, &id, v6, "http", Some("a.example:8443"));
         assert_eq!(h[X_FORWARDED_FOR], v6.to_string().as_str());
         assert_eq!(h[X_FORWARDED_HOST], "a.example:8443");

@@ -539,14 +539,15 @@ impl Router {
                     ms: settings.request_timeout_ms,
                 }
             };
-            let conn: Checkout = match tokio::time::timeout_at(
-                deadline,
-                self.upstream.checkout(&pod),
-            )
-            .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
+            // No timer here: a pooled connection is at hand at once, and a connect is bounded
+            // by the deadline inside `checkout`.
+            let conn: Checkout = match self.upstream.checkout(&pod, deadline).await {
+                Ok(c) => c,
+                Err(ConnectError::Deadline) => {
+                    let e = timed_out(&lease);
+                    return self.fail(e, &ctx, Some(state), Some(&pod), 0);
+                }
+                Err(e) => {
                     report(&lease, state, Outcome::Failure);
                     tracing::debug!(pod = %pod.addr(), error = %e, "upstream connect failed");
                     // Nothing reached any pod: once, on another pod, within the budget.
@@ -566,10 +567,6 @@ impl Router {
                         continue;
                     }
                     return self.fail(connect_error(&e), &ctx, Some(state), Some(&pod), 0);
-                }
-                Err(_) => {
-                    let e = timed_out(&lease);
-                    return self.fail(e, &ctx, Some(state), Some(&pod), 0);
                 }
             };
             let mut req = pending.take().expect("the request for this attempt");
@@ -764,7 +761,10 @@ impl MirrorRequest {
         let pod = lease.pod().clone();
         let upstream = &self.upstream;
         let send = async move {
-            let conn = upstream.checkout(&pod).await.ok()?;
+            let conn = upstream
+                .checkout(&pod, Instant::now() + self.timeout)
+                .await
+                .ok()?;
             p.headers.insert(header::HOST, conn.host());
             let req = Request::from_parts(p, RequestBody::buffered(body));
             conn.send(req).await.ok()
@@ -818,6 +818,7 @@ fn classify(e: &hyper::Error, limit: u64) -> ProxyError {
 fn connect_error(e: &ConnectError) -> ProxyError {
     match e {
         ConnectError::Io(_) | ConnectError::Timeout(_) => ProxyError::UpstreamConnect,
+        ConnectError::Deadline => ProxyError::UpstreamFailed("request deadline passed"),
         ConnectError::Handshake(_) => ProxyError::UpstreamFailed("connection error"),
     }
 }

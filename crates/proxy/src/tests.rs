@@ -64,4 +64,3 @@ async fn publishing_shares_unchanged_endpoints_and_keeps_changed_ones_state() {
         .collect();
     assert_eq!(pods, vec![5000, 5002]);
 }
-

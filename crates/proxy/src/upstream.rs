@@ -53,8 +53,13 @@ impl Upstream {
         }
     }
 
-    /// A connection to `pod`: its most recently used live idle connection, or a new one.
-    pub(crate) async fn checkout(&self, pod: &Arc<PodState>) -> Result<Checkout, ConnectError> {
+    /// A connection to `pod`: its most recently used live idle connection, or a new one opened
+    /// before `deadline` (the request's) and within the connect timeout.
+    pub(crate) async fn checkout(
+        &self,
+        pod: &Arc<PodState>,
+        deadline: Instant,
+    ) -> Result<Checkout, ConnectError> {
         let conns = pod.extension(PodConns::new);
         loop {
             let Some(mut c) = conns.idle.lock().pop() else {
@@ -74,7 +79,7 @@ impl Upstream {
                 });
             }
         }
-        let conn = self.connect(pod).await?;
+        let conn = self.connect(pod, deadline).await?;
         Ok(Checkout {
             conn,
             pod: pod.clone(),
@@ -83,12 +88,14 @@ impl Upstream {
         })
     }
 
-    async fn connect(&self, pod: &PodState) -> Result<UpConn, ConnectError> {
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(pod.addr()))
+    async fn connect(&self, pod: &PodState, deadline: Instant) -> Result<UpConn, ConnectError> {
+        let own = Instant::now() + self.connect_timeout;
+        let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(pod.addr()))
             .await
         {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Err(_) if deadline <= own => return Err(ConnectError::Deadline),
             Err(_) => return Err(ConnectError::Timeout(self.connect_timeout)),
         };
         let _ = tcp.set_nodelay(true);
@@ -129,6 +136,9 @@ pub(crate) enum ConnectError {
     /// The TCP connect did not finish in time.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The request's own deadline passed while connecting.
+    #[error("the request deadline passed while connecting")]
+    Deadline,
     /// hyper refused the connection (does not happen for plain HTTP/1.1).
     #[error("handshake: {0}")]
     Handshake(hyper::Error),

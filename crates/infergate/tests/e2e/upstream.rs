@@ -226,3 +226,40 @@ async fn an_abandoned_response_closes_its_connection_and_the_next_request_gets_a
     assert_eq!(&a.body[..], b"half-done!");
     assert_eq!(pod.connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_hangs_past_the_request_timeout_is_504() {
+    // A listener that never accepts, its backlog filled: further connects get no answer to
+    // their SYN and hang, as to a pod behind a dropped route.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = sock.listen(0).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr))
+            .await
+            .is_err(),
+        "the backlog is full: a connect hangs"
+    );
+    let r = Router::start(&insecure(&format!(
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{addr}\"], requestSettings: {{requestTimeoutMs: 400}}}}]"
+    )))
+    .await;
+    let t0 = std::time::Instant::now();
+    let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
+    a.assert_error(504, "UpstreamTimeout");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "answered after {took:?}: the request timeout, not the 3 s connect timeout, applies"
+    );
+    drop((l, fillers));
+}
