@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# A/B of infergate builds against HAProxy, for tuning the data path: layout A of
+# ../shared/BENCHMARKING.md (proxy + mock on CPU 0, `wrk -t1 -c64` with a 1 KiB JSON POST on
+# CPU 1), one worker each, ROUNDS interleaved rounds of DURATION seconds. Per run: req/s, proxy
+# CPU us/request (utime + stime from /proc), the mock's CPU us/request, and the proxy's
+# voluntary / involuntary context switches per request; then medians per target and each
+# target's CPU per request as a multiple of HAProxy's in the same rounds.
+#
+#   bash benches/scripts/ab.sh NAME=path/to/infergate [NAME=path ...]
+#   ROUNDS=5 DURATION=4 bash benches/scripts/ab.sh old=/tmp/infergate.old new=target/release/infergate
+#
+# Build variants with `cargo build --profile fastbench -p infergate` (no LTO, incremental) and
+# copy each binary aside. Needs haproxy and wrk (apt-get install haproxy wrk). Everything runs on
+# 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+[ $# -ge 1 ] || { sed -n 2,14p "$0"; exit 2; }
+ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-4}"
+for tool in haproxy wrk taskset; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install haproxy wrk" >&2; exit 1; }
+done
+MOCK="${MOCK:-${CARGO_TARGET_DIR:-target}/release/mock-model}"
+[ -x "$MOCK" ] || cargo build --release --quiet -p mock-model
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+MOCK_PORT=18901; IG_PORT=18910; HA_PORT=18930
+URL_PATH=/api/v1/endpoint/bench/score
+head -c 1000 /dev/zero | tr '\0' 'x' | sed 's/^/{"data":"/; s/$/"}/' > "$WORK/body.json"
+cat > "$WORK/post.lua" <<LUA
+local f = io.open("$WORK/body.json", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+LUA
+cat > "$WORK/infergate.yaml" <<YAML
+allowInsecureConnections: true
+listen: {http: "127.0.0.1:$IG_PORT", admin: "127.0.0.1:18919"}
+defaults: {maxConcurrentRequestsPerInstance: 1000, maxQueueWaitMs: 500, requestTimeoutMs: 5000}
+endpoints:
+  - name: bench
+    auth: {mode: none}
+    deployments:
+      - name: d
+        pods: ["127.0.0.1:$MOCK_PORT"]
+YAML
+cat > "$WORK/haproxy.cfg" <<CFG
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 60s
+frontend f
+    bind 127.0.0.1:$HA_PORT
+    default_backend b
+backend b
+    http-reuse always
+    http-request set-path /score
+    server mock 127.0.0.1:$MOCK_PORT
+CFG
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v, n}'; }
+
+# run NAME PORT CMD...: one measured run, one line on stdout.
+run() {
+    local name=$1 port=$2; shift 2
+    taskset -c 0 env TOKIO_WORKER_THREADS=1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --name mock >/dev/null 2>&1 &
+    local mock=$!; PIDS+=("$mock")
+    taskset -c 0 "$@" >"$WORK/$name.log" 2>&1 &
+    local px=$!; PIDS+=("$px")
+    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    local url="http://127.0.0.1:$port$URL_PATH"
+    taskset -c 1 wrk -t1 -c64 -d1s -s "$WORK/post.lua" "$url" >/dev/null
+    local c0 m0 x0 c1 m1 x1 out
+    c0=$(cpu "$px"); m0=$(cpu "$mock"); x0=$(switches "$px")
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" -s "$WORK/post.lua" "$url")
+    c1=$(cpu "$px"); m1=$(cpu "$mock"); x1=$(switches "$px")
+    kill "$px" "$mock" 2>/dev/null; wait "$px" "$mock" 2>/dev/null || true
+    python3 - "$name" "$out" "$c0" "$c1" "$m0" "$m1" "$x0" "$x1" "$(getconf CLK_TCK)" <<'PY'
+import re, sys
+name, out, c0, c1, m0, m1, x0, x1, tck = sys.argv[1:]
+n = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+v0, i0 = map(int, x0.split()); v1, i1 = map(int, x1.split())
+us = lambda a, b: (int(b) - int(a)) / int(tck) / n * 1e6
+print(f"{name} {rps:.0f} {us(c0, c1):.1f} {us(m0, m1):.1f} {(v1 - v0) / n:.2f} {(i1 - i0) / n:.2f} {bad.group(1) if bad else 0}")
+PY
+}
+
+echo "target req/s proxy_us/req mock_us/req vol_cs/req invol_cs/req non2xx" | tee "$WORK/runs.txt"
+for r in $(seq "$ROUNDS"); do
+    for v in "$@" haproxy; do
+        if [ "$v" = haproxy ]; then
+            run haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db
+        else
+            run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${v#*=}" serve --config "$WORK/infergate.yaml" --workers 1
+        fi
+    done | tee -a "$WORK/runs.txt"
+done
+python3 - "$WORK/runs.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
+by = {}
+for name, rps, cpu, mock, vol, inv, bad in rows:
+    by.setdefault(name, []).append((float(rps), float(cpu), float(mock), float(inv)))
+med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in by.items()}
+ha = med["haproxy"][1]
+print("\nmedians:")
+for k, (rps, cpu, mock, inv) in med.items():
+    print(f"  {k:12s} {rps:8.0f} req/s  {cpu:6.1f} proxy us/req ({cpu / ha:.2f}x HAProxy)  mock {mock:5.1f} us/req  {inv:.2f} preemptions/req")
+PY
