@@ -341,3 +341,121 @@ impl Drop for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use infergate_balance::{Pool, PoolSettings};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A pod answering `ok` to every request on a connection until the peer closes it; counts
+    /// connections opened and connections the router closed.
+    async fn pod() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, c) = (opened.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                o.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            // Requests here are heads without a body, one per read.
+                            Ok(_) => {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if s.write_all(ok).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, opened, closed)
+    }
+
+    async fn exchange(up: &Upstream, pod: &Arc<PodState>) {
+        let c = up
+            .checkout(pod, Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut req = Request::new(RequestBody::buffered(Vec::new()));
+        *req.uri_mut() = http::Uri::from_static("/score");
+        req.headers_mut().insert(http::header::HOST, c.host());
+        let resp = c.send(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_then_closed_after_the_idle_timeout() {
+        let (addr, opened, closed) = pod().await;
+        let pool = Pool::new(&[addr.into()], PoolSettings::default());
+        let pod = pool.pods()[0].clone();
+        let up = Upstream {
+            idle_timeout: Duration::from_millis(100),
+            ..Upstream::new()
+        };
+        for _ in 0..3 {
+            exchange(&up, &pod).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "one connection, reused");
+        let idle = || pod.extension_get::<PodConns>().unwrap().idle.lock().len();
+        assert_eq!(idle(), 1);
+
+        // The sweep leaves a fresh idle connection alone and closes an expired one.
+        up.sweep(&pod);
+        assert_eq!(idle(), 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        up.sweep(&pod);
+        assert_eq!(idle(), 0);
+        for _ in 0..100 {
+            if closed.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.load(Ordering::SeqCst), 1, "the pod saw the close");
+
+        // An expired connection is not used even without a sweep.
+        exchange(&up, &pod).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        exchange(&up, &pod).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_pods_connections_close_when_the_pod_leaves_and_its_last_user_is_done() {
+        let (addr, opened, closed) = pod().await;
+        let pool = Pool::new(&[addr.into()], PoolSettings::default());
+        let up = Upstream::new();
+        {
+            let pod = pool.pods()[0].clone();
+            exchange(&up, &pod).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        pool.set_pods(&[], PoolSettings::default());
+        for _ in 0..100 {
+            if closed.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            1,
+            "the idle connection closed with its pod"
+        );
+    }
+}
