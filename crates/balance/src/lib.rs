@@ -197,6 +197,8 @@ pub enum Outcome {
 const EWMA_TAU_NS: f64 = 10e9;
 /// A pod with no latency sample for this long is treated as unknown again (probed).
 const PROBE_AFTER_NS: u64 = 10_000_000_000;
+/// How long the fastest latency found by a full scan may stand in for a new scan.
+const BEST_HINT_TTL_NS: u64 = 100_000_000;
 
 #[derive(Debug)]
 struct Shared {
@@ -206,6 +208,11 @@ struct Shared {
     epoch: tokio::time::Instant,
     /// Mirrors `queue.len()` so the fast path can see waiters without the lock.
     waiting: AtomicUsize,
+    /// The fastest latency estimate the last full scan of [`Shared::worth_taking`] found (ns;
+    /// 0: none), and when (pool clock, ns). A pod within 2x of it is worth taking without a
+    /// new O(pods) scan.
+    best_hint: AtomicU64,
+    best_hint_at: AtomicU64,
     queue: Mutex<VecDeque<Waiter>>,
 }
 
@@ -301,6 +308,8 @@ impl Pool {
                 settings: parking_lot::RwLock::new(settings),
                 epoch: tokio::time::Instant::now(),
                 waiting: AtomicUsize::new(0),
+                best_hint: AtomicU64::new(0),
+                best_hint_at: AtomicU64::new(0),
                 queue: Mutex::new(VecDeque::new()),
             }),
         }
@@ -526,6 +535,16 @@ impl Shared {
         if l == 0 {
             return true;
         }
+        // The common case, every pod about as fast: no scan. A hint that is too low (the fastest
+        // pod left or slowed down) only sends this to the exact scan below; one that is too high
+        // (a faster pod appeared) lasts at most BEST_HINT_TTL_NS.
+        let hint = self.best_hint.load(Ordering::Relaxed);
+        if hint != 0
+            && l <= hint.saturating_mul(2)
+            && now.saturating_sub(self.best_hint_at.load(Ordering::Relaxed)) < BEST_HINT_TTL_NS
+        {
+            return true;
+        }
         let mut best = u64::MAX;
         let mut mu = 0.0f64; // completions per ns of the pods more than twice as fast
         for (j, p) in pods.iter().enumerate() {
@@ -538,6 +557,9 @@ impl Shared {
                 mu += f64::from(limit) / e as f64;
             }
         }
+        let seen = best.min(l);
+        self.best_hint.store(seen, Ordering::Relaxed);
+        self.best_hint_at.store(now, Ordering::Relaxed);
         if best == u64::MAX || l <= best.saturating_mul(2) || mu == 0.0 {
             return true;
         }

@@ -526,3 +526,30 @@ async fn a_much_slower_free_pod_is_skipped_while_a_fast_slot_will_free_sooner() 
     assert_eq!(probe.pod().addr(), slow.addr());
     drop((held, probe));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_fastest_latency_hint_skips_the_scan_for_a_while_then_the_exact_rule_applies() {
+    let p = mk_pool(2, 1);
+    let pods = p.pods();
+    let (fast, slow) = (pods[0].clone(), pods[1].clone());
+    // Only the slow pod has an estimate: a scan finds nothing faster, and the hint is 400 ms.
+    sample(&p, &slow, 400);
+    let l = p.try_acquire_avoiding(0, &fast).unwrap();
+    drop(l);
+    // Now the fast pod is known (20 ms) and busy. Within the hint's lifetime the slow pod is
+    // judged against the hint (400 ms, "as fast as the fastest") and taken without a scan...
+    sample(&p, &fast, 20);
+    let held = p.try_acquire_avoiding(0, &slow).unwrap();
+    let within = p.try_acquire(2);
+    assert_eq!(within.as_ref().map(|l| l.pod().addr()), Some(slow.addr()));
+    drop(within);
+    // ...and once it has expired, the exact rule: 20 ms of waiting + 20 ms beats 400 ms.
+    tokio::time::advance(Duration::from_millis(150)).await;
+    assert!(
+        p.try_acquire(2).is_none(),
+        "a stale hint must not keep sending requests to a slow pod"
+    );
+    // The scan refreshed the hint to 20 ms: the slow pod stays skipped without waiting again.
+    assert!(p.try_acquire(3).is_none());
+    drop(held);
+}
