@@ -66,8 +66,10 @@ impl Upstream {
                 break;
             };
             if c.idle_since.elapsed() >= self.idle_timeout {
-                // Newest first: every other idle connection is older still.
-                conns.idle.lock().clear();
+                // Newest first: every other idle connection is older still. They close
+                // (sockets shut) after the lock is released.
+                let expired = std::mem::take(&mut *conns.idle.lock());
+                drop(expired);
                 break;
             }
             if poll_fn(|cx| Poll::Ready(c.revive(cx))).await {
@@ -116,13 +118,17 @@ impl Upstream {
     /// Closes idle connections unused for longer than the idle timeout.
     pub(crate) fn sweep(&self, pod: &PodState) {
         if let Some(conns) = pod.extension_get::<PodConns>() {
-            let mut idle = conns.idle.lock();
-            // Oldest first in the list.
-            let expired = idle
-                .iter()
-                .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
-                .count();
-            idle.drain(..expired);
+            let expired: Vec<UpConn> = {
+                let mut idle = conns.idle.lock();
+                // Oldest first in the list.
+                let n = idle
+                    .iter()
+                    .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
+                    .count();
+                idle.drain(..n).collect()
+            };
+            // Closed outside the lock.
+            drop(expired);
         }
     }
 }
