@@ -539,8 +539,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let conn =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
             tokio::select! {
-                _ = conn => {}
+                biased;
                 _ = down.wait_for(|d| *d) => {}
+                _ = conn => {}
             }
         });
     }
@@ -663,6 +664,17 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     }
     let params: BTreeMap<String, String> = query_pairs(&query).into_iter().collect();
     let mut st = shared.state.lock();
+    // Checked under the state lock: `set_down` flips the flag and then clears the watches under
+    // it, so a request either ran before the outage (and its watch was cleared) or is refused.
+    // Without this, a request already on an open connection could register a watch after the
+    // clear and deliver changes made during the "outage".
+    if *shared.down.borrow() {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the API server is down (test)",
+        );
+    }
     let Some(ap) = parse_path(&st, &path) else {
         return fail(
             StatusCode::NOT_FOUND,
