@@ -21,30 +21,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// Per-request state shared by the attempts of one request: the client's body until an attempt
-/// starts reading it (so a request whose connection never opened can be sent again), and the
-/// bytes read so far (for the access log).
+/// What the request's bookkeeping needs to know about the client's body while the body itself
+/// belongs to the upstream connection: its size up front, and the bytes read so far (for the
+/// access log).
 #[derive(Debug)]
 pub struct RequestShared {
-    unsent: parking_lot::Mutex<Option<Incoming>>,
     hint: SizeHint,
     empty: bool,
     bytes_in: AtomicU64,
 }
 
 impl RequestShared {
-    /// Holds `body` until an attempt reads it.
-    pub fn new(body: Incoming) -> Arc<Self> {
+    /// The facts about `body` known before it is read.
+    pub fn new(body: &Incoming) -> Arc<Self> {
         Arc::new(RequestShared {
             hint: body.size_hint(),
             empty: body.is_end_stream(),
-            unsent: parking_lot::Mutex::new(Some(body)),
             bytes_in: AtomicU64::new(0),
         })
-    }
-    /// Whether no attempt has read the body yet (so no body byte went to any pod).
-    pub fn is_unsent(&self) -> bool {
-        self.unsent.lock().is_some()
     }
     /// Bytes of the client's body read so far.
     pub fn bytes_in(&self) -> u64 {
@@ -119,8 +113,6 @@ impl Tee {
 }
 
 enum Source {
-    /// Not read yet: the body is still in [`RequestShared`].
-    Pending,
     Streaming(Incoming),
     /// A mirror copy.
     Buffered(std::collections::VecDeque<Bytes>),
@@ -145,10 +137,10 @@ impl std::fmt::Debug for RequestBody {
 }
 
 impl RequestBody {
-    /// The client's body, taken from `shared` when the first frame is asked for.
-    pub fn new(shared: Arc<RequestShared>, limit: u64, tee: Option<Tee>) -> Self {
+    /// The client's body, counted into `shared`.
+    pub fn new(body: Incoming, shared: Arc<RequestShared>, limit: u64, tee: Option<Tee>) -> Self {
         RequestBody {
-            source: Source::Pending,
+            source: Source::Streaming(body),
             shared: Some(shared),
             limit,
             seen: 0,
@@ -177,17 +169,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Source::Pending = this.source {
-            let taken = this.shared.as_ref().and_then(|s| s.unsent.lock().take());
-            match taken {
-                Some(b) => this.source = Source::Streaming(b),
-                None => return Poll::Ready(Some(Err("request body already taken".into()))),
-            }
-        }
         let inner = match &mut this.source {
             Source::Streaming(b) => b,
             Source::Buffered(q) => return Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
-            Source::Pending => unreachable!("set just above"),
         };
         match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -228,7 +212,6 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Pending => self.shared.as_ref().is_none_or(|s| s.empty),
             Source::Streaming(b) => b.is_end_stream(),
             Source::Buffered(q) => q.is_empty(),
         }
@@ -236,11 +219,6 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Pending => self
-                .shared
-                .as_ref()
-                .map(|s| s.hint.clone())
-                .unwrap_or_default(),
             Source::Streaming(b) => b.size_hint(),
             Source::Buffered(q) => SizeHint::with_exact(q.iter().map(|b| b.len() as u64).sum()),
         }

@@ -506,7 +506,7 @@ impl Router {
             parts.uri.authority().map(|a| a.as_str()),
         );
         let client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
-        let shared = RequestShared::new(body);
+        let shared = RequestShared::new(&body);
         let tee = self.mirror_tee(endpoint, action, &parts, roll, &shared);
         let method = parts.method.clone();
         let Some(upstream_uri) = dep.upstream_uri(action, parts.uri.query()) else {
@@ -526,7 +526,7 @@ impl Router {
         // The request is built once; it comes back untouched when a connection never took it.
         let mut pending = Some(Request::from_parts(
             parts,
-            RequestBody::new(shared.clone(), limit, tee),
+            RequestBody::new(body, shared.clone(), limit, tee),
         ));
         let mut may_retry = settings.retry_budget_percent > 0;
 
@@ -550,9 +550,9 @@ impl Router {
                 Err(e) => {
                     report(&lease, state, Outcome::Failure);
                     tracing::debug!(pod = %pod.addr(), error = %e, "upstream connect failed");
-                    // Nothing reached any pod: once, on another pod, within the budget.
+                    // Nothing reached any pod (the request is handed to a connection only once
+                    // one is open): once, on another pod, within the budget.
                     if may_retry
-                        && shared.is_unsent()
                         && state.pool.pods().len() > 1
                         && state.retry_budget.withdraw()
                         && let Ok(next) = state
