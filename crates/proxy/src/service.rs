@@ -661,22 +661,11 @@ impl Router {
             state.metrics.mirror[MIRROR_SKIPPED].increment(1);
             return None;
         }
-        let path = match action {
-            Action::Score => &target.scoring_path,
-            Action::Swagger => &target.swagger_path,
-        };
         let mirror = MirrorRequest {
             upstream: self.upstream.clone(),
             state: state.clone(),
             method: parts.method.clone(),
-            path: format!(
-                "{path}{}",
-                parts
-                    .uri
-                    .query()
-                    .map(|q| format!("?{q}"))
-                    .unwrap_or_default()
-            ),
+            uri: target.upstream_uri(action, parts.uri.query()),
             headers: parts.headers.clone(),
             timeout: Duration::from_millis(target.settings.request_timeout_ms),
         };
@@ -740,7 +729,8 @@ struct MirrorRequest {
     upstream: Upstream,
     state: Arc<DeploymentState>,
     method: Method,
-    path: String,
+    /// None when the mirror deployment's path and the query make no valid URI.
+    uri: Option<Uri>,
     headers: HeaderMap,
     timeout: Duration,
 }
@@ -752,7 +742,7 @@ impl MirrorRequest {
             m.mirror[MIRROR_SKIPPED].increment(1);
             return;
         };
-        let Ok(uri) = Uri::try_from(self.path) else {
+        let Some(uri) = self.uri else {
             m.mirror[MIRROR_FAILED].increment(1);
             return;
         };
