@@ -98,7 +98,7 @@ fn discovery(c: &mut Criterion) {
     g.bench_function("publish/build", |b| {
         b.iter(|| {
             let ix = build(&ies, &slices);
-            let router = Router::new();
+            let router = Router::new(&infergate_proxy::Registry::new());
             router.publish_specs(ix.specs());
             black_box(router)
         })
@@ -118,7 +118,7 @@ fn discovery(c: &mut Criterion) {
             black_box(ix.specs().len())
         })
     });
-    let router = Router::new();
+    let router = Router::new(&infergate_proxy::Registry::new());
     router.publish_specs(ix.specs());
     g.bench_function("publish/one_slice_update", |b| {
         b.iter(|| {

@@ -67,22 +67,6 @@ pub struct PodState {
     ewma_ns: AtomicU64,
     /// Pool clock (ns) of the last EWMA update.
     ewma_at: AtomicU64,
-    /// What the user of the pool keeps per pod (the proxy: its idle upstream connections).
-    ext: Extension,
-}
-
-/// One value of any type, set on first use (see [`PodState::extension`]).
-#[derive(Default)]
-struct Extension(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
-
-impl std::fmt::Debug for Extension {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "Extension(set)"
-        } else {
-            "Extension(unset)"
-        })
-    }
 }
 
 impl PodState {
@@ -98,28 +82,9 @@ impl PodState {
             ejected_until: AtomicU64::new(0),
             ewma_ns: AtomicU64::new(0),
             ewma_at: AtomicU64::new(0),
-            ext: Extension::default(),
         })
     }
 
-    /// Per-pod state owned by the pool's user, created by `init` on first use and dropped with
-    /// the pod (when it has left the pool and its last lease is gone). The proxy keeps the pod's
-    /// idle upstream connections here, so they need no lookup and close when the pod goes.
-    ///
-    /// # Panics
-    /// If called with two different types on the same pod.
-    pub fn extension<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce(&Self) -> T) -> &T {
-        self.ext
-            .0
-            .get_or_init(|| Box::new(init(self)))
-            .downcast_ref::<T>()
-            .expect("one extension type per pod")
-    }
-
-    /// The pod's extension, if one of type `T` was set.
-    pub fn extension_get<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
-        self.ext.0.get()?.downcast_ref::<T>()
-    }
     /// Peak-EWMA latency estimate.
     pub fn latency_estimate(&self) -> Duration {
         Duration::from_nanos(self.ewma_ns.load(Ordering::Relaxed))

@@ -1,13 +1,10 @@
-//! Every failure the proxy answers itself, and the one function that turns it into a response.
+//! Every failure the proxy answers itself, with its status and stable error code. The one
+//! conversion into a response is [`error_response`](crate::error_response).
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::StatusCode;
 use infergate_auth::AuthFailure;
 use infergate_balance::AcquireError;
 use infergate_routing::RouteError;
-
-use crate::body::ProxyBody;
-use crate::headers::X_REQUEST_ID;
 
 /// A failure answered by the router rather than by a pod.
 #[derive(Debug, thiserror::Error)]
@@ -75,34 +72,8 @@ impl ProxyError {
     }
 }
 
-/// The one place a [`ProxyError`] becomes a response: status, `{"error": {"code", "message"}, "requestId"}`
-/// body, `x-request-id`, and `Retry-After` / `Allow` / `WWW-Authenticate` where they apply.
-pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
-    let (status, code) = err.status_and_code();
-    let body = serde_json::json!({
-        "error": {"code": code, "message": err.to_string()},
-        "requestId": request_id.to_str().unwrap_or(""),
-    });
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut resp = Response::new(ProxyBody::full(bytes));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(X_REQUEST_ID, request_id.clone());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+impl From<AuthFailure> for ProxyError {
+    fn from(reason: AuthFailure) -> Self {
+        ProxyError::Unauthorized { reason }
     }
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    }
-    if let ProxyError::Unauthorized { reason } = err {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(reason.www_authenticate()),
-        );
-    }
-    resp
 }

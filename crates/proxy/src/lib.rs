@@ -1,24 +1,42 @@
 //! The infergate data path: listeners, TLS accept, forwarding to model pods, errors, metrics and access logs.
 //!
 //! [`Server::bind`] validates the configuration and binds; [`Server::run`] serves until a
-//! shutdown signal and drains. Each request goes through [`Router::handle`]: one route-table
-//! snapshot, a pod slot from the deployment's pool, the body streamed both ways.
+//! shutdown signal and drains. Each request goes through [`Router::handle`], a list of phases:
+//!
+//! | phase | file |
+//! |---|---|
+//! | the request's context, started (finished once, on drop) | `response.rs` |
+//! | route: one route-table snapshot, the endpoint and action | `router.rs` |
+//! | authorize: the endpoint's key or token | `endpoint.rs` |
+//! | select and admit: the deployment, the body limit, a pod slot | `deployment.rs` |
+//! | prepare and forward: headers, the pod's URI, the body, the attempts | `forward.rs` (+ `body.rs`, `mirror.rs`) |
+//! | the pod connection | `upstream.rs` |
+//! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 
-mod auth;
 pub mod body;
+mod deployment;
+mod endpoint;
 pub mod error;
+mod forward;
 pub mod headers;
 pub mod metrics;
+mod mirror;
+mod response;
+mod router;
 mod server;
-mod service;
 pub mod spec;
 mod upstream;
 
-pub use error::{ProxyError, error_response};
+pub use deployment::{DeploymentState, pool_settings};
+pub use endpoint::{EndpointState, Table};
+pub use error::ProxyError;
+pub use forward::ConnInfo;
 pub use infergate_auth::{AuthFailure, AuthMode, AuthPolicy};
 pub use infergate_balance::PodSpec;
+pub use infergate_metrics::Registry;
+pub use response::{ProxyBody, RequestCtx, error_response};
+pub use router::Router;
 pub use server::{Readiness, Server, StartError};
-pub use service::{ConnInfo, DeploymentState, EndpointState, Router, Table, pool_settings};
 pub use spec::{DeploymentSpec, EndpointSpec, MirrorSpec, specs_from_config};
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
-//! Metric names (Prometheus style) and the process-wide recorder.
+//! The data path's metric families: names (Prometheus style) and their descriptions, in one table.
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use infergate_metrics::{Describe, Kind, Registry, Unit};
 
 /// Requests answered, by `endpoint`, `deployment` and `status`.
 pub const REQUESTS_TOTAL: &str = "infergate_requests_total";
@@ -37,58 +35,97 @@ pub const MIRROR_REQUESTS_TOTAL: &str = "infergate_mirror_requests_total";
 /// Certificate reload attempts, by `result` (`ok` / `failed`).
 pub use infergate_tls::CERT_RELOADS_TOTAL;
 
-/// Histogram buckets in seconds: 0.5 ms to 60 s.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
-
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Installs the Prometheus recorder once per process and returns its handle (later calls return the same one).
-pub fn install() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-                .expect("static bucket list is not empty")
-                .build_recorder();
-            let handle = recorder.handle();
-            // If another recorder was installed first (an embedding program), ours still renders its own metrics.
-            let _ = metrics::set_global_recorder(recorder);
-            describe();
-            handle
-        })
-        .clone()
+const fn family(name: &'static str, kind: Kind, help: &'static str) -> Describe {
+    Describe {
+        name,
+        kind,
+        unit: None,
+        help,
+    }
 }
 
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
+const fn seconds(name: &'static str, help: &'static str) -> Describe {
+    Describe {
+        name,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        help,
+    }
+}
+
+/// Every family the data path records, with its help text.
+pub const FAMILIES: &[Describe] = &[
+    family(
         REQUESTS_TOTAL,
-        "Requests answered, by endpoint, deployment and status."
-    );
-    describe_histogram!(
+        Kind::Counter,
+        "Requests answered, by endpoint, deployment and status.",
+    ),
+    seconds(
         REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Request head to end of response body."
-    );
-    describe_histogram!(
+        "Request head to the end of the response body, by endpoint and deployment.",
+    ),
+    seconds(
         UPSTREAM_DURATION_SECONDS,
-        Unit::Seconds,
-        "Request sent to the pod until its response head."
-    );
-    describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being served now.");
-    describe_counter!(
+        "Request sent to the pod until its response head, by endpoint and deployment.",
+    ),
+    seconds(
+        QUEUE_WAIT_SECONDS,
+        "Time waiting for a pod slot, by endpoint and deployment.",
+    ),
+    family(
+        REQUESTS_IN_FLIGHT,
+        Kind::Gauge,
+        "Requests being served now (head received, response body not finished).",
+    ),
+    family(
         AUTH_FAILURES_TOTAL,
-        "Requests refused by endpoint authentication, by endpoint and reason."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Requests refused by endpoint authentication, by endpoint and reason.",
+    ),
+    family(
         TLS_HANDSHAKE_FAILURES_TOTAL,
-        "TLS handshakes that failed or timed out."
-    );
-    describe_counter!(
-        CERT_RELOADS_TOTAL,
-        "Certificate reload attempts, by result."
-    );
+        Kind::Counter,
+        "TLS handshakes that failed or timed out.",
+    ),
+    family(
+        DEPLOYMENT_BUSY_SLOTS,
+        Kind::Gauge,
+        "Pod slots taken now, by endpoint and deployment.",
+    ),
+    family(
+        DEPLOYMENT_QUEUED_REQUESTS,
+        Kind::Gauge,
+        "Requests waiting for a pod slot now, by endpoint and deployment.",
+    ),
+    family(
+        DEPLOYMENT_PODS,
+        Kind::Gauge,
+        "Pods taking new requests, by endpoint and deployment.",
+    ),
+    family(
+        DEPLOYMENT_UTILIZATION,
+        Kind::Gauge,
+        "(busy + queued) / (pods x slots), by endpoint and deployment; above 1 requests wait.",
+    ),
+    family(
+        RETRIES_TOTAL,
+        Kind::Counter,
+        "Requests sent again to another pod after a connection that never opened, by endpoint and deployment.",
+    ),
+    family(
+        POD_EJECTIONS_TOTAL,
+        Kind::Counter,
+        "Pods ejected after consecutive failures, by endpoint and deployment.",
+    ),
+    family(
+        MIRROR_REQUESTS_TOTAL,
+        Kind::Counter,
+        "Mirror copies, by endpoint, deployment and result (ok, failed, skipped).",
+    ),
+];
+
+/// Describes the data path's families (and the certificate reloads it serves) in `registry`.
+pub fn describe(registry: &Registry) {
+    registry.describe(FAMILIES);
+    registry.describe(infergate_tls::FAMILIES);
 }

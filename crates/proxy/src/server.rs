@@ -16,15 +16,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use infergate_config::Config;
 use infergate_tls::{ReloadingCert, TlsError};
-use metrics_exporter_prometheus::PrometheusHandle;
+use infergate_metrics::{Counter, Registry};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::ProxyBody;
+use crate::forward::ConnInfo;
 use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
-use crate::service::{ConnInfo, Router};
+use crate::response::ProxyBody;
+use crate::router::Router;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +83,7 @@ pub struct Server {
     http: Option<TcpListener>,
     admin: TcpListener,
     cert: Option<Arc<ReloadingCert>>,
-    prom: PrometheusHandle,
+    registry: Registry,
     ready: Arc<Readiness>,
     drain_timeout: Duration,
     reload_interval: Duration,
@@ -110,17 +111,18 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
 
 impl Server {
     /// Validates `cfg`, loads the certificate, builds the routes and binds the listeners.
-    /// Nothing is bound unless everything before it succeeded.
+    /// Nothing is bound unless everything before it succeeded. The server counts in a registry
+    /// of its own ([`Server::registry`]), which `/metrics` renders.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
         cfg.validate()?;
         let addrs = cfg.listen_addrs()?;
         infergate_tls::install_crypto_provider();
+        let registry = Registry::new();
         let cert = match (&cfg.ssl_cert_pem_file, &cfg.ssl_key_pem_file) {
-            (Some(c), Some(k)) => Some(ReloadingCert::load(c.clone(), k.clone())?),
+            (Some(c), Some(k)) => Some(ReloadingCert::load(c.clone(), k.clone(), &registry)?),
             _ => None,
         };
-        let prom = crate::metrics::install();
-        let router = Router::new();
+        let router = Router::new(&registry);
         router.publish_specs(&crate::spec::specs_from_config(cfg));
 
         let https = match (addrs.https, &cert) {
@@ -150,7 +152,7 @@ impl Server {
             http,
             admin,
             cert,
-            prom,
+            registry,
             ready,
             drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
             reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
@@ -175,6 +177,10 @@ impl Server {
     pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
+    /// The registry every part of this server counts in (`/metrics` renders it).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
     /// Readiness state.
     pub fn readiness(&self) -> &Arc<Readiness> {
         &self.ready
@@ -189,7 +195,7 @@ impl Server {
             http,
             admin,
             cert,
-            prom,
+            registry,
             ready,
             drain_timeout,
             reload_interval,
@@ -208,18 +214,19 @@ impl Server {
         }
         let watcher_task = cert.as_ref().map(|c| c.spawn_watcher(reload_interval));
         let upkeep = {
-            let prom = prom.clone();
+            let registry = registry.clone();
             let router = router.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tick.tick().await;
-                    prom.run_upkeep();
+                    registry.run_upkeep();
                     router.sweep_idle();
                 }
             })
         };
-        let admin_task = tokio::spawn(admin_loop(admin, prom, ready.clone(), router.clone()));
+        let handshake_failures = registry.counter(TLS_HANDSHAKE_FAILURES_TOTAL, &[]);
+        let admin_task = tokio::spawn(admin_loop(admin, registry, ready.clone(), router.clone()));
 
         let builder = Arc::new(conn_builder());
         let graceful = GracefulShutdown::new();
@@ -228,8 +235,8 @@ impl Server {
             tokio::join!(
                 async {
                     if let Some((l, tls)) = https {
-                        accept_loop(l, Some(tls), &router, &builder, &graceful, stop_rx.clone())
-                            .await;
+                        let tls = Some((tls, handshake_failures));
+                        accept_loop(l, tls, &router, &builder, &graceful, stop_rx.clone()).await;
                     }
                 },
                 async {
@@ -273,7 +280,7 @@ fn conn_builder() -> auto::Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Counter)>,
     router: &Arc<Router>,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
@@ -302,14 +309,19 @@ async fn accept_loop(
             None => {
                 tokio::spawn(serve_conn(tcp, info, router, builder, watcher));
             }
-            Some(acceptor) => {
+            Some((acceptor, failures)) => {
                 let accept = acceptor.accept(tcp);
+                let failures = failures.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(stream)) => serve_conn(stream, info, router, builder, watcher).await,
-                        Ok(Err(e)) => handshake_failed(remote, &e.to_string()),
-                        Err(_) => handshake_failed(remote, "timed out"),
-                    }
+                    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(stream)) => {
+                            return serve_conn(stream, info, router, builder, watcher).await;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "timed out".to_string(),
+                    };
+                    failures.increment(1);
+                    tracing::debug!(%remote, error = why, "TLS handshake failed");
                 });
             }
         }
@@ -320,11 +332,6 @@ async fn accept_loop(
 /// Completes once `stop` is true. (The guard `wait_for` returns is dropped here, not held by the caller.)
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
-}
-
-fn handshake_failed(remote: SocketAddr, why: &str) {
-    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
-    tracing::debug!(%remote, error = why, "TLS handshake failed");
 }
 
 async fn serve_conn<I>(
@@ -348,7 +355,7 @@ async fn serve_conn<I>(
 
 async fn admin_loop(
     listener: TcpListener,
-    prom: PrometheusHandle,
+    registry: Registry,
     ready: Arc<Readiness>,
     router: Arc<Router>,
 ) {
@@ -357,12 +364,12 @@ async fn admin_loop(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let prom = prom.clone();
+        let registry = registry.clone();
         let ready = ready.clone();
         let router = router.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let r = admin_response(req.uri().path(), &prom, &ready, &router);
+                let r = admin_response(req.uri().path(), &registry, &ready, &router);
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -376,7 +383,7 @@ async fn admin_loop(
 
 fn admin_response(
     path: &str,
-    prom: &PrometheusHandle,
+    registry: &Registry,
     ready: &Readiness,
     router: &Router,
 ) -> Response<ProxyBody> {
@@ -395,7 +402,7 @@ fn admin_response(
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                Bytes::from(prom.render()),
+                Bytes::from(registry.render()),
             )
         }
         _ => (

@@ -26,7 +26,7 @@ fn mk_spec(name: &str, pods: &[u16]) -> EndpointSpec {
 
 #[tokio::test]
 async fn publishing_shares_unchanged_endpoints_and_keeps_changed_ones_state() {
-    let r = Router::new();
+    let r = Router::new(&infergate_metrics::Registry::new());
     let specs: Vec<EndpointSpec> = (0..100)
         .map(|i| mk_spec(&format!("e{i}"), &[5000, 5001]))
         .collect();

@@ -8,14 +8,19 @@
 //! polls it while the answer streams ([`UpstreamBody`]). When the answer has ended the connection
 //! goes back to its pod's idle list; an idle connection belongs to no task.
 //!
-//! The idle list hangs off the balancer's per-pod state ([`PodState::extension`]): no lookup per
-//! request, and a pod's connections close when the pod has left the pool and its last request
-//! is done. A pooled connection is checked before use (a closed one is dropped); a request that
-//! a pooled connection never started writing is sent again on a fresh connection to the same pod.
+//! Each deployment owns a [`ConnPool`]: the idle connections of each of its pods, keyed by the
+//! pod's address and published with the route table (one map lookup per request, no lock). A
+//! pod that leaves the deployment is retired: its idle connections close at once, and those in
+//! use close when their request is done. A pooled connection is checked before use (a closed one
+//! is dropped); a request that a pooled connection never started writing is sent again on a
+//! fresh connection to the same pod.
 
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -24,8 +29,9 @@ use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
-use infergate_balance::PodState;
+use infergate_balance::PodSpec;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -57,42 +63,41 @@ impl Upstream {
     /// before `deadline` (the request's) and within the connect timeout.
     pub(crate) async fn checkout(
         &self,
-        pod: &Arc<PodState>,
+        pod: Arc<PodConns>,
         deadline: Instant,
     ) -> Result<Checkout, ConnectError> {
-        let conns = pod.extension(PodConns::new);
         loop {
-            let Some(mut c) = conns.idle.lock().pop() else {
+            let Some(mut c) = pod.idle.lock().pop() else {
                 break;
             };
             if c.idle_since.elapsed() >= self.idle_timeout {
                 // Newest first: every other idle connection is older still. They close
                 // (sockets shut) after the lock is released.
-                let expired = std::mem::take(&mut *conns.idle.lock());
+                let expired = std::mem::take(&mut *pod.idle.lock());
                 drop(expired);
                 break;
             }
             if poll_fn(|cx| Poll::Ready(c.revive(cx))).await {
                 return Ok(Checkout {
                     conn: c,
-                    pod: pod.clone(),
+                    pod,
                     reused: true,
                     max_idle: self.max_idle_per_pod,
                 });
             }
         }
-        let conn = self.connect(pod, deadline).await?;
+        let conn = self.connect(pod.addr, deadline).await?;
         Ok(Checkout {
             conn,
-            pod: pod.clone(),
+            pod,
             reused: false,
             max_idle: self.max_idle_per_pod,
         })
     }
 
-    async fn connect(&self, pod: &PodState, deadline: Instant) -> Result<UpConn, ConnectError> {
+    async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<UpConn, ConnectError> {
         let own = Instant::now() + self.connect_timeout;
-        let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(pod.addr()))
+        let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(addr))
             .await
         {
             Ok(Ok(t)) => t,
@@ -115,20 +120,82 @@ impl Upstream {
         })
     }
 
-    /// Closes idle connections unused for longer than the idle timeout.
-    pub(crate) fn sweep(&self, pod: &PodState) {
-        if let Some(conns) = pod.extension_get::<PodConns>() {
-            let expired: Vec<UpConn> = {
-                let mut idle = conns.idle.lock();
-                // Oldest first in the list.
-                let n = idle
-                    .iter()
-                    .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
-                    .count();
-                idle.drain(..n).collect()
-            };
-            // Closed outside the lock.
-            drop(expired);
+    /// Closes `pod`'s idle connections unused for longer than the idle timeout.
+    fn sweep(&self, pod: &PodConns) {
+        let expired: Vec<UpConn> = {
+            let mut idle = pod.idle.lock();
+            // Oldest first in the list.
+            let n = idle
+                .iter()
+                .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
+                .count();
+            idle.drain(..n).collect()
+        };
+        // Closed outside the lock.
+        drop(expired);
+    }
+}
+
+/// One deployment's connections to its pods, keyed by pod address. The map is replaced (never
+/// locked) when the deployment's pods change; a pod that stays keeps its entry and connections.
+#[derive(Debug)]
+pub(crate) struct ConnPool {
+    upstream: Upstream,
+    pods: ArcSwap<HashMap<SocketAddr, Arc<PodConns>>>,
+}
+
+impl ConnPool {
+    /// A pool for these pods, opening connections as `upstream` says.
+    pub(crate) fn new(upstream: &Upstream, pods: &[PodSpec]) -> Self {
+        let pool = ConnPool {
+            upstream: upstream.clone(),
+            pods: ArcSwap::default(),
+        };
+        pool.set_pods(pods);
+        pool
+    }
+
+    /// The deployment's pods changed: new pods get an entry, pods that left are retired (idle
+    /// connections closed now, those in use when their request ends).
+    pub(crate) fn set_pods(&self, pods: &[PodSpec]) {
+        let old = self.pods.load_full();
+        let next: HashMap<SocketAddr, Arc<PodConns>> = pods
+            .iter()
+            .map(|p| {
+                let conns = old
+                    .get(&p.addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr)));
+                (p.addr, conns)
+            })
+            .collect();
+        self.pods.store(Arc::new(next));
+        for (addr, conns) in old.iter() {
+            if !self.pods.load().contains_key(addr) {
+                conns.retire();
+            }
+        }
+    }
+
+    /// A connection to the pod at `addr` (see [`Upstream::checkout`]). A pod unknown to the pool
+    /// (it left between the pick and now) gets a connection that is not kept afterwards.
+    pub(crate) async fn checkout(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Checkout, ConnectError> {
+        let pod = self.pods.load().get(&addr).cloned().unwrap_or_else(|| {
+            let p = PodConns::new(addr);
+            p.retire();
+            Arc::new(p)
+        });
+        self.upstream.checkout(pod, deadline).await
+    }
+
+    /// Closes idle connections unused for longer than the idle timeout (called periodically).
+    pub(crate) fn sweep(&self) {
+        for pod in self.pods.load().values() {
+            self.upstream.sweep(pod);
         }
     }
 }
@@ -169,19 +236,31 @@ pub(crate) enum SendError {
 
 /// One pod's idle connections and its `Host` value.
 #[derive(Debug)]
-struct PodConns {
+pub(crate) struct PodConns {
+    addr: SocketAddr,
     /// Oldest first; taken and returned at the end.
     idle: parking_lot::Mutex<Vec<UpConn>>,
     host: HeaderValue,
+    /// The pod left its deployment: connections are closed, not kept.
+    retired: AtomicBool,
 }
 
 impl PodConns {
-    fn new(pod: &PodState) -> Self {
+    fn new(addr: SocketAddr) -> Self {
         PodConns {
+            addr,
             idle: parking_lot::Mutex::new(Vec::new()),
-            host: HeaderValue::try_from(pod.addr().to_string())
+            host: HeaderValue::try_from(addr.to_string())
                 .expect("a socket address is a valid header value"),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        // Closed outside the lock.
+        let idle = std::mem::take(&mut *self.idle.lock());
+        drop(idle);
     }
 }
 
@@ -220,7 +299,7 @@ impl UpConn {
 #[derive(Debug)]
 pub(crate) struct Checkout {
     conn: UpConn,
-    pod: Arc<PodState>,
+    pod: Arc<PodConns>,
     reused: bool,
     max_idle: usize,
 }
@@ -228,7 +307,7 @@ pub(crate) struct Checkout {
 impl Checkout {
     /// The `Host` value for requests to this pod.
     pub(crate) fn host(&self) -> HeaderValue {
-        self.pod.extension(PodConns::new).host.clone()
+        self.pod.host.clone()
     }
 
     /// Sends `req` (origin-form URI, `Host` set) and waits for the response head, driving the
@@ -267,9 +346,11 @@ impl Checkout {
 
     /// Back to the pod's idle list (most recent last).
     fn put_back(mut self) {
-        let conns = self.pod.extension(PodConns::new);
+        if self.pod.retired.load(Ordering::Acquire) {
+            return;
+        }
         self.conn.idle_since = Instant::now();
-        let mut idle = conns.idle.lock();
+        let mut idle = self.pod.idle.lock();
         if idle.len() < self.max_idle {
             idle.push(self.conn);
         }
@@ -350,10 +431,9 @@ impl Drop for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use http_body_util::BodyExt;
-    use infergate_balance::{Pool, PoolSettings};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -361,7 +441,7 @@ mod tests {
 
     /// A pod answering `ok` to every request on a connection until the peer closes it; counts
     /// connections opened and connections the router closed.
-    async fn pod() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    async fn pod() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -391,9 +471,9 @@ mod tests {
         (addr, opened, closed)
     }
 
-    async fn exchange(up: &Upstream, pod: &Arc<PodState>) {
-        let c = up
-            .checkout(pod, Instant::now() + Duration::from_secs(5))
+    async fn exchange(pool: &ConnPool, addr: SocketAddr) {
+        let c = pool
+            .checkout(addr, Instant::now() + Duration::from_secs(5))
             .await
             .unwrap();
         let mut req = Request::new(RequestBody::buffered(Vec::new()));
@@ -404,64 +484,83 @@ mod tests {
         assert_eq!(&body[..], b"ok");
     }
 
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not reached: {what}");
+    }
+
     #[tokio::test]
     async fn idle_connections_are_reused_then_closed_after_the_idle_timeout() {
         let (addr, opened, closed) = pod().await;
-        let pool = Pool::new(&[addr.into()], PoolSettings::default());
-        let pod = pool.pods()[0].clone();
         let up = Upstream {
             idle_timeout: Duration::from_millis(100),
             ..Upstream::new()
         };
+        let pool = ConnPool::new(&up, &[addr.into()]);
         for _ in 0..3 {
-            exchange(&up, &pod).await;
+            exchange(&pool, addr).await;
         }
         assert_eq!(opened.load(Ordering::SeqCst), 1, "one connection, reused");
-        let idle = || pod.extension_get::<PodConns>().unwrap().idle.lock().len();
+        let idle = || pool.pods.load()[&addr].idle.lock().len();
         assert_eq!(idle(), 1);
 
         // The sweep leaves a fresh idle connection alone and closes an expired one.
-        up.sweep(&pod);
+        pool.sweep();
         assert_eq!(idle(), 1);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        up.sweep(&pod);
+        pool.sweep();
         assert_eq!(idle(), 0);
-        for _ in 0..100 {
-            if closed.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(closed.load(Ordering::SeqCst), 1, "the pod saw the close");
+        eventually("the pod saw the close", || closed.load(Ordering::SeqCst) == 1).await;
 
         // An expired connection is not used even without a sweep.
-        exchange(&up, &pod).await;
+        exchange(&pool, addr).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
-        exchange(&up, &pod).await;
+        exchange(&pool, addr).await;
         assert_eq!(opened.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn a_pods_connections_close_when_the_pod_leaves_and_its_last_user_is_done() {
         let (addr, opened, closed) = pod().await;
-        let pool = Pool::new(&[addr.into()], PoolSettings::default());
-        let up = Upstream::new();
-        {
-            let pod = pool.pods()[0].clone();
-            exchange(&up, &pod).await;
-        }
-        assert_eq!(opened.load(Ordering::SeqCst), 1);
-        pool.set_pods(&[], PoolSettings::default());
-        for _ in 0..100 {
-            if closed.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            closed.load(Ordering::SeqCst),
-            1,
-            "the idle connection closed with its pod"
-        );
+        let pool = ConnPool::new(&Upstream::new(), &[addr.into()]);
+        // One connection in use and one idle when the pod leaves.
+        let in_use = pool
+            .checkout(addr, Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        exchange(&pool, addr).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        pool.set_pods(&[]);
+        eventually("the idle connection closed with its pod", || {
+            closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        in_use.put_back();
+        eventually("the connection in use closed after its request", || {
+            closed.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        // A request to a pod that left still gets an answer, on a connection not kept.
+        exchange(&pool, addr).await;
+        eventually("the unpooled connection closed", || {
+            closed.load(Ordering::SeqCst) == 3
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_stays_keeps_its_connections_across_pod_changes() {
+        let (addr, opened, _) = pod().await;
+        let (other, _, _) = pod().await;
+        let pool = ConnPool::new(&Upstream::new(), &[addr.into()]);
+        exchange(&pool, addr).await;
+        pool.set_pods(&[addr.into(), other.into()]);
+        exchange(&pool, addr).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "reused across the change");
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use infergate_metrics::{Counter, Describe, Kind, Registry};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
@@ -22,6 +23,14 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Name of the counter of certificate reload attempts whose files had changed, labelled
 /// `result="ok"` (new pair serving) or `result="failed"` (new content rejected).
 pub const CERT_RELOADS_TOTAL: &str = "infergate_tls_cert_reloads_total";
+
+/// The metric families this crate records, with their help text.
+pub const FAMILIES: &[Describe] = &[Describe {
+    name: CERT_RELOADS_TOTAL,
+    kind: Kind::Counter,
+    unit: None,
+    help: "TLS certificate reloads after the certificate or key file changed, by result (ok, failed).",
+}];
 
 /// ALPN protocols offered by [`server_config`], in server preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -254,6 +263,8 @@ pub struct ReloadingCert {
     current: ArcSwap<CertifiedKey>,
     /// Also serialises concurrent `reload` calls.
     last_seen: Mutex<Seen>,
+    reloads_ok: Counter,
+    reloads_failed: Counter,
 }
 
 impl fmt::Debug for ReloadingCert {
@@ -267,11 +278,13 @@ impl fmt::Debug for ReloadingCert {
 
 impl ReloadingCert {
     /// Loads the initial pair; fails (for start-up to abort) if it is unusable.
-    pub fn load(cert_pem: PathBuf, key_pem: PathBuf) -> Result<Arc<Self>, TlsError> {
-        metrics::describe_counter!(
-            CERT_RELOADS_TOTAL,
-            "TLS certificate reloads after the certificate or key file changed, by result (ok, failed)"
-        );
+    /// Reloads are counted in `registry` ([`CERT_RELOADS_TOTAL`]).
+    pub fn load(
+        cert_pem: PathBuf,
+        key_pem: PathBuf,
+        registry: &Registry,
+    ) -> Result<Arc<Self>, TlsError> {
+        registry.describe(FAMILIES);
         let cert = read(&cert_pem)?;
         let key = read(&key_pem)?;
         let certified = parse_pair(&cert_pem, &cert, &key_pem, &key)?;
@@ -279,6 +292,8 @@ impl ReloadingCert {
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(certified),
             last_seen: Mutex::new(Seen::Bytes { cert, key }),
+            reloads_ok: registry.counter(CERT_RELOADS_TOTAL, &[("result", "ok")]),
+            reloads_failed: registry.counter(CERT_RELOADS_TOTAL, &[("result", "failed")]),
             cert_path: cert_pem,
             key_path: key_pem,
         }))
@@ -318,7 +333,7 @@ impl ReloadingCert {
         match parsed {
             Ok(certified) => {
                 self.current.store(Arc::new(certified));
-                metrics::counter!(CERT_RELOADS_TOTAL, "result" => "ok").increment(1);
+                self.reloads_ok.increment(1);
                 tracing::info!(
                     cert = %self.cert_path.display(),
                     key = %self.key_path.display(),
@@ -331,7 +346,7 @@ impl ReloadingCert {
     }
 
     fn rejected(&self, err: TlsError) -> TlsError {
-        metrics::counter!(CERT_RELOADS_TOTAL, "result" => "failed").increment(1);
+        self.reloads_failed.increment(1);
         tracing::error!(
             cert = %self.cert_path.display(),
             key = %self.key_path.display(),

@@ -1,12 +1,12 @@
 //! Integration tests for infergate-tls: key formats, errors, hot reload over real handshakes, ALPN.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use infergate_metrics::Registry;
 use infergate_tls::{
     CERT_RELOADS_TOTAL, ReloadingCert, TlsError, install_crypto_provider, load_certified_key,
     server_config,
@@ -203,59 +203,18 @@ async fn round_trip(stream: &mut TlsStream<TcpStream>, msg: &[u8]) {
     assert_eq!(buf, msg);
 }
 
-/// Counts `infergate_tls_cert_reloads_total{result=...}` on the current thread.
+/// The test's own registry: `infergate_tls_cert_reloads_total{result=...}` read from its text.
 #[derive(Default)]
-struct Counters(Mutex<HashMap<String, Arc<AtomicU64>>>);
+struct Counters(Registry);
 
 impl Counters {
     fn get(&self, name: &str, result: &str) -> u64 {
+        let series = format!("{name}{{result=\"{result}\"}} ");
         self.0
-            .lock()
-            .unwrap()
-            .get(&format!("{name}{{result={result}}}"))
-            .map_or(0, |c| c.load(Ordering::SeqCst))
-    }
-}
-
-impl metrics::Recorder for Counters {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let id = format!("{}{{{}}}", key.name(), labels.join(","));
-        metrics::Counter::from_arc(self.0.lock().unwrap().entry(id).or_default().clone())
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.trim().parse().unwrap())
     }
 }
 
@@ -290,15 +249,9 @@ impl tracing::Subscriber for Events {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-/// Runs `resolver.reload()` with the test's metrics recorder and tracing subscriber.
-fn reload_observed(
-    resolver: &ReloadingCert,
-    counters: &Counters,
-    events: &Events,
-) -> Result<bool, TlsError> {
-    tracing::subscriber::with_default(events.clone(), || {
-        metrics::with_local_recorder(counters, || resolver.reload())
-    })
+/// Runs `resolver.reload()` with the test's tracing subscriber.
+fn reload_observed(resolver: &ReloadingCert, events: &Events) -> Result<bool, TlsError> {
+    tracing::subscriber::with_default(events.clone(), || resolver.reload())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,8 +280,12 @@ async fn pkcs8_chain_from_certs_example_keeps_order_and_verifies() {
         "chain must stay leaf first, then CA"
     );
 
-    let resolver =
-        ReloadingCert::load(certs_example("server.pem"), certs_example("server-key.pem")).unwrap();
+    let resolver = ReloadingCert::load(
+        certs_example("server.pem"),
+        certs_example("server-key.pem"),
+        &Registry::new(),
+    )
+    .unwrap();
     let addr = echo_server(server_config(resolver)).await;
     for name in ["localhost", "127.0.0.1", "::1", "model-a.infergate.local"] {
         let client = Client {
@@ -364,7 +321,7 @@ async fn handshake_with_fixture(cert: &str, key: &str, expected_label: &str) {
     let leaf = first_cert(&fixture(cert));
     assert_eq!(certified.cert, vec![leaf.clone()]);
 
-    let resolver = ReloadingCert::load(fixture(cert), fixture(key)).unwrap();
+    let resolver = ReloadingCert::load(fixture(cert), fixture(key), &Registry::new()).unwrap();
     let addr = echo_server(server_config(resolver)).await;
     for versions in [
         &[&rustls::version::TLS13][..],
@@ -474,7 +431,7 @@ fn missing_file_names_the_path() {
         err.to_string().contains(&missing.display().to_string()),
         "{err}"
     );
-    assert!(ReloadingCert::load(missing.clone(), missing).is_err());
+    assert!(ReloadingCert::load(missing.clone(), missing, &Registry::new()).is_err());
 }
 
 #[test]
@@ -522,8 +479,8 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     );
     let files = Files::new();
     files.write(&a);
-    let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone()).unwrap();
     let counters = Counters::default();
+    let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone(), &counters.0).unwrap();
     let events = Events::default();
     let addr = echo_server(server_config(resolver.clone())).await;
 
@@ -531,13 +488,13 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     assert_eq!(peer_leaf(&old), a.leaf);
     round_trip(&mut old, b"before").await;
     assert!(
-        !reload_observed(&resolver, &counters, &events).unwrap(),
+        !reload_observed(&resolver, &events).unwrap(),
         "unchanged files"
     );
 
     // Swap to B.
     files.write(&b);
-    assert!(reload_observed(&resolver, &counters, &events).unwrap());
+    assert!(reload_observed(&resolver, &events).unwrap());
     assert_eq!(resolver.current().cert[0], b.leaf);
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "ok"), 1);
     assert_eq!(events.infos.load(Ordering::SeqCst), 1);
@@ -546,11 +503,11 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     round_trip(&mut new, b"new").await;
     // The connection made with A is untouched.
     round_trip(&mut old, b"after the swap").await;
-    assert!(!reload_observed(&resolver, &counters, &events).unwrap());
+    assert!(!reload_observed(&resolver, &events).unwrap());
 
     // Garbage: rejected, counted and logged once, B keeps serving.
     write_atomic(&files.cert, b"this is not a certificate\n");
-    let err = reload_observed(&resolver, &counters, &events).unwrap_err();
+    let err = reload_observed(&resolver, &events).unwrap_err();
     assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "failed"), 1);
     assert_eq!(events.errors.load(Ordering::SeqCst), 1);
@@ -561,7 +518,7 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     assert_eq!(resolver.current().cert[0], b.leaf);
     for _ in 0..3 {
         assert!(
-            !reload_observed(&resolver, &counters, &events).unwrap(),
+            !reload_observed(&resolver, &events).unwrap(),
             "same garbage"
         );
     }
@@ -570,15 +527,15 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
 
     // Half an update (new cert, old key) is also rejected, once.
     write_atomic(&files.cert, c.chain_pem.as_bytes());
-    let err = reload_observed(&resolver, &counters, &events).unwrap_err();
+    let err = reload_observed(&resolver, &events).unwrap_err();
     assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
-    assert!(!reload_observed(&resolver, &counters, &events).unwrap());
+    assert!(!reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "failed"), 2);
     assert_eq!(events.errors.load(Ordering::SeqCst), 2);
 
     // Fixed.
     write_atomic(&files.key, c.key_pem.as_bytes());
-    assert!(reload_observed(&resolver, &counters, &events).unwrap());
+    assert!(reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "ok"), 2);
     assert_eq!(
         peer_leaf(&Client::trusting(&c.ca).connect(addr).await),
@@ -593,23 +550,23 @@ async fn reload_reports_vanished_files_once() {
     let a = Pair::new("a");
     let files = Files::new();
     files.write(&a);
-    let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone()).unwrap();
     let (counters, events) = (Counters::default(), Events::default());
+    let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone(), &counters.0).unwrap();
 
     std::fs::remove_file(&files.key).unwrap();
-    let err = reload_observed(&resolver, &counters, &events).unwrap_err();
+    let err = reload_observed(&resolver, &events).unwrap_err();
     assert!(
         matches!(&err, TlsError::Read { path, .. } if *path == files.key),
         "{err:?}"
     );
-    assert!(!reload_observed(&resolver, &counters, &events).unwrap());
+    assert!(!reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "failed"), 1);
     assert_eq!(events.errors.load(Ordering::SeqCst), 1);
     assert_eq!(resolver.current().cert[0], a.leaf);
 
     // The same files come back: that is a change from "unreadable", so it is re-applied.
     files.write(&a);
-    assert!(reload_observed(&resolver, &counters, &events).unwrap());
+    assert!(reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "ok"), 1);
 }
 
@@ -618,7 +575,8 @@ async fn watcher_picks_up_a_change_and_stops_with_the_resolver() {
     let (a, b) = (Pair::new("a"), Pair::new("b"));
     let files = Files::new();
     files.write(&a);
-    let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone()).unwrap();
+    let resolver =
+        ReloadingCert::load(files.cert.clone(), files.key.clone(), &Registry::new()).unwrap();
     let addr = echo_server(server_config(resolver.clone())).await;
     let watcher = resolver.spawn_watcher(Duration::from_millis(50));
 
@@ -639,7 +597,8 @@ async fn watcher_picks_up_a_change_and_stops_with_the_resolver() {
     );
 
     // A second resolver with its own watcher: dropping the resolver ends the task.
-    let other = ReloadingCert::load(files.cert.clone(), files.key.clone()).unwrap();
+    let other =
+        ReloadingCert::load(files.cert.clone(), files.key.clone(), &Registry::new()).unwrap();
     let other_watcher = other.spawn_watcher(Duration::from_millis(50));
     drop(other);
     tokio::time::timeout(Duration::from_secs(5), other_watcher)
@@ -657,7 +616,9 @@ async fn alpn_and_tls12() {
     let pair = Pair::new("alpn");
     let files = Files::new();
     files.write(&pair);
-    let config = server_config(ReloadingCert::load(files.cert.clone(), files.key.clone()).unwrap());
+    let config = server_config(
+        ReloadingCert::load(files.cert.clone(), files.key.clone(), &Registry::new()).unwrap(),
+    );
     assert_eq!(
         config.alpn_protocols,
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]

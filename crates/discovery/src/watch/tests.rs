@@ -43,7 +43,7 @@ impl Drop for Fed {
 fn mk_fed() -> Fed {
     let (ep, eps) = channel_stream();
     let (sl, sls) = channel_stream();
-    let router = Router::new();
+    let router = Router::new(&infergate_proxy::Registry::new());
     let ready = Arc::new(Readiness::default());
     let (stx, statuses) = mpsc::unbounded_channel();
     let d = Discovery::new(Defaults::default(), router.clone())

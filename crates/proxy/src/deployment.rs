@@ -1,0 +1,309 @@
+//! Per-deployment state, kept across route-table swaps: the pod pool (slots, queue, pick), the
+//! connections to its pods, the retry budget and the metric handles; and the admission phase.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, header};
+use hyper::body::Incoming;
+use infergate_balance::{AcquireError, Lease, Outcome, PodSpec, Pool, PoolSettings};
+use infergate_config::ResolvedSettings;
+use infergate_metrics::{Counter, Gauge, Histogram, Registry};
+use parking_lot::RwLock;
+use tokio::time::Instant;
+
+use crate::error::ProxyError;
+use crate::metrics::{
+    DEPLOYMENT_BUSY_SLOTS, DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_UTILIZATION,
+    MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
+    REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
+};
+use crate::upstream::{ConnPool, Upstream};
+
+/// How a deployment's request settings drive its pool.
+pub fn pool_settings(s: &ResolvedSettings) -> PoolSettings {
+    PoolSettings {
+        slots: s.max_concurrent_requests_per_instance,
+        max_queue: s.max_queue_length,
+        eject_after: s.eject_after_consecutive_failures,
+        ejection_base: Duration::from_millis(s.ejection_base_ms),
+        ejection_max: Duration::from_millis(s.ejection_max_ms),
+    }
+}
+
+/// Live state of one deployment. Kept across route-table swaps while the (endpoint, deployment)
+/// names stay.
+#[derive(Debug)]
+pub struct DeploymentState {
+    /// Slots, queue and pick over the deployment's pods.
+    pub pool: Pool,
+    /// Endpoint name (labels, logs).
+    pub endpoint: Arc<str>,
+    /// Deployment name (labels, logs).
+    pub deployment: Arc<str>,
+    /// The deployment's name as the `azureml-model-deployment` response header.
+    pub(crate) header: HeaderValue,
+    pub(crate) conns: ConnPool,
+    retry_budget: RetryBudget,
+    pub(crate) metrics: DeploymentMetrics,
+}
+
+impl DeploymentState {
+    /// State for a deployment of `endpoint` with these pods and settings; connections are opened
+    /// as `upstream` says and metrics registered in `registry`.
+    pub(crate) fn new(
+        endpoint: &str,
+        deployment: &str,
+        pods: &[PodSpec],
+        settings: &ResolvedSettings,
+        upstream: &Upstream,
+        registry: &Registry,
+    ) -> Self {
+        DeploymentState {
+            pool: Pool::new(pods, pool_settings(settings)),
+            endpoint: endpoint.into(),
+            deployment: deployment.into(),
+            header: HeaderValue::from_str(deployment)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            conns: ConnPool::new(upstream, pods),
+            retry_budget: RetryBudget::new(),
+            metrics: DeploymentMetrics::new(registry, endpoint, deployment),
+        }
+    }
+
+    /// The deployment's pods or settings changed: in place, so in-flight counts, waiters,
+    /// per-pod state and connections of the pods that stay carry over.
+    pub(crate) fn update(&self, pods: &[PodSpec], settings: &ResolvedSettings) {
+        self.pool.set_pods(pods, pool_settings(settings));
+        self.conns.set_pods(pods);
+    }
+
+    /// Refuses a body that announces more than the deployment allows (before a slot is taken).
+    pub(crate) fn check_body(
+        &self,
+        settings: &ResolvedSettings,
+        headers: &HeaderMap,
+        body: &Incoming,
+    ) -> Result<(), ProxyError> {
+        let limit = settings.max_request_body_bytes;
+        let announced = http_body::Body::size_hint(body)
+            .exact()
+            .or_else(|| content_length(headers));
+        match announced {
+            Some(n) if n > limit => Err(ProxyError::PayloadTooLarge { limit }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admission: a slot on a pod, waiting in FIFO order for at most `maxQueueWaitMs`. Every
+    /// request also deposits its share into the retry budget.
+    pub(crate) async fn admit(
+        &self,
+        settings: &ResolvedSettings,
+        roll: u64,
+    ) -> Result<Lease, AcquireError> {
+        self.retry_budget.deposit(settings.retry_budget_percent);
+        let queued_at = Instant::now();
+        let wait = Duration::from_millis(settings.max_queue_wait_ms);
+        let acquired = self.pool.acquire(roll, wait).await;
+        self.metrics
+            .queue_wait
+            .record(queued_at.elapsed().as_secs_f64());
+        acquired
+    }
+
+    /// A slot on another pod than `failed` for a retry, if the budget allows one.
+    pub(crate) async fn retry_lease(
+        &self,
+        settings: &ResolvedSettings,
+        roll: u64,
+        failed: &Lease,
+    ) -> Option<Lease> {
+        if settings.retry_budget_percent == 0
+            || self.pool.pods().len() < 2
+            || !self.retry_budget.withdraw()
+        {
+            return None;
+        }
+        let wait = Duration::from_millis(settings.max_queue_wait_ms);
+        let next = self
+            .pool
+            .acquire_avoiding(roll.rotate_left(21), wait, Some(failed.pod().clone()))
+            .await
+            .ok()?;
+        self.metrics.retries.increment(1);
+        tracing::debug!(pod = %failed.pod().addr(), next = %next.pod().addr(), "retrying on another pod");
+        Some(next)
+    }
+
+    /// Reports an outcome to the pool and counts an ejection it causes.
+    pub(crate) fn report(&self, lease: &Lease, outcome: Outcome) {
+        if lease.report(outcome) {
+            self.metrics.ejections.increment(1);
+            tracing::warn!(
+                endpoint = &*self.endpoint,
+                deployment = &*self.deployment,
+                pod = %lease.pod().addr(),
+                "pod ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Sets the autoscale gauges from the pool: busy slots, queued requests, pods, and
+    /// utilization = (busy + queued) / (pods x slots).
+    pub(crate) fn update_gauges(&self) {
+        let (pool, m) = (&self.pool, &self.metrics);
+        let (busy, queued) = (f64::from(pool.busy()), pool.queued() as f64);
+        let pods = pool.pods().len() as f64;
+        let capacity = pods * f64::from(pool.limit());
+        m.busy.set(busy);
+        m.queued.set(queued);
+        m.pods.set(pods);
+        m.utilization.set(if capacity > 0.0 {
+            (busy + queued) / capacity
+        } else if busy + queued > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        });
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A token bucket for retries: every request deposits `retryBudgetPercent`/100 of a retry,
+/// every retry withdraws one, so retries stay a bounded share of traffic (no retry storms when
+/// a whole deployment is down). Starts with 10 retries, holds at most 100.
+#[derive(Debug)]
+struct RetryBudget {
+    milli: AtomicI64,
+}
+
+impl RetryBudget {
+    const ONE: i64 = 1000;
+    const CAP: i64 = 100 * Self::ONE;
+
+    fn new() -> Self {
+        RetryBudget {
+            milli: AtomicI64::new(10 * Self::ONE),
+        }
+    }
+    fn deposit(&self, percent: u32) {
+        if percent > 0 && self.milli.load(Ordering::Relaxed) < Self::CAP {
+            self.milli
+                .fetch_add(i64::from(percent) * 10, Ordering::Relaxed);
+        }
+    }
+    fn withdraw(&self) -> bool {
+        self.milli
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                (m >= Self::ONE).then_some(m - Self::ONE)
+            })
+            .is_ok()
+    }
+}
+
+/// `infergate_requests_total{..., status}` handles, each registered on the first answer with
+/// that status and then reused.
+#[derive(Debug)]
+pub(crate) struct StatusCounters {
+    registry: Registry,
+    endpoint: Arc<str>,
+    deployment: Arc<str>,
+    by_status: RwLock<Vec<(u16, Counter)>>,
+}
+
+impl StatusCounters {
+    pub(crate) fn new(registry: &Registry, endpoint: &str, deployment: &str) -> Self {
+        StatusCounters {
+            registry: registry.clone(),
+            endpoint: endpoint.into(),
+            deployment: deployment.into(),
+            by_status: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Counts one answer with `status`.
+    pub(crate) fn count(&self, status: u16) {
+        if let Some((_, c)) = self.by_status.read().iter().find(|(s, _)| *s == status) {
+            c.increment(1);
+            return;
+        }
+        let mut w = self.by_status.write();
+        let c = match w.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let labels = [
+                    ("endpoint", &*self.endpoint),
+                    ("deployment", &*self.deployment),
+                    ("status", &*status.to_string()),
+                ];
+                let c = self.registry.counter(REQUESTS_TOTAL, &labels);
+                w.push((status, c.clone()));
+                c
+            }
+        };
+        c.increment(1);
+    }
+}
+
+/// Mirror copies by result.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MirrorResult {
+    Ok = 0,
+    Failed = 1,
+    Skipped = 2,
+}
+
+/// Metric handles for one (endpoint, deployment), registered once rather than per request.
+#[derive(Debug)]
+pub(crate) struct DeploymentMetrics {
+    pub(crate) status: StatusCounters,
+    pub(crate) duration: Histogram,
+    pub(crate) upstream: Histogram,
+    queue_wait: Histogram,
+    retries: Counter,
+    ejections: Counter,
+    mirror: [Counter; 3],
+    busy: Gauge,
+    queued: Gauge,
+    pods: Gauge,
+    utilization: Gauge,
+}
+
+impl DeploymentMetrics {
+    fn new(registry: &Registry, endpoint: &str, deployment: &str) -> Self {
+        let l = [("endpoint", endpoint), ("deployment", deployment)];
+        let mirror = |result: &'static str| {
+            registry.counter(
+                MIRROR_REQUESTS_TOTAL,
+                &[
+                    ("endpoint", endpoint),
+                    ("deployment", deployment),
+                    ("result", result),
+                ],
+            )
+        };
+        DeploymentMetrics {
+            status: StatusCounters::new(registry, endpoint, deployment),
+            duration: registry.histogram(REQUEST_DURATION_SECONDS, &l),
+            upstream: registry.histogram(UPSTREAM_DURATION_SECONDS, &l),
+            queue_wait: registry.histogram(QUEUE_WAIT_SECONDS, &l),
+            retries: registry.counter(RETRIES_TOTAL, &l),
+            ejections: registry.counter(POD_EJECTIONS_TOTAL, &l),
+            mirror: [mirror("ok"), mirror("failed"), mirror("skipped")],
+            busy: registry.gauge(DEPLOYMENT_BUSY_SLOTS, &l),
+            queued: registry.gauge(DEPLOYMENT_QUEUED_REQUESTS, &l),
+            pods: registry.gauge(DEPLOYMENT_PODS, &l),
+            utilization: registry.gauge(DEPLOYMENT_UTILIZATION, &l),
+        }
+    }
+
+    /// The mirror counter for `result`.
+    pub(crate) fn mirror(&self, result: MirrorResult) -> &Counter {
+        &self.mirror[result as usize]
+    }
+}

@@ -1,0 +1,152 @@
+//! Forwarding: the request rebuilt for the pod, then the attempt loop (a pooled or new
+//! connection, a retry on another pod when a connection never opened, the response head within
+//! `requestTimeoutMs`), and what a failed exchange stands for.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Request, Response, Version, header};
+use hyper::body::Incoming;
+use infergate_balance::Outcome;
+use infergate_routing::Action;
+use tokio::time::Instant;
+
+use crate::body::{BodyTooLarge, RequestBody, RequestShared};
+use crate::endpoint::{Deployment, Endpoint};
+use crate::error::ProxyError;
+use crate::headers::{X_MS_CLIENT_REQUEST_ID, rewrite_request};
+use crate::mirror;
+use crate::response::RequestCtx;
+use crate::upstream::{ConnectError, SendError, UpstreamBody};
+
+/// Where a connection came from and over what.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// `https` or `http`, for `x-forwarded-proto`.
+    pub proto: &'static str,
+}
+
+/// The request for the pod: forwarding headers set, the pod's path, the client's body counted
+/// and limited (and copied when the request is mirrored).
+pub(crate) fn prepare(
+    ctx: &mut RequestCtx,
+    (endpoint, dep, action): (&Endpoint, &Deployment, Action),
+    mut parts: Parts,
+    body: Incoming,
+    conn: ConnInfo,
+    roll: u64,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let host = ctx.uri.authority().map(|a| a.as_str());
+    rewrite_request(&mut parts.headers, &ctx.request_id, conn.remote.ip(), conn.proto, host);
+    ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
+    let shared = RequestShared::new(&body);
+    let tee = mirror::tee(endpoint, action, &parts, ctx.uri.query(), roll, &shared);
+    parts.uri = dep
+        .upstream_uri(action, ctx.uri.query())
+        .ok_or(ProxyError::UpstreamFailed("the upstream URI could not be built"))?;
+    parts.version = Version::HTTP_11;
+    ctx.shared = Some(shared.clone());
+    let limit = dep.settings.max_request_body_bytes;
+    Ok(Request::from_parts(parts, RequestBody::new(body, shared, limit, tee)))
+}
+
+/// Sends `req` to the admitted pod and waits for its response head. A connection that never
+/// opened is retried once on another pod (within the retry budget); a pooled connection that
+/// closed before taking the request is replaced by a fresh one to the same pod.
+pub(crate) async fn send(
+    dep: &Deployment,
+    ctx: &mut RequestCtx,
+    mut req: Request<RequestBody>,
+    roll: u64,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    let (state, settings) = (&dep.balancer, &dep.settings);
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let timed_out = ProxyError::UpstreamTimeout {
+        ms: settings.request_timeout_ms,
+    };
+    let mut may_retry = true;
+    loop {
+        let lease = ctx.lease.as_ref().expect("admitted before forwarding");
+        let deadline = Instant::now() + timeout;
+        // No timer here: a pooled connection is at hand at once, and a connect is bounded by
+        // the deadline inside `checkout`.
+        let conn = match state.conns.checkout(lease.pod().addr(), deadline).await {
+            Ok(c) => c,
+            Err(e) => {
+                state.report(lease, Outcome::Failure);
+                if matches!(e, ConnectError::Deadline) {
+                    return Err(timed_out);
+                }
+                tracing::debug!(pod = %lease.pod().addr(), error = %e, "upstream connect failed");
+                // Nothing reached any pod (a request is handed to a connection only once one
+                // is open): once, on another pod, within the budget.
+                if may_retry && let Some(next) = state.retry_lease(settings, roll, lease).await {
+                    may_retry = false;
+                    ctx.lease = Some(next);
+                    continue;
+                }
+                return Err(connect_error(&e));
+            }
+        };
+        req.headers_mut().insert(header::HOST, conn.host());
+        let sent = Instant::now();
+        match tokio::time::timeout_at(deadline, conn.send(req)).await {
+            Ok(Ok(resp)) => {
+                let upstream = sent.elapsed();
+                let outcome = match resp.status().is_server_error() {
+                    true => Outcome::Failure,
+                    false => Outcome::Success(upstream),
+                };
+                state.report(lease, outcome);
+                state.metrics.upstream.record(upstream.as_secs_f64());
+                ctx.upstream = Some(upstream);
+                return Ok(resp);
+            }
+            // A pooled connection closed before taking the request (the pod ended an idle
+            // keep-alive connection): the same request goes out on a fresh connection.
+            Ok(Err(SendError::NotSent {
+                req: back,
+                reused: true,
+                ..
+            })) => req = back,
+            Ok(Err(SendError::NotSent { error: e, .. } | SendError::Failed(e))) => {
+                state.report(lease, Outcome::Failure);
+                return Err(classify(&e, settings.max_request_body_bytes));
+            }
+            Err(_) => {
+                state.report(lease, Outcome::Failure);
+                return Err(timed_out);
+            }
+        }
+    }
+}
+
+/// Maps a failed exchange with a pod to the failure it stands for.
+fn classify(e: &hyper::Error, limit: u64) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<BodyTooLarge>().is_some() {
+            return ProxyError::PayloadTooLarge { limit };
+        }
+        src = s.source();
+    }
+    if e.is_parse() || e.is_parse_status() {
+        return ProxyError::UpstreamFailed("malformed response");
+    }
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return ProxyError::UpstreamFailed("connection closed before a response");
+    }
+    ProxyError::UpstreamFailed("connection error")
+}
+
+/// Maps a failed connect to the failure it stands for.
+fn connect_error(e: &ConnectError) -> ProxyError {
+    match e {
+        ConnectError::Io(_) | ConnectError::Timeout(_) => ProxyError::UpstreamConnect,
+        ConnectError::Deadline => ProxyError::UpstreamFailed("request deadline passed"),
+        ConnectError::Handshake(_) => ProxyError::UpstreamFailed("connection error"),
+    }
+}

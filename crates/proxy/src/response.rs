@@ -1,0 +1,271 @@
+//! The response side: the request's context (owned for the whole request and finished exactly
+//! once, on drop: counted, timed, logged, slot freed), the body the router answers with, and the
+//! edge where a pod's answer or a [`ProxyError`] becomes the client's response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
+use http_body::{Body, Frame, SizeHint};
+use infergate_balance::Lease;
+use infergate_metrics::Gauge;
+use tokio::time::Instant;
+
+use crate::body::RequestShared;
+use crate::deployment::{DeploymentState, StatusCounters};
+use crate::error::ProxyError;
+use crate::headers::{AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop};
+use crate::upstream::UpstreamBody;
+
+/// What every request reports to, whatever it became: the in-flight gauge, and the status
+/// counters of requests that never reached a deployment.
+#[derive(Debug)]
+pub(crate) struct RequestMetrics {
+    pub(crate) in_flight: Gauge,
+    pub(crate) unrouted: StatusCounters,
+}
+
+/// One request's context, from its head to the end of its response body. Each phase fills in
+/// what it learns; when the context is dropped (the response body ended, failed or was
+/// abandoned, or an error answer was made) the request is counted, timed and logged exactly
+/// once, and then its pod slot is freed.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub(crate) request_id: HeaderValue,
+    pub(crate) method: Method,
+    /// The client's URI (the request sent upstream carries the pod's).
+    pub(crate) uri: Uri,
+    start: Instant,
+    metrics: Arc<RequestMetrics>,
+    /// The endpoint, once the URL has named a known one.
+    pub(crate) endpoint: Option<Arc<str>>,
+    /// The deployment, once chosen.
+    pub(crate) dep: Option<Arc<DeploymentState>>,
+    /// The pod slot, once admitted; freed after the log line.
+    pub(crate) lease: Option<Lease>,
+    /// The client's body, once it is on its way to a pod.
+    pub(crate) shared: Option<Arc<RequestShared>>,
+    /// The client's own request id, echoed back when well formed.
+    pub(crate) client_request_id: Option<HeaderValue>,
+    /// From sending to the pod until its response head.
+    pub(crate) upstream: Option<Duration>,
+    status: u16,
+    bytes_out: u64,
+    outcome: &'static str,
+}
+
+impl RequestCtx {
+    /// A request starts: counted in flight until its context is dropped.
+    pub(crate) fn start(metrics: &Arc<RequestMetrics>, method: Method, uri: Uri) -> Self {
+        metrics.in_flight.increment(1.0);
+        RequestCtx {
+            request_id: crate::headers::new_request_id(),
+            method,
+            uri,
+            start: Instant::now(),
+            metrics: metrics.clone(),
+            endpoint: None,
+            dep: None,
+            lease: None,
+            shared: None,
+            client_request_id: None,
+            upstream: None,
+            status: 0,
+            bytes_out: 0,
+            outcome: "ok",
+        }
+    }
+
+    /// Ends the request with `outcome` (`ok`, `client_aborted`, `upstream_error`).
+    fn finish(mut self, outcome: &'static str) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        match &self.dep {
+            Some(d) => {
+                d.metrics.status.count(self.status);
+                d.metrics.duration.record(elapsed.as_secs_f64());
+            }
+            None => self.metrics.unrouted.count(self.status),
+        }
+        self.metrics.in_flight.decrement(1.0);
+        let dep = self.dep.as_deref();
+        let pod = self.lease.as_ref().map(Lease::pod);
+        tracing::info!(
+            target: "infergate::access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            method = %self.method,
+            path = self.uri.path(),
+            endpoint = self.endpoint.as_deref().unwrap_or(""),
+            deployment = dep.map_or("", |d| &d.deployment),
+            pod = pod.map(|p| tracing::field::display(p.addr())),
+            pod_name = pod.and_then(|p| p.name()),
+            status = self.status,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            upstream_ms = self.upstream.map(|u| u.as_secs_f64() * 1e3),
+            bytes_in = self.shared.as_ref().map_or(0, |s| s.bytes_in()),
+            bytes_out = self.bytes_out,
+            outcome = self.outcome,
+            "request"
+        );
+        // The lease drops after this: the slot goes back to the pool (or the next waiter).
+    }
+}
+
+/// The client's response from the pod's: hop-by-hop headers removed, the router's headers set;
+/// the context rides along in the body and finishes when the body does.
+pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Response<ProxyBody> {
+    let (mut rp, inner) = resp.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    rp.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(d) = &ctx.dep {
+        rp.headers.insert(AZUREML_MODEL_DEPLOYMENT, d.header.clone());
+    }
+    if let Some(c) = ctx.client_request_id.take() {
+        rp.headers.entry(X_MS_CLIENT_REQUEST_ID).or_insert(c);
+    }
+    ctx.status = rp.status.as_u16();
+    Response::from_parts(
+        rp,
+        ProxyBody::Upstream {
+            inner,
+            ctx: Some(ctx),
+        },
+    )
+}
+
+/// The router's own answer to a failure; the request ends here.
+pub(crate) fn rescue(err: &ProxyError, mut ctx: RequestCtx) -> Response<ProxyBody> {
+    let resp = error_response(err, &ctx.request_id);
+    ctx.status = resp.status().as_u16();
+    ctx.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+    ctx.outcome = err.status_and_code().1;
+    resp
+}
+
+/// The one place a [`ProxyError`] becomes a response: status, `{"error": {"code", "message"}, "requestId"}`
+/// body, `x-request-id`, and `Retry-After` / `Allow` / `WWW-Authenticate` where they apply.
+pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let (status, code) = err.status_and_code();
+    let body = serde_json::json!({
+        "error": {"code": code, "message": err.to_string()},
+        "requestId": request_id.to_str().unwrap_or(""),
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut resp = Response::new(ProxyBody::full(bytes));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(X_REQUEST_ID, request_id.clone());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    if let ProxyError::Unauthorized { reason } = err {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(reason.www_authenticate()),
+        );
+    }
+    resp
+}
+
+/// The body the router answers with: its own small JSON, or the pod's body streamed through.
+// The context is kept inline: one allocation less per request than boxing it.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A complete body (router-made answers).
+    Full(Option<Bytes>),
+    /// The pod's body; the request finishes when it ends, fails or is dropped.
+    Upstream {
+        /// The pod's body.
+        inner: UpstreamBody,
+        /// The request's context, finished exactly once.
+        ctx: Option<RequestCtx>,
+    },
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(b: Bytes) -> Self {
+        ProxyBody::Full(Some(b))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream { inner, ctx } => {
+                let r = ready!(Pin::new(inner).poll_frame(cx));
+                match &r {
+                    Some(Ok(f)) => {
+                        if let (Some(d), Some(c)) = (f.data_ref(), ctx.as_mut()) {
+                            c.bytes_out += d.len() as u64;
+                        }
+                    }
+                    Some(Err(_)) => {
+                        if let Some(c) = ctx.take() {
+                            c.finish("upstream_error");
+                        }
+                    }
+                    None => {
+                        if let Some(c) = ctx.take() {
+                            c.finish("ok");
+                        }
+                    }
+                }
+                Poll::Ready(r)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let ProxyBody::Upstream { inner, ctx } = self
+            && let Some(c) = ctx.take()
+        {
+            // hyper drops a body it knows is empty without polling it: that is a normal end.
+            c.finish(if inner.is_end_stream() {
+                "ok"
+            } else {
+                "client_aborted"
+            });
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The router: the route table it serves, and each request as a list of phases (route,
+//! authorize, select, admit, prepare, forward, respond) with one error boundary.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use infergate_metrics::Registry;
+use infergate_routing::{Deployment, Endpoint, RouteTable};
+
+use crate::deployment::{DeploymentState, StatusCounters};
+use crate::endpoint::{EndpointState, Table};
+use crate::error::ProxyError;
+use crate::forward::{self, ConnInfo};
+use crate::headers::AZUREML_MODEL_DEPLOYMENT;
+use crate::metrics::REQUESTS_IN_FLIGHT;
+use crate::response::{ProxyBody, RequestCtx, RequestMetrics, rescue, respond};
+use crate::spec::EndpointSpec;
+use crate::upstream::{UpstreamBody, Upstream};
+
+/// The router: the current route table, how pods are reached, and where it counts.
+#[derive(Debug)]
+pub struct Router {
+    table: ArcSwap<Table>,
+    upstream: Upstream,
+    registry: Registry,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl Router {
+    /// A router with an empty table (see [`Router::publish_specs`]) counting in `registry`.
+    pub fn new(registry: &Registry) -> Arc<Self> {
+        crate::metrics::describe(registry);
+        Arc::new(Router {
+            table: ArcSwap::from_pointee(Table::default()),
+            upstream: Upstream::new(),
+            registry: registry.clone(),
+            metrics: Arc::new(RequestMetrics {
+                in_flight: registry.gauge(REQUESTS_IN_FLIGHT, &[]),
+                unrouted: StatusCounters::new(registry, "", ""),
+            }),
+        })
+    }
+
+    /// Serves one request: the phases in order; the first failure becomes the answer.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let uri = std::mem::take(&mut parts.uri);
+        let mut ctx = RequestCtx::start(&self.metrics, parts.method.clone(), uri);
+        match self.forward(&mut ctx, parts, body, conn).await {
+            Ok(resp) => respond(resp, ctx),
+            Err(err) => rescue(&err, ctx),
+        }
+    }
+
+    async fn forward(
+        &self,
+        ctx: &mut RequestCtx,
+        mut parts: Parts,
+        body: Incoming,
+        conn: ConnInfo,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let roll: u64 = rand::random();
+        // Route: one snapshot per request, held (as an Arc, not a lock) until the response head.
+        let table = self.table.load_full();
+        let (endpoint, action) = table.lookup(&ctx.method, ctx.uri.path())?;
+        ctx.endpoint = Some(endpoint.state.name.clone());
+        // Authorize: before a deployment is chosen, a pod contacted or a slot taken.
+        endpoint.state.authorize(action, &mut parts.headers)?;
+        // Select the deployment: pinned by header, or by the traffic weights.
+        let dep = endpoint.select(parts.headers.get(AZUREML_MODEL_DEPLOYMENT), roll as u32)?;
+        let state = &dep.balancer;
+        ctx.dep = Some(state.clone());
+        // Admit: the body's announced size, then a pod slot (FIFO wait, bounded).
+        state.check_body(&dep.settings, &parts.headers, &body)?;
+        ctx.lease = Some(state.admit(&dep.settings, roll).await?);
+        // Forward: the request rebuilt for the pod, then the attempts.
+        let req = forward::prepare(ctx, (endpoint, dep, action), parts, body, conn, roll)?;
+        forward::send(dep, ctx, req, roll).await
+    }
+
+    /// Builds a table from `specs` and publishes it with one atomic swap.
+    ///
+    /// A deployment that exists in the current table under the same (endpoint, deployment)
+    /// names keeps its state: its pool is updated in place, so in-flight counts, waiters and
+    /// per-pod state (latency estimates, ejections, connections) carry over; pods that left
+    /// take no new requests but finish their own.
+    pub fn publish_specs(&self, specs: &[EndpointSpec]) {
+        let old = self.table.load_full();
+        let table = RouteTable::from_shared(specs.iter().map(|ep| {
+            // Unchanged endpoints are shared with the old table: one change costs a pointer
+            // copy per endpoint, not a rebuild of every deployment and pod.
+            if let Some(prev) = old.endpoint_shared(&ep.name)
+                && prev.state.spec == *ep
+            {
+                return prev.clone();
+            }
+            let prev = old.endpoint(&ep.name);
+            let deployments = ep
+                .deployments
+                .iter()
+                .map(|d| {
+                    let state = match prev.and_then(|e| e.deployment(d.name.as_bytes())) {
+                        Some(p) => {
+                            p.balancer.update(&d.pods, &d.settings);
+                            p.balancer.clone()
+                        }
+                        None => Arc::new(DeploymentState::new(
+                            &ep.name,
+                            &d.name,
+                            &d.pods,
+                            &d.settings,
+                            &self.upstream,
+                            &self.registry,
+                        )),
+                    };
+                    let pods = d.pods.iter().map(|p| p.addr).collect();
+                    let dep = Deployment::new(
+                        &d.name,
+                        &d.scoring_path,
+                        &d.swagger_path,
+                        d.settings,
+                        pods,
+                        state,
+                    );
+                    (dep, d.weight)
+                })
+                .collect();
+            let state = EndpointState::new(ep, prev.map(|p| &*p.state), &self.registry);
+            Arc::new(Endpoint::new(&ep.name, Arc::new(state), deployments))
+        }));
+        self.publish(table);
+    }
+
+    /// Publishes a new table with one atomic swap; requests already running keep the old one.
+    pub fn publish(&self, table: Table) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// The table being served now.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// The registry this router counts in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Closes upstream connections idle for longer than the idle timeout (called periodically).
+    pub fn sweep_idle(&self) {
+        self.each_deployment(|d| d.conns.sweep());
+    }
+
+    /// Sets the per-deployment autoscale gauges from the pools (called when `/metrics` is scraped):
+    /// busy slots, queued requests, pods, and utilization = (busy + queued) / (pods x slots).
+    pub fn update_gauges(&self) {
+        self.each_deployment(DeploymentState::update_gauges);
+    }
+
+    fn each_deployment(&self, f: impl Fn(&DeploymentState)) {
+        let table = self.table.load();
+        for ep in table.endpoints() {
+            for d in ep.deployments.iter() {
+                f(&d.balancer);
+            }
+        }
+    }
+}
