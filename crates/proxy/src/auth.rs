@@ -8,11 +8,11 @@ use std::time::SystemTime;
 use http::{HeaderMap, header};
 use infergate_auth::{AuthFailure, AuthPolicy};
 use infergate_routing::Action;
+use infergate_spec::EndpointSpec;
 use metrics::{Counter, Label};
 
 use crate::metrics::AUTH_FAILURES_TOTAL;
 use crate::service::EndpointState;
-use crate::spec::EndpointSpec;
 
 /// `infergate_auth_failures_total{endpoint, reason}` handles for one endpoint, each registered
 /// on its first use and then reused (no allocation per request). Kept across route-table swaps.

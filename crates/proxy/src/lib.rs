@@ -11,15 +11,23 @@ pub mod headers;
 pub mod metrics;
 mod server;
 mod service;
-pub mod spec;
 mod upstream;
 
 pub use error::{ProxyError, error_response};
 pub use infergate_auth::{AuthFailure, AuthMode, AuthPolicy};
 pub use infergate_balance::PodSpec;
-pub use server::{Readiness, Server, StartError};
+pub use infergate_spec::{
+    DeploymentSpec, EndpointSpec, MirrorSpec, PublishSpecs, Readiness, specs_from_config,
+};
+pub use server::{Server, StartError};
 pub use service::{ConnInfo, DeploymentState, EndpointState, Router, Table, pool_settings};
-pub use spec::{DeploymentSpec, EndpointSpec, MirrorSpec, specs_from_config};
+
+/// The router is what sources (static configuration, discovery) publish to.
+impl PublishSpecs for Router {
+    fn publish_specs(&self, specs: &[EndpointSpec]) {
+        Router::publish_specs(self, specs)
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use infergate_config::Config;
+use infergate_spec::{Readiness, specs_from_config};
 use infergate_tls::{ReloadingCert, TlsError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -52,27 +52,6 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// Readiness: routes published and not draining.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    published: AtomicBool,
-    draining: AtomicBool,
-}
-
-impl Readiness {
-    /// Whether `/readyz` answers 200.
-    pub fn is_ready(&self) -> bool {
-        self.published.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
-    }
-
-    /// Marks the route table as published (or not). [`Server::bind`] does it for a static
-    /// configuration; with `discovery.kube` the discovery task does it after the first full
-    /// sync of every watch.
-    pub fn set_published(&self, published: bool) {
-        self.published.store(published, Ordering::Release);
-    }
 }
 
 /// A bound, not yet running router.
@@ -121,7 +100,7 @@ impl Server {
         };
         let prom = crate::metrics::install();
         let router = Router::new();
-        router.publish_specs(&crate::spec::specs_from_config(cfg));
+        router.publish_specs(&specs_from_config(cfg));
 
         let https = match (addrs.https, &cert) {
             (Some(a), Some(c)) => Some((
@@ -241,7 +220,7 @@ impl Server {
         };
         let signal = async {
             shutdown.await;
-            ready.draining.store(true, Ordering::Release);
+            ready.set_draining();
             tracing::info!(
                 drain_timeout_ms = drain_timeout.as_millis() as u64,
                 "draining"

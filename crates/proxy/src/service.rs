@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use infergate_balance::{Lease, Outcome, PodSpec, PodState, Pool, PoolSettings};
 use infergate_config::ResolvedSettings;
 use infergate_routing::{Action, Deployment, Endpoint, RouteTable};
+use infergate_spec::{EndpointSpec, MirrorSpec};
 use metrics::{Counter, Gauge, Histogram, Label};
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -29,7 +30,6 @@ use crate::metrics::{
     MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
     REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
-use crate::spec::{EndpointSpec, MirrorSpec};
 use crate::upstream::{Checkout, ConnectError, SendError, Upstream};
 
 /// The route table the proxy serves: each endpoint carries its policy, each deployment its
