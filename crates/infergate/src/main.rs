@@ -133,7 +133,9 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
-                // With `discovery.kube`: the Kubernetes client, before any port is bound.
+                // With `discovery.kube`: the Kubernetes client, before any port is bound (kube's
+                // TLS is rustls: the process's crypto provider goes in first).
+                infergate_tls::install_crypto_provider();
                 let kube = match infergate_discovery::client_if_configured(&cfg).await {
                     Ok(k) => k,
                     Err(e) => {
@@ -148,7 +150,14 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                let _discovery = kube.and_then(|c| infergate_discovery::start(c, &cfg, &server));
+                let _discovery = kube.and_then(|c| {
+                    infergate_discovery::start(
+                        c,
+                        &cfg,
+                        server.router().clone(),
+                        server.readiness().clone(),
+                    )
+                });
                 server.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
