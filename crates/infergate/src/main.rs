@@ -1,10 +1,14 @@
-//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`), or render Kubernetes manifests (`render`, `crd`).
+//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`, with the default `demo` feature), or render Kubernetes manifests (`render`, `crd`).
+//!
+//! Built without the `demo` feature (the release image), the binary has no `demo` subcommand and
+//! embeds neither the example certificate nor its key, nor the mock model.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "demo")]
 mod demo;
 mod token;
 
@@ -36,6 +40,7 @@ enum Cmd {
     /// Issue tokens for endpoints in token mode (`token issue --endpoint NAME --ttl 1h --key-file F`).
     Token(token::TokenCommand),
     /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
+    #[cfg(feature = "demo")]
     Demo {
         /// HTTPS port of the router.
         #[arg(long, default_value_t = 8443)]
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Token(cmd) => cmd.run(),
+        #[cfg(feature = "demo")]
         Cmd::Demo {
             https_port,
             admin_port,
