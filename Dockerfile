@@ -10,10 +10,11 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds (BuildKit); the binary is copied
-# out of the cached target dir so the next stage can see it.
+# out of the cached target dir so the next stage can see it. --no-default-features leaves out
+# `infergate demo` (the mock model and the embedded example certificate and key).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p infergate \
+    cargo build --release --locked -p infergate --no-default-features \
     && cp target/release/infergate /infergate
 
 # cc: glibc + libgcc, matching bookworm's (ring and the std need nothing else).

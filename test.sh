@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project: formatting, the crypto-provider guard, all cargo tests
-# (unit, property, end-to-end over 127.0.0.1), and offline schema validation of the manifests.
+# (unit, property, end-to-end over 127.0.0.1), a check of the release feature set (no `demo`),
+# and offline schema validation of the manifests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -16,6 +17,9 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+echo "== the release build's features: infergate without \`demo\` (as the Dockerfile builds it)"
+cargo check -p infergate --no-default-features --locked
 
 echo "== manifests: kustomize overlays and render modes against the Kubernetes schemas"
 bash deploy/validate.sh

@@ -1,11 +1,12 @@
-//! Route resolution: the one table lookup every request makes.
+//! Route resolution: the one table lookup every request makes, as the proxy does it
+//! ([`RouteTable::lookup`], then [`Endpoint::select`]).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Method};
 use infergate_config::{DeploymentConfig, EndpointConfig};
-use infergate_routing::{Deployment, Endpoint, RouteTable};
+use infergate_routing::{Deployment, Endpoint, RouteError, RouteTable};
 
 fn mk_table(endpoints: usize) -> RouteTable<()> {
     let settings = infergate_config::Defaults::default();
@@ -31,13 +32,35 @@ fn mk_table(endpoints: usize) -> RouteTable<()> {
             .deployments
             .iter()
             .zip(ep.weights())
-            .map(|(d, w)| (Deployment::from_config(d, settings, ()), w))
+            .map(|(d, w)| {
+                let dep = Deployment::new(
+                    &d.name,
+                    &d.scoring_path,
+                    &d.swagger_path,
+                    settings,
+                    d.pod_addrs(),
+                    (),
+                );
+                (dep, w)
+            })
             .collect();
         Endpoint::new(&ep.name, (), deps)
     }))
 }
 
-fn resolve(c: &mut Criterion) {
+/// What the proxy does per request: the endpoint and action from the path, then the deployment.
+fn resolve<'t>(
+    t: &'t RouteTable<()>,
+    method: &Method,
+    path: &str,
+    pinned: Option<&HeaderValue>,
+    roll: u32,
+) -> Result<&'t Deployment<()>, RouteError> {
+    let (endpoint, _action) = t.lookup(method, path)?;
+    endpoint.select(pinned, roll)
+}
+
+fn bench_resolve(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_resolve");
     for size in [10usize, 10_000] {
         let t = mk_table(size);
@@ -46,10 +69,7 @@ fn resolve(c: &mut Criterion) {
             let mut roll = 0u32;
             b.iter(|| {
                 roll = roll.wrapping_add(7);
-                black_box(
-                    t.resolve(&Method::POST, black_box(&path), None, roll)
-                        .is_ok(),
-                )
+                black_box(resolve(&t, &Method::POST, black_box(&path), None, roll).is_ok())
             })
         });
     }
@@ -58,7 +78,8 @@ fn resolve(c: &mut Criterion) {
     g.bench_function("pinned/1000_endpoints", |b| {
         b.iter(|| {
             black_box(
-                t.resolve(
+                resolve(
+                    &t,
                     &Method::POST,
                     black_box("/api/v1/service/model-500/score"),
                     Some(&pin),
@@ -71,7 +92,8 @@ fn resolve(c: &mut Criterion) {
     g.bench_function("percent_encoded/1000_endpoints", |b| {
         b.iter(|| {
             black_box(
-                t.resolve(
+                resolve(
+                    &t,
                     &Method::POST,
                     black_box("/api/v1/endpoint/model%2D500/score"),
                     None,
@@ -84,7 +106,8 @@ fn resolve(c: &mut Criterion) {
     g.bench_function("miss/1000_endpoints", |b| {
         b.iter(|| {
             black_box(
-                t.resolve(
+                resolve(
+                    &t,
                     &Method::POST,
                     black_box("/api/v1/endpoint/nope/score"),
                     None,
@@ -97,5 +120,5 @@ fn resolve(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, resolve);
+criterion_group!(benches, bench_resolve);
 criterion_main!(benches);

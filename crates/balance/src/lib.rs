@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+/// A pod as discovery or configuration describes it (defined in `infergate-spec`).
+pub use infergate_spec::PodSpec;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -32,21 +34,6 @@ pub enum AcquireError {
     /// The queue is at its length cap.
     #[error("the wait queue is full")]
     QueueFull,
-}
-
-/// A pod as discovery or configuration describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodSpec {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// The pod's name (Kubernetes `targetRef`), for logs and metrics.
-    pub name: Option<Arc<str>>,
-}
-
-impl From<SocketAddr> for PodSpec {
-    fn from(addr: SocketAddr) -> Self {
-        PodSpec { addr, name: None }
-    }
 }
 
 /// One pod's shared state. Kept by address across pod-set updates, so in-flight counts survive

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infergate_config::{Defaults, KubeDiscoveryConfig};
-use infergate_proxy::{Readiness, Router};
+use infergate_spec::{PublishSpecs, Readiness};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -141,13 +141,14 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
     feeds
 }
 
-/// Starts discovery with `client`: the watches, the index publishing to `router`, readiness
-/// after the first full sync, and the status writer. Runs until the returned task is aborted.
+/// Starts discovery with `client`: the watches, the index publishing to `publisher` (the
+/// proxy's `Router`), `readiness` marked published after the first full sync, and the status
+/// writer. Runs until the returned task is aborted.
 pub fn spawn(
     client: Client,
     cfg: &KubeDiscoveryConfig,
     defaults: Defaults,
-    router: Arc<Router>,
+    publisher: Arc<dyn PublishSpecs>,
     readiness: Arc<Readiness>,
     backoff: Backoff,
 ) -> tokio::task::JoinHandle<()> {
@@ -160,7 +161,7 @@ pub fn spawn(
         cfg.namespaces.join(",")
     };
     tracing::info!(%namespaces, "discovery: watching InferenceEndpoints, EndpointSlices and Secrets");
-    let d = Discovery::new(defaults, router)
+    let d = Discovery::new(defaults, publisher)
         .with_readiness(readiness)
         .with_status_sink(tx)
         // Retries come at most 1.2 x max apart (jitter): quiet for longer means recovered.
@@ -173,32 +174,34 @@ pub fn spawn(
 
 /// The client for `cfg.discovery.kube`, or `None` without it. Built before any port is bound,
 /// so a missing kubeconfig stops start-up.
+///
+/// kube's TLS is rustls: install the process's crypto provider first (the binary calls
+/// `infergate_tls::install_crypto_provider`), so that kube never has to pick one.
 pub async fn client_if_configured(
     cfg: &infergate_config::Config,
 ) -> Result<Option<Client>, DiscoveryError> {
     match cfg.discovery.kube {
-        Some(_) => {
-            infergate_tls::install_crypto_provider();
-            client_from_env().await.map(Some)
-        }
+        Some(_) => client_from_env().await.map(Some),
         None => Ok(None),
     }
 }
 
-/// [`spawn`] for a bound server with the configuration's namespaces, defaults and the default
-/// backoff. Without `discovery.kube` it does nothing.
+/// [`spawn`] with the configuration's namespaces, defaults and the default backoff, publishing
+/// to `publisher` and marking `readiness` (the binary passes its bound server's router and
+/// readiness). Without `discovery.kube` it does nothing.
 pub fn start(
     client: Client,
     cfg: &infergate_config::Config,
-    server: &infergate_proxy::Server,
+    publisher: Arc<dyn PublishSpecs>,
+    readiness: Arc<Readiness>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let kube = cfg.discovery.kube.as_ref()?;
     Some(spawn(
         client,
         kube,
         cfg.defaults,
-        server.router().clone(),
-        server.readiness().clone(),
+        publisher,
+        readiness,
         Backoff::default(),
     ))
 }

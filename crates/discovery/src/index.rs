@@ -18,9 +18,8 @@ use std::sync::Arc;
 use infergate_auth::{
     AuthMode, AuthPolicy, SECRET_PRIMARY_KEY, SECRET_SECONDARY_KEY, SECRET_SIGNING_KEY,
 };
-use infergate_balance::PodSpec;
 use infergate_config::{ConfigError, Defaults, EndpointConfig, ResolvedSettings, is_valid_name};
-use infergate_proxy::{DeploymentSpec, EndpointSpec};
+use infergate_spec::{DeploymentSpec, EndpointSpec, PodSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

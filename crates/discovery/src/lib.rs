@@ -3,7 +3,9 @@
 //! - [`crd`]: the `InferenceEndpoint` custom resource (`infergate.io/v1`) and its status;
 //!   [`crd_yaml`] is its CustomResourceDefinition (`infergate crd`).
 //! - [`index`]: the pure index: apply/delete/reset of watch events in, endpoint specs (for
-//!   [`Router::publish_specs`](infergate_proxy::Router::publish_specs)), statuses and reports out.
+//!   [`PublishSpecs::publish_specs`](infergate_spec::PublishSpecs::publish_specs): the proxy's
+//!   router), statuses and reports out. Discovery depends on the spec contract only; the binary
+//!   hands it the router and readiness.
 //! - [`Discovery`]: the glue from watch-event streams ([`Feed`]) to the index and one
 //!   route-table swap per batch; readiness after the first full sync.
 //! - [`spawn`]: the real thing: kube watches (InferenceEndpoints, EndpointSlices, Secrets) of

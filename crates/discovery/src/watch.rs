@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, Stream, StreamExt};
 use infergate_config::Defaults;
-use infergate_proxy::{Readiness, Router};
+use infergate_spec::{PublishSpecs, Readiness};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
@@ -138,10 +138,10 @@ impl FeedState {
     }
 }
 
-/// Runs the index over feeds and publishes to a router.
+/// Runs the index over feeds and publishes to a router (any [`PublishSpecs`]).
 pub struct Discovery {
     index: Index,
-    router: Arc<Router>,
+    publisher: Arc<dyn PublishSpecs>,
     readiness: Option<Arc<Readiness>>,
     status: Option<mpsc::UnboundedSender<StatusUpdate>>,
     recovery: Duration,
@@ -154,11 +154,12 @@ impl std::fmt::Debug for Discovery {
 }
 
 impl Discovery {
-    /// Publishes to `router`; deployments' settings resolve over `defaults`.
-    pub fn new(defaults: Defaults, router: Arc<Router>) -> Self {
+    /// Publishes to `publisher` (the proxy's `Router`); deployments' settings resolve over
+    /// `defaults`.
+    pub fn new(defaults: Defaults, publisher: Arc<dyn PublishSpecs>) -> Self {
         Discovery {
             index: Index::new(defaults),
-            router,
+            publisher,
             readiness: None,
             status: None,
             recovery: Duration::from_secs(61),
@@ -345,7 +346,7 @@ impl Discovery {
             }
         }
         if changes.specs_changed || force {
-            self.router.publish_specs(self.index.specs());
+            self.publisher.publish_specs(self.index.specs());
             ::metrics::counter!(metrics::PUBLISHES_TOTAL).increment(1);
             ::metrics::histogram!(metrics::PUBLISH_DURATION_SECONDS)
                 .record(since.elapsed().as_secs_f64());

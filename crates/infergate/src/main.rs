@@ -1,10 +1,14 @@
-//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`), or render Kubernetes manifests (`render`, `crd`).
+//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`, with the default `demo` feature), or render Kubernetes manifests (`render`, `crd`).
+//!
+//! Built without the `demo` feature (the release image), the binary has no `demo` subcommand and
+//! embeds neither the example certificate nor its key, nor the mock model.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "demo")]
 mod demo;
 mod token;
 
@@ -36,6 +40,7 @@ enum Cmd {
     /// Issue tokens for endpoints in token mode (`token issue --endpoint NAME --ttl 1h --key-file F`).
     Token(token::TokenCommand),
     /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
+    #[cfg(feature = "demo")]
     Demo {
         /// HTTPS port of the router.
         #[arg(long, default_value_t = 8443)]
@@ -133,7 +138,9 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
-                // With `discovery.kube`: the Kubernetes client, before any port is bound.
+                // With `discovery.kube`: the Kubernetes client, before any port is bound (kube's
+                // TLS is rustls: the process's crypto provider goes in first).
+                infergate_tls::install_crypto_provider();
                 let kube = match infergate_discovery::client_if_configured(&cfg).await {
                     Ok(k) => k,
                     Err(e) => {
@@ -148,7 +155,14 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                let _discovery = kube.and_then(|c| infergate_discovery::start(c, &cfg, &server));
+                let _discovery = kube.and_then(|c| {
+                    infergate_discovery::start(
+                        c,
+                        &cfg,
+                        server.router().clone(),
+                        server.readiness().clone(),
+                    )
+                });
                 server.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
@@ -159,6 +173,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Token(cmd) => cmd.run(),
+        #[cfg(feature = "demo")]
         Cmd::Demo {
             https_port,
             admin_port,

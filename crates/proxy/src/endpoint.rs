@@ -12,7 +12,7 @@ use infergate_routing::Action;
 
 use crate::deployment::DeploymentState;
 use crate::metrics::AUTH_FAILURES_TOTAL;
-use crate::spec::{EndpointSpec, MirrorSpec};
+use infergate_spec::{EndpointSpec, MirrorSpec};
 
 /// Endpoint-wide state.
 #[derive(Debug)]
@@ -33,7 +33,11 @@ pub struct EndpointState {
 
 impl EndpointState {
     /// The state for `spec`, keeping `prev`'s counters when the endpoint existed before.
-    pub(crate) fn new(spec: &EndpointSpec, prev: Option<&EndpointState>, registry: &Registry) -> Self {
+    pub(crate) fn new(
+        spec: &EndpointSpec,
+        prev: Option<&EndpointState>,
+        registry: &Registry,
+    ) -> Self {
         log_policy_change(prev, spec);
         EndpointState {
             name: spec.name.as_str().into(),

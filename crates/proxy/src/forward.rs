@@ -40,17 +40,28 @@ pub(crate) fn prepare(
     roll: u64,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let host = ctx.uri.authority().map(|a| a.as_str());
-    rewrite_request(&mut parts.headers, &ctx.request_id, conn.remote.ip(), conn.proto, host);
+    rewrite_request(
+        &mut parts.headers,
+        &ctx.request_id,
+        conn.remote.ip(),
+        conn.proto,
+        host,
+    );
     ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
     let shared = RequestShared::new(&body);
     let tee = mirror::tee(endpoint, action, &parts, ctx.uri.query(), roll, &shared);
     parts.uri = dep
         .upstream_uri(action, ctx.uri.query())
-        .ok_or(ProxyError::UpstreamFailed("the upstream URI could not be built"))?;
+        .ok_or(ProxyError::UpstreamFailed(
+            "the upstream URI could not be built",
+        ))?;
     parts.version = Version::HTTP_11;
     ctx.shared = Some(shared.clone());
     let limit = dep.settings.max_request_body_bytes;
-    Ok(Request::from_parts(parts, RequestBody::new(body, shared, limit, tee)))
+    Ok(Request::from_parts(
+        parts,
+        RequestBody::new(body, shared, limit, tee),
+    ))
 }
 
 /// Sends `req` to the admitted pod and waits for its response head. A connection that never

@@ -24,7 +24,6 @@ mod mirror;
 mod response;
 mod router;
 mod server;
-pub mod spec;
 mod upstream;
 
 pub use deployment::{DeploymentState, pool_settings};
@@ -34,10 +33,19 @@ pub use forward::ConnInfo;
 pub use infergate_auth::{AuthFailure, AuthMode, AuthPolicy};
 pub use infergate_balance::PodSpec;
 pub use infergate_metrics::Registry;
+pub use infergate_spec::{
+    DeploymentSpec, EndpointSpec, MirrorSpec, PublishSpecs, Readiness, specs_from_config,
+};
 pub use response::{ProxyBody, RequestCtx, error_response};
 pub use router::Router;
-pub use server::{Readiness, Server, StartError};
-pub use spec::{DeploymentSpec, EndpointSpec, MirrorSpec, specs_from_config};
+pub use server::{Server, StartError};
+
+/// The router is what sources (static configuration, discovery) publish to.
+impl PublishSpecs for Router {
+    fn publish_specs(&self, specs: &[EndpointSpec]) {
+        Router::publish_specs(self, specs)
+    }
+}
 
 #[cfg(test)]
 mod tests;

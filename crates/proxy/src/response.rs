@@ -17,7 +17,9 @@ use tokio::time::Instant;
 use crate::body::RequestShared;
 use crate::deployment::{DeploymentState, StatusCounters};
 use crate::error::ProxyError;
-use crate::headers::{AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop};
+use crate::headers::{
+    AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop,
+};
 use crate::upstream::UpstreamBody;
 
 /// What every request reports to, whatever it became: the in-flight gauge, and the status
@@ -126,7 +128,8 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(d) = &ctx.dep {
-        rp.headers.insert(AZUREML_MODEL_DEPLOYMENT, d.header.clone());
+        rp.headers
+            .insert(AZUREML_MODEL_DEPLOYMENT, d.header.clone());
     }
     if let Some(c) = ctx.client_request_id.take() {
         rp.headers.entry(X_MS_CLIENT_REQUEST_ID).or_insert(c);

@@ -17,8 +17,8 @@ use crate::forward::{self, ConnInfo};
 use crate::headers::AZUREML_MODEL_DEPLOYMENT;
 use crate::metrics::REQUESTS_IN_FLIGHT;
 use crate::response::{ProxyBody, RequestCtx, RequestMetrics, rescue, respond};
-use crate::spec::EndpointSpec;
-use crate::upstream::{UpstreamBody, Upstream};
+use crate::upstream::{Upstream, UpstreamBody};
+use infergate_spec::EndpointSpec;
 
 /// The router: the current route table, how pods are reached, and where it counts.
 #[derive(Debug)]

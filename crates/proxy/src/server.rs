@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use infergate_config::Config;
-use infergate_tls::{ReloadingCert, TlsError};
 use infergate_metrics::{Counter, Registry};
+use infergate_spec::{Readiness, specs_from_config};
+use infergate_tls::{ReloadingCert, TlsError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -53,27 +53,6 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// Readiness: routes published and not draining.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    published: AtomicBool,
-    draining: AtomicBool,
-}
-
-impl Readiness {
-    /// Whether `/readyz` answers 200.
-    pub fn is_ready(&self) -> bool {
-        self.published.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
-    }
-
-    /// Marks the route table as published (or not). [`Server::bind`] does it for a static
-    /// configuration; with `discovery.kube` the discovery task does it after the first full
-    /// sync of every watch.
-    pub fn set_published(&self, published: bool) {
-        self.published.store(published, Ordering::Release);
-    }
 }
 
 /// A bound, not yet running router.
@@ -123,7 +102,7 @@ impl Server {
             _ => None,
         };
         let router = Router::new(&registry);
-        router.publish_specs(&crate::spec::specs_from_config(cfg));
+        router.publish_specs(&specs_from_config(cfg));
 
         let https = match (addrs.https, &cert) {
             (Some(a), Some(c)) => Some((
@@ -248,7 +227,7 @@ impl Server {
         };
         let signal = async {
             shutdown.await;
-            ready.draining.store(true, Ordering::Release);
+            ready.set_draining();
             tracing::info!(
                 drain_timeout_ms = drain_timeout.as_millis() as u64,
                 "draining"

@@ -24,12 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use infergate_balance::PodSpec;
 use tokio::net::TcpStream;
@@ -97,9 +97,7 @@ impl Upstream {
 
     async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<UpConn, ConnectError> {
         let own = Instant::now() + self.connect_timeout;
-        let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(addr))
-            .await
-        {
+        let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(addr)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(ConnectError::Io(e)),
             Err(_) if deadline <= own => return Err(ConnectError::Deadline),
@@ -515,7 +513,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         pool.sweep();
         assert_eq!(idle(), 0);
-        eventually("the pod saw the close", || closed.load(Ordering::SeqCst) == 1).await;
+        eventually("the pod saw the close", || {
+            closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
 
         // An expired connection is not used even without a sweep.
         exchange(&pool, addr).await;

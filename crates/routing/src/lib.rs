@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method};
-use infergate_config::{Config, DeploymentConfig, EndpointConfig, ResolvedSettings};
+use infergate_config::ResolvedSettings;
 
 /// The request header that pins a deployment, and the response header naming the one that served.
 pub const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
@@ -49,27 +49,6 @@ pub enum RouteError {
     /// The method is not allowed on this route (swagger is GET/HEAD only).
     #[error("method not allowed; swagger.json answers GET and HEAD")]
     MethodNotAllowed,
-}
-
-/// A resolved request: which endpoint, which deployment, what for.
-#[derive(Debug)]
-pub struct Target<'a, B, E = ()> {
-    /// The endpoint named in the URL.
-    pub endpoint: &'a Endpoint<B, E>,
-    /// The deployment chosen (pinned or by weight).
-    pub deployment: &'a Deployment<B>,
-    /// Score or swagger.
-    pub action: Action,
-}
-
-impl<B, E> Target<'_, B, E> {
-    /// The path on the pod this request goes to.
-    pub fn upstream_path(&self) -> &str {
-        match self.action {
-            Action::Score => &self.deployment.scoring_path,
-            Action::Swagger => &self.deployment.swagger_path,
-        }
-    }
 }
 
 /// One deployment: its pods, paths, settings and the caller's payload.
@@ -211,21 +190,6 @@ impl<B> Deployment<B> {
             balancer,
         }
     }
-
-    /// Builds a deployment from its configuration.
-    pub fn from_config(cfg: &DeploymentConfig, settings: ResolvedSettings, balancer: B) -> Self {
-        Deployment {
-            header_value: HeaderValue::from_str(&cfg.name)
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-            name: cfg.name.as_str().into(),
-            uris: [origin_uri(&cfg.scoring_path), origin_uri(&cfg.swagger_path)],
-            scoring_path: cfg.scoring_path.as_str().into(),
-            swagger_path: cfg.swagger_path.as_str().into(),
-            settings,
-            pods: cfg.pod_addrs().into(),
-            balancer,
-        }
-    }
 }
 
 /// The route table: one immutable snapshot, replaced whole on change.
@@ -262,28 +226,6 @@ impl<B, E> RouteTable<B, E> {
         self.endpoints.get(name)
     }
 
-    /// Builds the table of a validated configuration; `mk_ep` and `mk` make the payloads.
-    pub fn from_config(
-        cfg: &Config,
-        mut mk_ep: impl FnMut(&EndpointConfig) -> E,
-        mut mk: impl FnMut(&EndpointConfig, &DeploymentConfig, &ResolvedSettings) -> B,
-    ) -> Self {
-        Self::new(cfg.endpoints.iter().map(|ep| {
-            let weights = ep.weights();
-            let deps = ep
-                .deployments
-                .iter()
-                .zip(weights)
-                .map(|(d, w)| {
-                    let s = cfg.resolved_settings(d);
-                    let b = mk(ep, d, &s);
-                    (Deployment::from_config(d, s, b), w)
-                })
-                .collect();
-            Endpoint::new(&ep.name, mk_ep(ep), deps)
-        }))
-    }
-
     /// The endpoint named `name`.
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint<B, E>> {
         self.endpoints.get(name).map(|e| &**e)
@@ -302,26 +244,6 @@ impl<B, E> RouteTable<B, E> {
     /// Whether the table has no endpoint.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
-    }
-
-    /// Resolves a request to (endpoint, deployment, action): [`RouteTable::lookup`] then [`Endpoint::select`].
-    ///
-    /// `path` is the URI path without the query; `pinned` is the `azureml-model-deployment`
-    /// header, if any; `roll` is a random number for the weighted split.
-    pub fn resolve(
-        &self,
-        method: &Method,
-        path: &str,
-        pinned: Option<&HeaderValue>,
-        roll: u32,
-    ) -> Result<Target<'_, B, E>, RouteError> {
-        let (endpoint, action) = self.lookup(method, path)?;
-        let deployment = endpoint.select(pinned, roll)?;
-        Ok(Target {
-            endpoint,
-            deployment,
-            action,
-        })
     }
 
     /// The endpoint and action a request path names (deployment not chosen yet).

@@ -1,5 +1,79 @@
 use super::*;
-use infergate_config::Config;
+use infergate_config::{Config, DeploymentConfig, EndpointConfig};
+
+// === test-only API: a table from a configuration, and resolution in one call (the proxy
+// builds its table from specs and calls `lookup`, then `Endpoint::select`) ===
+
+/// A resolved request: which endpoint, which deployment, what for.
+#[derive(Debug)]
+struct Target<'a, B, E = ()> {
+    /// The endpoint named in the URL.
+    endpoint: &'a Endpoint<B, E>,
+    /// The deployment chosen (pinned or by weight).
+    deployment: &'a Deployment<B>,
+    /// Score or swagger.
+    action: Action,
+}
+
+impl<B, E> Target<'_, B, E> {
+    /// The path on the pod this request goes to.
+    fn upstream_path(&self) -> &str {
+        match self.action {
+            Action::Score => &self.deployment.scoring_path,
+            Action::Swagger => &self.deployment.swagger_path,
+        }
+    }
+}
+
+impl<B, E> RouteTable<B, E> {
+    /// The table of a validated configuration; `mk_ep` and `mk` make the payloads.
+    fn from_config(
+        cfg: &Config,
+        mut mk_ep: impl FnMut(&EndpointConfig) -> E,
+        mut mk: impl FnMut(&EndpointConfig, &DeploymentConfig, &ResolvedSettings) -> B,
+    ) -> Self {
+        Self::new(cfg.endpoints.iter().map(|ep| {
+            let deps = ep
+                .deployments
+                .iter()
+                .zip(ep.weights())
+                .map(|(d, w)| {
+                    let s = cfg.resolved_settings(d);
+                    let b = mk(ep, d, &s);
+                    let dep = Deployment::new(
+                        &d.name,
+                        &d.scoring_path,
+                        &d.swagger_path,
+                        s,
+                        d.pod_addrs(),
+                        b,
+                    );
+                    (dep, w)
+                })
+                .collect();
+            Endpoint::new(&ep.name, mk_ep(ep), deps)
+        }))
+    }
+
+    /// [`RouteTable::lookup`] then [`Endpoint::select`]. `path` is the URI path without the
+    /// query; `pinned` is the `azureml-model-deployment` header, if any; `roll` is a random
+    /// number for the weighted split.
+    fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+        pinned: Option<&HeaderValue>,
+        roll: u32,
+    ) -> Result<Target<'_, B, E>, RouteError> {
+        let (endpoint, action) = self.lookup(method, path)?;
+        let deployment = endpoint.select(pinned, roll)?;
+        Ok(Target {
+            endpoint,
+            deployment,
+            action,
+        })
+    }
+}
 
 fn mk_table() -> RouteTable<u32> {
     let cfg = Config::from_yaml(

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures_util::stream;
 use infergate_config::Defaults;
-use infergate_proxy::{Readiness, Router};
+use infergate_proxy::Router;
+use infergate_spec::Readiness;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};

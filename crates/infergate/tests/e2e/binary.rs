@@ -1,6 +1,7 @@
-//! The real binary: start-up refusals, config errors, access log, SIGTERM drain, memory bound, demo.
+//! The real binary: start-up refusals, config errors, access log, SIGTERM drain, memory bound, demo
+//! (or its absence without the `demo` feature).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
@@ -280,6 +281,7 @@ async fn upload_and_download_of_64_mib_stream_with_bounded_memory() {
     );
 }
 
+#[cfg(feature = "demo")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_the_curl_commands_it_prints() {
     let mut b = Bin::spawn(&[
@@ -314,7 +316,7 @@ async fn demo_serves_the_curl_commands_it_prints() {
         .await
         .assert_error(401, "Unauthorized");
     let mut deployments = std::collections::HashSet::new();
-    let t0 = Instant::now();
+    let t0 = std::time::Instant::now();
     while deployments.len() < 2 && t0.elapsed() < Duration::from_secs(20) {
         let mut q = post("/api/v1/endpoint/demo/score", "{\"data\": [[1, 2, 3, 4]]}");
         q.headers_mut()
@@ -337,4 +339,16 @@ async fn demo_serves_the_curl_commands_it_prints() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Built without the `demo` feature (as the release image is), the binary has no `demo`.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn without_the_demo_feature_there_is_no_demo_subcommand() {
+    let (code, out, err) = run_to_exit(&["demo"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("unrecognized subcommand 'demo'"), "{err}");
+    let (code, help, err) = run_to_exit(&["--help"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(help.contains("serve") && !help.contains("demo"), "{help}");
 }

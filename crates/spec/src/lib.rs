@@ -1,0 +1,227 @@
+//! The contract between route-table sources (static configuration, Kubernetes discovery) and the router: endpoint specs, readiness and publishing.
+//!
+//! A source describes endpoints as plain [`EndpointSpec`]s and hands them to a
+//! [`PublishSpecs`] (the proxy's `Router`, which turns them into a live route table); it marks
+//! [`Readiness`] published once its first full table is out. Nothing here does I/O, so a
+//! source depends on this crate, not on the data path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use infergate_auth::AuthPolicy;
+use infergate_config::{AuthModeConfig, Config, EndpointConfig, ResolvedSettings};
+
+/// A pod as discovery or configuration describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The pod's name (Kubernetes `targetRef`), for logs and metrics.
+    pub name: Option<Arc<str>>,
+}
+
+impl From<SocketAddr> for PodSpec {
+    fn from(addr: SocketAddr) -> Self {
+        PodSpec { addr, name: None }
+    }
+}
+
+/// One deployment as a source describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSpec {
+    /// Deployment name (the `azureml-model-deployment` value).
+    pub name: String,
+    /// Pods that take new requests.
+    pub pods: Vec<PodSpec>,
+    /// Scoring path on the pod.
+    pub scoring_path: String,
+    /// Swagger path on the pod.
+    pub swagger_path: String,
+    /// Effective request settings.
+    pub settings: ResolvedSettings,
+    /// Percent of unpinned traffic.
+    pub weight: u32,
+}
+
+/// One endpoint as a source describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSpec {
+    /// The URL name.
+    pub name: String,
+    /// Its deployments.
+    pub deployments: Vec<DeploymentSpec>,
+    /// Requests copied to another of its deployments.
+    pub mirror: Option<MirrorSpec>,
+    /// How callers authenticate; [`AuthPolicy::default`] refuses everything. Publishing a spec
+    /// with a new policy takes effect for the next request (key rotation).
+    pub auth: AuthPolicy,
+    /// Whether `swagger.json` needs authentication too.
+    pub swagger_auth: bool,
+}
+
+/// Mirroring: a share of an endpoint's requests copied to one of its deployments, answers discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// The deployment receiving the copies.
+    pub deployment: String,
+    /// Percent of requests copied.
+    pub percent: u32,
+    /// Larger bodies (or streamed ones that grow larger) are not copied.
+    pub max_body_bytes: u64,
+}
+
+/// The endpoints of a validated static configuration.
+pub fn specs_from_config(cfg: &Config) -> Vec<EndpointSpec> {
+    cfg.endpoints
+        .iter()
+        .map(|ep| EndpointSpec {
+            name: ep.name.clone(),
+            deployments: ep
+                .deployments
+                .iter()
+                .zip(ep.weights())
+                .map(|(d, weight)| DeploymentSpec {
+                    name: d.name.clone(),
+                    pods: d.pod_addrs().into_iter().map(PodSpec::from).collect(),
+                    scoring_path: d.scoring_path.clone(),
+                    swagger_path: d.swagger_path.clone(),
+                    settings: cfg.resolved_settings(d),
+                    weight,
+                })
+                .collect(),
+            mirror: ep.mirror.as_ref().map(|m| MirrorSpec {
+                deployment: m.deployment.clone(),
+                percent: m.percent,
+                max_body_bytes: m.max_body_bytes,
+            }),
+            auth: auth_policy(ep),
+            swagger_auth: ep.swagger_auth,
+        })
+        .collect()
+}
+
+/// The policy of a validated endpoint. Token mode reads `signingKeyFile` here; should that fail
+/// (the file changed since validation), the endpoint fails closed: it refuses every request.
+fn auth_policy(ep: &EndpointConfig) -> AuthPolicy {
+    let a = &ep.auth;
+    match a.mode {
+        AuthModeConfig::None => AuthPolicy::None,
+        AuthModeConfig::Key => AuthPolicy::keys(
+            a.primary_key.as_ref().map(|k| k.0.as_bytes()),
+            a.secondary_key.as_ref().map(|k| k.0.as_bytes()),
+        ),
+        AuthModeConfig::Token => {
+            let key = a.signing_key_file.as_deref().map(|p| {
+                infergate_config::read_signing_key_file("auth.signingKeyFile", p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|k| AuthPolicy::token(&k).map_err(|e| e.to_string()))
+            });
+            match key {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    tracing::error!(endpoint = %ep.name, error = %e, "cannot load the signing key: every request to this endpoint is refused");
+                    AuthPolicy::default()
+                }
+                None => AuthPolicy::default(),
+            }
+        }
+    }
+}
+
+/// Takes a source's endpoints and makes them the route table (the proxy's `Router`).
+pub trait PublishSpecs: Send + Sync {
+    /// Replaces the route table with `specs`; what did not change keeps its state.
+    fn publish_specs(&self, specs: &[EndpointSpec]);
+}
+
+/// Readiness: routes published and not draining.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    published: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.published.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the route table as published (or not). The server does it at bind for a static
+    /// configuration; with `discovery.kube` the discovery task does it after the first full
+    /// sync of every watch.
+    pub fn set_published(&self, published: bool) {
+        self.published.store(published, Ordering::Release);
+    }
+
+    /// Marks the server as draining (shutting down): not ready from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_published_until_draining() {
+        let r = Readiness::default();
+        assert!(!r.is_ready());
+        r.set_published(true);
+        assert!(r.is_ready());
+        r.set_published(false);
+        assert!(!r.is_ready());
+        r.set_published(true);
+        r.set_draining();
+        assert!(!r.is_ready());
+        r.set_published(true);
+        assert!(!r.is_ready(), "draining is for good");
+    }
+
+    #[test]
+    fn publishers_are_object_safe() {
+        struct Count(std::sync::Mutex<Vec<usize>>);
+        impl PublishSpecs for Count {
+            fn publish_specs(&self, specs: &[EndpointSpec]) {
+                self.0.lock().unwrap().push(specs.len());
+            }
+        }
+        let c = Arc::new(Count(Default::default()));
+        let p: Arc<dyn PublishSpecs> = c.clone();
+        p.publish_specs(&[]);
+        assert_eq!(*c.0.lock().unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn static_endpoints_become_specs() {
+        let cfg = Config::from_yaml(
+            "allowInsecureConnections: true\n\
+             endpoints:\n\
+             - name: demo\n\
+             \x20 auth: {mode: none}\n\
+             \x20 traffic: {blue: 90, green: 10}\n\
+             \x20 deployments:\n\
+             \x20 - {name: blue, pods: [\"10.0.0.1:5001\", \"10.0.0.2:5001\"]}\n\
+             \x20 - {name: green, pods: [\"10.0.0.3:5001\"]}\n",
+            "<test>",
+        )
+        .unwrap();
+        let specs = specs_from_config(&cfg);
+        assert_eq!(specs.len(), 1);
+        let ep = &specs[0];
+        assert_eq!(ep.name, "demo");
+        assert_eq!(ep.auth, AuthPolicy::None);
+        let got: Vec<(&str, u32, usize)> = ep
+            .deployments
+            .iter()
+            .map(|d| (d.name.as_str(), d.weight, d.pods.len()))
+            .collect();
+        assert_eq!(got, vec![("blue", 90, 2), ("green", 10, 1)]);
+        assert_eq!(
+            ep.deployments[0].pods[0],
+            PodSpec::from(SocketAddr::from(([10, 0, 0, 1], 5001)))
+        );
+    }
+}
