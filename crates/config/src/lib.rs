@@ -75,18 +75,27 @@ impl ConfigError {
 /// The accepted spellings of a boolean, as the extension's `--config key=value` settings take them.
 pub const BOOL_SPELLINGS: &str = "True, False, true or false";
 
-/// Parses a boolean the way the extension does: `True`, `False`, `true`, `false` and nothing else.
-pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+/// The one reading of a boolean: `True`, `False`, `true`, `false` and nothing else. Otherwise
+/// the fix to show: the spellings, and the nearest one when `value` looks like a typo of it.
+fn bool_spelling(value: &str) -> Result<bool, String> {
     match value {
         "True" | "true" => Ok(true),
         "False" | "false" => Ok(false),
-        other => Err(ConfigError::invalid(
-            key,
-            other,
-            "not a boolean",
-            format!("write one of {BOOL_SPELLINGS}"),
-        )),
+        other => {
+            let lower = other.to_ascii_lowercase();
+            let hint = [("true", "True"), ("false", "False")]
+                .into_iter()
+                .find(|(w, _)| strsim::levenshtein(&lower, w) <= 2)
+                .map(|(_, spelled)| format!(" (did you mean `{spelled}`?)"))
+                .unwrap_or_default();
+            Err(format!("write one of {BOOL_SPELLINGS}{hint}"))
+        }
     }
+}
+
+/// Parses a boolean the way the extension does: `True`, `False`, `true`, `false` and nothing else.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    bool_spelling(value).map_err(|fix| ConfigError::invalid(key, value, "not a boolean", fix))
 }
 
 /// A boolean read from YAML that accepts `true`/`false` as well as the strings `True`/`False`.
@@ -101,13 +110,7 @@ fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
             Ok(v)
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-            match v {
-                "True" | "true" => Ok(true),
-                "False" | "false" => Ok(false),
-                other => Err(E::custom(format!(
-                    "`{other}` is not a boolean; write one of {BOOL_SPELLINGS}"
-                ))),
-            }
+            bool_spelling(v).map_err(|fix| E::custom(format!("`{v}` is not a boolean; {fix}")))
         }
     }
     d.deserialize_any(V)

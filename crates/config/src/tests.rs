@@ -131,6 +131,15 @@ fn booleans_accept_four_spellings_only() {
     );
     assert!(parse_bool("k", "yes").is_err());
     assert!(parse_bool("k", "1").is_err());
+    // A near miss names the spelling meant, in YAML as with --set; a far one does not guess.
+    let e = parse_bool("k", "TRUE").unwrap_err().to_string();
+    assert!(e.contains("did you mean `True`?"), "{e}");
+    let e = Config::from_yaml("allowInsecureConnections: Flase", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean `False`?"), "{e}");
+    let e = parse_bool("k", "1").unwrap_err().to_string();
+    assert!(!e.contains("did you mean"), "{e}");
 }
 
 #[test]
