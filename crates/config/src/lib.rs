@@ -57,7 +57,9 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(
+    /// A [`ConfigError::Invalid`]: the one shape (and message) of "this key holds a bad value",
+    /// shared with `infergate render`'s settings.
+    pub fn invalid(
         key: impl Into<String>,
         value: impl fmt::Display,
         problem: impl Into<String>,
