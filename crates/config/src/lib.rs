@@ -15,9 +15,7 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod discovery;
 mod settings;
-pub use auth::{
-    AuthConfig, AuthModeConfig, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
-};
+pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
 
