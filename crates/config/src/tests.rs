@@ -183,6 +183,29 @@ fn set_overrides_top_level_keys() {
 }
 
 #[test]
+fn request_settings_override_each_default_and_keep_the_rest() {
+    let d = Defaults::default();
+    assert_eq!(RequestSettings::default().over(d), d);
+    let r: RequestSettings =
+        serde_saphyr::from_str("{maxQueueLength: 3, ejectionMaxMs: 9}").unwrap();
+    let s = r.over(d);
+    assert_eq!((s.max_queue_length, s.ejection_max_ms), (3, 9));
+    assert_eq!(
+        ResolvedSettings {
+            max_queue_length: d.max_queue_length,
+            ejection_max_ms: d.ejection_max_ms,
+            ..s
+        },
+        d
+    );
+    assert!(serde_saphyr::from_str::<RequestSettings>("{maxQueueLen: 3}").is_err());
+    assert_eq!(
+        serde_saphyr::to_string(&r).unwrap().trim(),
+        "maxQueueLength: 3\nejectionMaxMs: 9"
+    );
+}
+
+#[test]
 fn unknown_keys_are_errors() {
     let e = err_text("allowInsecureConnections: true\nbogusKey: 1\n");
     assert!(e.contains("bogusKey"), "{e}");
