@@ -2,10 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::set::Settable;
+
 /// Writes the request settings once: each field's doc, name, YAML key, type and default.
 ///
 /// From that one list come [`Defaults`] (every value, each with its default), the
-/// [`RequestSettings`] overrides (every value optional) and [`RequestSettings::over`].
+/// [`RequestSettings`] overrides (every value optional), [`RequestSettings::over`], and the
+/// `defaults.*` keys `--set` accepts.
 macro_rules! request_settings {
     ($(
         $(#[doc = $doc:literal])*
@@ -51,6 +54,10 @@ macro_rules! request_settings {
             }
         }
 
+        /// `--set defaults.KEY=VALUE`: every key of [`Defaults`].
+        pub(crate) const DEFAULTS_SETTABLE: &[Settable] = settable! {
+            $(concat!("defaults.", $key) => defaults.$field;)*
+        };
     };
 }
 

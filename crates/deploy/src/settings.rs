@@ -236,12 +236,7 @@ impl Settings {
 
 /// The known key closest to `key` (case-insensitive edit distance), if it is close enough to be a typo.
 pub fn closest_key(key: &str) -> Option<&'static str> {
-    let lower = key.to_ascii_lowercase();
-    let (distance, best) = KNOWN_KEYS
-        .iter()
-        .map(|k| (strsim::levenshtein(&lower, &k.to_ascii_lowercase()), *k))
-        .min_by_key(|(d, _)| *d)?;
-    (distance <= 3.max(key.chars().count() / 3)).then_some(best)
+    infergate_config::closest(key, KNOWN_KEYS.iter().copied())
 }
 
 fn unknown_key(key: &str, value: &str) -> RenderError {
