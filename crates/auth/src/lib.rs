@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
-/// Smallest HS256 signing key accepted, in bytes (RFC 7518 section 3.2: at least the hash size).
-pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+/// The mode an endpoint's configuration asks for, and the smallest HS256 signing key accepted
+/// (defined once, in `infergate_config`).
+pub use infergate_config::{AuthMode, MIN_SIGNING_KEY_BYTES};
 
 /// The Kubernetes Secret data key holding the primary key (key mode).
 pub const SECRET_PRIMARY_KEY: &str = "primaryKey";
@@ -191,24 +192,12 @@ impl Default for AuthPolicy {
     }
 }
 
-/// The mode an endpoint's configuration (file or InferenceEndpoint) asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AuthMode {
-    /// Primary/secondary keys (the default).
-    #[default]
-    Key,
-    /// Signed, expiring tokens.
-    Token,
-    /// No authentication.
-    None,
-}
-
 /// Why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// The HS256 signing key is shorter than [`MIN_SIGNING_KEY_BYTES`].
     #[error(
-        "the signing key is {len} bytes; at least {MIN_SIGNING_KEY_BYTES} are needed (generate one with `head -c 32 /dev/urandom`)"
+        "the signing key is {len} bytes; at least {MIN_SIGNING_KEY_BYTES} are needed (generate one with `head -c {MIN_SIGNING_KEY_BYTES} /dev/urandom`)"
     )]
     SigningKeyTooShort {
         /// Its length in bytes.

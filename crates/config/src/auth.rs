@@ -14,29 +14,74 @@ use crate::{ConfigError, EndpointConfig};
 pub struct AuthConfig {
     /// `key` (default), `token` or `none`.
     #[serde(default)]
-    pub mode: AuthModeConfig,
+    pub mode: AuthMode,
     /// Key mode: the primary key (`Authorization: Bearer <key>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<KeyString>,
     /// Key mode: the secondary key, accepted like the primary (rotation without downtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<KeyString>,
-    /// Token mode: a file whose bytes (all of them, at least 32) are the HS256 signing key.
+    /// Token mode: a file whose bytes (all of them, at least [`MIN_SIGNING_KEY_BYTES`]) are the HS256 signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_file: Option<PathBuf>,
 }
 
-/// The authentication modes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthModeConfig {
-    /// Primary/secondary keys.
+/// How an endpoint authenticates callers, as its configuration (file or InferenceEndpoint)
+/// asks: written `key`, `token` or `none`. The one mode enum: `infergate_auth` re-exports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum AuthMode {
+    /// Primary/secondary keys (the default).
     #[default]
     Key,
     /// Expiring HS256 tokens with the endpoint name as audience.
     Token,
     /// No authentication (must be written explicitly).
     None,
+}
+
+impl AuthMode {
+    /// Every mode, in the order of [`AuthMode::NAMES`].
+    pub const ALL: [AuthMode; 3] = [AuthMode::Key, AuthMode::Token, AuthMode::None];
+    /// How each mode is written, in the order of [`AuthMode::ALL`].
+    pub const NAMES: &'static [&'static str] = &["key", "token", "none"];
+
+    /// How this mode is written: `key`, `token` or `none`.
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The mode written `name` (exact, lowercase), if any.
+    pub fn from_name(name: &str) -> Option<AuthMode> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AuthMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AuthMode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "one of {}", AuthMode::NAMES.join(", "))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AuthMode, E> {
+                AuthMode::from_name(v).ok_or_else(|| E::unknown_variant(v, AuthMode::NAMES))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// A key from the configuration file: `Debug` prints `[redacted]`.
@@ -50,10 +95,13 @@ impl fmt::Debug for KeyString {
     }
 }
 
-/// Smallest signing key accepted in token mode, in bytes (the HS256 hash size).
+/// Smallest HS256 signing key accepted in token mode, in bytes (RFC 7518 section 3.2: at least
+/// the hash size). The one copy: `infergate_auth` re-exports it and enforces it on every key.
 pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 
-const KEYGEN_HINT: &str = "e.g. `head -c 32 /dev/urandom > FILE`";
+fn keygen_hint() -> String {
+    format!("e.g. `head -c {MIN_SIGNING_KEY_BYTES} /dev/urandom > FILE`")
+}
 
 /// Reads a token-mode signing key file: every byte is key material, at least
 /// [`MIN_SIGNING_KEY_BYTES`] of them. `key` names the config key in errors.
@@ -63,7 +111,10 @@ pub fn read_signing_key_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigEr
             key,
             path.display(),
             format!("cannot read the file: {e}"),
-            format!("point it at an existing file readable by the router ({KEYGEN_HINT})"),
+            format!(
+                "point it at an existing file readable by the router ({})",
+                keygen_hint()
+            ),
         )
     })?;
     if bytes.len() < MIN_SIGNING_KEY_BYTES {
@@ -74,7 +125,10 @@ pub fn read_signing_key_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigEr
                 "the signing key is {} bytes; HS256 needs at least {MIN_SIGNING_KEY_BYTES}",
                 bytes.len()
             ),
-            format!("write at least {MIN_SIGNING_KEY_BYTES} random bytes to it, {KEYGEN_HINT}"),
+            format!(
+                "write at least {MIN_SIGNING_KEY_BYTES} random bytes to it, {}",
+                keygen_hint()
+            ),
         ));
     }
     Ok(bytes)
@@ -89,7 +143,7 @@ impl EndpointConfig {
             ("secondaryKey", a.secondary_key.as_ref()),
         ];
         match a.mode {
-            AuthModeConfig::Key => {
+            AuthMode::Key => {
                 if let Some(p) = &a.signing_key_file {
                     return Err(ConfigError::invalid(
                         format!("{akey}.signingKeyFile"),
@@ -111,7 +165,7 @@ impl EndpointConfig {
                     }
                 }
             }
-            AuthModeConfig::Token => {
+            AuthMode::Token => {
                 if let Some((name, _)) = keys.iter().find(|(_, k)| k.is_some()) {
                     return Err(ConfigError::invalid(
                         format!("{akey}.{name}"),
@@ -131,13 +185,14 @@ impl EndpointConfig {
                             "(not set)",
                             "token mode needs a signing key",
                             format!(
-                                "set signingKeyFile to a file of at least {MIN_SIGNING_KEY_BYTES} random bytes, {KEYGEN_HINT}"
+                                "set signingKeyFile to a file of at least {MIN_SIGNING_KEY_BYTES} random bytes, {}",
+                                keygen_hint()
                             ),
                         ));
                     }
                 }
             }
-            AuthModeConfig::None => {
+            AuthMode::None => {
                 let set: Vec<&str> = keys
                     .iter()
                     .filter(|(_, k)| k.is_some())
@@ -167,7 +222,7 @@ impl EndpointConfig {
 
     /// Whether this endpoint is in key mode with no key: valid, but every request is refused.
     pub fn refuses_all(&self) -> bool {
-        self.auth.mode == AuthModeConfig::Key
+        self.auth.mode == AuthMode::Key
             && self.auth.primary_key.is_none()
             && self.auth.secondary_key.is_none()
     }

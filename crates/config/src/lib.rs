@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod discovery;
+#[macro_use]
+mod set;
 mod settings;
-pub use auth::{
-    AuthConfig, AuthModeConfig, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
-};
+pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
+pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.
@@ -57,7 +58,9 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(
+    /// A [`ConfigError::Invalid`]: the one shape (and message) of "this key holds a bad value",
+    /// shared with `infergate render`'s settings.
+    pub fn invalid(
         key: impl Into<String>,
         value: impl fmt::Display,
         problem: impl Into<String>,
@@ -75,18 +78,27 @@ impl ConfigError {
 /// The accepted spellings of a boolean, as the extension's `--config key=value` settings take them.
 pub const BOOL_SPELLINGS: &str = "True, False, true or false";
 
-/// Parses a boolean the way the extension does: `True`, `False`, `true`, `false` and nothing else.
-pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+/// The one reading of a boolean: `True`, `False`, `true`, `false` and nothing else. Otherwise
+/// the fix to show: the spellings, and the nearest one when `value` looks like a typo of it.
+fn bool_spelling(value: &str) -> Result<bool, String> {
     match value {
         "True" | "true" => Ok(true),
         "False" | "false" => Ok(false),
-        other => Err(ConfigError::invalid(
-            key,
-            other,
-            "not a boolean",
-            format!("write one of {BOOL_SPELLINGS}"),
-        )),
+        other => {
+            let lower = other.to_ascii_lowercase();
+            let hint = [("true", "True"), ("false", "False")]
+                .into_iter()
+                .find(|(w, _)| strsim::levenshtein(&lower, w) <= 2)
+                .map(|(_, spelled)| format!(" (did you mean `{spelled}`?)"))
+                .unwrap_or_default();
+            Err(format!("write one of {BOOL_SPELLINGS}{hint}"))
+        }
     }
+}
+
+/// Parses a boolean the way the extension does: `True`, `False`, `true`, `false` and nothing else.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    bool_spelling(value).map_err(|fix| ConfigError::invalid(key, value, "not a boolean", fix))
 }
 
 /// A boolean read from YAML that accepts `true`/`false` as well as the strings `True`/`False`.
@@ -101,13 +113,7 @@ fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
             Ok(v)
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-            match v {
-                "True" | "true" => Ok(true),
-                "False" | "false" => Ok(false),
-                other => Err(E::custom(format!(
-                    "`{other}` is not a boolean; write one of {BOOL_SPELLINGS}"
-                ))),
-            }
+            bool_spelling(v).map_err(|fix| E::custom(format!("`{v}` is not a boolean; {fix}")))
         }
     }
     d.deserialize_any(V)
@@ -240,23 +246,6 @@ pub fn default_swagger_path() -> String {
     "/swagger.json".into()
 }
 
-/// The top-level keys `--set` accepts, with a dotted form for `listen.*` and `defaults.*`.
-pub const SETTABLE_KEYS: &[&str] = &[
-    "sslCertPemFile",
-    "sslKeyPemFile",
-    "allowInsecureConnections",
-    "drainTimeoutMs",
-    "certReloadIntervalMs",
-    "listen.https",
-    "listen.http",
-    "listen.admin",
-    "defaults.requestTimeoutMs",
-    "defaults.maxConcurrentRequestsPerInstance",
-    "defaults.maxQueueWaitMs",
-    "defaults.maxRequestBodyBytes",
-    "defaults.maxQueueLength",
-];
-
 /// Listener addresses after validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddrs {
@@ -289,64 +278,6 @@ impl Config {
         }
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// Applies one `KEY=VALUE` override.
-    pub fn apply_set(&mut self, assignment: &str) -> Result<(), ConfigError> {
-        let Some((key, value)) = assignment.split_once('=') else {
-            return Err(ConfigError::invalid(
-                "--set",
-                assignment,
-                "not of the form KEY=VALUE",
-                "write for example --set allowInsecureConnections=True",
-            ));
-        };
-        let (key, value) = (key.trim(), value.trim());
-        let num = |key: &str, value: &str| -> Result<u64, ConfigError> {
-            value.parse::<u64>().map_err(|_| {
-                ConfigError::invalid(
-                    key,
-                    value,
-                    "not a whole number",
-                    "write digits only, e.g. 5000",
-                )
-            })
-        };
-        match key {
-            "sslCertPemFile" => self.ssl_cert_pem_file = non_empty_path(value),
-            "sslKeyPemFile" => self.ssl_key_pem_file = non_empty_path(value),
-            "allowInsecureConnections" => self.allow_insecure_connections = parse_bool(key, value)?,
-            "drainTimeoutMs" => self.drain_timeout_ms = num(key, value)?,
-            "certReloadIntervalMs" => self.cert_reload_interval_ms = num(key, value)?,
-            "listen.https" => self.listen.https = value.to_string(),
-            "listen.http" => self.listen.http = value.to_string(),
-            "listen.admin" => self.listen.admin = value.to_string(),
-            "defaults.requestTimeoutMs" => self.defaults.request_timeout_ms = num(key, value)?,
-            "defaults.maxConcurrentRequestsPerInstance" => {
-                self.defaults.max_concurrent_requests_per_instance = u32::try_from(num(key, value)?)
-                    .map_err(|_| {
-                        ConfigError::invalid(
-                            key,
-                            value,
-                            "too large",
-                            "use a value below 4294967296",
-                        )
-                    })?
-            }
-            "defaults.maxQueueWaitMs" => self.defaults.max_queue_wait_ms = num(key, value)?,
-            "defaults.maxRequestBodyBytes" => {
-                self.defaults.max_request_body_bytes = num(key, value)?
-            }
-            other => {
-                return Err(ConfigError::invalid(
-                    "--set",
-                    other,
-                    "unknown key",
-                    format!("use one of: {}", SETTABLE_KEYS.join(", ")),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Checks every rule a running router relies on. Nothing is bound before this passes.
@@ -455,10 +386,6 @@ impl Config {
     pub fn resolved_settings(&self, dep: &DeploymentConfig) -> ResolvedSettings {
         dep.request_settings.over(self.defaults)
     }
-}
-
-fn non_empty_path(v: &str) -> Option<PathBuf> {
-    (!v.is_empty()).then(|| PathBuf::from(v))
 }
 
 /// Whether `name` may be used as an endpoint or deployment name in a URL or header.

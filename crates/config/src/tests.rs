@@ -131,6 +131,15 @@ fn booleans_accept_four_spellings_only() {
     );
     assert!(parse_bool("k", "yes").is_err());
     assert!(parse_bool("k", "1").is_err());
+    // A near miss names the spelling meant, in YAML as with --set; a far one does not guess.
+    let e = parse_bool("k", "TRUE").unwrap_err().to_string();
+    assert!(e.contains("did you mean `True`?"), "{e}");
+    let e = Config::from_yaml("allowInsecureConnections: Flase", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean `False`?"), "{e}");
+    let e = parse_bool("k", "1").unwrap_err().to_string();
+    assert!(!e.contains("did you mean"), "{e}");
 }
 
 #[test]
@@ -170,6 +179,126 @@ fn set_overrides_top_level_keys() {
     assert!(
         e.contains("defaults.maxQueueWaitMs") && e.contains("abc"),
         "{e}"
+    );
+}
+
+/// `a.b` and `VALUE` as YAML: `a: {b: VALUE}`.
+fn yaml_at(key: &str, value: &str) -> String {
+    match key.split_once('.') {
+        Some((outer, inner)) => format!("{outer}: {{{inner}: {value}}}"),
+        None => format!("{key}: {value}"),
+    }
+}
+
+#[test]
+fn every_settable_key_can_be_set_and_reads_back_as_its_yaml_key() {
+    let base = || Config::from_yaml("{}", "t").unwrap();
+    let keys: Vec<&str> = settable_keys().collect();
+    assert!(keys.len() >= 17, "{keys:?}");
+    for key in keys {
+        // The first sample the key's type takes: a number, a boolean or an address.
+        let (value, set) = ["7", "True", "127.0.0.1:7"]
+            .into_iter()
+            .find_map(|v| {
+                let mut c = base();
+                c.apply_set(&format!("{key}={v}")).ok().map(|()| (v, c))
+            })
+            .unwrap_or_else(|| panic!("--set {key} takes none of the samples"));
+        assert_ne!(set, base(), "--set {key}={value} changed nothing");
+        let written =
+            Config::from_yaml(&yaml_at(key, value), "t").unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(
+            set, written,
+            "--set {key}={value} is not the YAML key {key}"
+        );
+    }
+}
+
+#[test]
+fn every_defaults_key_is_settable() {
+    let yaml = serde_saphyr::to_string(&Defaults::default()).unwrap();
+    let names: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "requestTimeoutMs",
+            "maxConcurrentRequestsPerInstance",
+            "maxQueueWaitMs",
+            "maxRequestBodyBytes",
+            "maxQueueLength",
+            "ejectAfterConsecutiveFailures",
+            "ejectionBaseMs",
+            "ejectionMaxMs",
+            "retryBudgetPercent",
+        ]
+    );
+    for n in names {
+        let key = format!("defaults.{n}");
+        assert!(settable_keys().any(|k| k == key), "{key} is not settable");
+    }
+}
+
+#[test]
+fn set_max_queue_length() {
+    let mut c = Config::from_yaml(INSECURE, "t").unwrap();
+    assert_eq!(c.defaults.max_queue_length, 1024);
+    c.apply_set("defaults.maxQueueLength=7").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.defaults.max_queue_length, 7);
+    let e = c
+        .apply_set("defaults.maxQueueLength=4294967296")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("defaults.maxQueueLength") && e.contains("too large"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unknown_set_key_names_it_lists_the_keys_and_suggests_the_closest() {
+    let mut c = Config::from_yaml("{}", "t").unwrap();
+    let e = c
+        .apply_set("defaults.maxQueueLenght=7")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`defaults.maxQueueLenght`")
+            && e.contains("unknown key")
+            && e.contains("did you mean `defaults.maxQueueLength`?")
+            && e.contains("listen.admin"),
+        "{e}"
+    );
+    let e = c.apply_set("replicaCount=3").unwrap_err().to_string();
+    assert!(
+        e.contains("`replicaCount`") && !e.contains("did you mean") && e.contains("drainTimeoutMs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn request_settings_override_each_default_and_keep_the_rest() {
+    let d = Defaults::default();
+    assert_eq!(RequestSettings::default().over(d), d);
+    let r: RequestSettings =
+        serde_saphyr::from_str("{maxQueueLength: 3, ejectionMaxMs: 9}").unwrap();
+    let s = r.over(d);
+    assert_eq!((s.max_queue_length, s.ejection_max_ms), (3, 9));
+    assert_eq!(
+        ResolvedSettings {
+            max_queue_length: d.max_queue_length,
+            ejection_max_ms: d.ejection_max_ms,
+            ..s
+        },
+        d
+    );
+    assert!(serde_saphyr::from_str::<RequestSettings>("{maxQueueLen: 3}").is_err());
+    assert_eq!(
+        serde_saphyr::to_string(&r).unwrap().trim(),
+        "maxQueueLength: 3\nejectionMaxMs: 9"
     );
 }
 

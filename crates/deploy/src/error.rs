@@ -2,23 +2,18 @@
 
 use std::path::PathBuf;
 
+use infergate_config::ConfigError;
+
 /// Why `infergate render` refused to produce manifests.
 ///
 /// Every message names the key, the value and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// A key (or a flag such as `--namespace`) holds a value that is not allowed.
-    #[error("config key `{key}`: value `{value}` is invalid: {problem}; fix: {fix}")]
-    Invalid {
-        /// The key or flag, e.g. `privateEndpointILB` or `--namespace`.
-        key: String,
-        /// The offending value as written (or `(not set)`).
-        value: String,
-        /// What is wrong with it.
-        problem: String,
-        /// How to fix it.
-        fix: String,
-    },
+    /// A key (or a flag such as `--namespace`) holds a value that is not allowed, or names a
+    /// file that cannot be read: a [`ConfigError::Invalid`], the router configuration's own
+    /// shape and message (config key `K`: value `V` is invalid: P; fix: F).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A key that neither the AzureML extension nor infergate knows.
     #[error("config key `{key}` (value `{value}`) is unknown; fix: {fix}")]
     UnknownKey {
@@ -30,20 +25,6 @@ pub enum RenderError {
         suggestion: Option<&'static str>,
         /// How to fix it (names the suggestion and lists the known keys).
         fix: String,
-    },
-    /// A PEM file given by `sslCertPemFile` or `sslKeyPemFile` could not be read.
-    #[error(
-        "config key `{key}`: value `{}` is invalid: cannot read the file: {source}; fix: point {key} at an existing, readable PEM file",
-        path.display()
-    )]
-    Read {
-        /// `sslCertPemFile` or `sslKeyPemFile`.
-        key: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
     },
     /// The certificate chain and key do not form a usable pair (unparsable chain, wrong key, ...).
     #[error(
@@ -70,15 +51,10 @@ pub enum RenderError {
 impl RenderError {
     pub(crate) fn invalid(
         key: impl Into<String>,
-        value: impl Into<String>,
+        value: impl std::fmt::Display,
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        RenderError::Invalid {
-            key: key.into(),
-            value: value.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        RenderError::Config(ConfigError::invalid(key, value, problem, fix))
     }
 }

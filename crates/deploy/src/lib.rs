@@ -33,9 +33,7 @@ pub use manifests::{
     ADMIN_PORT, CONFIG_PATH, CRD_YAML, HTTP_PORT, HTTPS_PORT, PRE_STOP_SECONDS, TLS_DIR,
     discovery_rules, namespaced_discovery_rbac, termination_grace_seconds,
 };
-pub use settings::{
-    Exposure, KNOWN_KEYS, PROTECTED_KEYS, Settings, TlsFiles, closest_key, parse_bool,
-};
+pub use settings::{Exposure, KNOWN_KEYS, PROTECTED_KEYS, Settings, TlsFiles, closest_key};
 
 /// Default namespace, the one the AzureML extension installs into.
 pub const DEFAULT_NAMESPACE: &str = "azureml";

@@ -330,10 +330,13 @@ fn tls_secret(cx: &Ctx, tls: &TlsFiles) -> Result<Value, RenderError> {
         source: Box::new(source),
     })?;
     let read = |key: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|source| RenderError::Read {
-            key,
-            path: path.to_path_buf(),
-            source,
+        std::fs::read(path).map_err(|e| {
+            RenderError::invalid(
+                key,
+                path.display(),
+                format!("cannot read the file: {e}"),
+                format!("point {key} at an existing, readable PEM file"),
+            )
         })
     };
     let cert = read("sslCertPemFile", &tls.cert)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use infergate_config::BOOL_SPELLINGS;
+use infergate_config::parse_bool;
 
 use crate::RenderError;
 
@@ -95,7 +95,8 @@ impl<'a> Given<'a> {
     }
 
     fn flag(&self, key: &str, default: bool) -> Result<bool, RenderError> {
-        self.get(key).map_or(Ok(default), |v| parse_bool(key, v))
+        self.get(key)
+            .map_or(Ok(default), |v| Ok(parse_bool(key, v)?))
     }
 }
 
@@ -233,36 +234,9 @@ impl Settings {
     }
 }
 
-/// Parses a boolean the way the extension does: `True`, `False`, `true`, `false` and nothing else.
-pub fn parse_bool(key: &str, value: &str) -> Result<bool, RenderError> {
-    match value {
-        "True" | "true" => Ok(true),
-        "False" | "false" => Ok(false),
-        other => {
-            let lower = other.to_ascii_lowercase();
-            let hint = [("true", "True"), ("false", "False")]
-                .into_iter()
-                .find(|(w, _)| strsim::levenshtein(&lower, w) <= 2)
-                .map(|(_, spelled)| format!(" (did you mean `{spelled}`?)"))
-                .unwrap_or_default();
-            Err(RenderError::invalid(
-                key,
-                other,
-                "not a boolean",
-                format!("write one of {BOOL_SPELLINGS}{hint}"),
-            ))
-        }
-    }
-}
-
 /// The known key closest to `key` (case-insensitive edit distance), if it is close enough to be a typo.
 pub fn closest_key(key: &str) -> Option<&'static str> {
-    let lower = key.to_ascii_lowercase();
-    let (distance, best) = KNOWN_KEYS
-        .iter()
-        .map(|k| (strsim::levenshtein(&lower, &k.to_ascii_lowercase()), *k))
-        .min_by_key(|(d, _)| *d)?;
-    (distance <= 3.max(key.chars().count() / 3)).then_some(best)
+    infergate_config::closest(key, KNOWN_KEYS.iter().copied())
 }
 
 fn unknown_key(key: &str, value: &str) -> RenderError {

@@ -459,16 +459,14 @@ impl Index {
     /// The policy of an InferenceEndpoint's `spec.auth` with the Secrets known now, and why it
     /// refuses every request when it does for a reason the user can fix (never key material).
     fn auth_for(&self, key: &ObjectKey, auth: Option<&AuthRef>) -> (AuthPolicy, Option<String>) {
-        let mode = match auth.and_then(|a| a.mode.as_deref()) {
-            Some("none") => return (AuthPolicy::None, None),
-            Some("token") => AuthMode::Token,
-            _ => AuthMode::Key,
-        };
-        let mode_name = if mode == AuthMode::Token {
-            "token"
-        } else {
-            "key"
-        };
+        let mode = auth
+            .and_then(|a| a.mode.as_deref())
+            .and_then(AuthMode::from_name)
+            .unwrap_or_default();
+        if mode == AuthMode::None {
+            return (AuthPolicy::None, None);
+        }
+        let mode_name = mode.as_str();
         let Some(sk) = secret_key(&key.namespace, auth) else {
             return (
                 AuthPolicy::default(),
@@ -1070,13 +1068,13 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
         )
     })?;
     if let Some(mode) = spec.auth.as_ref().and_then(|a| a.mode.as_deref())
-        && !matches!(mode, "key" | "token" | "none")
+        && AuthMode::from_name(mode).is_none()
     {
         return Err(Problem::new(
             "spec.auth.mode",
             mode,
             "unknown authentication mode",
-            "use key, token or none",
+            format!("use one of {}", AuthMode::NAMES.join(", ")),
         ));
     }
     for (i, d) in spec.deployments.iter().enumerate() {

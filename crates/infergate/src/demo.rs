@@ -90,10 +90,11 @@ pub async fn run(https_port: u16, admin_port: u16, latency_ms: u64) -> anyhow::R
         ca
     };
     let ca = ca.display();
+    let pin = infergate_proxy::headers::AZUREML_MODEL_DEPLOYMENT;
     println!(
         "\ninfergate demo: endpoint `demo` with deployments blue (2 pods, 90%) and green (1 pod, 10%), key {key}\n\
          \n  # score (traffic split 90/10)\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'Authorization: Bearer {key}' -H 'content-type: application/json' -d '{{\"data\": [[1, 2, 3, 4]]}}'\n\
-         \n  # pin a deployment\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'Authorization: Bearer {key}' -H 'azureml-model-deployment: green' -d '{{}}'\n\
+         \n  # pin a deployment\n  curl --cacert {ca} {base}/api/v1/endpoint/demo/score -H 'Authorization: Bearer {key}' -H '{pin}: green' -d '{{}}'\n\
          \n  # without the key: 401\n  curl -i --cacert {ca} {base}/api/v1/endpoint/demo/score -d '{{}}'\n\
          \n  # the model's swagger document (open unless swaggerAuth is set)\n  curl --cacert {ca} {base}/api/v1/service/demo/swagger.json\n\
          \n  # health, readiness and Prometheus metrics\n  curl http://{admin}/readyz\n  curl http://{admin}/metrics\n\

@@ -8,9 +8,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's own request id, passed through when well formed.
 pub const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
-/// The deployment pin (request) and the deployment that served (response).
-pub const AZUREML_MODEL_DEPLOYMENT: HeaderName =
-    HeaderName::from_static("azureml-model-deployment");
+/// The deployment pin (request) and the deployment that served (response); routing owns it.
+pub use infergate_routing::AZUREML_MODEL_DEPLOYMENT;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use infergate_config::ResolvedSettings;
 
 /// The request header that pins a deployment, and the response header naming the one that served.
-pub const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
+pub const AZUREML_MODEL_DEPLOYMENT: HeaderName =
+    HeaderName::from_static("azureml-model-deployment");
 
 /// What the request asks of the deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

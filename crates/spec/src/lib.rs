@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use infergate_auth::AuthPolicy;
-use infergate_config::{AuthModeConfig, Config, EndpointConfig, ResolvedSettings};
+use infergate_config::{AuthMode, Config, EndpointConfig, ResolvedSettings};
 
 /// A pod as discovery or configuration describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,12 +106,12 @@ pub fn specs_from_config(cfg: &Config) -> Vec<EndpointSpec> {
 fn auth_policy(ep: &EndpointConfig) -> AuthPolicy {
     let a = &ep.auth;
     match a.mode {
-        AuthModeConfig::None => AuthPolicy::None,
-        AuthModeConfig::Key => AuthPolicy::keys(
+        AuthMode::None => AuthPolicy::None,
+        AuthMode::Key => AuthPolicy::keys(
             a.primary_key.as_ref().map(|k| k.0.as_bytes()),
             a.secondary_key.as_ref().map(|k| k.0.as_bytes()),
         ),
-        AuthModeConfig::Token => {
+        AuthMode::Token => {
             let key = a.signing_key_file.as_deref().map(|p| {
                 infergate_config::read_signing_key_file("auth.signingKeyFile", p)
                     .map_err(|e| e.to_string())

@@ -1,4 +1,4 @@
-use crate::{AuthModeConfig, Config, ConfigError};
+use crate::{AuthMode, Config, ConfigError};
 
 fn mk(endpoint_extra: &str) -> Result<Config, ConfigError> {
     let text = format!(
@@ -47,7 +47,7 @@ mod tempfile_like {
 fn default_is_key_mode_without_keys_which_is_valid_but_refuses_all() {
     let c = mk("").unwrap();
     let ep = &c.endpoints[0];
-    assert_eq!(ep.auth.mode, AuthModeConfig::Key);
+    assert_eq!(ep.auth.mode, AuthMode::Key);
     assert!(ep.refuses_all());
     assert!(!ep.swagger_auth);
 }
@@ -71,7 +71,7 @@ fn key_mode_with_keys_and_swagger_auth() {
 #[test]
 fn none_must_be_explicit_and_takes_no_keys() {
     let c = mk("    auth: {mode: none}\n").unwrap();
-    assert_eq!(c.endpoints[0].auth.mode, AuthModeConfig::None);
+    assert_eq!(c.endpoints[0].auth.mode, AuthMode::None);
     assert!(!c.endpoints[0].refuses_all());
     let e = err("    auth: {mode: none, primaryKey: s3cr3t-value}\n");
     assert!(
@@ -91,7 +91,7 @@ fn token_mode_needs_a_readable_long_enough_signing_key_file() {
         f.0.display()
     ))
     .unwrap();
-    assert_eq!(c.endpoints[0].auth.mode, AuthModeConfig::Token);
+    assert_eq!(c.endpoints[0].auth.mode, AuthMode::Token);
 
     let e = err("    auth: {mode: token}\n");
     assert!(
@@ -151,6 +151,7 @@ fn keys_must_be_visible_ascii_and_are_never_echoed() {
 fn unknown_mode_and_unknown_auth_keys_are_parse_errors() {
     let e = err("    auth: {mode: keys}\n");
     assert!(e.contains("keys"), "{e}");
+    assert!(e.contains("key, token, none"), "{e}");
     let e = err("    auth: {primarykey: x}\n");
     assert!(e.contains("primarykey"), "{e}");
 }
@@ -161,4 +162,16 @@ fn keys_never_appear_in_debug_output() {
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("s3cr3t"), "{dbg}");
     assert!(dbg.contains("[redacted]"), "{dbg}");
+}
+
+#[test]
+fn modes_are_written_one_way_in_yaml_and_in_code() {
+    for m in AuthMode::ALL {
+        assert_eq!(AuthMode::from_name(m.as_str()), Some(m));
+        let yaml = serde_saphyr::to_string(&m).unwrap();
+        assert_eq!(yaml.trim(), m.as_str());
+        assert_eq!(serde_saphyr::from_str::<AuthMode>(m.as_str()).unwrap(), m);
+    }
+    assert_eq!(AuthMode::from_name("Key"), None);
+    assert_eq!(AuthMode::default(), AuthMode::Key);
 }
