@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infergate_config::{Defaults, KubeDiscoveryConfig};
+use infergate_metrics::Registry;
 use infergate_spec::{PublishSpecs, Readiness};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -143,18 +144,19 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
 
 /// Starts discovery with `client`: the watches, the index publishing to `publisher` (the
 /// proxy's `Router`), `readiness` marked published after the first full sync, and the status
-/// writer. Runs until the returned task is aborted.
+/// writer, all counting in `registry`. Runs until the returned task is aborted.
 pub fn spawn(
     client: Client,
     cfg: &KubeDiscoveryConfig,
     defaults: Defaults,
     publisher: Arc<dyn PublishSpecs>,
     readiness: Arc<Readiness>,
+    registry: &Registry,
     backoff: Backoff,
 ) -> tokio::task::JoinHandle<()> {
     let feeds = feeds(&client, cfg, backoff);
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_statuses(client, rx));
+    let writer = tokio::spawn(write_statuses(client, rx, registry.clone()));
     let namespaces = if cfg.namespaces.is_empty() {
         "(all)".to_string()
     } else {
@@ -162,6 +164,7 @@ pub fn spawn(
     };
     tracing::info!(%namespaces, "discovery: watching InferenceEndpoints, EndpointSlices and Secrets");
     let d = Discovery::new(defaults, publisher)
+        .with_registry(registry)
         .with_readiness(readiness)
         .with_status_sink(tx)
         // Retries come at most 1.2 x max apart (jitter): quiet for longer means recovered.
@@ -194,6 +197,7 @@ pub fn start(
     cfg: &infergate_config::Config,
     publisher: Arc<dyn PublishSpecs>,
     readiness: Arc<Readiness>,
+    registry: &Registry,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let kube = cfg.discovery.kube.as_ref()?;
     Some(spawn(
@@ -202,6 +206,7 @@ pub fn start(
         cfg.defaults,
         publisher,
         readiness,
+        registry,
         Backoff::default(),
     ))
 }

@@ -12,10 +12,19 @@ use tokio::sync::mpsc;
 
 use crate::crd::{InferenceEndpoint, InferenceEndpointStatus};
 use crate::index::{ObjectKey, StatusUpdate};
+use infergate_metrics::Registry;
+
 use crate::metrics::STATUS_WRITES_TOTAL;
 
 /// Writes the updates received on `rx` until it closes.
-pub async fn write_statuses(client: Client, mut rx: mpsc::UnboundedReceiver<StatusUpdate>) {
+/// Writes are counted in `registry`.
+pub async fn write_statuses(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
+    registry: Registry,
+) {
+    let ok = registry.counter(STATUS_WRITES_TOTAL, &[("result", "ok")]);
+    let failed_writes = registry.counter(STATUS_WRITES_TOTAL, &[("result", "failed")]);
     let ar = ApiResource::erase::<InferenceEndpoint>(&());
     let mut pending: BTreeMap<ObjectKey, StatusUpdate> = BTreeMap::new();
     let mut backoff = Duration::from_millis(500);
@@ -40,10 +49,10 @@ pub async fn write_statuses(client: Client, mut rx: mpsc::UnboundedReceiver<Stat
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
-                Ok(_) => ::metrics::counter!(STATUS_WRITES_TOTAL, "result" => "ok").increment(1),
+                Ok(_) => ok.increment(1),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    ::metrics::counter!(STATUS_WRITES_TOTAL, "result" => "failed").increment(1);
+                    failed_writes.increment(1);
                     tracing::warn!(object = %key, error = %e, "discovery: cannot write InferenceEndpoint status; retrying");
                     failed = true;
                     // A newer update received meanwhile wins.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::index::{Index, StatusUpdate};
 use crate::metrics;
+use infergate_metrics::{Counter, Gauge, Registry};
 
 /// Most events applied before a rebuild, so a flood cannot delay publishing indefinitely.
 const MAX_BATCH: usize = 4096;
@@ -130,9 +131,31 @@ struct FeedState {
     up: bool,
     /// When the last error arrived.
     last_error: Option<Instant>,
+    /// `infergate_discovery_watch_up{kind, namespace}`.
+    up_gauge: Gauge,
+    /// `infergate_discovery_lists_total{kind, namespace}`.
+    lists: Counter,
+    /// `infergate_discovery_watch_errors_total{kind, namespace}`.
+    errors: Counter,
 }
 
 impl FeedState {
+    fn new(feed: &Feed, registry: &Registry) -> Self {
+        let ns = feed.namespace.as_deref().unwrap_or("*");
+        let labels = [("kind", feed.kind.as_str()), ("namespace", ns)];
+        FeedState {
+            kind: feed.kind,
+            namespace: feed.namespace.clone(),
+            synced: false,
+            staging: None,
+            up: true,
+            last_error: None,
+            up_gauge: registry.gauge(metrics::WATCH_UP, &labels),
+            lists: registry.counter(metrics::LISTS_TOTAL, &labels),
+            errors: registry.counter(metrics::WATCH_ERRORS_TOTAL, &labels),
+        }
+    }
+
     fn ns_label(&self) -> String {
         self.namespace.clone().unwrap_or_else(|| "*".into())
     }
@@ -145,6 +168,7 @@ pub struct Discovery {
     readiness: Option<Arc<Readiness>>,
     status: Option<mpsc::UnboundedSender<StatusUpdate>>,
     recovery: Duration,
+    registry: Registry,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -163,7 +187,16 @@ impl Discovery {
             readiness: None,
             status: None,
             recovery: Duration::from_secs(61),
+            registry: Registry::new(),
         }
+    }
+
+    /// Counts in `registry` (the server's, so that `/metrics` shows discovery's health); without
+    /// it, in a registry of its own that nothing renders.
+    pub fn with_registry(mut self, registry: &Registry) -> Self {
+        registry.describe(metrics::FAMILIES);
+        self.registry = registry.clone();
+        self
     }
 
     /// A failed watch counts as up again when no further error came for `window` (a watch
@@ -190,20 +223,13 @@ impl Discovery {
     pub async fn run(mut self, feeds: Vec<Feed>) {
         let mut states: Vec<FeedState> = feeds
             .iter()
-            .map(|f| FeedState {
-                kind: f.kind,
-                namespace: f.namespace.clone(),
-                synced: false,
-                staging: None,
-                up: true,
-                last_error: None,
-            })
+            .map(|f| FeedState::new(f, &self.registry))
             .collect();
         for s in &states {
-            ::metrics::gauge!(metrics::WATCH_UP, "kind" => s.kind.as_str(), "namespace" => s.ns_label())
-                .set(1.0);
+            s.up_gauge.set(1.0);
         }
-        ::metrics::gauge!(metrics::SYNCED).set(0.0);
+        let synced = self.registry.gauge(metrics::SYNCED, &[]);
+        synced.set(0.0);
         let mut merged: SelectAll<_> = futures_util::stream::select_all(
             feeds
                 .into_iter()
@@ -257,7 +283,7 @@ impl Discovery {
                 if let Some(r) = &self.readiness {
                     r.set_published(true);
                 }
-                ::metrics::gauge!(metrics::SYNCED).set(1.0);
+                synced.set(1.0);
                 let (known, routed) = self.index.counts();
                 tracing::info!(
                     inference_endpoints = known,
@@ -347,14 +373,15 @@ impl Discovery {
         }
         if changes.specs_changed || force {
             self.publisher.publish_specs(self.index.specs());
-            ::metrics::counter!(metrics::PUBLISHES_TOTAL).increment(1);
-            ::metrics::histogram!(metrics::PUBLISH_DURATION_SECONDS)
+            let r = &self.registry;
+            r.counter(metrics::PUBLISHES_TOTAL, &[]).increment(1);
+            r.histogram(metrics::PUBLISH_DURATION_SECONDS, &[])
                 .record(since.elapsed().as_secs_f64());
         }
         let (known, routed) = self.index.counts();
-        ::metrics::gauge!(metrics::ENDPOINTS, "state" => "routed").set(routed as f64);
-        ::metrics::gauge!(metrics::ENDPOINTS, "state" => "not_routed")
-            .set(known.saturating_sub(routed) as f64);
+        let endpoints = |state| self.registry.gauge(metrics::ENDPOINTS, &[("state", state)]);
+        endpoints("routed").set(routed as f64);
+        endpoints("not_routed").set(known.saturating_sub(routed) as f64);
         if let Some(tx) = &self.status {
             for s in changes.statuses {
                 let _ = tx.send(s);
@@ -364,8 +391,7 @@ impl Discovery {
 }
 
 fn listed(st: &mut FeedState, n: usize) {
-    ::metrics::counter!(metrics::LISTS_TOTAL, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
-        .increment(1);
+    st.lists.increment(1);
     if st.synced {
         tracing::info!(
             kind = st.kind.as_str(),
@@ -386,8 +412,7 @@ fn listed(st: &mut FeedState, n: usize) {
 
 fn recovered(st: &mut FeedState) {
     st.up = true;
-    ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
-        .set(1.0);
+    st.up_gauge.set(1.0);
     tracing::info!(
         kind = st.kind.as_str(),
         namespace = %st.ns_label(),
@@ -397,10 +422,8 @@ fn recovered(st: &mut FeedState) {
 
 fn watch_failed(st: &mut FeedState, e: &watcher::Error) {
     let gone = matches!(e, watcher::Error::WatchError(s) if s.code == 410);
-    ::metrics::counter!(metrics::WATCH_ERRORS_TOTAL, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
-        .increment(1);
-    ::metrics::gauge!(metrics::WATCH_UP, "kind" => st.kind.as_str(), "namespace" => st.ns_label())
-        .set(0.0);
+    st.errors.increment(1);
+    st.up_gauge.set(0.0);
     st.up = false;
     st.last_error = Some(Instant::now());
     if gone {

@@ -74,6 +74,7 @@ impl Rig {
             cfg.defaults,
             server.router().clone(),
             server.readiness().clone(),
+            server.registry(),
             FAST,
         );
         let (http, admin, router) = (

@@ -161,6 +161,7 @@ fn main() -> ExitCode {
                         &cfg,
                         server.router().clone(),
                         server.readiness().clone(),
+                        server.registry(),
                     )
                 });
                 server.run(shutdown_signal()).await;
