@@ -13,6 +13,9 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
     echo "aws-lc-sys is in the dependency tree:"; cargo tree --workspace -i aws-lc-sys; exit 1
 fi
 
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -424,10 +424,8 @@ async fn score(
     let chunks = params.stream_chunks.unwrap_or(config.stream_chunks);
     let fail = config.fail_rate > 0.0 && rand::random::<f64>() < config.fail_rate;
     let streamed = !fail && params.respond_bytes.is_none() && chunks > 0;
-    if !streamed {
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
+    if !streamed && !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     shared.stats.served.fetch_add(1, Ordering::SeqCst);
 

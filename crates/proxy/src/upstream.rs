@@ -215,7 +215,9 @@ pub(crate) enum ConnectError {
     Handshake(hyper::Error),
 }
 
-/// Why a request failed on its connection.
+/// Why a request failed on its connection. The request given back is not boxed: it travels once,
+/// on the rare path, and boxing it would cost an allocation on every failure instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum SendError {
     /// The connection closed before the request was written: nothing reached the pod, and the
