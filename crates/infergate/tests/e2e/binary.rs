@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
-use crate::mock;
+use crate::runner::*;
 use crate::support::*;
 
 fn cfg_file(dir: &std::path::Path, yaml: &str) -> String {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use infergate_testkit::FakeApiServer;
 use serde_json::json;
 
-use crate::mock;
+use crate::runner::*;
 use crate::support::*;
 
 fn kube_config(dir: &std::path::Path, extra: &str) -> String {

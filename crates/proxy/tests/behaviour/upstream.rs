@@ -9,7 +9,6 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::insecure;
 use crate::support::*;
 
 /// How the raw pod treats a connection after answering.

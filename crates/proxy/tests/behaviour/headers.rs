@@ -1,7 +1,6 @@
 //! Behaviours 4 and 5: header rewriting, request ids, pooled upstream connections.
 
 use crate::support::*;
-use crate::{insecure, mock};
 
 async fn echo_router() -> (Router, mock_model::MockHandle) {
     let pod = mock("p", 0).await;

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 
 use crate::support::*;
-use crate::{insecure, mock};
 
 async fn router_for(pod: &mock_model::MockHandle) -> Router {
     Router::start(&insecure(&format!(

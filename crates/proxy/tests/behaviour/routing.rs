@@ -1,7 +1,6 @@
 //! Behaviour 3: URL shapes, deployment pinning, weights, 404s, query strings.
 
 use crate::support::*;
-use crate::{insecure, mock};
 
 async fn two_deployments(
     traffic: &str,

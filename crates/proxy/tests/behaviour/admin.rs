@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use crate::support::*;
-use crate::{insecure, mock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
@@ -27,11 +26,12 @@ async fn health_readiness_and_metrics() {
     assert_eq!(m.status, 200);
     assert!(m.header("content-type").starts_with("text/plain"));
     let t = String::from_utf8_lossy(&m.body);
-    assert!(
+    assert_eq!(
         metric(
             &t,
             "infergate_requests_total{endpoint=\"metrics-ep\",deployment=\"d\",status=\"200\"}"
-        ) >= 3.0,
+        ),
+        3.0,
         "{t}"
     );
     for name in [

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use mock_model::MockConfig;
 
 use crate::support::*;
-use crate::{insecure, mock};
 
 fn endpoint(pods: &[&mock_model::MockHandle], settings: &str) -> String {
     let pods: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr())).collect();
@@ -54,12 +53,13 @@ async fn twenty_clients_never_put_two_requests_on_a_pod() {
         b.stats()
     );
     let t = metrics_text(&r).await;
-    assert!(
+    assert_eq!(
         metric(
             &t,
             "infergate_queue_wait_seconds_count{endpoint=\"e\",deployment=\"d\"}"
-        ) >= 80.0,
-        "{t}"
+        ),
+        80.0,
+        "one queue wait per admitted request:\n{t}"
     );
 }
 
@@ -175,7 +175,7 @@ async fn mirror_copies_requests_and_never_changes_the_clients_result() {
     );
     assert!(
         eventually(Duration::from_secs(10), async || {
-            metric(&metrics_text(&r).await, "infergate_mirror_requests_total{endpoint=\"e\",deployment=\"green\",result=\"failed\"}") >= 10.0
+            metric(&metrics_text(&r).await, "infergate_mirror_requests_total{endpoint=\"e\",deployment=\"green\",result=\"failed\"}") == 10.0
         })
         .await
     );
@@ -191,12 +191,19 @@ async fn mirror_copies_requests_and_never_changes_the_clients_result() {
         served,
         "oversized body was not mirrored"
     );
-    assert!(
-        metric(
-            &metrics_text(&r).await,
-            "infergate_mirror_requests_total{endpoint=\"e\",deployment=\"green\",result=\"skipped\"}"
-        ) >= 1.0
-    );
+    let t = metrics_text(&r).await;
+    for (result, n) in [("failed", 10.0), ("skipped", 1.0)] {
+        assert_eq!(
+            metric(
+                &t,
+                &format!(
+                    "infergate_mirror_requests_total{{endpoint=\"e\",deployment=\"green\",result=\"{result}\"}}"
+                )
+            ),
+            n,
+            "{result}:\n{t}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
-use crate::{insecure, mock};
 
 fn one_pod(pod: &str, extra: &str) -> String {
     insecure(&format!(

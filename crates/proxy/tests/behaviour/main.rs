@@ -1,0 +1,14 @@
+//! Proxy behaviour over real sockets on 127.0.0.1: the router in process (`Server::bind`, its own
+//! metrics registry) in front of mock model pods. What needs the real binary lives in the e2e tests
+//! of the `infergate` crate.
+
+mod admin;
+mod admission;
+mod auth;
+mod errors;
+mod headers;
+mod routing;
+mod streaming;
+mod support;
+mod tls;
+mod upstream;
