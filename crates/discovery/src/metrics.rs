@@ -18,56 +18,45 @@ pub const PUBLISH_DURATION_SECONDS: &str = "infergate_discovery_publish_duration
 /// Counter, `result` = `ok` / `failed`: status subresource writes.
 pub const STATUS_WRITES_TOTAL: &str = "infergate_discovery_status_writes_total";
 
-use infergate_metrics::{Describe, Kind, Unit};
-
-const fn family(name: &'static str, kind: Kind, help: &'static str) -> Describe {
-    Describe {
-        name,
-        kind,
-        unit: None,
-        help,
-    }
-}
+use infergate_metrics::{Describe, Kind};
 
 /// Every family discovery records, with its help text.
 pub const FAMILIES: &[Describe] = &[
-    family(
+    Describe::new(
         WATCH_UP,
         Kind::Gauge,
         "1 while a discovery watch works, 0 after a failed list or watch, by kind and namespace (* = all).",
     ),
-    family(
+    Describe::new(
         WATCH_ERRORS_TOTAL,
         Kind::Counter,
         "Failed discovery lists and watches (each retried with backoff), by kind and namespace.",
     ),
-    family(
+    Describe::new(
         LISTS_TOTAL,
         Kind::Counter,
         "Completed full lists (the first sync and every relist), by kind and namespace.",
     ),
-    family(
+    Describe::new(
         SYNCED,
         Kind::Gauge,
         "1 once every discovery watch has completed its first list.",
     ),
-    family(
+    Describe::new(
         ENDPOINTS,
         Kind::Gauge,
         "InferenceEndpoints by state (routed, not_routed).",
     ),
-    family(
+    Describe::new(
         PUBLISHES_TOTAL,
         Kind::Counter,
         "Route tables published by discovery.",
     ),
-    Describe {
-        name: PUBLISH_DURATION_SECONDS,
-        kind: Kind::Histogram,
-        unit: Some(Unit::Seconds),
-        help: "From reading a batch of watch events to its route table being published.",
-    },
-    family(
+    Describe::seconds(
+        PUBLISH_DURATION_SECONDS,
+        "From reading a batch of watch events to its route table being published.",
+    ),
+    Describe::new(
         STATUS_WRITES_TOTAL,
         Kind::Counter,
         "InferenceEndpoint status writes, by result (ok, failed).",

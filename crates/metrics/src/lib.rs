@@ -44,6 +44,28 @@ pub struct Describe {
     pub help: &'static str,
 }
 
+impl Describe {
+    /// A family without a unit in its name.
+    pub const fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Describe {
+            name,
+            kind,
+            unit: None,
+            help,
+        }
+    }
+
+    /// A `_seconds` histogram.
+    pub const fn seconds(name: &'static str, help: &'static str) -> Self {
+        Describe {
+            name,
+            kind: Kind::Histogram,
+            unit: Some(Unit::Seconds),
+            help,
+        }
+    }
+}
+
 /// A Prometheus registry: where handles are registered and what `/metrics` renders.
 /// Cloning is cheap (an `Arc`); clones share their series.
 #[derive(Clone)]

@@ -1,6 +1,6 @@
 //! The data path's metric families: names (Prometheus style) and their descriptions, in one table.
 
-use infergate_metrics::{Describe, Kind, Registry, Unit};
+use infergate_metrics::{Describe, Kind, Registry};
 
 /// Requests answered, by `endpoint`, `deployment` and `status`.
 pub const REQUESTS_TOTAL: &str = "infergate_requests_total";
@@ -35,89 +35,71 @@ pub const MIRROR_REQUESTS_TOTAL: &str = "infergate_mirror_requests_total";
 /// Certificate reload attempts, by `result` (`ok` / `failed`).
 pub use infergate_tls::CERT_RELOADS_TOTAL;
 
-const fn family(name: &'static str, kind: Kind, help: &'static str) -> Describe {
-    Describe {
-        name,
-        kind,
-        unit: None,
-        help,
-    }
-}
-
-const fn seconds(name: &'static str, help: &'static str) -> Describe {
-    Describe {
-        name,
-        kind: Kind::Histogram,
-        unit: Some(Unit::Seconds),
-        help,
-    }
-}
-
 /// Every family the data path records, with its help text.
 pub const FAMILIES: &[Describe] = &[
-    family(
+    Describe::new(
         REQUESTS_TOTAL,
         Kind::Counter,
         "Requests answered, by endpoint, deployment and status.",
     ),
-    seconds(
+    Describe::seconds(
         REQUEST_DURATION_SECONDS,
         "Request head to the end of the response body, by endpoint and deployment.",
     ),
-    seconds(
+    Describe::seconds(
         UPSTREAM_DURATION_SECONDS,
         "Request sent to the pod until its response head, by endpoint and deployment.",
     ),
-    seconds(
+    Describe::seconds(
         QUEUE_WAIT_SECONDS,
         "Time waiting for a pod slot, by endpoint and deployment.",
     ),
-    family(
+    Describe::new(
         REQUESTS_IN_FLIGHT,
         Kind::Gauge,
         "Requests being served now (head received, response body not finished).",
     ),
-    family(
+    Describe::new(
         AUTH_FAILURES_TOTAL,
         Kind::Counter,
         "Requests refused by endpoint authentication, by endpoint and reason.",
     ),
-    family(
+    Describe::new(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         Kind::Counter,
         "TLS handshakes that failed or timed out.",
     ),
-    family(
+    Describe::new(
         DEPLOYMENT_BUSY_SLOTS,
         Kind::Gauge,
         "Pod slots taken now, by endpoint and deployment.",
     ),
-    family(
+    Describe::new(
         DEPLOYMENT_QUEUED_REQUESTS,
         Kind::Gauge,
         "Requests waiting for a pod slot now, by endpoint and deployment.",
     ),
-    family(
+    Describe::new(
         DEPLOYMENT_PODS,
         Kind::Gauge,
         "Pods taking new requests, by endpoint and deployment.",
     ),
-    family(
+    Describe::new(
         DEPLOYMENT_UTILIZATION,
         Kind::Gauge,
         "(busy + queued) / (pods x slots), by endpoint and deployment; above 1 requests wait.",
     ),
-    family(
+    Describe::new(
         RETRIES_TOTAL,
         Kind::Counter,
         "Requests sent again to another pod after a connection that never opened, by endpoint and deployment.",
     ),
-    family(
+    Describe::new(
         POD_EJECTIONS_TOTAL,
         Kind::Counter,
         "Pods ejected after consecutive failures, by endpoint and deployment.",
     ),
-    family(
+    Describe::new(
         MIRROR_REQUESTS_TOTAL,
         Kind::Counter,
         "Mirror copies, by endpoint, deployment and result (ok, failed, skipped).",

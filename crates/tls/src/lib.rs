@@ -25,12 +25,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub const CERT_RELOADS_TOTAL: &str = "infergate_tls_cert_reloads_total";
 
 /// The metric families this crate records, with their help text.
-pub const FAMILIES: &[Describe] = &[Describe {
-    name: CERT_RELOADS_TOTAL,
-    kind: Kind::Counter,
-    unit: None,
-    help: "TLS certificate reloads after the certificate or key file changed, by result (ok, failed).",
-}];
+pub const FAMILIES: &[Describe] = &[Describe::new(
+    CERT_RELOADS_TOTAL,
+    Kind::Counter,
+    "TLS certificate reloads after the certificate or key file changed, by result (ok, failed).",
+)];
 
 /// ALPN protocols offered by [`server_config`], in server preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
