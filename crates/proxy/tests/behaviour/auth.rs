@@ -4,51 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use http::Request;
 use infergate_auth::{AuthMode, AuthPolicy, issue_token, issue_token_at};
 
 use crate::support::*;
-
-const PRIMARY: &str = "pk-e2e-PRIMARY-7f3a9c1d2b";
-const SECONDARY: &str = "sk-e2e-SECONDARY-4e8b0a6f1c";
-
-/// A plain-HTTP config with these endpoint items, written as is (no `auth` added).
-fn cfg(endpoints: &str) -> String {
-    format!("allowInsecureConnections: true\nendpoints:\n{endpoints}\n")
-}
-
-fn keyed(name: &str, pod: &str, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    auth: {{mode: key, primaryKey: \"{PRIMARY}\", secondaryKey: \"{SECONDARY}\"}}\n{extra}    deployments: [{{name: d, pods: [\"{pod}\"]}}]\n"
-    )
-}
-
-fn with_header(mut q: Request<Body>, value: &str) -> Request<Body> {
-    q.headers_mut()
-        .insert("authorization", value.parse().unwrap());
-    q
-}
-
-fn score(endpoint: &str, authorization: Option<&str>) -> Request<Body> {
-    let q = post(&format!("/api/v1/endpoint/{endpoint}/score"), "{}");
-    match authorization {
-        Some(v) => with_header(q, v),
-        None => q,
-    }
-}
-
-/// Asserts a 401 in the router's error shape with this `WWW-Authenticate`.
-fn assert_401(a: &Answer, www_authenticate: &str) {
-    a.assert_error(401, "Unauthorized");
-    assert_eq!(a.header("www-authenticate"), www_authenticate, "{a:?}");
-}
-
-fn failures(text: &str, endpoint: &str, reason: &str) -> f64 {
-    metric(
-        text,
-        &format!("infergate_auth_failures_total{{endpoint=\"{endpoint}\",reason=\"{reason}\"}}"),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_refuse_missing_wrong_scheme_and_wrong_key_and_accept_both_keys() {

@@ -371,3 +371,46 @@ pub fn insecure(endpoints: &str) -> String {
         endpoints.join("\n")
     )
 }
+
+// === auth helpers (the in-process auth tests and the binary's) ===
+
+pub const PRIMARY: &str = "pk-e2e-PRIMARY-7f3a9c1d2b";
+pub const SECONDARY: &str = "sk-e2e-SECONDARY-4e8b0a6f1c";
+
+/// A plain-HTTP config with these endpoint items, written as is (no `auth` added).
+pub fn cfg(endpoints: &str) -> String {
+    format!("allowInsecureConnections: true\nendpoints:\n{endpoints}\n")
+}
+
+pub fn keyed(name: &str, pod: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    auth: {{mode: key, primaryKey: \"{PRIMARY}\", secondaryKey: \"{SECONDARY}\"}}\n{extra}    deployments: [{{name: d, pods: [\"{pod}\"]}}]\n"
+    )
+}
+
+pub fn with_header(mut q: Request<Body>, value: &str) -> Request<Body> {
+    q.headers_mut()
+        .insert("authorization", value.parse().unwrap());
+    q
+}
+
+pub fn score(endpoint: &str, authorization: Option<&str>) -> Request<Body> {
+    let q = post(&format!("/api/v1/endpoint/{endpoint}/score"), "{}");
+    match authorization {
+        Some(v) => with_header(q, v),
+        None => q,
+    }
+}
+
+/// Asserts a 401 in the router's error shape with this `WWW-Authenticate`.
+pub fn assert_401(a: &Answer, www_authenticate: &str) {
+    a.assert_error(401, "Unauthorized");
+    assert_eq!(a.header("www-authenticate"), www_authenticate, "{a:?}");
+}
+
+pub fn failures(text: &str, endpoint: &str, reason: &str) -> f64 {
+    metric(
+        text,
+        &format!("infergate_auth_failures_total{{endpoint=\"{endpoint}\",reason=\"{reason}\"}}"),
+    )
+}
