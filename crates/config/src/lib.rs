@@ -13,11 +13,13 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod cluster;
 mod discovery;
 #[macro_use]
 mod set;
 mod settings;
 pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
+pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
 pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
 pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
@@ -150,6 +152,9 @@ pub struct Config {
     /// Endpoints from Kubernetes (`discovery.kube`) instead of `endpoints`.
     #[serde(default, skip_serializing_if = "DiscoveryConfig::is_empty")]
     pub discovery: DiscoveryConfig,
+    /// Replicas acting as one router: global per-pod slots and queue (see README, "High availability").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -302,6 +307,9 @@ impl Config {
             ));
         }
         self.discovery.validate(self.endpoints.len())?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");
