@@ -50,7 +50,7 @@ impl Default for Backoff {
 }
 
 /// Exponential backoff with +-20 % jitter, reset by any successful event.
-struct Exp {
+pub(crate) struct Exp {
     b: Backoff,
     next: Option<Duration>,
     seed: u64,
@@ -78,7 +78,7 @@ impl kube::runtime::utils::Backoff for Exp {
     }
 }
 
-fn exp(b: Backoff) -> Exp {
+pub(crate) fn exp(b: Backoff) -> Exp {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -10,12 +10,15 @@
 //!   route-table swap per batch; readiness after the first full sync.
 //! - [`spawn`]: the real thing: kube watches (InferenceEndpoints, EndpointSlices, Secrets) of
 //!   the configured namespaces and the status writer.
+//! - [`watch_peers`]: HA peers (`cluster.kube`): the ready endpoints of a headless Service's
+//!   EndpointSlices on a watch channel; [`peer_namespace`] finds its namespace.
 
 pub mod crd;
 pub mod index;
 pub mod metrics;
 
 mod cluster;
+mod peers;
 mod status;
 mod watch;
 
@@ -24,5 +27,9 @@ pub use cluster::{
 };
 pub use crd::{InferenceEndpoint, InferenceEndpointSpec, InferenceEndpointStatus, crd_yaml};
 pub use index::{Index, ObjectKey, StatusUpdate};
+pub use peers::{
+    PEER_PORT_NAME, PEERS_KIND, SERVICE_ACCOUNT_NAMESPACE_FILE, peer_namespace, slice_peers,
+    watch_peers, watch_peers_with,
+};
 pub use status::{with_times, write_statuses};
 pub use watch::{Discovery, Feed, FeedKind};
