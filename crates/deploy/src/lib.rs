@@ -4,7 +4,10 @@
 //! exposed with `az k8s-extension create --config KEY=VALUE ... --config-protected KEY=VALUE ...`.
 //! [`render`] takes the same keys and produces the Namespace, ServiceAccount, ConfigMap (the
 //! router's `infergate.yaml`), TLS Secret, Deployment, Service, PodDisruptionBudget and, for
-//! OpenShift, the SecurityContextConstraints with the Role and RoleBinding that grant it.
+//! OpenShift, the SecurityContextConstraints with the Role and RoleBinding that grant it. With
+//! high availability (three replicas, the default) the replicas act as one router (`cluster`
+//! in the config): a headless `<name>-peers` Service finds them, a `<name>-cluster` Secret
+//! authenticates them, and a NetworkPolicy admits only router pods to their peer port.
 //!
 //! ```no_run
 //! let args = infergate_deploy::RenderArgs {
@@ -30,8 +33,9 @@ mod yaml;
 
 pub use error::RenderError;
 pub use manifests::{
-    ADMIN_PORT, CONFIG_PATH, CRD_YAML, HTTP_PORT, HTTPS_PORT, PRE_STOP_SECONDS, TLS_DIR,
-    discovery_rules, namespaced_discovery_rbac, termination_grace_seconds,
+    ADMIN_PORT, CLUSTER_DIR, CLUSTER_SECRET_BYTES, CONFIG_PATH, CRD_YAML, HTTP_PORT, HTTPS_PORT,
+    PEER_PORT, PRE_STOP_SECONDS, TLS_DIR, discovery_rules, namespaced_discovery_rbac,
+    termination_grace_seconds,
 };
 pub use settings::{Exposure, KNOWN_KEYS, PROTECTED_KEYS, Settings, TlsFiles, closest_key};
 

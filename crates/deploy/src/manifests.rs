@@ -1,5 +1,6 @@
 //! The Kubernetes objects, built as JSON values from validated [`Settings`].
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -22,11 +23,21 @@ pub const TLS_DIR: &str = "/etc/infergate/tls";
 /// The preStop delay: endpoint controllers and load balancers stop sending new connections
 /// to the pod before SIGTERM makes the router drain.
 pub const PRE_STOP_SECONDS: u64 = 5;
+/// Container port of the HA peer listener (`cluster.listen`), named `peer`; only with high
+/// availability. The headless `<name>-peers` Service publishes it, and a NetworkPolicy admits
+/// only the router pods to it.
+pub const PEER_PORT: u16 = 7946;
+/// Where the peers' shared-secret Secret is mounted (the key `secret`).
+pub const CLUSTER_DIR: &str = "/etc/infergate/cluster";
+/// Random bytes in the rendered peer secret.
+pub const CLUSTER_SECRET_BYTES: usize = 32;
 /// Slack on top of preStop + drain before the kubelet sends SIGKILL.
 const GRACE_SLACK_SECONDS: u64 = 5;
 
 const CONFIG_DIR: &str = "/etc/infergate/config";
 const CONFIG_FILE: &str = "infergate.yaml";
+/// The key of the peer secret in its Secret (and so the file under [`CLUSTER_DIR`]).
+const CLUSTER_SECRET_KEY: &str = "secret";
 /// The distroless `nonroot` user and group.
 const NONROOT: u32 = 65532;
 /// Group-readable only: the pod's fsGroup (or OpenShift's assigned group) owns the files.
@@ -51,6 +62,14 @@ impl Ctx<'_> {
     }
     fn secret(&self) -> String {
         format!("{}-tls", self.name)
+    }
+    /// The HA peers' headless Service (and their NetworkPolicy).
+    fn peers(&self) -> String {
+        format!("{}-peers", self.name)
+    }
+    /// The HA peers' shared secret.
+    fn cluster_secret(&self) -> String {
+        format!("{}-cluster", self.name)
     }
     /// SCCs are cluster-scoped: the namespace keeps two installations apart.
     fn scc(&self) -> String {
@@ -87,7 +106,8 @@ pub(crate) fn documents(
     s: &Settings,
 ) -> Result<Vec<(String, Value)>, RenderError> {
     check_name("--namespace", &args.namespace, 63)?;
-    // Leave room for the longest derived name (`-config`) within a 63-character label.
+    // Leave room for the longest derived name that must be a 63-character DNS label
+    // (`-config`; `-peers` is a Service name). `-cluster` names a Secret (253 characters).
     check_name("--name", &args.name, 56)?;
     if args.image.trim().is_empty() || args.image.contains(char::is_whitespace) {
         return Err(RenderError::invalid(
@@ -103,7 +123,7 @@ pub(crate) fn documents(
         image: &args.image,
         s,
     };
-    let config = router_config(s)?;
+    let config = router_config(&cx)?;
 
     let mut docs = vec![
         ("namespace.yaml".to_string(), namespace(&cx)),
@@ -119,7 +139,14 @@ pub(crate) fn documents(
     if let Some(tls) = &s.tls {
         docs.push(("secret.yaml".into(), tls_secret(&cx, tls)?));
     }
+    if s.high_availability {
+        docs.push(("cluster-secret.yaml".into(), cluster_secret(&cx)));
+    }
     docs.push(("service.yaml".into(), service(&cx)));
+    if s.high_availability {
+        docs.push(("peer-service.yaml".into(), peer_service(&cx)));
+        docs.push(("networkpolicy.yaml".into(), peer_network_policy(&cx)));
+    }
     docs.push(("deployment.yaml".into(), deployment(&cx, config.1)));
     if s.high_availability {
         docs.push((
@@ -139,7 +166,9 @@ pub const CRD_YAML: &str =
 /// What Kubernetes discovery needs, in one place for the ClusterRole and the namespaced Role:
 /// list/watch of InferenceEndpoints and EndpointSlices, update/patch of InferenceEndpoint
 /// status, and get/list/watch of Secrets for the endpoints' keys (the `auth.secretName` of
-/// each InferenceEndpoint).
+/// each InferenceEndpoint). The EndpointSlice rule also covers the HA peers (`cluster.kube`:
+/// the `<name>-peers` Service's slices in the router's own namespace), so high availability
+/// needs no rule of its own; with the namespaced Role, the router's namespace needs one too.
 pub fn discovery_rules() -> Value {
     json!([
         {
@@ -272,7 +301,8 @@ fn check_name(flag: &str, v: &str, max: usize) -> Result<(), RenderError> {
 }
 
 /// The router's configuration file (YAML text) and its drain timeout.
-fn router_config(s: &Settings) -> Result<(String, u64), RenderError> {
+fn router_config(cx: &Ctx) -> Result<(String, u64), RenderError> {
+    let s = cx.s;
     let bug = |e: infergate_config::ConfigError| RenderError::Yaml(e.to_string());
     // Start from the file format's own defaults so new fields keep theirs.
     let mut cfg = infergate_config::Config::from_yaml("{}", "<render>").map_err(bug)?;
@@ -282,6 +312,23 @@ fn router_config(s: &Settings) -> Result<(String, u64), RenderError> {
     if s.tls.is_some() {
         cfg.ssl_cert_pem_file = Some(Path::new(TLS_DIR).join("tls.crt"));
         cfg.ssl_key_pem_file = Some(Path::new(TLS_DIR).join("tls.key"));
+    }
+    if s.high_availability {
+        // The replicas act as one router: peers are the ready pods of the headless Service, in
+        // the pod's own namespace (POD_NAMESPACE); each advertises $POD_IP:7946.
+        cfg.cluster = Some(infergate_config::ClusterConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], PEER_PORT)),
+            advertise: None,
+            peers: Vec::new(),
+            kube: Some(infergate_config::ClusterKube {
+                service: cx.peers(),
+                namespace: None,
+            }),
+            secret_file: Path::new(CLUSTER_DIR).join(CLUSTER_SECRET_KEY),
+            on_owner_unreachable: infergate_config::PartitionMode::default(),
+            heartbeat_ms: 200,
+            dead_after_ms: 1_500,
+        });
     }
     // Validate everything but the existence of the files, which only exist in the pod.
     let mut check = cfg.clone();
@@ -353,6 +400,81 @@ fn tls_secret(cx: &Ctx, tls: &TlsFiles) -> Result<Value, RenderError> {
     }))
 }
 
+/// The peers' shared secret: [`CLUSTER_SECRET_BYTES`] random bytes, base64 (the router trims
+/// the file and uses its text as the HMAC key).
+///
+/// Every render makes a new value, so the Secret is `immutable`: re-applying a later render
+/// can then never change the secret under running replicas. A changed secret would split the
+/// cluster: kubelet rewrites the mounted file, and any replica that starts (or re-reads it)
+/// with the new value cannot authenticate to those still holding the old one, so each side
+/// owns the deployments alone and the global limits no longer hold. Instead the API server
+/// refuses the change (`kubectl apply` reports `field is immutable` for this one object and
+/// applies the others) and the first value stays. A GitOps copy of the output is stable
+/// anyway. To rotate: delete the Secret, apply, then `kubectl rollout restart` the
+/// Deployment.
+fn cluster_secret(cx: &Ctx) -> Value {
+    let bytes: [u8; CLUSTER_SECRET_BYTES] = rand::random();
+    let mut meta = cx.meta(&cx.cluster_secret());
+    meta["annotations"] = json!({
+        "infergate.io/generated": "random at render; immutable, so re-applying a later render \
+                                   keeps this value (delete it, apply, restart the Deployment to rotate)",
+    });
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "immutable": true,
+        "data": { CLUSTER_SECRET_KEY: BASE64.encode(BASE64.encode(bytes)) },
+    })
+}
+
+/// The headless Service whose EndpointSlices list the ready router pods: the HA peers.
+fn peer_service(cx: &Ctx) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": cx.meta(&cx.peers()),
+        "spec": {
+            "clusterIP": "None",
+            "selector": cx.selector(),
+            // Only ready replicas are peers: a starting or draining pod owns nothing.
+            "publishNotReadyAddresses": false,
+            "ports": [{ "name": "peer", "port": PEER_PORT, "targetPort": "peer", "protocol": "TCP" }],
+        },
+    })
+}
+
+/// Only router pods reach the peer port; every source still reaches the serving and admin
+/// ports (a pod selected by an Ingress policy is closed to everything no rule admits).
+fn peer_network_policy(cx: &Ctx) -> Value {
+    let s = cx.s;
+    let mut open = Vec::new();
+    if s.tls.is_some() {
+        open.push(json!({ "port": HTTPS_PORT, "protocol": "TCP" }));
+    }
+    if s.allow_insecure_connections {
+        open.push(json!({ "port": HTTP_PORT, "protocol": "TCP" }));
+    }
+    open.push(json!({ "port": ADMIN_PORT, "protocol": "TCP" }));
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": cx.meta(&cx.peers()),
+        "spec": {
+            "podSelector": { "matchLabels": cx.selector() },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{ "podSelector": { "matchLabels": cx.selector() } }],
+                    "ports": [{ "port": PEER_PORT, "protocol": "TCP" }],
+                },
+                { "ports": open },
+            ],
+        },
+    })
+}
+
 fn service(cx: &Ctx) -> Value {
     let mut ports = Vec::new();
     if cx.s.tls.is_some() {
@@ -390,6 +512,9 @@ fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
         ports.push(json!({ "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" }));
     }
     ports.push(json!({ "name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP" }));
+    if s.high_availability {
+        ports.push(json!({ "name": "peer", "containerPort": PEER_PORT, "protocol": "TCP" }));
+    }
 
     let mut mounts = vec![json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true })];
     let mut volumes = vec![json!({ "name": "config", "configMap": { "name": cx.config_map() } })];
@@ -398,6 +523,13 @@ fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
         volumes.push(json!({
             "name": "tls",
             "secret": { "secretName": cx.secret(), "defaultMode": SECRET_MODE },
+        }));
+    }
+    if s.high_availability {
+        mounts.push(json!({ "name": "cluster", "mountPath": CLUSTER_DIR, "readOnly": true }));
+        volumes.push(json!({
+            "name": "cluster",
+            "secret": { "secretName": cx.cluster_secret(), "defaultMode": SECRET_MODE },
         }));
     }
 
@@ -424,7 +556,7 @@ fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
         })
     };
 
-    let container = json!({
+    let mut container = json!({
         "name": "infergate",
         "image": cx.image,
         "imagePullPolicy": "IfNotPresent",
@@ -448,6 +580,15 @@ fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
         },
         "volumeMounts": mounts,
     });
+    if s.high_availability {
+        // The address peers reach this replica at (`cluster.listen` is 0.0.0.0) and the
+        // namespace of the peers' Service.
+        let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": path } } });
+        container["env"] = json!([
+            field("POD_IP", "status.podIP"),
+            field("POD_NAMESPACE", "metadata.namespace"),
+        ]);
+    }
 
     let mut pod_annotations = json!({
         "prometheus.io/scrape": "true",

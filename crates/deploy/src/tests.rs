@@ -523,7 +523,12 @@ fn insecure_only_serves_port_80_and_renders_no_secret() {
         assert_eq!(service_ports(&r), vec![(80, "http".to_string())]);
         assert_eq!(container_port(&r, "http"), Some(u64::from(HTTP_PORT)));
         assert_eq!(container_port(&r, "https"), None);
-        assert!(kind(&r, "Secret").is_none());
+        assert!(
+            !docs(&r)
+                .iter()
+                .any(|d| d["kind"] == "Secret" && d["type"] == "kubernetes.io/tls"),
+            "no TLS Secret"
+        );
         let spec = pod_spec(&r);
         assert!(!spec.to_string().contains("/etc/infergate/tls"), "{spec}");
         let cfg = router_config(&r);
@@ -734,7 +739,11 @@ fn config_map_and_mounts_match_the_router_config() {
         .collect();
     assert_eq!(
         mounts,
-        [("config", "/etc/infergate/config"), ("tls", TLS_DIR)]
+        [
+            ("config", "/etc/infergate/config"),
+            ("tls", TLS_DIR),
+            ("cluster", CLUSTER_DIR)
+        ]
     );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -829,9 +838,254 @@ fn multi_doc_and_write_dir_hold_every_document() {
             "clusterrolebinding.yaml",
             "configmap.yaml",
             "secret.yaml",
+            "cluster-secret.yaml",
             "service.yaml",
+            "peer-service.yaml",
+            "networkpolicy.yaml",
             "deployment.yaml",
             "poddisruptionbudget.yaml",
         ]
     );
+}
+
+// === high availability: the replicas act as one router ===
+
+/// The object of `kind` named `name`.
+fn named(r: &Rendered, kind: &str, name: &str) -> Option<Value> {
+    docs(r)
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn env_of(r: &Rendered) -> Vec<(String, String)> {
+    pod_spec(r)["containers"][0]["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap().to_string(),
+                        e["valueFrom"]["fieldRef"]["fieldPath"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn ha_replicas_find_each_other_through_a_headless_service() {
+    let r = ok(&mk_args(&[]));
+    let d = the(&r, "Deployment");
+    let selector = &d["spec"]["selector"]["matchLabels"];
+
+    let svc = named(&r, "Service", "infergate-peers").expect("the peers' Service");
+    assert_eq!(svc["spec"]["clusterIP"], "None", "headless");
+    assert_eq!(svc["spec"]["publishNotReadyAddresses"], false);
+    assert_eq!(&svc["spec"]["selector"], selector);
+    assert_eq!(
+        svc["spec"]["ports"],
+        serde_json::json!([{"name": "peer", "port": 7946, "targetPort": "peer", "protocol": "TCP"}])
+    );
+    assert!(svc["spec"].get("type").is_none());
+    assert_eq!(
+        the(&r, "Service")["metadata"]["name"],
+        "infergate",
+        "the serving Service comes first"
+    );
+    assert_eq!(container_port(&r, "peer"), Some(u64::from(PEER_PORT)));
+    assert_eq!(
+        env_of(&r),
+        [
+            ("POD_IP".to_string(), "status.podIP".to_string()),
+            (
+                "POD_NAMESPACE".to_string(),
+                "metadata.namespace".to_string()
+            )
+        ]
+    );
+
+    // The router's config: a cluster over that Service, the mounted secret, and it validates.
+    let cfg = router_config(&r);
+    let c = cfg.cluster.as_ref().expect("a cluster section");
+    assert_eq!(c.listen, "0.0.0.0:7946".parse().unwrap());
+    assert_eq!(c.listen.port(), PEER_PORT);
+    assert!(c.peers.is_empty() && c.advertise.is_none());
+    let kube = c.kube.as_ref().unwrap();
+    assert_eq!(kube.service, "infergate-peers");
+    assert_eq!(
+        kube.namespace, None,
+        "the pod's own namespace (POD_NAMESPACE)"
+    );
+    assert_eq!(
+        c.secret_file,
+        std::path::Path::new(CLUSTER_DIR).join("secret")
+    );
+    assert_eq!(
+        c.on_owner_unreachable,
+        infergate_config::PartitionMode::Refuse
+    );
+    let mut check = cfg.clone();
+    check.ssl_cert_pem_file = None;
+    check.ssl_key_pem_file = None;
+    check.allow_insecure_connections = true;
+    check.validate().unwrap();
+
+    // The ClusterRole already lets the router list and watch EndpointSlices everywhere, the
+    // peers' namespace included.
+    let role = the(&r, "ClusterRole");
+    assert!(
+        role["rules"].as_array().unwrap().iter().any(|rule| {
+            rule["apiGroups"] == serde_json::json!(["discovery.k8s.io"])
+                && rule["resources"] == serde_json::json!(["endpointslices"])
+                && rule["verbs"] == serde_json::json!(["list", "watch"])
+        }),
+        "{role}"
+    );
+}
+
+#[test]
+fn ha_peer_secret_is_random_immutable_and_mounted_read_only() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let a = ok(&mk_args(&[]));
+    let s = named(&a, "Secret", "infergate-cluster").expect("the peers' Secret");
+    assert_eq!(s["type"], "Opaque");
+    assert_eq!(s["immutable"], true, "re-applying must not change it");
+    assert!(
+        s["metadata"]["annotations"]["infergate.io/generated"]
+            .as_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let data = s["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["secret"]);
+    // The file holds base64 text of 32 random bytes.
+    let file = b64.decode(data["secret"].as_str().unwrap()).unwrap();
+    let text = String::from_utf8(file).unwrap();
+    assert_eq!(b64.decode(&text).unwrap().len(), CLUSTER_SECRET_BYTES);
+    assert!(text.len() >= infergate_config::MIN_CLUSTER_SECRET_BYTES);
+
+    let b = ok(&mk_args(&[]));
+    let other = named(&b, "Secret", "infergate-cluster").unwrap();
+    assert_ne!(s["data"], other["data"], "every render makes a new secret");
+
+    let spec = pod_spec(&a);
+    let mount = spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == CLUSTER_DIR)
+        .cloned()
+        .expect("the secret is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let vol = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .cloned()
+        .unwrap();
+    assert_eq!(vol["secret"]["secretName"], "infergate-cluster");
+    assert_eq!(vol["secret"]["defaultMode"], 0o440);
+}
+
+#[test]
+fn ha_network_policy_admits_only_router_pods_to_the_peer_port() {
+    for (args, open) in [
+        (mk_args(&[]), vec![HTTPS_PORT, ADMIN_PORT]),
+        (mk_insecure(&[]), vec![HTTP_PORT, ADMIN_PORT]),
+        (
+            mk_args(&["allowInsecureConnections=True"]),
+            vec![HTTPS_PORT, HTTP_PORT, ADMIN_PORT],
+        ),
+    ] {
+        let r = ok(&args);
+        let selector = the(&r, "Deployment")["spec"]["selector"]["matchLabels"].clone();
+        let np = named(&r, "NetworkPolicy", "infergate-peers").expect("a NetworkPolicy");
+        assert_eq!(np["apiVersion"], "networking.k8s.io/v1");
+        assert_eq!(np["spec"]["podSelector"]["matchLabels"], selector);
+        assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+        let rules = np["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        // The peer port: from router pods of this namespace only.
+        assert_eq!(
+            rules[0]["from"],
+            serde_json::json!([{"podSelector": {"matchLabels": selector}}])
+        );
+        assert_eq!(
+            rules[0]["ports"],
+            serde_json::json!([{"port": PEER_PORT, "protocol": "TCP"}])
+        );
+        // Every other container port: from anywhere, as without the policy.
+        assert!(rules[1].get("from").is_none());
+        let ports: Vec<u16> = rules[1]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap() as u16)
+            .collect();
+        assert_eq!(ports, open);
+        let container: Vec<u16> = pod_spec(&r)["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["containerPort"].as_u64().unwrap() as u16)
+            .filter(|p| *p != PEER_PORT)
+            .collect();
+        assert_eq!(container, open, "no container port is left closed");
+    }
+}
+
+#[test]
+fn without_ha_no_cluster_objects_port_env_mount_or_config() {
+    for args in [
+        mk_args(&["inferenceLoadBalancerHA=False"]),
+        mk_insecure(&["inferenceRouterHA=False", "openshift=True"]),
+    ] {
+        let r = ok(&args);
+        assert!(named(&r, "Service", "infergate-peers").is_none());
+        assert!(named(&r, "Secret", "infergate-cluster").is_none());
+        assert!(kind(&r, "NetworkPolicy").is_none());
+        for f in [
+            "cluster-secret.yaml",
+            "peer-service.yaml",
+            "networkpolicy.yaml",
+        ] {
+            assert!(r.document(f).is_none(), "{f}");
+        }
+        assert_eq!(container_port(&r, "peer"), None);
+        assert!(env_of(&r).is_empty());
+        let spec = pod_spec(&r).to_string();
+        assert!(!spec.contains(CLUSTER_DIR), "{spec}");
+        assert!(!spec.contains("infergate-cluster"), "{spec}");
+        assert!(router_config(&r).cluster.is_none());
+    }
+}
+
+#[test]
+fn ha_names_follow_the_name_flag() {
+    let args = RenderArgs {
+        namespace: "ml-serving".into(),
+        name: "router".into(),
+        ..mk_args(&[])
+    };
+    let r = ok(&args);
+    assert!(named(&r, "Service", "router-peers").is_some());
+    assert!(named(&r, "NetworkPolicy", "router-peers").is_some());
+    assert!(named(&r, "Secret", "router-cluster").is_some());
+    let cfg = router_config(&r);
+    assert_eq!(cfg.cluster.unwrap().kube.unwrap().service, "router-peers");
+    // The longest name still gives a valid Service name for the peers.
+    let long = "a".repeat(56);
+    let r = ok(&RenderArgs {
+        name: long.clone(),
+        ..mk_args(&[])
+    });
+    let peers = format!("{long}-peers");
+    assert!(peers.len() <= 63);
+    assert!(named(&r, "Service", &peers).is_some());
 }

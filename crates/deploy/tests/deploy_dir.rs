@@ -73,6 +73,32 @@ fn value(r: &Rendered, file: &str) -> Value {
     serde_saphyr::from_str(&doc(r, file)).unwrap()
 }
 
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// `cluster-secret.yaml` with the committed test value instead of the random one.
+fn with_test_peer_secret(r: &Rendered) -> String {
+    let text = doc(r, "cluster-secret.yaml");
+    let random = value(r, "cluster-secret.yaml")["data"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(text.matches(&random).count(), 1);
+    text.replace(&random, &b64(TEST_PEER_SECRET))
+}
+
+/// The position of the element of `array` whose `key` is `value`.
+fn index_of(array: &Value, key: &str, value: &str) -> usize {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e[key] == value)
+        .unwrap_or_else(|| panic!("no {key}={value} in {array}"))
+}
+
 // === the generator ===
 
 fn header(extra: &str) -> String {
@@ -81,6 +107,16 @@ fn header(extra: &str) -> String {
          # Regenerate: {BLESS}\n{extra}"
     )
 }
+
+/// The peer secret committed in `deploy/base` (`render` makes a random one every time).
+const TEST_PEER_SECRET: &str = "TEST-ONLY-public-peer-secret-REPLACE-ME";
+
+const PEER_SECRET_WARNING: &str = "\
+# TEST-ONLY PEER SECRET: this value is PUBLIC (it is committed here); `infergate render` makes a
+# random one. Replace it before running more than one replica for real: delete this Secret and
+# create your own, e.g. `kubectl -n azureml create secret generic infergate-cluster
+# --from-literal=secret=\"$(head -c 32 /dev/urandom | base64)\"`, then restart the Deployment.
+";
 
 const SECRET_WARNING: &str = "\
 # TEST-ONLY TLS MATERIAL: this is certs-example/server.pem and server-key.pem, whose private
@@ -109,12 +145,12 @@ fn generated() -> BTreeMap<String, String> {
         .filter(|f| *f != "service.yaml")
         .collect();
     for f in &base_files {
-        let extra = if *f == "secret.yaml" {
-            SECRET_WARNING
-        } else {
-            ""
+        let text = match *f {
+            "secret.yaml" => header(SECRET_WARNING) + &doc(&base, f),
+            "cluster-secret.yaml" => header(PEER_SECRET_WARNING) + &with_test_peer_secret(&base),
+            _ => header("") + &doc(&base, f),
         };
-        files.insert(format!("base/{f}"), header(extra) + &doc(&base, f));
+        files.insert(format!("base/{f}"), text);
     }
     files.insert(
         "base/kustomization.yaml".into(),
@@ -142,18 +178,40 @@ fn generated() -> BTreeMap<String, String> {
         );
     }
 
-    // single-replica: public-lb without HA.
+    // single-replica: public-lb without HA (and so without the peers' objects and settings).
     let single = overlay_render("single-replica");
     let replicas = &value(&single, "deployment.yaml")["spec"]["replicas"];
     let name = value(&single, "deployment.yaml")["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_string();
+    let ha_spec = &value(&base, "deployment.yaml")["spec"]["template"]["spec"];
+    let ha_container = &ha_spec["containers"][0];
+    let peer_port = index_of(&ha_container["ports"], "name", "peer");
+    let cluster_mount = index_of(&ha_container["volumeMounts"], "name", "cluster");
+    let cluster_volume = index_of(&ha_spec["volumes"], "name", "cluster");
+    let single_config = serde_json::to_string(
+        value(&single, "configmap.yaml")["data"]["infergate.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let config_map = value(&single, "configmap.yaml")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let delete = |kind: &str, api_version: &str, object: &str| {
+        format!(
+            "- target:\n    kind: {kind}\n    name: {object}\n  patch: |-\n\
+             \x20   $patch: delete\n    apiVersion: {api_version}\n    kind: {kind}\n    metadata:\n      name: {object}\n"
+        )
+    };
     files.insert(
         "overlays/single-replica/kustomization.yaml".into(),
         kustomization(
             "# = infergate render --config enableInference=True inferenceLoadBalancerHA=False --config-protected ...\n\
-             # One replica for development and small clusters: no spreading, no PodDisruptionBudget.\n",
+             # One replica for development and small clusters: no spreading, no PodDisruptionBudget,\n\
+             # no peers (no cluster section, peer Service, peer Secret or NetworkPolicy).\n",
             &["../public-lb"],
             &format!(
                 "patches:\n\
@@ -161,8 +219,21 @@ fn generated() -> BTreeMap<String, String> {
                  \x20   - op: replace\n      path: /spec/replicas\n      value: {replicas}\n\
                  \x20   - op: remove\n      path: /spec/template/spec/affinity\n\
                  \x20   - op: remove\n      path: /spec/template/spec/topologySpreadConstraints\n\
-                 - target:\n    kind: PodDisruptionBudget\n    name: {name}\n  patch: |-\n\
-                 \x20   $patch: delete\n    apiVersion: policy/v1\n    kind: PodDisruptionBudget\n    metadata:\n      name: {name}\n"
+                 \x20   - op: remove\n      path: /spec/template/spec/containers/0/env\n\
+                 \x20   - op: remove\n      path: /spec/template/spec/containers/0/ports/{peer_port}\n\
+                 \x20   - op: remove\n      path: /spec/template/spec/containers/0/volumeMounts/{cluster_mount}\n\
+                 \x20   - op: remove\n      path: /spec/template/spec/volumes/{cluster_volume}\n\
+                 - target:\n    kind: ConfigMap\n    name: {config_map}\n  patch: |-\n\
+                 \x20   - op: replace\n      path: /data/infergate.yaml\n      value: {single_config}\n\
+                 {}{}{}{}",
+                delete("PodDisruptionBudget", "policy/v1", &name),
+                delete("Service", "v1", &format!("{name}-peers")),
+                delete("Secret", "v1", &format!("{name}-cluster")),
+                delete(
+                    "NetworkPolicy",
+                    "networking.k8s.io/v1",
+                    &format!("{name}-peers")
+                ),
             ),
         ),
     );
@@ -257,9 +328,15 @@ fn deploy_dir_is_generated_from_render() {
 
 // === overlays vs render ===
 
-/// The documents sorted by kind, namespace and name, so order does not matter.
+/// The documents sorted by kind, namespace and name, so order does not matter; the random
+/// peer secret's value masked.
 fn doc_set(docs: Vec<Value>) -> Vec<Value> {
     let mut docs = docs;
+    for d in &mut docs {
+        if d["kind"] == "Secret" && d["type"] == "Opaque" && d["data"].get("secret").is_some() {
+            d["data"]["secret"] = Value::from("(random)");
+        }
+    }
     docs.sort_by_key(|d| {
         let m = &d["metadata"];
         format!("{}/{}/{}", d["kind"], m["namespace"], m["name"])
