@@ -342,3 +342,32 @@ async fn a_stream_cancelled_mid_body_is_cut_off_at_the_request_timeout() {
     // slot; the pod notices the close a moment later.)
     assert_eq!(cancelled(&r).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_at_the_pod_holds_its_slot_until_the_pod_answers() {
+    let pod = stubborn_pod(300).await;
+    let r = Router::start(&one_deployment(
+        pod.addr(),
+        "maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: 20000",
+    ))
+    .await;
+    let addr = r.http();
+    let mut c = Client::plain(addr, Proto::H2).await;
+    let t0 = Instant::now();
+    // The request is abandoned (its stream reset) once the pod has it; the connection stays.
+    let gone = tokio::time::timeout(Duration::from_millis(100), c.send(post(SCORE, "{}"))).await;
+    assert!(gone.is_err(), "no answer within 100 ms from a 300 ms pod");
+    assert_eq!(pod.stats().in_flight, 1);
+    // The next request, on the same connection, waits for the pod's answer to the reset one.
+    let a = c.call(post(SCORE, "{}")).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(580),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(pod.stats().max_in_flight, 1);
+    assert_eq!(pod.stats().served, 2);
+    assert!(settled(&r).await);
+    assert_eq!(cancelled(&r).await, 1.0);
+}
