@@ -61,6 +61,10 @@ pub struct MockConfig {
     /// When > 0, `/score` streams its answer as this many chunks spread over the service
     /// time (overridable per request with `streamChunks=N`).
     pub stream_chunks: u32,
+    /// The service time of a (non-streamed) `/score` runs to its end even when the caller
+    /// closes the connection, as a model worker's computation does; `/stats` counts it in flight
+    /// until then. Off: an abandoned request stops at once.
+    pub work_survives_disconnect: bool,
 }
 
 impl Default for MockConfig {
@@ -70,6 +74,7 @@ impl Default for MockConfig {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             stream_chunks: 0,
+            work_survives_disconnect: false,
         }
     }
 }
@@ -409,7 +414,7 @@ async fn score(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, BoxError> {
-    let guard = shared.stats.enter();
+    let mut guard = shared.stats.enter();
     let query = req.uri().query().unwrap_or("").to_owned();
     let params = Params::parse(&query);
     let sse = req
@@ -425,7 +430,17 @@ async fn score(
     let fail = config.fail_rate > 0.0 && rand::random::<f64>() < config.fail_rate;
     let streamed = !fail && params.respond_bytes.is_none() && chunks > 0;
     if !streamed && !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+        if config.work_survives_disconnect {
+            // The work is its own task: a dropped handler leaves it (and its in-flight count)
+            // running to the end.
+            let work = tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                guard
+            });
+            guard = work.await?;
+        } else {
+            tokio::time::sleep(latency).await;
+        }
     }
     shared.stats.served.fetch_add(1, Ordering::SeqCst);
 

@@ -1,6 +1,7 @@
 //! The request side of bodies: the client's body on its way to the pod (counted, cut off past
 //! the deployment's limit, optionally copied for a mirror).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,9 +116,40 @@ enum Source {
     Buffered(std::collections::VecDeque<Bytes>),
 }
 
+/// The first frame of a client's body, read while the request waited in the queue.
+pub type FirstFrame = Option<Result<Frame<Bytes>, hyper::Error>>;
+
+/// Waits for `admit` (a pod slot). While it waits in the queue, the first frame of the client's
+/// body is read ahead into `first`: hyper reads nothing more from a connection until the body is
+/// asked for, so without this a client that left while queued would go unnoticed until its turn
+/// came. Once the body has arrived whole (small bodies: one frame), hyper watches the connection
+/// and drops the request (freeing its queue place) as soon as the client closes or resets it. A
+/// slot at hand at once reads nothing ahead.
+pub(crate) async fn admit_watching<T>(
+    admit: impl Future<Output = T>,
+    body: &mut Incoming,
+    first: &mut FirstFrame,
+) -> T {
+    let mut admit = std::pin::pin!(admit);
+    let mut peek = !body.is_end_stream();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = admit.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if peek && let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+            peek = false;
+            *first = frame;
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// A request body on its way to a pod: counted, cut off past `limit` bytes, optionally copied.
 pub struct RequestBody {
     source: Source,
+    /// A frame read ahead while queued, delivered first.
+    first: FirstFrame,
     shared: Option<Arc<RequestShared>>,
     limit: u64,
     seen: u64,
@@ -134,10 +166,17 @@ impl std::fmt::Debug for RequestBody {
 }
 
 impl RequestBody {
-    /// The client's body, counted into `shared`.
-    pub fn new(body: Incoming, shared: Arc<RequestShared>, limit: u64, tee: Option<Tee>) -> Self {
+    /// The client's body (after `first`, a frame read ahead), counted into `shared`.
+    pub fn new(
+        body: Incoming,
+        first: FirstFrame,
+        shared: Arc<RequestShared>,
+        limit: u64,
+        tee: Option<Tee>,
+    ) -> Self {
         RequestBody {
             source: Source::Streaming(body),
+            first,
             shared: Some(shared),
             limit,
             seen: 0,
@@ -149,6 +188,7 @@ impl RequestBody {
     pub fn buffered(frames: Vec<Bytes>) -> Self {
         RequestBody {
             source: Source::Buffered(frames.into()),
+            first: None,
             shared: None,
             limit: u64::MAX,
             seen: 0,
@@ -170,7 +210,11 @@ impl Body for RequestBody {
             Source::Streaming(b) => b,
             Source::Buffered(q) => return Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
         };
-        match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
+        let next = match this.first.take() {
+            Some(f) => Some(f),
+            None => ready!(Pin::new(&mut *inner).poll_frame(cx)),
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
@@ -209,14 +253,26 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Streaming(b) => b.is_end_stream(),
+            Source::Streaming(b) => self.first.is_none() && b.is_end_stream(),
             Source::Buffered(q) => q.is_empty(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Streaming(b) => b.size_hint(),
+            Source::Streaming(b) => match &self.first {
+                Some(Ok(f)) => {
+                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                    let rest = b.size_hint();
+                    let mut h = SizeHint::new();
+                    h.set_lower(rest.lower() + n);
+                    if let Some(u) = rest.upper() {
+                        h.set_upper(u + n);
+                    }
+                    h
+                }
+                _ => b.size_hint(),
+            },
             Source::Buffered(q) => SizeHint::with_exact(q.iter().map(|b| b.len() as u64).sum()),
         }
     }

@@ -17,7 +17,7 @@ use crate::error::ProxyError;
 use crate::metrics::{
     DEPLOYMENT_BUSY_SLOTS, DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_UTILIZATION,
     MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
-    REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
+    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
 use crate::upstream::{ConnPool, Upstream};
 
@@ -264,6 +264,8 @@ pub(crate) struct DeploymentMetrics {
     pub(crate) status: StatusCounters,
     pub(crate) duration: Histogram,
     pub(crate) upstream: Histogram,
+    /// Requests whose client went away before the answer ended.
+    pub(crate) cancelled: Counter,
     queue_wait: Histogram,
     retries: Counter,
     ejections: Counter,
@@ -291,6 +293,7 @@ impl DeploymentMetrics {
             status: StatusCounters::new(registry, endpoint, deployment),
             duration: registry.histogram(REQUEST_DURATION_SECONDS, &l),
             upstream: registry.histogram(UPSTREAM_DURATION_SECONDS, &l),
+            cancelled: registry.counter(REQUESTS_CANCELLED_TOTAL, &l),
             queue_wait: registry.histogram(QUEUE_WAIT_SECONDS, &l),
             retries: registry.counter(RETRIES_TOTAL, &l),
             ejections: registry.counter(POD_EJECTIONS_TOTAL, &l),

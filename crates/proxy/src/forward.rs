@@ -3,6 +3,7 @@
 //! `requestTimeoutMs`), and what a failed exchange stands for.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -12,7 +13,8 @@ use infergate_balance::Outcome;
 use infergate_routing::Action;
 use tokio::time::Instant;
 
-use crate::body::{BodyTooLarge, RequestBody, RequestShared};
+use crate::body::{BodyTooLarge, FirstFrame, RequestBody, RequestShared};
+use crate::cancel::InFlight;
 use crate::endpoint::{Deployment, Endpoint};
 use crate::error::ProxyError;
 use crate::headers::{X_MS_CLIENT_REQUEST_ID, rewrite_request};
@@ -35,7 +37,7 @@ pub(crate) fn prepare(
     ctx: &mut RequestCtx,
     (endpoint, dep, action): (&Endpoint, &Deployment, Action),
     mut parts: Parts,
-    body: Incoming,
+    (body, first, shared): (Incoming, FirstFrame, Arc<RequestShared>),
     conn: ConnInfo,
     roll: u64,
 ) -> Result<Request<RequestBody>, ProxyError> {
@@ -48,7 +50,6 @@ pub(crate) fn prepare(
         host,
     );
     ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
-    let shared = RequestShared::new(&body);
     let tee = mirror::tee(endpoint, action, &parts, ctx.uri.query(), roll, &shared);
     parts.uri = dep
         .upstream_uri(action, ctx.uri.query())
@@ -60,7 +61,7 @@ pub(crate) fn prepare(
     let limit = dep.settings.max_request_body_bytes;
     Ok(Request::from_parts(
         parts,
-        RequestBody::new(body, shared, limit, tee),
+        RequestBody::new(body, first, shared, limit, tee),
     ))
 }
 
@@ -104,7 +105,19 @@ pub(crate) async fn send(
         };
         req.headers_mut().insert(header::HOST, conn.host());
         let sent = Instant::now();
-        match tokio::time::timeout_at(deadline, conn.send(req)).await {
+        ctx.deadline = Some(deadline);
+        // From here the request may reach the pod: a client that leaves now does not free the
+        // slot until the pod is done (the guard hands the exchange on, see `cancel.rs`).
+        let res = {
+            let mut in_flight = InFlight::new(conn.send(req), ctx, sent);
+            let res = tokio::time::timeout_at(deadline, &mut in_flight.exchange).await;
+            if res.is_err() {
+                in_flight.abandon();
+            }
+            res
+        };
+        let lease = ctx.lease.as_ref().expect("admitted before forwarding");
+        match res {
             Ok(Ok(resp)) => {
                 let upstream = sent.elapsed();
                 let outcome = match resp.status().is_server_error() {

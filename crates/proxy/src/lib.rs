@@ -12,8 +12,10 @@
 //! | prepare and forward: headers, the pod's URI, the body, the attempts | `forward.rs` (+ `body.rs`, `mirror.rs`) |
 //! | the pod connection | `upstream.rs` |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
+//! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
 
 pub mod body;
+mod cancel;
 mod deployment;
 mod endpoint;
 pub mod error;

@@ -32,6 +32,8 @@ pub const RETRIES_TOTAL: &str = "infergate_retries_total";
 pub const POD_EJECTIONS_TOTAL: &str = "infergate_pod_ejections_total";
 /// Mirror copies, by `result` (`ok`, `failed`, `skipped`).
 pub const MIRROR_REQUESTS_TOTAL: &str = "infergate_mirror_requests_total";
+/// Requests whose client went away before the answer ended, by `endpoint` and `deployment`.
+pub const REQUESTS_CANCELLED_TOTAL: &str = "infergate_requests_cancelled_total";
 /// Certificate reload attempts, by `result` (`ok` / `failed`).
 pub use infergate_tls::CERT_RELOADS_TOTAL;
 
@@ -98,6 +100,11 @@ pub const FAMILIES: &[Describe] = &[
         POD_EJECTIONS_TOTAL,
         Kind::Counter,
         "Pods ejected after consecutive failures, by endpoint and deployment.",
+    ),
+    Describe::new(
+        REQUESTS_CANCELLED_TOTAL,
+        Kind::Counter,
+        "Requests whose client went away before the answer ended (queued, at the pod, or mid-body), by endpoint and deployment; one that reached a pod keeps its slot until the pod is done or requestTimeoutMs passes.",
     ),
     Describe::new(
         MIRROR_REQUESTS_TOTAL,

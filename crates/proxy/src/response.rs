@@ -34,6 +34,11 @@ pub(crate) struct RequestMetrics {
 /// what it learns; when the context is dropped (the response body ended, failed or was
 /// abandoned, or an error answer was made) the request is counted, timed and logged exactly
 /// once, and then its pod slot is freed.
+///
+/// A context dropped before its answer was made or its body ended is a client cancellation
+/// (`client_cancelled`, status 499 when no head went out). Once the request has reached a pod,
+/// a cancellation does not drop the context: it moves (see [`RequestCtx::detach`]) to a task
+/// that waits for the pod to finish, and is dropped there (see `cancel.rs`).
 #[derive(Debug)]
 pub struct RequestCtx {
     pub(crate) request_id: HeaderValue,
@@ -54,10 +59,23 @@ pub struct RequestCtx {
     pub(crate) client_request_id: Option<HeaderValue>,
     /// From sending to the pod until its response head.
     pub(crate) upstream: Option<Duration>,
-    status: u16,
+    /// When the pod must be done (the current attempt's start + `requestTimeoutMs`): how long
+    /// a cancelled request may keep its slot.
+    pub(crate) deadline: Option<Instant>,
+    /// When the client went away while the pod was working (the slot was kept from then on).
+    pub(crate) cancelled_at: Option<Instant>,
+    pub(crate) status: u16,
     bytes_out: u64,
     outcome: &'static str,
+    /// False for the empty shell left behind by [`RequestCtx::detach`]: it reports nothing.
+    live: bool,
 }
+
+/// The outcome of a request whose client went away before its answer ended.
+pub(crate) const CLIENT_CANCELLED: &str = "client_cancelled";
+/// The status counted and logged for a cancelled request that got no response head
+/// (nginx's "client closed request").
+const STATUS_CLIENT_CLOSED: u16 = 499;
 
 impl RequestCtx {
     /// A request starts: counted in flight until its context is dropped.
@@ -75,23 +93,65 @@ impl RequestCtx {
             shared: None,
             client_request_id: None,
             upstream: None,
+            deadline: None,
+            cancelled_at: None,
             status: 0,
             bytes_out: 0,
-            outcome: "ok",
+            // Until an answer is made and its body ends, the request counts as cancelled.
+            outcome: CLIENT_CANCELLED,
+            live: true,
         }
     }
 
-    /// Ends the request with `outcome` (`ok`, `client_aborted`, `upstream_error`).
-    fn finish(mut self, outcome: &'static str) {
+    /// Ends the request with `outcome` (`ok`, `client_cancelled`, `upstream_error`).
+    pub(crate) fn finish(mut self, outcome: &'static str) {
         self.outcome = outcome;
+    }
+
+    /// The client went away while the pod works: the context (and the slot it holds) moves out,
+    /// to be finished when the pod is done; an inert shell stays behind. Only on cancellation.
+    pub(crate) fn detach(&mut self) -> RequestCtx {
+        let shell = RequestCtx {
+            request_id: HeaderValue::from_static(""),
+            method: Method::GET,
+            uri: Uri::default(),
+            start: self.start,
+            metrics: self.metrics.clone(),
+            endpoint: None,
+            dep: None,
+            lease: None,
+            shared: None,
+            client_request_id: None,
+            upstream: None,
+            deadline: None,
+            cancelled_at: None,
+            status: 0,
+            bytes_out: 0,
+            outcome: "",
+            live: false,
+        };
+        let mut ctx = std::mem::replace(self, shell);
+        ctx.cancelled_at = Some(Instant::now());
+        ctx.outcome = CLIENT_CANCELLED;
+        ctx
     }
 }
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
         let elapsed = self.start.elapsed();
+        let cancelled = self.outcome == CLIENT_CANCELLED;
+        if cancelled && self.status == 0 {
+            self.status = STATUS_CLIENT_CLOSED;
+        }
         match &self.dep {
             Some(d) => {
+                if cancelled {
+                    d.metrics.cancelled.increment(1);
+                }
                 d.metrics.status.count(self.status);
                 d.metrics.duration.record(elapsed.as_secs_f64());
             }
@@ -115,6 +175,7 @@ impl Drop for RequestCtx {
             bytes_in = self.shared.as_ref().map_or(0, |s| s.bytes_in()),
             bytes_out = self.bytes_out,
             outcome = self.outcome,
+            held_ms = self.cancelled_at.map(|c| c.elapsed().as_secs_f64() * 1e3),
             "request"
         );
         // The lease drops after this: the slot goes back to the pool (or the next waiter).
@@ -138,7 +199,7 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
     Response::from_parts(
         rp,
         ProxyBody::Upstream {
-            inner,
+            inner: Some(inner),
             ctx: Some(ctx),
         },
     )
@@ -194,8 +255,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// The pod's body; the request finishes when it ends, fails or is dropped.
     Upstream {
-        /// The pod's body.
-        inner: UpstreamBody,
+        /// The pod's body (taken only when a cancelled request hands it on).
+        inner: Option<UpstreamBody>,
         /// The request's context, finished exactly once.
         ctx: Option<RequestCtx>,
     },
@@ -219,6 +280,9 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { inner, ctx } => {
+                let Some(inner) = inner else {
+                    return Poll::Ready(None);
+                };
                 let r = ready!(Pin::new(inner).poll_frame(cx));
                 match &r {
                     Some(Ok(f)) => {
@@ -245,7 +309,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream { inner, .. } => inner.as_ref().is_none_or(Body::is_end_stream),
         }
     }
 
@@ -253,22 +317,28 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Upstream { inner, .. } => inner
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), Body::size_hint),
         }
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let ProxyBody::Upstream { inner, ctx } = self
-            && let Some(c) = ctx.take()
-        {
+        let ProxyBody::Upstream { inner, ctx } = self else {
+            return;
+        };
+        let Some(c) = ctx.take() else {
+            return;
+        };
+        match inner.take() {
             // hyper drops a body it knows is empty without polling it: that is a normal end.
-            c.finish(if inner.is_end_stream() {
-                "ok"
-            } else {
-                "client_aborted"
-            });
+            Some(body) if body.is_end_stream() => c.finish("ok"),
+            // The client left mid-body while the pod is still sending: the slot stays taken
+            // until the pod's body ends (read and discarded) or the request's deadline.
+            Some(body) if body.is_live() => crate::cancel::drain_body(body, c),
+            _ => c.finish(CLIENT_CANCELLED),
         }
     }
 }

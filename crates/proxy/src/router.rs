@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use infergate_metrics::Registry;
 use infergate_routing::{Deployment, Endpoint, RouteTable};
 
+use crate::body::{RequestShared, admit_watching};
 use crate::deployment::{DeploymentState, StatusCounters};
 use crate::endpoint::{EndpointState, Table};
 use crate::error::ProxyError;
@@ -59,7 +60,7 @@ impl Router {
         &self,
         ctx: &mut RequestCtx,
         mut parts: Parts,
-        body: Incoming,
+        mut body: Incoming,
         conn: ConnInfo,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let roll: u64 = rand::random();
@@ -75,8 +76,13 @@ impl Router {
         ctx.dep = Some(state.clone());
         // Admit: the body's announced size, then a pod slot (FIFO wait, bounded).
         state.check_body(&dep.settings, &parts.headers, &body)?;
-        ctx.lease = Some(state.admit(&dep.settings, roll).await?);
+        // (What the body announces, before any of it is read.)
+        let shared = RequestShared::new(&body);
+        let mut first = None;
+        let admit = state.admit(&dep.settings, roll);
+        ctx.lease = Some(admit_watching(admit, &mut body, &mut first).await?);
         // Forward: the request rebuilt for the pod, then the attempts.
+        let body = (body, first, shared);
         let req = forward::prepare(ctx, (endpoint, dep, action), parts, body, conn, roll)?;
         forward::send(dep, ctx, req, roll).await
     }

@@ -114,6 +114,7 @@ impl Upstream {
         Ok(UpConn {
             tx,
             conn: Box::new(conn),
+            pending: pending_slot(),
             idle_since: Instant::now(),
         })
     }
@@ -271,6 +272,8 @@ struct UpConn {
     /// Boxed (once per connection): hyper's connection state is ~700 bytes, and the response
     /// body that carries it is moved several times per request.
     conn: Box<Conn>,
+    /// Where this connection's exchange in progress waits for its response head.
+    pending: Box<dyn PendingSlot>,
     idle_since: Instant,
 }
 
@@ -310,37 +313,15 @@ impl Checkout {
         self.pod.host.clone()
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) and waits for the response head, driving the
-    /// connection from this task. The response body keeps driving it.
-    pub(crate) async fn send(
-        mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let mut fut = std::pin::pin!(self.conn.tx.try_send_request(req));
-        let mut ended = false;
-        let res = poll_fn(|cx| {
-            if !ended && self.conn.poll_conn(cx).is_ready() {
-                // The connection is over; the response future resolves (with an error when no
-                // response came) without more polling of the connection.
-                ended = true;
-            }
-            fut.as_mut().poll(cx)
-        })
-        .await;
-        match res {
-            Ok(resp) => {
-                let (parts, inner) = resp.into_parts();
-                let conn = (!ended).then_some(self);
-                Ok(Response::from_parts(parts, UpstreamBody { inner, conn }))
-            }
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent {
-                    req,
-                    reused: self.reused,
-                    error: e.into_error(),
-                }),
-                None => Err(SendError::Failed(e.into_error())),
-            },
+    /// Sends `req` (origin-form URI, `Host` set). The returned [`Exchange`] resolves to the
+    /// response head, driving the connection from the task that polls it; the response body
+    /// keeps driving it.
+    pub(crate) fn send(mut self, req: Request<RequestBody>) -> Exchange {
+        let UpConn { tx, pending, .. } = &mut self.conn;
+        pending.start(tx, req);
+        Exchange {
+            conn: Some(self),
+            ended: false,
         }
     }
 
@@ -357,6 +338,99 @@ impl Checkout {
     }
 }
 
+type Head = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>;
+
+/// The place where a connection's request waits for its response head: hyper's response future,
+/// which cannot move once polled, in a box made once per connection and reused by each of its
+/// requests. Owned by the connection, so an exchange in progress can change hands (to the task
+/// that finishes a cancelled request) without a move of the future or an allocation per request.
+trait PendingSlot: Send {
+    /// Hands `req` to the connection; its response future waits here.
+    fn start(&mut self, tx: &mut http1::SendRequest<RequestBody>, req: Request<RequestBody>);
+    /// The response head (or the failure), once; the slot is empty afterwards.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Head>;
+}
+
+struct Slot<F, M> {
+    fut: Pin<Box<Option<F>>>,
+    make: M,
+}
+
+impl<F, M> PendingSlot for Slot<F, M>
+where
+    F: Future<Output = Head> + Send,
+    M: Fn(&mut http1::SendRequest<RequestBody>, Request<RequestBody>) -> F + Send,
+{
+    fn start(&mut self, tx: &mut http1::SendRequest<RequestBody>, req: Request<RequestBody>) {
+        self.fut.set(Some((self.make)(tx, req)));
+    }
+
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Head> {
+        let fut = self
+            .fut
+            .as_mut()
+            .as_pin_mut()
+            .expect("an exchange is in progress");
+        let head = ready!(fut.poll(cx));
+        self.fut.set(None);
+        Poll::Ready(head)
+    }
+}
+
+fn pending_slot() -> Box<dyn PendingSlot> {
+    Box::new(Slot {
+        fut: Box::pin(None),
+        make: |tx: &mut http1::SendRequest<RequestBody>, req| tx.try_send_request(req),
+    })
+}
+
+/// A request handed to its connection, until the response head: a future that drives the
+/// connection while it waits. It can move (it is [`Unpin`]): a cancelled request's exchange is
+/// handed to another task whole. Dropped before its end, it closes the connection.
+#[derive(Debug, Default)]
+pub(crate) struct Exchange {
+    conn: Option<Checkout>,
+    ended: bool,
+}
+
+impl Exchange {
+    /// Whether the response head is still awaited.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+impl Future for Exchange {
+    type Output = Result<Response<UpstreamBody>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let c = this.conn.as_mut().expect("polled after its end");
+        if !this.ended && c.conn.poll_conn(cx).is_ready() {
+            // The connection is over; the response future resolves (with an error when no
+            // response came) without more polling of the connection.
+            this.ended = true;
+        }
+        let res = ready!(c.conn.pending.poll_head(cx));
+        let c = this.conn.take().expect("checked above");
+        Poll::Ready(match res {
+            Ok(resp) => {
+                let (parts, inner) = resp.into_parts();
+                let conn = (!this.ended).then_some(c);
+                Ok(Response::from_parts(parts, UpstreamBody { inner, conn }))
+            }
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(SendError::NotSent {
+                    req,
+                    reused: c.reused,
+                    error: e.into_error(),
+                }),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        })
+    }
+}
+
 /// A pod's response body. Polling it also drives the connection it arrives on; once the body
 /// has ended, the connection goes back to the pod's idle list. Dropped before its end, it closes
 /// the connection (the only way to abandon an HTTP/1.1 response).
@@ -367,6 +441,11 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// Whether its connection is still open (the pod may still be sending).
+    pub(crate) fn is_live(&self) -> bool {
+        self.conn.is_some()
+    }
+
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut c) = self.conn.take() {
             // One more turn lets the connection settle into idle (and shows if it closed).

@@ -32,6 +32,11 @@ struct Args {
     /// (per-request override: ?streamChunks=N).
     #[arg(long, value_name = "N", default_value_t = 0)]
     stream_chunks: u32,
+
+    /// Let a /score's service time run to its end when the caller disconnects (as a model
+    /// worker does); /stats counts it in flight until then.
+    #[arg(long)]
+    work_survives_disconnect: bool,
 }
 
 fn parse_fail_rate(s: &str) -> Result<f64, String> {
@@ -60,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         latency: Duration::from_millis(args.latency_ms),
         fail_rate: args.fail_rate,
         stream_chunks: args.stream_chunks,
+        work_survives_disconnect: args.work_survives_disconnect,
     };
     let handle = mock_model::spawn(listener, config);
     {

@@ -319,7 +319,8 @@ async fn thousands_of_cancelled_requests_leak_no_slot() {
             200
         );
     }
-    // (No `max_in_flight` check here: a cancelled request frees its router slot at once, while
-    // the pod may still be finishing the abandoned work for a moment. Without cancellations the
-    // limit holds exactly: see `twenty_clients_never_put_two_requests_on_a_pod`.)
+    // A cancelled request that reached a pod kept its slot until the pod was done: the pods
+    // never had two at once either.
+    assert_eq!(a.stats().max_in_flight, 1, "{:?}", a.stats());
+    assert_eq!(b.stats().max_in_flight, 1, "{:?}", b.stats());
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod admission;
 mod auth;
+mod cancel;
 mod errors;
 mod headers;
 mod routing;

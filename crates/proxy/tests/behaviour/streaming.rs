@@ -88,10 +88,10 @@ async fn server_sent_events_stream_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_gone_mid_stream_frees_the_pod_slot() {
+async fn client_gone_mid_stream_gives_the_pod_slot_back_by_the_request_timeout() {
     let pod = mock("s", 0).await;
     let r = Router::start(&insecure(&format!(
-        "  - name: e\n    deployments: [{{name: d, pods: [\"{}\"], requestSettings: {{maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: 3000}}}}]",
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{}\"], requestSettings: {{maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: 3000, requestTimeoutMs: 400}}}}]",
         pod.addr()
     )))
     .await;
@@ -109,8 +109,9 @@ async fn client_gone_mid_stream_frees_the_pod_slot() {
         drop(body);
         drop(c);
     }
-    // The slot came back each time. Had it leaked, this request would wait out the 3 s queue
-    // limit behind a 5 s stream and get 503.
+    // Each abandoned stream kept its slot only until its request timeout (the pod may still be
+    // sending until then). Had the slot leaked, this request would wait out the 3 s queue limit
+    // behind a 5 s stream and get 503.
     let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
     assert_eq!(a.status, 200);
 }

@@ -1,5 +1,6 @@
-//! Upstream connections: kept and reused per pod, dropped when the pod closes them or the client
-//! abandons a response, never costing a request.
+//! Upstream connections: kept and reused per pod (also after a client abandons a response: the
+//! router reads it to its end), dropped when the pod closes them or an abandoned response outlasts
+//! its request timeout, never costing a request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +22,8 @@ enum AfterAnswer {
     Close,
 }
 
-/// A minimal HTTP/1.1 pod that counts connections and requests. `GET /slow` answers the head and
-/// half of a 10-byte body, then the rest after 2 s; anything else answers `ok` at once.
+/// A minimal HTTP/1.1 pod that counts connections and requests. `/slow` answers the head and
+/// half of a 10-byte body, then the rest after 600 ms; anything else answers `ok` at once.
 struct RawPod {
     addr: std::net::SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -104,7 +105,7 @@ async fn serve_raw(mut s: TcpStream, after: AfterAnswer, requests: &AtomicUsize)
             // Meanwhile, notice the router closing the connection.
             let mut probe = [0u8; 1];
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(600)) => {}
                 _ = s.read(&mut probe) => return,
             }
             if s.write_all(b"done!").await.is_err() {
@@ -192,33 +193,65 @@ async fn a_pod_closing_idle_connections_costs_no_request() {
     assert_eq!(pod.connections(), 10, "a closed connection is never reused");
 }
 
+/// A client that reads half of `/slow`'s body and goes away.
+async fn abandon_slow(r: &Router) {
+    let mut c = Client::plain(r.http(), Proto::H1).await;
+    let resp = c
+        .send(post("/api/v1/endpoint/e/score", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"half-");
+    // The client goes away in the middle of the body.
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_response_closes_its_connection_and_the_next_request_gets_a_new_one() {
+async fn an_abandoned_response_is_read_to_its_end_and_its_connection_reused() {
     let pod = RawPod::start(AfterAnswer::KeepAlive).await;
-    let r = Router::start(&one_pod(&pod, ", scoringPath: /slow")).await;
-    {
-        let mut c = Client::plain(r.http(), Proto::H1).await;
-        let resp = c
-            .send(post("/api/v1/endpoint/e/score", "{}"))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&first[..], b"half-");
-        // The client goes away in the middle of the body.
-    }
-    // The router closes the pod connection: an HTTP/1.1 response cannot be abandoned otherwise.
-    assert!(
-        eventually(Duration::from_secs(1), async || pod.closed() >= 1).await,
-        "the abandoned upstream connection was not closed"
-    );
-    // The next request gets a fresh connection and its whole answer.
+    let r = Router::start(&one_pod(
+        &pod,
+        ", scoringPath: /slow, requestSettings: {maxQueueWaitMs: 5000}",
+    ))
+    .await;
+    let t0 = std::time::Instant::now();
+    abandon_slow(&r).await;
+    // The next request waits for the pod to finish the abandoned answer (its slot is taken until
+    // then), and goes out on the same connection.
     let mut c = Client::plain(r.http(), Proto::H1).await;
     let a = c.call(post("/api/v1/endpoint/e/score", "{}")).await;
     assert_eq!(a.status, 200);
     assert_eq!(&a.body[..], b"half-done!");
-    assert_eq!(pod.connections(), 2);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1100),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        pod.connections(),
+        1,
+        "the abandoned answer's connection was reused"
+    );
+    assert_eq!(pod.closed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_response_past_the_request_timeout_closes_its_connection() {
+    let pod = RawPod::start(AfterAnswer::KeepAlive).await;
+    let r = Router::start(&one_pod(
+        &pod,
+        ", scoringPath: /slow, requestSettings: {requestTimeoutMs: 300}",
+    ))
+    .await;
+    abandon_slow(&r).await;
+    // At the request timeout the router closes the pod connection: an HTTP/1.1 response cannot
+    // be abandoned otherwise.
+    assert!(
+        eventually(Duration::from_secs(1), async || pod.closed() >= 1).await,
+        "the abandoned upstream connection was not closed"
+    );
+    assert_eq!(pod.connections(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,123 @@
+//! Client cancellation. A client that goes away before the request reached a pod (queued, or
+//! while the connection to the pod opens) frees its queue place or slot at once: hyper drops the
+//! request's future and the context with it. Once the request was handed to a pod, the pod keeps
+//! computing whatever the client does, so the slot stays taken until the pod is done: the
+//! exchange in progress (or the response body still streaming) moves, with the request's
+//! context, to a task of its own that reads the pod's answer to its end and discards it (the
+//! connection then goes back to the pool), or gives up at the request's deadline
+//! (`requestTimeoutMs` from the start of the upstream exchange) and closes the connection. The
+//! access log line (`outcome: client_cancelled`, `held_ms`: how long the pod kept going) is
+//! written then, and the slot freed after it.
+//!
+//! Only a cancellation spawns or allocates: on the normal path the guard below is a few words
+//! on the request's own future, and hyper's response future waits in a box owned by the
+//! connection (made once per connection, see `upstream.rs`).
+
+use http_body_util::BodyExt;
+use infergate_balance::Outcome;
+use tokio::time::Instant;
+
+use crate::response::{CLIENT_CANCELLED, RequestCtx};
+use crate::upstream::{Exchange, UpstreamBody};
+
+/// An exchange with a pod in progress, owned by the request's future. Dropped while the response
+/// head is still awaited (the client went away), it hands the exchange and the request's context
+/// to a drain task instead of closing the connection and freeing the slot.
+pub(crate) struct InFlight<'a> {
+    /// The exchange; polled (through `&mut`) by the request's future.
+    pub(crate) exchange: Exchange,
+    ctx: &'a mut RequestCtx,
+    sent: Instant,
+}
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn new(exchange: Exchange, ctx: &'a mut RequestCtx, sent: Instant) -> Self {
+        InFlight {
+            exchange,
+            ctx,
+            sent,
+        }
+    }
+
+    /// The request's deadline passed: the exchange is dropped (its connection closed) and the
+    /// request fails as a timeout, with no drain.
+    pub(crate) fn abandon(&mut self) {
+        drop(std::mem::take(&mut self.exchange));
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.exchange.is_pending() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime left (shutting down): the connection closes and the slot goes back.
+            return;
+        };
+        let exchange = std::mem::take(&mut self.exchange);
+        let ctx = self.ctx.detach();
+        rt.spawn(drain_exchange(exchange, ctx, self.sent));
+    }
+}
+
+/// The client left while the pod's body was still streaming: the body is read to its end (or
+/// the deadline) on a task of its own, then the request is finished.
+pub(crate) fn drain_body(body: UpstreamBody, mut ctx: RequestCtx) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        ctx.finish(CLIENT_CANCELLED);
+        return;
+    };
+    ctx.cancelled_at = Some(Instant::now());
+    rt.spawn(async move {
+        finish_body(body, &ctx).await;
+        ctx.finish(CLIENT_CANCELLED);
+    });
+}
+
+/// Waits for the pod's response head, then its body, within the request's deadline.
+async fn drain_exchange(mut exchange: Exchange, mut ctx: RequestCtx, sent: Instant) {
+    let deadline = ctx.deadline.expect("set before the exchange");
+    let head = tokio::time::timeout_at(deadline, &mut exchange).await;
+    // The pod's health and latency learn from the answer as on the normal path.
+    let outcome = match &head {
+        Ok(Ok(resp)) if !resp.status().is_server_error() => Outcome::Success(sent.elapsed()),
+        _ => Outcome::Failure,
+    };
+    if let (Some(dep), Some(lease)) = (&ctx.dep, &ctx.lease) {
+        dep.report(lease, outcome);
+    }
+    match head {
+        Ok(Ok(resp)) => {
+            let upstream = sent.elapsed();
+            if let Some(dep) = &ctx.dep {
+                dep.metrics.upstream.record(upstream.as_secs_f64());
+            }
+            ctx.upstream = Some(upstream);
+            finish_body(resp.into_body(), &ctx).await;
+        }
+        Ok(Err(_)) => {}
+        // The deadline passed: the connection closes here, before the slot is freed.
+        Err(_) => drop(exchange),
+    }
+    ctx.finish(CLIENT_CANCELLED);
+}
+
+/// Reads `body` to its end and discards it (its connection then goes back to the pool), or
+/// drops it at the request's deadline (closing the connection).
+async fn finish_body(mut body: UpstreamBody, ctx: &RequestCtx) {
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    };
+    match ctx.deadline {
+        Some(d) => {
+            let _ = tokio::time::timeout_at(d, read).await;
+        }
+        None => read.await,
+    }
+    drop(body);
+}
