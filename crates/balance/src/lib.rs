@@ -72,6 +72,12 @@ impl PodState {
         })
     }
 
+    /// A pod's state outside any pool (a pod another replica granted that this one's discovery
+    /// has not seen yet).
+    pub fn detached(spec: &PodSpec) -> Arc<Self> {
+        Self::new(spec)
+    }
+
     /// Peak-EWMA latency estimate.
     pub fn latency_estimate(&self) -> Duration {
         Duration::from_nanos(self.ewma_ns.load(Ordering::Relaxed))
@@ -329,6 +335,35 @@ impl Pool {
             .map(|pod| self.shared.lease(pod))
     }
 
+    /// Takes a free slot at once on any pod but `avoid` (by address), counting against `limit`
+    /// slots per pod instead of the pool's (a share of them); `None` when no slot is free.
+    pub fn try_acquire_within(
+        &self,
+        roll: u64,
+        avoid: Option<SocketAddr>,
+        limit: u32,
+    ) -> Option<Lease> {
+        let pods = self.shared.pods.load();
+        let avoid = avoid.and_then(|a| pods.iter().find(|p| p.addr == a).cloned());
+        self.shared
+            .try_pick_with(roll, avoid.as_deref(), 0, limit.max(1))
+            .map(|pod| self.shared.lease(pod))
+    }
+
+    /// Counts a slot on the pod at `addr` as taken even past the limit (a lease another replica
+    /// holds, learned when this one took over the deployment); `None` if the pod is not here.
+    pub fn occupy(&self, addr: SocketAddr) -> Option<Lease> {
+        let pod = self
+            .shared
+            .pods
+            .load()
+            .iter()
+            .find(|p| p.addr == addr)?
+            .clone();
+        pod.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(self.shared.lease(pod))
+    }
+
     /// Pods ejected now.
     pub fn ejected(&self) -> usize {
         let now = self.shared.now_ns();
@@ -412,8 +447,17 @@ impl Shared {
     /// only when it is expected to finish sooner than waiting for a faster one would
     /// ([`Shared::worth_taking`]); `ahead` is how many requests wait before this one.
     fn try_pick(&self, roll: u64, avoid: Option<&PodState>, ahead: usize) -> Option<Arc<PodState>> {
+        self.try_pick_with(roll, avoid, ahead, self.limit.load(Ordering::Acquire))
+    }
+
+    fn try_pick_with(
+        &self,
+        roll: u64,
+        avoid: Option<&PodState>,
+        ahead: usize,
+        limit: u32,
+    ) -> Option<Arc<PodState>> {
         let pods = self.pods.load();
-        let limit = self.limit.load(Ordering::Acquire);
         let n = pods.len();
         if n == 0 {
             return None;
