@@ -183,9 +183,11 @@ pub fn spawn(
 pub async fn client_if_configured(
     cfg: &infergate_config::Config,
 ) -> Result<Option<Client>, DiscoveryError> {
-    match cfg.discovery.kube {
-        Some(_) => client_from_env().await.map(Some),
-        None => Ok(None),
+    let peers_from_kube = cfg.cluster.as_ref().is_some_and(|c| c.kube.is_some());
+    if cfg.discovery.kube.is_some() || peers_from_kube {
+        client_from_env().await.map(Some)
+    } else {
+        Ok(None)
     }
 }
 

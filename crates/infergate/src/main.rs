@@ -148,7 +148,23 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                let server = match infergate_proxy::Server::bind(&cfg).await {
+                // With `cluster.kube`: the peers are the headless Service's ready endpoints.
+                let peers = match (
+                    &kube,
+                    cfg.cluster
+                        .as_ref()
+                        .and_then(|c| Some((c, c.kube.as_ref()?))),
+                ) {
+                    (Some(client), Some((c, k))) => Some(infergate_discovery::watch_peers(
+                        client.clone(),
+                        infergate_discovery::peer_namespace(k.namespace.as_deref()),
+                        k.service.clone(),
+                        c.listen.port(),
+                        None,
+                    )),
+                    _ => None,
+                };
+                let server = match infergate_proxy::Server::bind_with_peers(&cfg, peers).await {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("error: {e}");

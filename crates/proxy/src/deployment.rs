@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, header};
 use hyper::body::Incoming;
-use infergate_balance::{AcquireError, Lease, Outcome, PodSpec, Pool, PoolSettings};
+use infergate_balance::{AcquireError, Lease, Outcome, PodSpec, PodState, Pool, PoolSettings};
+use infergate_cluster::{Cluster, ClusterError, ClusterLease};
+use infergate_config::PartitionMode;
 use infergate_config::ResolvedSettings;
 use infergate_metrics::{Counter, Gauge, Histogram, Registry};
 use parking_lot::RwLock;
@@ -47,6 +49,44 @@ pub struct DeploymentState {
     pub(crate) conns: ConnPool,
     retry_budget: RetryBudget,
     pub(crate) metrics: DeploymentMetrics,
+    /// With `cluster`: slots are leased from the deployment's owner replica.
+    shared: Option<Shared>,
+}
+
+/// A deployment admitted through the cluster.
+#[derive(Debug)]
+struct Shared {
+    cluster: Cluster,
+    /// `endpoint/deployment`, the deployment's name in the cluster.
+    key: infergate_cluster::core::Dep,
+    busy: Gauge,
+    queued: Gauge,
+    utilization: Gauge,
+}
+
+/// A pod slot held by a request: from this replica's own pool, or leased from the deployment's
+/// owner replica. Dropping it gives the slot back.
+#[derive(Debug)]
+pub enum Slot {
+    /// From the local pool (no cluster, or a local share while the owner is unreachable).
+    Local(Lease),
+    /// Leased through the cluster.
+    Cluster {
+        /// The lease (released to the owner on drop).
+        lease: ClusterLease,
+        /// The pod's local state (for its address, name and connections).
+        pod: Arc<PodState>,
+    },
+}
+
+impl Slot {
+    /// The pod this slot is on.
+    pub fn pod(&self) -> &Arc<PodState> {
+        match self {
+            Slot::Local(l) => l.pod(),
+            Slot::Cluster { pod, .. } => pod,
+        }
+    }
 }
 
 impl DeploymentState {
@@ -59,8 +99,20 @@ impl DeploymentState {
         settings: &ResolvedSettings,
         upstream: &Upstream,
         registry: &Registry,
+        cluster: Option<&Cluster>,
     ) -> Self {
+        let shared = cluster.map(|c| {
+            let l = [("endpoint", endpoint), ("deployment", deployment)];
+            Shared {
+                cluster: c.clone(),
+                key: format!("{endpoint}/{deployment}").into(),
+                busy: registry.gauge(infergate_cluster::runtime::CLUSTER_BUSY_SLOTS, &l),
+                queued: registry.gauge(infergate_cluster::runtime::CLUSTER_QUEUED_REQUESTS, &l),
+                utilization: registry.gauge(infergate_cluster::runtime::CLUSTER_UTILIZATION, &l),
+            }
+        });
         DeploymentState {
+            shared,
             pool: Pool::new(pods, pool_settings(settings)),
             endpoint: endpoint.into(),
             deployment: deployment.into(),
@@ -102,15 +154,78 @@ impl DeploymentState {
         &self,
         settings: &ResolvedSettings,
         roll: u64,
-    ) -> Result<Lease, AcquireError> {
+    ) -> Result<Slot, ProxyError> {
         self.retry_budget.deposit(settings.retry_budget_percent);
         let queued_at = Instant::now();
         let wait = Duration::from_millis(settings.max_queue_wait_ms);
-        let acquired = self.pool.acquire(roll, wait).await;
+        let acquired = match &self.shared {
+            None => self
+                .pool
+                .acquire(roll, wait)
+                .await
+                .map(Slot::Local)
+                .map_err(Into::into),
+            Some(s) => self.lease(s, roll, wait, None).await,
+        };
         self.metrics
             .queue_wait
             .record(queued_at.elapsed().as_secs_f64());
         acquired
+    }
+
+    /// A slot leased from the deployment's owner replica; when that replica cannot be reached,
+    /// a refusal or a local share of the slots, as `cluster.onOwnerUnreachable` says.
+    async fn lease(
+        &self,
+        s: &Shared,
+        roll: u64,
+        wait: Duration,
+        avoid: Option<&PodState>,
+    ) -> Result<Slot, ProxyError> {
+        let avoid_addr = avoid.map(PodState::addr);
+        match s.cluster.acquire(&s.key, wait, avoid_addr).await {
+            Ok(lease) => {
+                let addr = lease.pod();
+                let pod = self
+                    .pool
+                    .pods()
+                    .iter()
+                    .find(|p| p.addr() == addr)
+                    .cloned()
+                    .unwrap_or_else(|| PodState::detached(&PodSpec::from(addr)));
+                Ok(Slot::Cluster { lease, pod })
+            }
+            Err(ClusterError::QueueTimeout) => Err(AcquireError::QueueTimeout.into()),
+            Err(ClusterError::QueueFull) => Err(AcquireError::QueueFull.into()),
+            Err(ClusterError::NoPods) => Err(AcquireError::NoPods.into()),
+            Err(ClusterError::OwnerUnavailable) => {
+                let local = s.cluster.partition_mode() == PartitionMode::LocalShare;
+                s.cluster.count_degraded(local);
+                tracing::warn!(
+                    endpoint = &*self.endpoint,
+                    deployment = &*self.deployment,
+                    mode = if local { "local_share" } else { "refused" },
+                    "the replica that admits for this deployment is unreachable"
+                );
+                if !local {
+                    return Err(ProxyError::OwnerUnavailable);
+                }
+                // Availability first: this replica's share of each pod's slots, no queue.
+                let share = self.pool.limit().div_ceil(s.cluster.members() as u32);
+                self.pool
+                    .try_acquire_within(roll, avoid_addr, share)
+                    .map(Slot::Local)
+                    .ok_or(ProxyError::OwnerUnavailable)
+            }
+        }
+    }
+
+    /// A slot now or never (a mirror copy): the local pool's, or the owner's without queueing.
+    pub(crate) async fn try_slot(&self, roll: u64) -> Option<Slot> {
+        match &self.shared {
+            None => self.pool.try_acquire(roll).map(Slot::Local),
+            Some(s) => self.lease(s, roll, Duration::ZERO, None).await.ok(),
+        }
     }
 
     /// A slot on another pod than `failed` for a retry, if the budget allows one.
@@ -118,8 +233,8 @@ impl DeploymentState {
         &self,
         settings: &ResolvedSettings,
         roll: u64,
-        failed: &Lease,
-    ) -> Option<Lease> {
+        failed: &Slot,
+    ) -> Option<Slot> {
         if settings.retry_budget_percent == 0
             || self.pool.pods().len() < 2
             || !self.retry_budget.withdraw()
@@ -127,18 +242,36 @@ impl DeploymentState {
             return None;
         }
         let wait = Duration::from_millis(settings.max_queue_wait_ms);
-        let next = self
-            .pool
-            .acquire_avoiding(roll.rotate_left(21), wait, Some(failed.pod().clone()))
-            .await
-            .ok()?;
+        let roll = roll.rotate_left(21);
+        let next = match &self.shared {
+            None => self
+                .pool
+                .acquire_avoiding(roll, wait, Some(failed.pod().clone()))
+                .await
+                .map(Slot::Local)
+                .ok()?,
+            Some(s) => self.lease(s, roll, wait, Some(failed.pod())).await.ok()?,
+        };
         self.metrics.retries.increment(1);
         tracing::debug!(pod = %failed.pod().addr(), next = %next.pod().addr(), "retrying on another pod");
         Some(next)
     }
 
     /// Reports an outcome to the pool and counts an ejection it causes.
-    pub(crate) fn report(&self, lease: &Lease, outcome: Outcome) {
+    pub(crate) fn report(&self, slot: &Slot, outcome: Outcome) {
+        let lease = match slot {
+            Slot::Local(l) => l,
+            Slot::Cluster { lease, .. } => {
+                // The owner judges the pod's health from what its leases report.
+                lease.report(match outcome {
+                    Outcome::Success(d) => infergate_cluster::core::Outcome::Success(
+                        d.as_micros().min(u128::from(u64::MAX)) as u64,
+                    ),
+                    Outcome::Failure => infergate_cluster::core::Outcome::Failure,
+                });
+                return;
+            }
+        };
         if lease.report(outcome) {
             self.metrics.ejections.increment(1);
             tracing::warn!(
@@ -160,13 +293,26 @@ impl DeploymentState {
         m.busy.set(busy);
         m.queued.set(queued);
         m.pods.set(pods);
-        m.utilization.set(if capacity > 0.0 {
-            (busy + queued) / capacity
-        } else if busy + queued > 0.0 {
-            f64::INFINITY
-        } else {
-            0.0
-        });
+        m.utilization.set(utilization(busy, queued, capacity));
+        if let Some(s) = &self.shared
+            && let Some((busy, queued, cap)) = s.cluster.global_status(&s.key)
+        {
+            let (busy, queued, cap) = (f64::from(busy), f64::from(queued), f64::from(cap));
+            s.busy.set(busy);
+            s.queued.set(queued);
+            s.utilization.set(utilization(busy, queued, cap));
+        }
+    }
+}
+
+/// (busy + queued) / capacity; infinite when requests wait and there is no capacity.
+fn utilization(busy: f64, queued: f64, capacity: f64) -> f64 {
+    if capacity > 0.0 {
+        (busy + queued) / capacity
+    } else if busy + queued > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
     }
 }
 

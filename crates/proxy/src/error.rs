@@ -21,6 +21,10 @@ pub enum ProxyError {
     /// No pod slot could be had.
     #[error("{0}")]
     Unavailable(#[from] AcquireError),
+    /// The replica that admits for the deployment could not be reached within the queue wait
+    /// (`cluster.onOwnerUnreachable: refuse`).
+    #[error("the router replica that admits for this deployment could not be reached")]
+    OwnerUnavailable,
     /// The pod did not send a response head in time.
     #[error("the model pod did not answer within {ms} ms")]
     UpstreamTimeout {
@@ -64,6 +68,7 @@ impl ProxyError {
                 AcquireError::QueueTimeout => (StatusCode::SERVICE_UNAVAILABLE, "QueueTimeout"),
                 AcquireError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "QueueFull"),
             },
+            ProxyError::OwnerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "OwnerUnavailable"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "UpstreamConnectFailed"),
             ProxyError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UpstreamFailed"),

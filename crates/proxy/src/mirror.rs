@@ -73,7 +73,7 @@ struct MirrorRequest {
 impl MirrorRequest {
     async fn send(self, body: Vec<Bytes>) {
         let state = &self.state;
-        let Some(lease) = state.pool.try_acquire(rand::random()) else {
+        let Some(lease) = state.try_slot(rand::random()).await else {
             state.metrics.mirror(MirrorResult::Skipped).increment(1);
             return;
         };

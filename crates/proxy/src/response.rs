@@ -10,12 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body::{Body, Frame, SizeHint};
-use infergate_balance::Lease;
 use infergate_metrics::Gauge;
 use tokio::time::Instant;
 
 use crate::body::RequestShared;
-use crate::deployment::{DeploymentState, StatusCounters};
+use crate::deployment::{DeploymentState, Slot, StatusCounters};
 use crate::error::ProxyError;
 use crate::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop,
@@ -52,7 +51,7 @@ pub struct RequestCtx {
     /// The deployment, once chosen.
     pub(crate) dep: Option<Arc<DeploymentState>>,
     /// The pod slot, once admitted; freed after the log line.
-    pub(crate) lease: Option<Lease>,
+    pub(crate) lease: Option<Slot>,
     /// The client's body, once it is on its way to a pod.
     pub(crate) shared: Option<Arc<RequestShared>>,
     /// The client's own request id, echoed back when well formed.
@@ -159,7 +158,7 @@ impl Drop for RequestCtx {
         }
         self.metrics.in_flight.decrement(1.0);
         let dep = self.dep.as_deref();
-        let pod = self.lease.as_ref().map(Lease::pod);
+        let pod = self.lease.as_ref().map(Slot::pod);
         tracing::info!(
             target: "infergate::access",
             request_id = self.request_id.to_str().unwrap_or(""),

@@ -28,6 +28,8 @@ pub struct Router {
     upstream: Upstream,
     registry: Registry,
     metrics: Arc<RequestMetrics>,
+    /// With `cluster`: every deployment leases its slots from its owner replica.
+    cluster: std::sync::OnceLock<infergate_cluster::Cluster>,
 }
 
 impl Router {
@@ -38,6 +40,7 @@ impl Router {
             table: ArcSwap::from_pointee(Table::default()),
             upstream: Upstream::new(),
             registry: registry.clone(),
+            cluster: std::sync::OnceLock::new(),
             metrics: Arc::new(RequestMetrics {
                 in_flight: registry.gauge(REQUESTS_IN_FLIGHT, &[]),
                 unrouted: StatusCounters::new(registry, "", ""),
@@ -120,6 +123,7 @@ impl Router {
                             &d.settings,
                             &self.upstream,
                             &self.registry,
+                            self.cluster.get(),
                         )),
                     };
                     let pods = d.pods.iter().map(|p| p.addr).collect();
@@ -138,6 +142,17 @@ impl Router {
             Arc::new(Endpoint::new(&ep.name, Arc::new(state), deployments))
         }));
         self.publish(table);
+    }
+
+    /// Makes this router one replica of a cluster: deployments published from now on lease their
+    /// slots from their owner replica. Set before the first table is published.
+    pub fn set_cluster(&self, cluster: infergate_cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this router is a replica of, if any.
+    pub fn cluster(&self) -> Option<&infergate_cluster::Cluster> {
+        self.cluster.get()
     }
 
     /// Publishes a new table with one atomic swap; requests already running keep the old one.
@@ -173,5 +188,25 @@ impl Router {
                 f(&d.balancer);
             }
         }
+    }
+}
+
+/// The cluster finds a deployment's pool in the router's current table.
+#[derive(Debug)]
+pub(crate) struct RouterDeployments(pub(crate) std::sync::Weak<Router>);
+
+impl infergate_cluster::Deployments for RouterDeployments {
+    fn get(&self, key: &str) -> Option<infergate_cluster::DepHandle> {
+        let (endpoint, deployment) = key.split_once('/')?;
+        let router = self.0.upgrade()?;
+        let table = router.table.load();
+        let d = table
+            .endpoint(endpoint)?
+            .deployment(deployment.as_bytes())?;
+        Some(infergate_cluster::DepHandle {
+            pool: d.balancer.pool.clone(),
+            max_queue: d.settings.max_queue_length as usize,
+            request_timeout_ms: d.settings.request_timeout_ms,
+        })
     }
 }

@@ -66,6 +66,7 @@ pub struct Server {
     ready: Arc<Readiness>,
     drain_timeout: Duration,
     reload_interval: Duration,
+    cluster: Option<infergate_cluster::Cluster>,
 }
 
 impl std::fmt::Debug for Server {
@@ -93,6 +94,15 @@ impl Server {
     /// Nothing is bound unless everything before it succeeded. The server counts in a registry
     /// of its own ([`Server::registry`]), which `/metrics` renders.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        Self::bind_with_peers(cfg, None).await
+    }
+
+    /// Like [`Server::bind`]; with `cluster`, the members come from `peers` when given (the
+    /// headless Service's endpoints) instead of `cluster.peers`.
+    pub async fn bind_with_peers(
+        cfg: &Config,
+        peers: Option<tokio::sync::watch::Receiver<Vec<SocketAddr>>>,
+    ) -> Result<Server, StartError> {
         cfg.validate()?;
         let addrs = cfg.listen_addrs()?;
         infergate_tls::install_crypto_provider();
@@ -102,6 +112,14 @@ impl Server {
             _ => None,
         };
         let router = Router::new(&registry);
+        let cluster = match &cfg.cluster {
+            Some(c) => {
+                let cluster = start_cluster(c, peers, &router, &registry).await?;
+                router.set_cluster(cluster.clone());
+                Some(cluster)
+            }
+            None => None,
+        };
         router.publish_specs(&specs_from_config(cfg));
 
         let https = match (addrs.https, &cert) {
@@ -135,6 +153,7 @@ impl Server {
             ready,
             drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
             reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
+            cluster,
         })
     }
 
@@ -178,6 +197,7 @@ impl Server {
             ready,
             drain_timeout,
             reload_interval,
+            cluster,
         } = self;
         for (name, addr) in [
             (
@@ -228,6 +248,11 @@ impl Server {
         let signal = async {
             shutdown.await;
             ready.set_draining();
+            // Hand this replica's deployments over at once; its own requests keep their
+            // leases until they finish.
+            if let Some(c) = &cluster {
+                c.leave();
+            }
             tracing::info!(
                 drain_timeout_ms = drain_timeout.as_millis() as u64,
                 "draining"
@@ -241,6 +266,9 @@ impl Server {
         }
         admin_task.abort();
         upkeep.abort();
+        if let Some(c) = &cluster {
+            c.stop();
+        }
         if let Some(w) = watcher_task {
             w.abort();
         }
@@ -395,4 +423,33 @@ fn admin_response(
     r.headers_mut()
         .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     r
+}
+
+/// Binds the peer port and joins the cluster described by `c`.
+async fn start_cluster(
+    c: &infergate_config::ClusterConfig,
+    peers: Option<tokio::sync::watch::Receiver<Vec<SocketAddr>>>,
+    router: &Arc<Router>,
+    registry: &Registry,
+) -> Result<infergate_cluster::Cluster, StartError> {
+    let secret = c.read_secret()?;
+    let advertise = c.advertised()?;
+    let members = peers.unwrap_or_else(|| tokio::sync::watch::channel(c.peers.clone()).1);
+    let opts = infergate_cluster::Options {
+        listen: c.listen,
+        advertise,
+        members,
+        secret,
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        dead_after: Duration::from_millis(c.dead_after_ms),
+        on_owner_unreachable: c.on_owner_unreachable,
+    };
+    let deployments = Arc::new(crate::router::RouterDeployments(Arc::downgrade(router)));
+    infergate_cluster::Cluster::start(opts, deployments, registry)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: "cluster",
+            addr: c.listen,
+            source,
+        })
 }
