@@ -167,6 +167,12 @@ impl Replicas {
     /// Starts all replicas and waits until they serve and have found each other.
     pub async fn start(opts: HaOpts, pods: &[SocketAddr]) -> Replicas {
         let mut rs = Replicas::new(opts, pods);
+        for (i, r) in rs.list.iter().enumerate() {
+            eprintln!(
+                "replica {i}: http {} admin {} peer {}",
+                r.http, r.admin, r.peer
+            );
+        }
         for i in 0..rs.list.len() {
             rs.spawn(i);
         }
@@ -221,37 +227,45 @@ impl Replicas {
     }
 
     /// Waits (up to 5 s) until every running replica is ready and counts the others as peers
-    /// (`infergate_cluster_peers` >= running - 1). Without the cluster (or before the runtime
-    /// exists) it only waits for readiness, and says so.
+    /// (`infergate_cluster_peers` >= running - 1). Without the cluster it only waits for
+    /// readiness; when no replica has the metric at all a second after all are ready (a build
+    /// without the cluster runtime), it stops waiting and says so.
     pub async fn wait_formed(&self) {
         let running = self.running();
         let want = running.len().saturating_sub(1) as f64;
-        let cluster = self.opts.cluster;
-        let list = &self.list;
-        let ok = eventually(Duration::from_secs(5), async || {
+        let t0 = Instant::now();
+        let mut ready_since: Option<Instant> = None;
+        let mut outcome = "timed out";
+        while t0.elapsed() < Duration::from_secs(5) {
+            let mut all_ready = true;
+            let mut peers = Vec::new();
             for &i in &running {
-                let admin = list[i].admin_addr();
-                if tokio::net::TcpStream::connect(admin).await.is_err() {
-                    return false;
+                let admin = self.list[i].admin_addr();
+                if tokio::net::TcpStream::connect(admin).await.is_err()
+                    || admin_get(admin, "/readyz").await.status != 200
+                {
+                    all_ready = false;
+                    break;
                 }
-                if admin_get(admin, "/readyz").await.status != 200 {
-                    return false;
-                }
-                if cluster {
-                    let text = metrics_of(admin).await;
-                    if gauge(&text, "infergate_cluster_peers").unwrap_or(-1.0) < want {
-                        return false;
-                    }
+                if self.opts.cluster {
+                    peers.push(gauge(&metrics_of(admin).await, "infergate_cluster_peers"));
                 }
             }
-            true
-        })
-        .await;
-        if !ok {
-            eprintln!(
-                "warning: replicas {running:?} did not all report {want} peers within 5 s (infergate_cluster_peers)"
-            );
+            if all_ready {
+                let since = *ready_since.get_or_insert_with(Instant::now);
+                if peers.iter().all(|p| p.is_some_and(|p| p >= want)) {
+                    return;
+                }
+                if peers.iter().all(Option::is_none) && since.elapsed() > Duration::from_secs(1) {
+                    outcome = "no replica has the metric (no cluster runtime?)";
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        eprintln!(
+            "warning: replicas {running:?} did not all report {want} peers (infergate_cluster_peers): {outcome}"
+        );
     }
 
     /// SIGKILL replica `i` (no drain, no goodbye to its peers).
@@ -346,7 +360,6 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     pub down: Arc<Vec<AtomicBool>>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Rec>>>,
-    pub t0: Instant,
 }
 
 /// Per-request timeout of the load's clients.
@@ -365,8 +378,7 @@ impl Load {
         let down: Arc<Vec<AtomicBool>> =
             Arc::new(targets.iter().map(|_| AtomicBool::new(false)).collect());
         let left = Arc::new(AtomicU64::new(budget.unwrap_or(u64::MAX)));
-        let t0 = Instant::now();
-        let end = t0 + limit;
+        let end = Instant::now() + limit;
         let tasks = (0..clients)
             .map(|j| {
                 let replica = j % targets.len();
@@ -416,12 +428,7 @@ impl Load {
                 })
             })
             .collect();
-        Load {
-            stop,
-            down,
-            tasks,
-            t0,
-        }
+        Load { stop, down, tasks }
     }
 
     pub fn set_down(&self, replica: usize, is_down: bool) {
