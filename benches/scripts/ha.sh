@@ -12,7 +12,7 @@
 # Scenarios (each bounded in time; everything on 127.0.0.1; routers pinned to CPU 0, pods and
 # the load generator to CPU 1):
 #
-#   high-water  1 pod x 1 slot (HW_LATENCY_MS), 3 replicas, 9 closed-loop clients spread evenly:
+#   high-water  1 pod x 1 slot (HW_LATENCY_MS), 3 replicas, 9 closed-loop clients (connections) spread evenly:
 #               the pod's maxInFlight over R requests; then during a rolling restart (SIGTERM each
 #               replica, start it again on the same ports); then SIGKILL of each replica in turn
 #               (one of them is the owner), each restarted after KILL_GAP_S.
@@ -31,7 +31,7 @@
 #   R=20000 ROUNDS=1 bash benches/scripts/ha.sh --scenario high-water --scenario goodput
 #
 # Options: --mode M (repeatable; default cluster, per-replica, static-split), --scenario S
-# (repeatable; default all). Environment: R (100000), HW_LATENCY_MS (0), HW_MAX_S (150),
+# (repeatable; default all). Environment: R (100000), HW_LATENCY_MS (1), HW_MAX_S (150),
 # KILL_GAP_S (2.5), ROUNDS (3), DURATION (10), GOODPUT_RATE (240), COST_RATE (1000),
 # FAILOVER_RATE (100), BIN (target/release). Builds the three binaries when missing.
 # Prints one markdown table per scenario (medians over ROUNDS where there are rounds).
@@ -56,7 +56,7 @@ for s in "${SCENARIOS[@]}"; do
     case "$s" in high-water|goodput|cost|failover) ;; *) echo "unknown scenario $s" >&2; exit 2 ;; esac
 done
 
-R="${R:-100000}"; HW_LATENCY_MS="${HW_LATENCY_MS:-0}"; HW_MAX_S="${HW_MAX_S:-150}"
+R="${R:-100000}"; HW_LATENCY_MS="${HW_LATENCY_MS:-1}"; HW_MAX_S="${HW_MAX_S:-150}"
 KILL_GAP_S="${KILL_GAP_S:-2.5}"; ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10}"
 GOODPUT_RATE="${GOODPUT_RATE:-240}"; COST_RATE="${COST_RATE:-1000}"; FAILOVER_RATE="${FAILOVER_RATE:-100}"
 BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release}"
@@ -207,7 +207,7 @@ high_water() { # mode -> one table row
     while [ "$(pod_field served)" -lt "$R" ] && [ $((SECONDS - t0)) -lt "$HW_MAX_S" ]; do
         chunk=$((chunk + 1))
         # shellcheck disable=SC2046
-        loadtest "$WORK/hw-$chunk.json" $(urls "$mode") -c 3 -w 0s -d 5s -t 15s
+        loadtest "$WORK/hw-$chunk.json" $(urls "$mode") -c 9 -w 0s -d 5s -t 15s
         ok=$((ok + $(jq_py "$WORK/hw-$chunk.json" "r['ok']")))
         total=$((total + $(jq_py "$WORK/hw-$chunk.json" "r['requests']")))
     done
@@ -220,7 +220,7 @@ high_water() { # mode -> one table row
     # 2. rolling restart under load
     start_pods 1 "$HW_LATENCY_MS"; start_routers "$mode" 1 1 10000 5000
     # shellcheck disable=SC2046
-    loadtest "$WORK/hw-roll.json" $(urls "$mode") -c 3 -w 0s -d 20s -t 15s &
+    loadtest "$WORK/hw-roll.json" $(urls "$mode") -c 9 -w 0s -d 20s -t 15s &
     local lt=$!; OTHER+=("$lt")
     sleep 2
     for ((i = 0; i < N; i++)); do
@@ -229,14 +229,14 @@ high_water() { # mode -> one table row
     done
     wait "$lt" || true
     rolling_max=$(pod_field maxInFlight)
-    rolling_err=$(jq_py "$WORK/hw-roll.json" "r['errors']['total'] - r['errors']['connect'] - r['errors']['io']")
-    log "high-water $mode rolling: pod maxInFlight $rolling_max, non-connection errors $rolling_err"
+    rolling_err=$(jq_py "$WORK/hw-roll.json" "f\"{100 * r['ok'] / max(1, r['requests']):.1f}% 2xx\"")
+    log "high-water $mode rolling: pod maxInFlight $rolling_max, $rolling_err"
     stop_routers; stop_pods
 
     # 3. SIGKILL each replica in turn (one of them is the owner), restarted after KILL_GAP_S
     start_pods 1 "$HW_LATENCY_MS"; start_routers "$mode" 1 1 10000 1000
     # shellcheck disable=SC2046
-    loadtest "$WORK/hw-kill.json" $(urls "$mode") -c 3 -w 0s -d 22s -t 15s &
+    loadtest "$WORK/hw-kill.json" $(urls "$mode") -c 9 -w 0s -d 22s -t 15s &
     lt=$!; OTHER+=("$lt")
     sleep 2
     for ((i = 0; i < N; i++)); do
@@ -246,8 +246,8 @@ high_water() { # mode -> one table row
     done
     wait "$lt" || true
     kill_max=$(pod_field maxInFlight)
-    kill_err=$(jq_py "$WORK/hw-kill.json" "r['errors']['total'] - r['errors']['connect'] - r['errors']['io']")
-    log "high-water $mode kill: pod maxInFlight $kill_max, non-connection errors $kill_err"
+    kill_err=$(jq_py "$WORK/hw-kill.json" "f\"{100 * r['ok'] / max(1, r['requests']):.1f}% 2xx\"")
+    log "high-water $mode kill: pod maxInFlight $kill_max, $kill_err"
     stop_routers; stop_pods
     echo "| $label | $served | $rps | $ok_pct | **$steady_max** | **$rolling_max** ($rolling_err) | **$kill_max** ($kill_err) |"
 }
@@ -256,7 +256,7 @@ goodput_run() { # mode -> "ok_rps pod_max p50_ms p99_ms non2xx"
     local mode=$1
     start_pods 4 20; start_routers "$mode" 4 1 500 5000
     # shellcheck disable=SC2046
-    loadtest "$WORK/gp.json" $(urls "$mode") -r "$GOODPUT_RATE" -c 64 -w 2s -d "${DURATION}s" -t 5s
+    loadtest "$WORK/gp.json" $(urls "$mode") -r "$GOODPUT_RATE" -c 256 -w 2s -d "${DURATION}s" -t 5s
     local max; max=$(pod_field maxInFlight)
     echo "$(jq_py "$WORK/gp.json" "f\"{r['ok_rps']:.1f} $max {r['latency_us']['p50_us']/1e3:.1f} {r['latency_us']['p99_us']/1e3:.1f} {r['requests'] - r['ok']}\"")"
     stop_routers; stop_pods
@@ -316,6 +316,7 @@ PY
     stop_routers; stop_pods
 }
 
+last() { local x=${1%;}; echo "${x##*;}"; }
 median_cols() { # "row;row;..." -> medians of each column
     python3 -c '
 import statistics, sys
@@ -330,14 +331,14 @@ for s in "${SCENARIOS[@]}"; do
     high-water)
         {
             echo; echo "### High-water mark: 1 pod x 1 slot (${HW_LATENCY_MS} ms), 3 replicas, 9 clients spread evenly"
-            echo; echo "| mode | requests served | req/s | 2xx % | pod maxInFlight, $R requests | rolling restart (non-conn errors) | SIGKILL each replica (non-conn errors) |"
+            echo; echo "| mode | requests served | req/s | 2xx % | pod maxInFlight, $R requests | pod maxInFlight, rolling restart (2xx share) | pod maxInFlight, SIGKILL each replica in turn (2xx share) |"
             echo "|---|---|---|---|---|---|---|"
         } >> "$OUT"
         for m in "${MODES[@]}"; do high_water "$m" >> "$OUT"; done ;;
     goodput)
         declare -A GP=()
         for r in $(seq "$ROUNDS"); do for m in "${MODES[@]}"; do
-            GP[$m]+="$(goodput_run "$m");"; log "goodput round $r $m: ${GP[$m]##*;}"
+            GP[$m]+="$(goodput_run "$m");"; log "goodput round $r $m: $(last "${GP[$m]}")"
         done; done
         {
             echo; echo "### Goodput: 4 pods x 1 slot x 20 ms, 3 replicas, open loop $GOODPUT_RATE req/s spread evenly (ideal 200 req/s); medians of $ROUNDS"
@@ -352,7 +353,7 @@ for s in "${SCENARIOS[@]}"; do
         declare -A CO=()
         cmodes=(single "${MODES[@]}")
         for r in $(seq "$ROUNDS"); do for m in "${cmodes[@]}"; do
-            CO[$m]+="$(cost_run "$m");"; log "cost round $r $m: ${CO[$m]##*;}"
+            CO[$m]+="$(cost_run "$m");"; log "cost round $r $m: $(last "${CO[$m]}")"
         done; done
         read -r s50 s99 scpu _ <<<"$(median_cols "${CO[single]}")"
         {
@@ -367,7 +368,7 @@ for s in "${SCENARIOS[@]}"; do
     failover)
         declare -A FO=()
         for r in $(seq "$ROUNDS"); do for m in "${MODES[@]}"; do
-            FO[$m]+="$(failover_run "$m" "$r");"; log "failover round $r $m (killed replica $(((r - 1) % N))): ${FO[$m]##*;}"
+            FO[$m]+="$(failover_run "$m" "$r");"; log "failover round $r $m (killed replica $(((r - 1) % N))): $(last "${FO[$m]}")"
         done; done
         {
             echo; echo "### Failover: 1 pod x 1 slot x 5 ms, open loop $FAILOVER_RATE req/s, replica (round-1) mod 3 SIGKILLed; $ROUNDS rounds"
