@@ -42,12 +42,20 @@ enum Cmd {
     /// Start three mock model pods and the router on 127.0.0.1 with the example certificate; Ctrl-C stops.
     #[cfg(feature = "demo")]
     Demo {
-        /// HTTPS port of the router.
+        /// HTTPS port of the router (of the first replica; replica i gets this + i; 0: any free port).
         #[arg(long, default_value_t = 8443)]
         https_port: u16,
-        /// Admin port (/healthz, /readyz, /metrics).
+        /// Admin port (/healthz, /readyz, /metrics) of the first replica; replica i gets this + i.
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
+        /// Router replicas in this process, acting as one cluster when more than one (HA: the
+        /// pods' slots and the queue are global).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        replicas: u16,
+        /// Peer (cluster) port of the first replica; replica i gets this + i; 0: free ports.
+        /// Used with --replicas 2 or more.
+        #[arg(long, default_value_t = 7946)]
+        peer_port: u16,
         /// Service time of each mock model pod, in milliseconds.
         #[arg(long, default_value_t = 20)]
         latency_ms: u64,
@@ -194,6 +202,8 @@ fn main() -> ExitCode {
         Cmd::Demo {
             https_port,
             admin_port,
+            replicas,
+            peer_port,
             latency_ms,
             run,
         } => {
@@ -213,7 +223,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(demo::run(https_port, admin_port, latency_ms)) {
+            match rt.block_on(demo::run(
+                demo::Ports {
+                    https: https_port,
+                    admin: admin_port,
+                    peer: peer_port,
+                },
+                latency_ms,
+                usize::from(replicas),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod discovery;
+mod ha;
 mod runner;
 // Shared with the proxy's behaviour tests, where every helper is used; these tests use a part.
 #[allow(dead_code)]
