@@ -473,10 +473,9 @@ impl Cluster {
             rx: Some(rx),
             done: false,
         };
-        // A little past the wait: the owner's own queue timeout answers first when it is there.
-        let limit = wait + Duration::from_millis(50);
+        // Never longer than the request's own queue wait, whoever is (not) answering.
         let rx = guard.rx.as_mut().expect("set above");
-        match tokio::time::timeout(limit, rx).await {
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(a)) => {
                 guard.done = true;
                 let remote = a.is_ok();
@@ -842,7 +841,10 @@ async fn read_loop(
 }
 
 /// The dialing side of the handshake: hello, check the acceptor's proof, send ours.
-async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> std::io::Result<(NodeId, TcpStream)> {
+async fn dial(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+) -> std::io::Result<(NodeId, SocketAddr, TcpStream)> {
     let mut s = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -866,7 +868,7 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> std::io::Result<(NodeId, 
     }
     let proof = wire::handshake_mac(secret, b"C", (&ch.nonce, &nonce), inner.id, inner.addr);
     write_frame(&mut s, &proof).await?;
-    Ok((ch.node, s))
+    Ok((ch.node, ch.addr, s))
 }
 
 /// The accepting side: read hello, answer with our proof and challenge, check the dialer's.
@@ -968,7 +970,16 @@ async fn dial_loop(inner: Arc<Inner>, addr: SocketAddr) {
         let connected = inner.state.lock().conns.values().any(|c| c.addr == addr);
         if !connected {
             match dial(&inner, addr).await {
-                Ok((node, s)) => {
+                Ok((node, advertised, s)) => {
+                    if advertised != addr {
+                        // Owners are ranked by the addresses replicas call themselves: a list
+                        // that names a replica otherwise gives replicas different views.
+                        tracing::warn!(
+                            listed = %addr,
+                            %advertised,
+                            "a peer advertises another address than the one listed; list the advertised one"
+                        );
+                    }
                     inner.register(node, addr, s);
                     backoff = Duration::from_millis(50);
                 }
