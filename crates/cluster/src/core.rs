@@ -727,11 +727,17 @@ impl<A: Admission> Node<A> {
             self.retries = later;
             for (_, r) in due {
                 match r {
-                    Retry::Route(req) => {
-                        if self.pending.get(&req).is_some_and(|p| p.to.is_none()) {
-                            self.route(now, req);
+                    Retry::Route(req) => match self.pending.get(&req) {
+                        Some(p) if p.to.is_none() && p.until <= now => {
+                            self.pending.remove(&req);
+                            self.out.push(Output::Refused {
+                                req,
+                                reason: Refusal::NoQuorum,
+                            });
                         }
-                    }
+                        Some(p) if p.to.is_none() => self.route(now, req),
+                        _ => {}
+                    },
                     Retry::Claim(dep, peer, term) => {
                         let live = self.live.contains_key(&peer);
                         let still = self
@@ -898,21 +904,13 @@ impl<A: Admission> Node<A> {
             return;
         };
         let dep = p.dep.clone();
-        if !self.has_quorum() {
-            self.pending.remove(&req);
-            self.out.push(Output::Refused {
-                req,
-                reason: Refusal::NoQuorum,
-            });
-            return;
-        }
-        let Some(owner) = self.owner_of(&dep) else {
-            // Every live node is leaving: nobody may admit.
-            self.pending.remove(&req);
-            self.out.push(Output::Refused {
-                req,
-                reason: Refusal::NoQuorum,
-            });
+        // Without a quorum (the cluster is forming, or this node is cut off), or with every live
+        // node leaving, nobody may admit: the request asks again until its own deadline (the
+        // runtime gives up then).
+        let owner = self.owner_of(&dep).filter(|_| self.has_quorum());
+        let Some(owner) = owner else {
+            self.pending.get_mut(&req).expect("checked").to = None;
+            self.retries.push((now + RETRY_MS, Retry::Route(req)));
             return;
         };
         if owner != self.me {

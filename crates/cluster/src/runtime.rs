@@ -889,7 +889,11 @@ async fn accept(
     }
     .encode(&mut b);
     write_frame(&mut s, &b).await?;
-    let proof = read_frame(&mut s).await?;
+    // A peer that said hello and leaves instead of proving it knows the secret (it found that
+    // this side does not) failed authentication too.
+    let proof = read_frame(&mut s)
+        .await
+        .map_err(|_| invalid("the peer left the handshake without proving the secret"))?;
     if !wire::mac_ok(
         secret,
         b"C",

@@ -155,6 +155,16 @@ pub async fn run(ports: Ports, latency_ms: u64, replicas: usize) -> anyhow::Resu
             .with_context(|| format!("starting router replica {i}"))?;
         servers.push(server);
     }
+    // The replicas find each other before the commands are printed (a few ms on 127.0.0.1).
+    let formed = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while servers.iter().any(|s| {
+        s.router()
+            .cluster()
+            .is_some_and(|c| c.peers() + 1 < replicas)
+    }) && tokio::time::Instant::now() < formed
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let https = servers[0].https_addr().context("the demo always has TLS")?;
     let admin = servers[0].admin_addr();
     let base = format!("https://localhost:{}", https.port());
