@@ -114,6 +114,14 @@ pub enum Msg {
         term: Term,
         /// The pod.
         pod: Pod,
+        /// The owner's queue was empty: the holder may keep the slot parked for its next
+        /// request (until recalled, or idle for a while).
+        park: bool,
+    },
+    /// Owner to holder: requests wait; give back the slots you keep parked.
+    Recall {
+        /// Deployment.
+        dep: Dep,
     },
     /// Owner to holder: no slot.
     Refuse {
@@ -295,6 +303,8 @@ struct Own<S> {
     collected: BTreeMap<Key, (Option<Millis>, bool)>,
     granted: BTreeMap<Key, Granted<S>>,
     queue: VecDeque<Waiter>,
+    /// Holders granted parkable slots since the last recall.
+    parkers: BTreeSet<NodeId>,
 }
 
 impl<S> Own<S> {
@@ -316,6 +326,10 @@ struct DepState<S> {
     /// dead holder's lease counts until its time; a live holder reports its own.
     handover: BTreeMap<Key, (Millis, bool)>,
     own: Option<Own<S>>,
+    /// Leases that may be parked when their request ends (granted while nobody waited).
+    parkable: BTreeSet<ReqId>,
+    /// Leases parked: held, idle, ready for this node's next request: (lease, pod, since).
+    parked: Vec<(ReqId, Pod, Millis)>,
 }
 
 impl<S> Default for DepState<S> {
@@ -326,6 +340,8 @@ impl<S> Default for DepState<S> {
             notes: BTreeMap::new(),
             handover: BTreeMap::new(),
             own: None,
+            parkable: BTreeSet::new(),
+            parked: Vec::new(),
         }
     }
 }
@@ -341,6 +357,8 @@ pub const RETRY_MS: Millis = 10;
 /// How long a former owner remembers the leases of live holders, in case one dies before it
 /// reports to the next owner.
 pub const HEARSAY_TTL_MS: Millis = 30_000;
+/// How long a parked slot waits for this node's next request before it goes back.
+pub const PARK_MS: Millis = 50;
 
 /// One replica's protocol state.
 #[derive(Debug)]
@@ -363,6 +381,7 @@ pub struct Node<A: Admission> {
     retries: Vec<(Millis, Retry)>,
     out: Vec<Output>,
     ownership_changes: u64,
+    park_ms: Millis,
 }
 
 /// Rendezvous score of `addr` for `dep`: FNV-1a over both, then a 64-bit finalizer.
@@ -415,6 +434,7 @@ impl<A: Admission> Node<A> {
             retries: Vec::new(),
             out: Vec::new(),
             ownership_changes: 0,
+            park_ms: PARK_MS,
         }
     }
 
@@ -582,6 +602,10 @@ impl<A: Admission> Node<A> {
     /// This node is leaving: it hands its deployments over and owns nothing new.
     pub fn leave(&mut self, now: Millis) {
         self.leaving = true;
+        let deps: Vec<Dep> = self.deps.keys().cloned().collect();
+        for dep in &deps {
+            self.unpark(now, dep);
+        }
         if let Some(p) = self.live.get_mut(&self.me) {
             p.leaving = true;
         }
@@ -639,7 +663,16 @@ impl<A: Admission> Node<A> {
         req: ReqId,
         wait: Millis,
         avoid: Option<Pod>,
-    ) -> Option<Result<Pod, Refusal>> {
+    ) -> Option<Result<(ReqId, Pod), Refusal>> {
+        // A slot parked here by an earlier request: no message at all.
+        if let Some(d) = self.deps.get_mut(dep)
+            && d.follow
+                .is_some_and(|t| t.owner == self.me || self.live.contains_key(&t.owner))
+            && let Some(i) = d.parked.iter().rposition(|(_, p, _)| Some(*p) != avoid)
+        {
+            let (lease, pod, _) = d.parked.remove(i);
+            return Some(Ok((lease, pod)));
+        }
         self.pending.insert(
             req,
             Pending {
@@ -656,20 +689,39 @@ impl<A: Admission> Node<A> {
             |o| matches!(o, Output::Granted { req: r, .. } | Output::Refused { req: r, .. } if *r == req),
         )?;
         match self.out.remove(mark + at) {
-            Output::Granted { pod, .. } => Some(Ok(pod)),
+            Output::Granted { pod, .. } => Some(Ok((req, pod))),
             Output::Refused { reason, .. } => Some(Err(reason)),
             _ => None,
         }
     }
 
-    /// A local request is done with its slot.
-    pub fn release(&mut self, now: Millis, dep: &Dep, req: ReqId, outcome: Outcome) {
+    /// A local request is done with its slot (`lease`, as granted). While nobody waits for the
+    /// deployment, the slot is parked for this node's next request instead of going back.
+    pub fn release(&mut self, now: Millis, dep: &Dep, lease: ReqId, outcome: Outcome) {
+        let me = self.me;
+        let live = &self.live;
+        if let Some(d) = self.deps.get_mut(dep)
+            && let Some(pod) = d.held.get(&lease)
+            && d.parkable.contains(&lease)
+            && d.follow
+                .is_some_and(|t| t.owner == me || live.contains_key(&t.owner))
+        {
+            d.parked.push((lease, *pod, now));
+            return;
+        }
+        self.release_now(now, dep, lease, outcome);
+    }
+
+    /// Gives a held slot back to the owner.
+    fn release_now(&mut self, now: Millis, dep: &Dep, req: ReqId, outcome: Outcome) {
         let Some(d) = self.deps.get_mut(dep) else {
             return;
         };
         let Some(pod) = d.held.remove(&req) else {
             return;
         };
+        d.parkable.remove(&req);
+        d.parked.retain(|(l, _, _)| *l != req);
         let me = self.me;
         match d.follow {
             Some(t) if t.owner == me => {
@@ -690,6 +742,23 @@ impl<A: Admission> Node<A> {
             )),
             None => {}
         }
+    }
+
+    /// Gives back every slot parked for `dep` and parks no more of the ones in use.
+    fn unpark(&mut self, now: Millis, dep: &Dep) {
+        let Some(d) = self.deps.get_mut(dep) else {
+            return;
+        };
+        d.parkable.clear();
+        let parked: Vec<ReqId> = d.parked.drain(..).map(|(l, _, _)| l).collect();
+        for l in parked {
+            self.release_now(now, dep, l, Outcome::Unknown);
+        }
+    }
+
+    /// Sets how long a parked slot waits for the next request (0: never park).
+    pub fn set_park_ms(&mut self, ms: Millis) {
+        self.park_ms = ms;
     }
 
     /// A local request no longer wants a slot (its client left, or its own deadline passed).
@@ -756,6 +825,20 @@ impl<A: Admission> Node<A> {
         }
         let deps: Vec<Dep> = self.deps.keys().cloned().collect();
         for dep in deps {
+            // Parked slots idle too long, or whose owner is gone, go back.
+            let d = &self.deps[&dep];
+            let owner_ok = d
+                .follow
+                .is_some_and(|t| t.owner == self.me || self.live.contains_key(&t.owner));
+            let stale: Vec<ReqId> = d
+                .parked
+                .iter()
+                .filter(|(_, _, since)| !owner_ok || now >= since + self.park_ms)
+                .map(|(l, _, _)| *l)
+                .collect();
+            for l in stale {
+                self.release_now(now, &dep, l, Outcome::Unknown);
+            }
             let d = self.deps.get_mut(&dep).expect("key listed");
             d.handover.retain(|_, (until, _)| *until > now);
             let Some(own) = &mut d.own else { continue };
@@ -808,7 +891,9 @@ impl<A: Admission> Node<A> {
                 req,
                 term,
                 pod,
-            } => self.on_grant(now, from, dep, req, term, pod),
+                park,
+            } => self.on_grant(now, from, dep, req, term, (pod, park)),
+            Msg::Recall { dep } => self.unpark(now, &dep),
             Msg::Refuse { req, reason, .. } => {
                 let Some(p) = self.pending.get_mut(&req) else {
                     return;
@@ -932,7 +1017,15 @@ impl<A: Admission> Node<A> {
         self.admit(now, &dep, self.me, req, until, avoid);
     }
 
-    fn on_grant(&mut self, now: Millis, from: NodeId, dep: Dep, req: ReqId, term: Term, pod: Pod) {
+    fn on_grant(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        dep: Dep,
+        req: ReqId,
+        term: Term,
+        (pod, park): (Pod, bool),
+    ) {
         let owner_now = self.owner_of(&dep);
         let d = self.deps.entry(dep.clone()).or_default();
         if d.held.contains_key(&req) {
@@ -949,6 +1042,9 @@ impl<A: Admission> Node<A> {
         if wanted && current {
             d.follow = Some(term);
             d.held.insert(req, pod);
+            if park && self.park_ms > 0 {
+                d.parkable.insert(req);
+            }
             self.pending.remove(&req);
             self.out.push(Output::Granted { req, pod });
             return;
@@ -1080,6 +1176,7 @@ impl<A: Admission> Node<A> {
             collected,
             granted: BTreeMap::new(),
             queue: VecDeque::new(),
+            parkers: BTreeSet::new(),
         });
         for peer in missing {
             self.out.push(Output::Send(
@@ -1226,6 +1323,16 @@ impl<A: Admission> Node<A> {
             until,
             avoid,
         });
+        // Requests wait: slots parked anywhere come back (none stays idle while one waits).
+        let parkers = std::mem::take(&mut own.parkers);
+        for p in parkers {
+            if p == self.me {
+                self.unpark(now, dep);
+            } else {
+                self.out
+                    .push(Output::Send(p, Msg::Recall { dep: dep.clone() }));
+            }
+        }
         if holder != self.me {
             self.out.push(Output::Send(
                 holder,
@@ -1265,6 +1372,7 @@ impl<A: Admission> Node<A> {
                     req,
                     term,
                     pod,
+                    park: false,
                 },
             ));
             return;
@@ -1311,6 +1419,14 @@ impl<A: Admission> Node<A> {
                 expires: None,
             },
         );
+        // Nobody waits: the holder may keep the slot parked for its next request.
+        let park = own.queue.is_empty() && self.park_ms > 0;
+        if park {
+            own.parkers.insert(holder);
+            if holder == me {
+                d.parkable.insert(req);
+            }
+        }
         if holder == me && self.live.len() == 1 {
             d.held.insert(req, pod);
             self.pending.remove(&req);
@@ -1332,6 +1448,7 @@ impl<A: Admission> Node<A> {
                     req,
                     term,
                     pod,
+                    park,
                 },
             ));
         }

@@ -450,7 +450,7 @@ impl Cluster {
             match answer {
                 Some(a) => {
                     inner.dispatch(&mut st);
-                    return self.finish(dep, req, a, false);
+                    return self.finish(dep, a, false);
                 }
                 None => {
                     let (tx, rx) = oneshot::channel();
@@ -483,7 +483,7 @@ impl Cluster {
                     inner.metrics.rtt.record(asked.elapsed().as_secs_f64());
                 }
                 inner.state.lock().waiters.remove(&req);
-                self.finish(dep, req, a, true)
+                self.finish(dep, a.map(|pod| (req, pod)), true)
             }
             Ok(Err(_)) => Err(ClusterError::OwnerUnavailable),
             Err(_) => {
@@ -506,12 +506,11 @@ impl Cluster {
     fn finish(
         &self,
         dep: &Dep,
-        req: ReqId,
-        answer: Result<Pod, Refusal>,
+        answer: Result<(ReqId, Pod), Refusal>,
         _waited: bool,
     ) -> Result<ClusterLease, ClusterError> {
         match answer {
-            Ok(pod) => Ok(ClusterLease {
+            Ok((req, pod)) => Ok(ClusterLease {
                 inner: self.inner.clone(),
                 dep: dep.clone(),
                 req,

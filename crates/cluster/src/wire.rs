@@ -113,12 +113,18 @@ pub fn encode(frame: &Frame, b: &mut BytesMut) {
                 req,
                 term,
                 pod,
+                park,
             } => {
                 b.put_u8(3);
                 put_dep(b, dep);
                 b.put_u64(*req);
                 put_term(b, term);
                 put_addr(b, pod);
+                b.put_u8(u8::from(*park));
+            }
+            Msg::Recall { dep } => {
+                b.put_u8(14);
+                put_dep(b, dep);
             }
             Msg::Refuse { dep, req, reason } => {
                 b.put_u8(4);
@@ -301,7 +307,9 @@ pub fn decode(body: Bytes) -> Result<Frame, Malformed> {
             req: r.u64()?,
             term: r.term()?,
             pod: r.addr()?,
+            park: r.u8()? != 0,
         }),
+        14 => Frame::Msg(Msg::Recall { dep: r.dep()? }),
         4 => Frame::Msg(Msg::Refuse {
             dep: r.dep()?,
             req: r.u64()?,
@@ -544,7 +552,9 @@ mod tests {
                 req: 3,
                 term,
                 pod,
+                park: true,
             },
+            Msg::Recall { dep: dep.clone() },
             Msg::Refuse {
                 dep: dep.clone(),
                 req: 4,
