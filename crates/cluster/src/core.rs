@@ -502,6 +502,12 @@ impl<A: Admission> Node<A> {
         own.serving().then_some(own.queue.len())
     }
 
+    /// Whether time-driven work is due soon (a retry, or a local request waiting for an answer):
+    /// the runtime's clock then ticks often; otherwise rarely.
+    pub fn busy(&self) -> bool {
+        !self.retries.is_empty() || !self.pending.is_empty()
+    }
+
     /// The deployments this node serves now, with their queue lengths.
     pub fn served(&self) -> Vec<(Dep, usize)> {
         self.deps

@@ -65,6 +65,10 @@ pub struct MockConfig {
     /// closes the connection, as a model worker's computation does; `/stats` counts it in flight
     /// until then. Off: an abandoned request stops at once.
     pub work_survives_disconnect: bool,
+    /// Keep the service time to within a few µs (the timer sleeps to 1 ms before the end, then
+    /// the task yields until it): tokio's millisecond timer otherwise overshoots by up to a
+    /// tick, which matters when a benchmark computes capacity from the nominal time. Costs CPU.
+    pub precise_latency: bool,
 }
 
 impl Default for MockConfig {
@@ -75,7 +79,23 @@ impl Default for MockConfig {
             fail_rate: 0.0,
             stream_chunks: 0,
             work_survives_disconnect: false,
+            precise_latency: false,
         }
+    }
+}
+
+/// Waits `latency`: with the timer, or to within a few µs when `precise`.
+async fn service_time(latency: Duration, precise: bool) {
+    if !precise {
+        tokio::time::sleep(latency).await;
+        return;
+    }
+    let deadline = std::time::Instant::now() + latency;
+    if let Some(coarse) = latency.checked_sub(Duration::from_millis(1)) {
+        tokio::time::sleep(coarse).await;
+    }
+    while std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -433,13 +453,14 @@ async fn score(
         if config.work_survives_disconnect {
             // The work is its own task: a dropped handler leaves it (and its in-flight count)
             // running to the end.
+            let precise = config.precise_latency;
             let work = tokio::spawn(async move {
-                tokio::time::sleep(latency).await;
+                service_time(latency, precise).await;
                 guard
             });
             guard = work.await?;
         } else {
-            tokio::time::sleep(latency).await;
+            service_time(latency, config.precise_latency).await;
         }
     }
     shared.stats.served.fetch_add(1, Ordering::SeqCst);

@@ -37,6 +37,11 @@ struct Args {
     /// worker does); /stats counts it in flight until then.
     #[arg(long)]
     work_survives_disconnect: bool,
+
+    /// Keep the service time to within a few µs instead of the timer's millisecond (costs CPU:
+    /// the last millisecond is spent yielding).
+    #[arg(long)]
+    precise_latency: bool,
 }
 
 fn parse_fail_rate(s: &str) -> Result<f64, String> {
@@ -66,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         fail_rate: args.fail_rate,
         stream_chunks: args.stream_chunks,
         work_survives_disconnect: args.work_survives_disconnect,
+        precise_latency: args.precise_latency,
     };
     let handle = mock_model::spawn(listener, config);
     {
