@@ -20,6 +20,8 @@
 #               loop at GOODPUT_RATE req/s (default 240 = 1.2 x the ideal 200) spread evenly:
 #               completed (2xx) req/s vs the ideal 200, and vs one router (`single`: exact limits,
 #               no coordination).
+#   goodput-closed  the same pods and replicas, closed loop: GOODPUT_CLIENTS (24) clients spread
+#               evenly, always more requests than slots (saturating without overload refusals).
 #   cost        3 pods x 100 slots x 0 ms, open loop at COST_RATE (1000) req/s: p50/p99 and router
 #               CPU per request (utime+stime from /proc/<pid>/stat, all router processes, over
 #               every request sent) against `single`.
@@ -50,17 +52,18 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ ${#MODES[@]} -gt 0 ] || MODES=(cluster per-replica static-split)
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(high-water goodput cost failover)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(high-water goodput goodput-closed cost failover)
 for m in "${MODES[@]}"; do
     case "$m" in cluster|per-replica|static-split) ;; *) echo "unknown mode $m" >&2; exit 2 ;; esac
 done
 for s in "${SCENARIOS[@]}"; do
-    case "$s" in high-water|goodput|cost|failover) ;; *) echo "unknown scenario $s" >&2; exit 2 ;; esac
+    case "$s" in high-water|goodput|goodput-closed|cost|failover) ;; *) echo "unknown scenario $s" >&2; exit 2 ;; esac
 done
 
 R="${R:-100000}"; HW_LATENCY_MS="${HW_LATENCY_MS:-1}"; HW_MAX_S="${HW_MAX_S:-150}"
 KILL_GAP_S="${KILL_GAP_S:-2.5}"; ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10}"
 GOODPUT_RATE="${GOODPUT_RATE:-240}"; COST_RATE="${COST_RATE:-1000}"; FAILOVER_RATE="${FAILOVER_RATE:-100}"
+GOODPUT_CLIENTS="${GOODPUT_CLIENTS:-24}"
 BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release}"
 for b in infergate mock-model infergate-loadtest; do
     [ -x "$BIN/$b" ] || { cargo build --release --quiet -p infergate -p mock-model -p infergate-loadtest; break; }
@@ -266,6 +269,16 @@ goodput_run() { # mode -> "ok_rps pod_max p50_ms p99_ms non2xx"
     stop_routers; stop_pods
 }
 
+goodput_closed_run() { # mode -> "ok_rps pod_max p50_ms p99_ms non2xx"
+    local mode=$1
+    start_pods 4 20 --precise-latency; start_routers "$mode" 4 1 5000 5000
+    # shellcheck disable=SC2046
+    loadtest "$WORK/gpc.json" $(urls "$mode") -c "$GOODPUT_CLIENTS" -w 2s -d "${DURATION}s" -t 10s
+    local max; max=$(pod_field maxInFlight)
+    echo "$(jq_py "$WORK/gpc.json" "f\"{r['ok_rps']:.1f} $max {r['latency_us']['p50_us']/1e3:.1f} {r['latency_us']['p99_us']/1e3:.1f} {r['requests'] - r['ok']}\"")"
+    stop_routers; stop_pods
+}
+
 cost_run() { # mode -> "p50_us p99_us cpu_us_per_req"
     local mode=$1
     start_pods 3 0; start_routers "$mode" 3 100 500 5000
@@ -355,6 +368,22 @@ for s in "${SCENARIOS[@]}"; do
         } >> "$OUT"
         for m in "${gmodes[@]}"; do
             read -r ok max p50 p99 bad <<<"$(median_cols "${GP[$m]}")"
+            echo "| $m | $ok | $(python3 -c "print(f'{100 * $ok / 200:.1f}')") | $(python3 -c "print(f'{100 * $ok / $sok:.1f}')") | $max | $p50 | $p99 | $bad |" >> "$OUT"
+        done ;;
+    goodput-closed)
+        declare -A GC=()
+        gmodes=(single "${MODES[@]}")
+        for r in $(seq "$ROUNDS"); do for m in "${gmodes[@]}"; do
+            GC[$m]+="$(goodput_closed_run "$m");"; log "goodput-closed round $r $m: $(last "${GC[$m]}")"
+        done; done
+        read -r sok _ <<<"$(median_cols "${GC[single]}")"
+        {
+            echo; echo "### Goodput, closed loop: 4 pods x 1 slot x 20 ms, 3 replicas, $GOODPUT_CLIENTS clients spread evenly (saturating; ideal 200 req/s); medians of $ROUNDS"
+            echo; echo "| mode | 2xx req/s | % of ideal | % of single | pod maxInFlight | p50 ms | p99 ms | non-2xx + errors |"
+            echo "|---|---|---|---|---|---|---|---|"
+        } >> "$OUT"
+        for m in "${gmodes[@]}"; do
+            read -r ok max p50 p99 bad <<<"$(median_cols "${GC[$m]}")"
             echo "| $m | $ok | $(python3 -c "print(f'{100 * $ok / 200:.1f}')") | $(python3 -c "print(f'{100 * $ok / $sok:.1f}')") | $max | $p50 | $p99 | $bad |" >> "$OUT"
         done ;;
     cost)
