@@ -453,7 +453,7 @@ impl Cluster {
             match answer {
                 Some(a) => {
                     inner.dispatch(&mut st);
-                    return self.finish(dep, a, false);
+                    return self.finish(dep, a);
                 }
                 None => {
                     let (tx, rx) = oneshot::channel();
@@ -486,7 +486,7 @@ impl Cluster {
                     inner.metrics.rtt.record(asked.elapsed().as_secs_f64());
                 }
                 inner.state.lock().waiters.remove(&req);
-                self.finish(dep, a.map(|pod| (req, pod)), true)
+                self.finish(dep, a.map(|pod| (req, pod)))
             }
             Ok(Err(_)) => Err(ClusterError::OwnerUnavailable),
             Err(_) => {
@@ -510,7 +510,6 @@ impl Cluster {
         &self,
         dep: &Dep,
         answer: Result<(ReqId, Pod), Refusal>,
-        _waited: bool,
     ) -> Result<ClusterLease, ClusterError> {
         match answer {
             Ok((req, pod)) => Ok(ClusterLease {
@@ -593,42 +592,47 @@ impl Inner {
     /// waiting requests. Called with the state locked.
     fn dispatch(&self, st: &mut State) {
         let st = &mut *st;
-        st.node.drain_output(&mut st.out);
-        for o in st.out.drain(..) {
-            match o {
-                Output::Send(to, msg) => {
-                    if let Some(c) = st.conns.get(&to) {
-                        st.buf.clear();
-                        wire::encode(&Frame::Msg(msg), &mut st.buf);
-                        let _ = c.tx.send(st.buf.split().freeze());
+        // What carrying out the output makes the node say (a grant nobody waits for, given
+        // back) goes out in a further round, after what came before it.
+        loop {
+            st.node.drain_output(&mut st.out);
+            if st.out.is_empty() {
+                break;
+            }
+            let mut out = std::mem::take(&mut st.out);
+            for o in out.drain(..) {
+                match o {
+                    Output::Send(to, msg) => {
+                        if let Some(c) = st.conns.get(&to) {
+                            st.buf.clear();
+                            wire::encode(&Frame::Msg(msg), &mut st.buf);
+                            let _ = c.tx.send(st.buf.split().freeze());
+                        }
                     }
-                }
-                Output::Granted { req, pod } => {
-                    let sent = st
-                        .waiters
-                        .get_mut(&req)
-                        .and_then(|w| w.tx.take())
-                        .is_some_and(|tx| tx.send(Ok(pod)).is_ok());
-                    if !sent {
-                        // Nobody waits for it any more: it goes back.
-                        if let Some(dep) = st.node.dep_of_held(req) {
-                            let now = self.now();
-                            st.node.release(now, &dep, req, Outcome::Unknown);
-                            st.node.drain_output(&mut Vec::new());
+                    Output::Granted { req, pod } => {
+                        let sent = st
+                            .waiters
+                            .get_mut(&req)
+                            .and_then(|w| w.tx.take())
+                            .is_some_and(|tx| tx.send(Ok(pod)).is_ok());
+                        if !sent && let Some(dep) = st.node.dep_of_held(req) {
+                            // Nobody waits for it any more: it goes back.
+                            st.node.release(self.now(), &dep, req, Outcome::Unknown);
+                        }
+                    }
+                    Output::Refused { req, reason } => {
+                        if let Some(tx) = st.waiters.get_mut(&req).and_then(|w| w.tx.take()) {
+                            let _ = tx.send(Err(reason));
+                        }
+                    }
+                    Output::Queued(req) => {
+                        if let Some(w) = st.waiters.get_mut(&req) {
+                            w.queued = true;
                         }
                     }
                 }
-                Output::Refused { req, reason } => {
-                    if let Some(tx) = st.waiters.get_mut(&req).and_then(|w| w.tx.take()) {
-                        let _ = tx.send(Err(reason));
-                    }
-                }
-                Output::Queued(req) => {
-                    if let Some(w) = st.waiters.get_mut(&req) {
-                        w.queued = true;
-                    }
-                }
             }
+            st.out = out;
         }
         if st.node.busy() {
             self.poke.notify_one();
