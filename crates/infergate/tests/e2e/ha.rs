@@ -32,6 +32,8 @@ pub struct HaOpts {
     pub dead_after_ms: Option<u64>,
     /// false: no `cluster` section (today's per-replica slots), to check the harness itself.
     pub cluster: bool,
+    /// `cluster.onOwnerUnreachable` (None: the default, `refuse`).
+    pub on_owner_unreachable: Option<&'static str>,
 }
 
 impl Default for HaOpts {
@@ -45,6 +47,7 @@ impl Default for HaOpts {
             heartbeat_ms: None,
             dead_after_ms: None,
             cluster: true,
+            on_owner_unreachable: None,
         }
     }
 }
@@ -119,6 +122,9 @@ fn config_yaml(
         }
         if let Some(d) = opts.dead_after_ms {
             y.push_str(&format!("  deadAfterMs: {d}\n"));
+        }
+        if let Some(m) = opts.on_owner_unreachable {
+            y.push_str(&format!("  onOwnerUnreachable: {m}\n"));
         }
     }
     y
@@ -920,4 +926,71 @@ async fn demo_with_three_replicas_serves_on_each_printed_port() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// A replica cut off from the others (both of them stop answering: no quorum) does what
+/// `cluster.onOwnerUnreachable` says, within the request's own queue wait: `refuse` answers 503
+/// `OwnerUnavailable` with `Retry-After`, `localShare` serves from its share of the pod's slots;
+/// either way the degraded counter says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_a_cut_off_replica_refuses_or_serves_a_local_share_as_configured() {
+    for (mode, want_status, label) in [
+        (None, 503, "refused"),
+        (Some("localShare"), 200, "local_share"),
+    ] {
+        let pod = mock("ha-f", 1).await;
+        let opts = HaOpts {
+            slots: 3,
+            max_queue_wait_ms: 400,
+            heartbeat_ms: Some(100),
+            dead_after_ms: Some(600),
+            on_owner_unreachable: mode,
+            ..HaOpts::default()
+        };
+        let mut rs = Replicas::start(opts, &[pod.addr()]).await;
+        rs.signal(1, "STOP");
+        rs.signal(2, "STOP");
+        // Replica 0 declares both dead (600 ms of silence) and is left without a quorum.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let asked = Instant::now();
+        let a = call(
+            rs.list[0].http_addr(),
+            post("/api/v1/endpoint/e/score", "{\"x\": 1}"),
+        )
+        .await;
+        let took = asked.elapsed();
+        let text = metrics_of(rs.list[0].admin_addr()).await;
+        let degraded = text
+            .lines()
+            .filter(|l| l.starts_with("infergate_cluster_degraded_total") && l.contains(label))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        rs.signal(1, "CONT");
+        rs.signal(2, "CONT");
+        for i in 0..3 {
+            rs.kill(i);
+        }
+        eprintln!(
+            "f: mode {mode:?}: {} in {took:?}, degraded {degraded:?}",
+            a.status
+        );
+        assert_eq!(a.status, want_status, "mode {mode:?}: {:?}", a.body);
+        assert!(
+            took < Duration::from_millis(400 + 300),
+            "mode {mode:?}: answered within the queue wait ({took:?})"
+        );
+        if want_status == 503 {
+            assert_eq!(
+                a.json()["error"]["code"],
+                "OwnerUnavailable",
+                "{:?}",
+                a.body
+            );
+            assert_eq!(a.headers.get("retry-after").unwrap(), "1");
+        }
+        assert_eq!(
+            degraded,
+            Some(1.0),
+            "mode {mode:?}: counted once as {label}"
+        );
+    }
 }
