@@ -788,7 +788,6 @@ impl<A: Admission> Node<A> {
                 if let Some(own) = self.deps.get_mut(&p.dep).and_then(|d| d.own.as_mut()) {
                     own.queue.retain(|w| !(w.holder == self.me && w.req == req));
                 }
-                let _ = now;
             }
         }
     }
@@ -1348,7 +1347,6 @@ impl<A: Admission> Node<A> {
                 },
             ));
         }
-        let _ = now;
     }
 
     fn on_acquire(

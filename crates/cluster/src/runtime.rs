@@ -250,7 +250,6 @@ struct Inner {
     next_req: AtomicU64,
     next_conn: AtomicU64,
     metrics: Metrics,
-    registry: Registry,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Wakes the clock early when the node has time-driven work (it sleeps long when idle).
     poke: tokio::sync::Notify,
@@ -395,7 +394,6 @@ impl Cluster {
                     .counter(CLUSTER_DEGRADED_TOTAL, &[("mode", "local_share")]),
                 auth_failures: registry.counter(CLUSTER_PEER_AUTH_FAILURES_TOTAL, &[]),
             },
-            registry: registry.clone(),
             opts,
             tasks: Mutex::new(Vec::new()),
             poke: tokio::sync::Notify::new(),
@@ -552,11 +550,6 @@ impl Cluster {
             .map(|s| (s.0, s.1, s.2))
     }
 
-    /// The registry the cluster counts in.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
     /// This replica is shutting down: it hands its deployments over at once and keeps its
     /// leases (and the connections) until its requests are done.
     pub fn leave(&self) {
@@ -615,7 +608,7 @@ impl Inner {
                             .get_mut(&req)
                             .and_then(|w| w.tx.take())
                             .is_some_and(|tx| tx.send(Ok(pod)).is_ok());
-                        if !sent && let Some(dep) = st.node.dep_of_held(req) {
+                        if !sent && let Some(dep) = st.node.held_dep(req) {
                             // Nobody waits for it any more: it goes back.
                             st.node.release(self.now(), &dep, req, Outcome::Unknown);
                         }
@@ -777,13 +770,6 @@ impl Inner {
             }
         }
         self.dispatch(&mut st);
-    }
-}
-
-impl<A: Admission> Node<A> {
-    /// The deployment of a lease this node holds (for giving back a grant nobody waits for).
-    pub fn dep_of_held(&self, req: ReqId) -> Option<Dep> {
-        self.held_dep(req)
     }
 }
 
