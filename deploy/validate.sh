@@ -79,6 +79,9 @@ render clusterip-http       --config enableInference=True inferenceRouterService
 render single-replica-https --config enableInference=True inferenceLoadBalancerHA=False "${TLS[@]}"
 render openshift-https      --config enableInference=True openshift=True "${TLS[@]}"
 render openshift-http-single --config enableInference=True openshift=True allowInsecureConnections=True inferenceRouterHA=False
+render placement-https      --config enableInference=True nodeSelector.agentpool=gpu \
+                            nodeSelector.kubernetes.azure.com/accelerator=nvidia \
+                            tolerations=sku=gpu:NoSchedule,dedicated:NoExecute,maintenance "${TLS[@]}"
 render custom-names         --namespace ml-serving --name router --image registry.example/infergate:dev \
                             --config enableInference=True privateEndpointILB=True "${TLS[@]}"
 

@@ -28,6 +28,7 @@ use std::path::Path;
 pub mod cli;
 mod error;
 mod manifests;
+mod placement;
 mod settings;
 mod yaml;
 
@@ -37,6 +38,7 @@ pub use manifests::{
     PEER_PORT, PRE_STOP_SECONDS, TLS_DIR, discovery_rules, namespaced_discovery_rbac,
     termination_grace_seconds,
 };
+pub use placement::{EFFECTS, NODE_SELECTOR_PREFIX, Toleration};
 pub use settings::{Exposure, KNOWN_KEYS, PROTECTED_KEYS, Settings, TlsFiles, closest_key};
 
 /// Default namespace, the one the AzureML extension installs into.

@@ -635,6 +635,13 @@ fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
         ]);
     }
 
+    if !s.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(s.node_selector);
+    }
+    if !s.tolerations.is_empty() {
+        pod_spec["tolerations"] = Value::Array(s.tolerations.iter().map(|t| t.to_json()).collect());
+    }
+
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use infergate_config::parse_bool;
 
 use crate::RenderError;
+use crate::placement::{self, NODE_SELECTOR_PREFIX, Toleration};
 
 /// Every key `render` accepts, with the AzureML extension's spelling.
+///
+/// Besides these, `nodeSelector.<node label key>=<value>` (any label key) places the router pods.
 ///
 /// `inferenceRouterHA` is the newer extension's name for `inferenceLoadBalancerHA`;
 /// `inferenceRouterServiceType` and `internalLoadBalancerProvider` are the newer extension's
@@ -27,6 +30,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "openshift",
     "installNvidiaDevicePlugin",
     "logAnalyticsWS",
+    "tolerations",
 ];
 
 /// Keys the extension takes with `--config-protected` (their values are secrets or point at them).
@@ -78,6 +82,10 @@ pub struct Settings {
     pub high_availability: bool,
     /// No fixed UIDs; a SecurityContextConstraints and the Role/RoleBinding to use it.
     pub openshift: bool,
+    /// `nodeSelector.<key>=<value>`: the pods' `nodeSelector` (empty: none).
+    pub node_selector: BTreeMap<String, String>,
+    /// `tolerations=...`: the pods' `tolerations` (empty: none).
+    pub tolerations: Vec<Toleration>,
 }
 
 /// One `KEY=VALUE` as given, with the flag it came from.
@@ -111,6 +119,7 @@ impl Settings {
     ) -> Result<(Settings, Vec<String>), RenderError> {
         let mut warnings = Vec::new();
         let mut entries: BTreeMap<&'static str, Entry<'_>> = BTreeMap::new();
+        let mut node_selector: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
         for (flag, list) in [("--config", config), ("--config-protected", protected)] {
             for raw in list {
                 let Some((key, value)) = raw.split_once('=') else {
@@ -122,6 +131,21 @@ impl Settings {
                     ));
                 };
                 let (key, value) = (key.trim(), value.trim());
+                if key.starts_with(NODE_SELECTOR_PREFIX) {
+                    let (label, v) = placement::node_selector_entry(key, value)?;
+                    if let Some((prev, prev_flag)) = node_selector.get(&label)
+                        && *prev != v
+                    {
+                        return Err(RenderError::invalid(
+                            key,
+                            value,
+                            format!("the key is given twice, first as `{prev}` ({prev_flag})"),
+                            format!("give {key} once: a node selector matches one value per label"),
+                        ));
+                    }
+                    node_selector.insert(label, (v, flag));
+                    continue;
+                }
                 let Some(&known) = KNOWN_KEYS.iter().find(|k| **k == key) else {
                     return Err(unknown_key(key, value));
                 };
@@ -195,6 +219,10 @@ impl Settings {
         let exposure = exposure(&given)?;
 
         let openshift = flag("openshift", false)?;
+        let tolerations = match get("tolerations") {
+            Some(v) => placement::tolerations(v)?,
+            None => Vec::new(),
+        };
         for (key, why) in [
             (
                 "installNvidiaDevicePlugin",
@@ -228,6 +256,11 @@ impl Settings {
                 exposure,
                 high_availability,
                 openshift,
+                node_selector: node_selector
+                    .into_iter()
+                    .map(|(k, (v, _))| (k, v))
+                    .collect(),
+                tolerations,
             },
             warnings,
         ))
@@ -240,8 +273,22 @@ pub fn closest_key(key: &str) -> Option<&'static str> {
 }
 
 fn unknown_key(key: &str, value: &str) -> RenderError {
+    let known = format!(
+        "{}, {NODE_SELECTOR_PREFIX}<node label key>",
+        KNOWN_KEYS.join(", ")
+    );
+    if key.to_ascii_lowercase().starts_with("nodeselector") {
+        return RenderError::UnknownKey {
+            key: key.to_string(),
+            value: value.to_string(),
+            suggestion: Some("nodeSelector.<node label key>"),
+            fix: format!(
+                "write one setting per node label, nodeSelector.<node label key>=<value> \
+                 (case-sensitive), e.g. nodeSelector.agentpool=gpu; known keys: {known}"
+            ),
+        };
+    }
     let suggestion = closest_key(key);
-    let known = KNOWN_KEYS.join(", ");
     let fix = match suggestion {
         Some(s) => format!("did you mean `{s}`? (keys are case-sensitive; known keys: {known})"),
         None => format!("use one of the known keys: {known}"),

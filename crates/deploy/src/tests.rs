@@ -1089,3 +1089,221 @@ fn ha_names_follow_the_name_flag() {
     assert!(peers.len() <= 63);
     assert!(named(&r, "Service", &peers).is_some());
 }
+
+// === placement: nodeSelector.<key> and tolerations ===
+
+#[test]
+fn node_selector_keys_become_the_pod_node_selector() {
+    let r = ok(&mk_args(&[
+        "nodeSelector.gpu=true",
+        "nodeSelector.kubernetes.azure.com/accelerator=nvidia",
+        "nodeSelector.agentpool=",
+    ]));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let spec = pod_spec(&r);
+    assert_eq!(
+        spec["nodeSelector"],
+        serde_json::json!({
+            "gpu": "true",
+            "kubernetes.azure.com/accelerator": "nvidia",
+            "agentpool": "",
+        })
+    );
+    // Only the router pods are placed: no other object carries a nodeSelector.
+    for d in docs(&r) {
+        if d["kind"] != "Deployment" {
+            assert!(!d.to_string().contains("nodeSelector"), "{d}");
+        }
+    }
+    // The same key and value twice (from either flag) is fine; two values are not.
+    ok(&mk_args(&[
+        "nodeSelector.gpu=true",
+        "nodeSelector.gpu=true",
+    ]));
+    let msg = err(&mk_args(&[
+        "nodeSelector.gpu=true",
+        "nodeSelector.gpu=false",
+    ]));
+    assert_mentions(
+        &msg,
+        &["nodeSelector.gpu", "`false`", "given twice", "`true`"],
+    );
+}
+
+#[test]
+fn without_placement_keys_the_pod_has_no_node_selector_or_tolerations() {
+    let spec = pod_spec(&ok(&mk_args(&[])));
+    assert!(spec.get("nodeSelector").is_none(), "{spec}");
+    assert!(spec.get("tolerations").is_none(), "{spec}");
+}
+
+#[test]
+fn tolerations_compact_form_becomes_the_pod_tolerations() {
+    let r = ok(&mk_args(&[
+        "tolerations=sku=gpu:NoSchedule, dedicated:NoExecute,example.com/spot=true:PreferNoSchedule,maintenance",
+        "nodeSelector.sku=gpu",
+    ]));
+    let spec = pod_spec(&r);
+    assert_eq!(
+        spec["tolerations"],
+        serde_json::json!([
+            { "key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule" },
+            { "key": "dedicated", "operator": "Exists", "effect": "NoExecute" },
+            { "key": "example.com/spot", "operator": "Equal", "value": "true", "effect": "PreferNoSchedule" },
+            { "key": "maintenance", "operator": "Exists" },
+        ])
+    );
+    assert_eq!(spec["nodeSelector"], serde_json::json!({ "sku": "gpu" }));
+    // HA placement (anti-affinity, spread) is kept alongside.
+    assert!(spec.get("affinity").is_some());
+    assert!(spec.get("topologySpreadConstraints").is_some());
+    // The library's view of the same settings.
+    let (s, _) = Settings::parse(
+        &[
+            "tolerations=a:NoExecute".into(),
+            "allowInsecureConnections=True".into(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        s.tolerations,
+        vec![Toleration {
+            key: "a".into(),
+            value: None,
+            effect: Some("NoExecute".into())
+        }]
+    );
+}
+
+#[test]
+fn empty_node_selector_key_is_an_error_naming_key_value_and_fix() {
+    let msg = err(&mk_args(&["nodeSelector.=gpu"]));
+    assert_mentions(
+        &msg,
+        &[
+            "`nodeSelector.`",
+            "`gpu`",
+            "is empty",
+            "nodeSelector.<node label key>=<value>",
+        ],
+    );
+    // The bare key, or a misspelled prefix, is an unknown key that shows the right form.
+    for bad in [
+        "nodeSelector=gpu",
+        "nodeselector.gpu=true",
+        "NodeSelector.gpu=true",
+    ] {
+        let e = render(&mk_args(&[bad])).unwrap_err();
+        let RenderError::UnknownKey { suggestion, .. } = &e else {
+            panic!("{bad}: {e}")
+        };
+        assert_eq!(*suggestion, Some("nodeSelector.<node label key>"));
+        assert_mentions(
+            &e.to_string(),
+            &[bad.split_once('=').unwrap().0, "nodeSelector.agentpool=gpu"],
+        );
+    }
+}
+
+#[test]
+fn node_selector_label_keys_kubernetes_rejects_are_errors() {
+    for (bad, why) in [
+        (
+            "nodeSelector.-gpu=true",
+            "begin and end with a letter or digit",
+        ),
+        ("nodeSelector.gpu type=true", "only letters, digits"),
+        ("nodeSelector.Example.COM/gpu=true", "not a DNS subdomain"),
+        ("nodeSelector./gpu=true", "prefix before '/'"),
+        (
+            "nodeSelector.example.com/=true",
+            "name (after any prefix/) is empty",
+        ),
+        ("nodeSelector.a/b/c=true", "only letters, digits"),
+    ] {
+        let key = bad.split_once('=').unwrap().0;
+        assert_mentions(
+            &err(&mk_args(&[bad])),
+            &[
+                &format!("`{key}`"),
+                "`true`",
+                "not a Kubernetes label key",
+                why,
+                "nodeSelector.agentpool=gpu",
+            ],
+        );
+    }
+    let long = format!("nodeSelector.{}=x", "a".repeat(64));
+    assert_mentions(&err(&mk_args(&[&long])), &["64 characters, at most 63"]);
+}
+
+#[test]
+fn node_selector_label_values_kubernetes_rejects_are_errors() {
+    let long = format!("nodeSelector.gpu={}", "v".repeat(64));
+    for (bad, value, why) in [
+        (
+            "nodeSelector.gpu=a100 80gb",
+            "a100 80gb",
+            "only letters, digits",
+        ),
+        (
+            "nodeSelector.gpu=-a100",
+            "-a100",
+            "begin and end with a letter or digit",
+        ),
+        ("nodeSelector.gpu=a/b", "a/b", "only letters, digits"),
+        (long.as_str(), &"v".repeat(64), "at most 63"),
+    ] {
+        assert_mentions(
+            &err(&mk_args(&[bad])),
+            &[
+                "`nodeSelector.gpu`",
+                &format!("`{value}`"),
+                "not a Kubernetes label value",
+                why,
+                "value of the node label gpu",
+            ],
+        );
+    }
+}
+
+#[test]
+fn tolerations_with_an_unknown_effect_are_errors() {
+    for (value, effect) in [
+        ("sku=gpu:NoSchedul", "NoSchedul"),
+        ("sku:noschedule", "noschedule"),
+        ("sku=gpu:", ""),
+        ("a:NoExecute,b:Evict", "Evict"),
+    ] {
+        assert_mentions(
+            &err(&mk_args(&[&format!("tolerations={value}")])),
+            &[
+                "`tolerations`",
+                &format!("`{value}`"),
+                &format!("`{effect}` is not a taint effect"),
+                "NoSchedule, PreferNoSchedule or NoExecute",
+                "tolerations=KEY[=VALUE][:EFFECT]",
+            ],
+        );
+    }
+}
+
+#[test]
+fn malformed_tolerations_are_errors_naming_the_entry() {
+    for (value, why) in [
+        ("", "the list is empty"),
+        ("a:NoSchedule,,b", "between commas is empty"),
+        ("=gpu:NoSchedule", "the taint key is empty"),
+        (":NoSchedule", "the taint key is empty"),
+        ("bad key:NoSchedule", "is not a taint key"),
+        ("sku=a b:NoSchedule", "is not a taint value"),
+        ("sku=gpu=x:NoSchedule", "is not a taint value"),
+        ("a:NoSchedule,a:NoSchedule", "given twice"),
+    ] {
+        assert_mentions(
+            &err(&mk_args(&[&format!("tolerations={value}")])),
+            &["`tolerations`", why, "tolerations=KEY[=VALUE][:EFFECT]"],
+        );
+    }
+}
