@@ -1,4 +1,4 @@
-//! The `infergate` command: run the router (`serve`), a self-contained demo (`demo`, with the default `demo` feature), or render Kubernetes manifests (`render`, `crd`).
+//! The `infergate` command: run the router (`serve`), validate its configuration (`check`), a self-contained demo (`demo`, with the default `demo` feature), render Kubernetes manifests (`render`, `crd`), or print build information (`version`).
 //!
 //! Built without the `demo` feature (the release image), the binary has no `demo` subcommand and
 //! embeds neither the example certificate nor its key, nor the mock model.
@@ -8,13 +8,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod check;
 #[cfg(feature = "demo")]
 mod demo;
 mod token;
+mod version;
 
 /// infergate: an inference ingress/router for Kubernetes (the job of azureml-fe).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = version::LINE, about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -33,6 +35,18 @@ enum Cmd {
         #[command(flatten)]
         run: RunOpts,
     },
+    /// Validate a configuration as `serve` would (files readable, PEMs parse and match, keys,
+    /// weights, limits) without binding anything; one line per endpoint, exit 0, or 2 on error.
+    Check {
+        /// YAML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Override a top-level key, as with `serve` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print the version, git commit, build date, rustc version and crypto provider.
+    Version,
     /// Print Kubernetes manifests from the AzureML extension's `--config KEY=VALUE` settings.
     Render(infergate_deploy::cli::RenderCommand),
     /// Print the InferenceEndpoint CustomResourceDefinition (YAML, for `kubectl apply -f -`).
@@ -191,6 +205,11 @@ fn main() -> ExitCode {
                 server.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
+        }
+        Cmd::Check { config, sets } => check::run(&config, &sets),
+        Cmd::Version => {
+            print!("{}", version::report());
+            ExitCode::SUCCESS
         }
         Cmd::Render(cmd) => cmd.run(),
         Cmd::Crd => {

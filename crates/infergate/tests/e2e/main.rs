@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod check;
 mod discovery;
 mod ha;
 mod runner;
