@@ -18,6 +18,14 @@ use mock_model::MockHandle;
 use crate::runner::*;
 use crate::support::*;
 
+/// The multi-process HA tests run one at a time: each starts three routers and its pods, and
+/// their timing checks (a survivor serves within ~2 s) assume the machine is not also running
+/// another such cluster.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// Settings of one HA run.
 #[derive(Clone, Debug)]
 pub struct HaOpts {
@@ -577,6 +585,7 @@ fn took(t0: Instant) -> String {
 /// sees two at once, and every request is served (the queue wait is long enough for all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_one_slot_pod_sees_one_request_at_a_time_across_three_replicas() {
+    let _serial = serial().await;
     let t0 = Instant::now();
     let pod = mock("ha-a", 5).await;
     let rs = Replicas::start(HaOpts::default(), &[pod.addr()]).await;
@@ -601,6 +610,7 @@ async fn ha_one_slot_pod_sees_one_request_at_a_time_across_three_replicas() {
 /// and the surviving replicas' clients get 200s again within 2 s of the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_sigkill_of_a_replica_keeps_the_limit_and_the_others_serve_within_2s() {
+    let _serial = serial().await;
     let t0 = Instant::now();
     let pod = mock("ha-b", 5).await;
     let opts = HaOpts {
@@ -668,6 +678,7 @@ async fn ha_sigkill_of_a_replica_keeps_the_limit_and_the_others_serve_within_2s(
 /// connection errors to the replica that is restarting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_rolling_restart_keeps_the_limit_and_every_answer_is_200() {
+    let _serial = serial().await;
     let t0 = Instant::now();
     let pod = mock("ha-c", 5).await;
     let opts = HaOpts {
@@ -742,6 +753,7 @@ async fn ha_rolling_restart_keeps_the_limit_and_every_answer_is_200() {
 /// the pod still never sees two at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_a_stopped_replica_is_declared_dead_and_the_others_serve_within_2s() {
+    let _serial = serial().await;
     let t0 = Instant::now();
     let pod = mock("ha-d", 5).await;
     let opts = HaOpts {
@@ -805,6 +817,7 @@ async fn ha_a_stopped_replica_is_declared_dead_and_the_others_serve_within_2s() 
 /// `infergate_cluster_peer_auth_failures_total`) and does not join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_a_replica_with_another_secret_is_refused_and_counted() {
+    let _serial = serial().await;
     let t0 = Instant::now();
     let pod = mock("ha-e", 1).await;
     let mut rs = Replicas::new(HaOpts::default(), &[pod.addr()]);
@@ -870,6 +883,7 @@ async fn ha_a_replica_with_another_secret_is_refused_and_counted() {
 #[cfg(feature = "demo")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_with_three_replicas_serves_on_each_printed_port() {
+    let _serial = serial().await;
     let mut b = Bin::spawn(&[
         "demo",
         "--replicas",
@@ -934,6 +948,7 @@ async fn demo_with_three_replicas_serves_on_each_printed_port() {
 /// either way the degraded counter says which.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_a_cut_off_replica_refuses_or_serves_a_local_share_as_configured() {
+    let _serial = serial().await;
     for (mode, want_status, label) in [
         (None, 503, "refused"),
         (Some("localShare"), 200, "local_share"),
