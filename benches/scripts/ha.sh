@@ -352,40 +352,31 @@ for s in "${SCENARIOS[@]}"; do
             echo "|---|---|---|---|---|---|---|"
         } >> "$OUT"
         for m in "${MODES[@]}"; do high_water "$m" >> "$OUT"; done ;;
-    goodput)
+    goodput|goodput-closed)
         declare -A GP=()
         # `single`: one router, exact limits, no coordination: the best an exact limiter gets
-        # from these pods (their 20 ms sleeps overshoot by up to a timer tick).
+        # from these pods.
         gmodes=(single "${MODES[@]}")
+        run=goodput_run
+        title="Goodput: 4 pods x 1 slot x 20 ms, 3 replicas, open loop $GOODPUT_RATE req/s spread evenly (ideal 200 req/s); medians of $ROUNDS"
+        if [ "$s" = goodput-closed ]; then
+            run=goodput_closed_run
+            title="Goodput, closed loop: 4 pods x 1 slot x 20 ms, 3 replicas, $GOODPUT_CLIENTS clients spread evenly (saturating; ideal 200 req/s); medians of $ROUNDS"
+        fi
         for r in $(seq "$ROUNDS"); do for m in "${gmodes[@]}"; do
-            GP[$m]+="$(goodput_run "$m");"; log "goodput round $r $m: $(last "${GP[$m]}")"
+            GP[$m]+="$($run "$m");"; log "$s round $r $m: $(last "${GP[$m]}")"
         done; done
         read -r sok _ <<<"$(median_cols "${GP[single]}")"
         {
-            echo; echo "### Goodput: 4 pods x 1 slot x 20 ms, 3 replicas, open loop $GOODPUT_RATE req/s spread evenly (ideal 200 req/s); medians of $ROUNDS"
+            echo; echo "### $title"
             echo; echo "| mode | 2xx req/s | % of ideal | % of single | pod maxInFlight | p50 ms | p99 ms | non-2xx + errors |"
             echo "|---|---|---|---|---|---|---|---|"
         } >> "$OUT"
         for m in "${gmodes[@]}"; do
             read -r ok max p50 p99 bad <<<"$(median_cols "${GP[$m]}")"
             echo "| $m | $ok | $(python3 -c "print(f'{100 * $ok / 200:.1f}')") | $(python3 -c "print(f'{100 * $ok / $sok:.1f}')") | $max | $p50 | $p99 | $bad |" >> "$OUT"
-        done ;;
-    goodput-closed)
-        declare -A GC=()
-        gmodes=(single "${MODES[@]}")
-        for r in $(seq "$ROUNDS"); do for m in "${gmodes[@]}"; do
-            GC[$m]+="$(goodput_closed_run "$m");"; log "goodput-closed round $r $m: $(last "${GC[$m]}")"
-        done; done
-        read -r sok _ <<<"$(median_cols "${GC[single]}")"
-        {
-            echo; echo "### Goodput, closed loop: 4 pods x 1 slot x 20 ms, 3 replicas, $GOODPUT_CLIENTS clients spread evenly (saturating; ideal 200 req/s); medians of $ROUNDS"
-            echo; echo "| mode | 2xx req/s | % of ideal | % of single | pod maxInFlight | p50 ms | p99 ms | non-2xx + errors |"
-            echo "|---|---|---|---|---|---|---|---|"
-        } >> "$OUT"
-        for m in "${gmodes[@]}"; do
-            read -r ok max p50 p99 bad <<<"$(median_cols "${GC[$m]}")"
-            echo "| $m | $ok | $(python3 -c "print(f'{100 * $ok / 200:.1f}')") | $(python3 -c "print(f'{100 * $ok / $sok:.1f}')") | $max | $p50 | $p99 | $bad |" >> "$OUT"
-        done ;;
+        done
+        unset GP ;;
     cost)
         declare -A CO=()
         cmodes=(single "${MODES[@]}")

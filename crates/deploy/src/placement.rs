@@ -143,15 +143,7 @@ pub fn label_key(key: &str) -> Result<(), String> {
         if p.is_empty() || p.len() > 253 {
             return Err("the prefix before '/' must be 1-253 characters".into());
         }
-        let ok = p.split('.').all(|part| {
-            let b = part.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        });
+        let ok = p.split('.').all(infergate_config::is_dns_label);
         if !ok {
             return Err(format!(
                 "the prefix `{p}` is not a DNS subdomain (lowercase letters, digits, '-' and '.')"
