@@ -670,11 +670,18 @@ impl<A: Admission> Node<A> {
         wait: Millis,
         avoid: Option<Pod>,
     ) -> Option<Result<(ReqId, Pod), Refusal>> {
-        // A slot parked here by an earlier request: no message at all.
+        // A slot parked here by an earlier request: no message at all. Only while fresh: a
+        // process that was frozen must not wake up and use a slot its owner may have freed
+        // since (the owner waits requestTimeoutMs after declaring it dead, far longer than a
+        // slot stays parked).
+        let park_ms = self.park_ms;
         if let Some(d) = self.deps.get_mut(dep)
             && d.follow
                 .is_some_and(|t| t.owner == self.me || self.live.contains_key(&t.owner))
-            && let Some(i) = d.parked.iter().rposition(|(_, p, _)| Some(*p) != avoid)
+            && let Some(i) = d
+                .parked
+                .iter()
+                .rposition(|(_, p, since)| Some(*p) != avoid && now < since + park_ms)
         {
             let (lease, pod, _) = d.parked.remove(i);
             return Some(Ok((lease, pod)));

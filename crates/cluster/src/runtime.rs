@@ -253,6 +253,9 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Wakes the clock early when the node has time-driven work (it sleeps long when idle).
     poke: tokio::sync::Notify,
+    /// When the clock last finished a round (ms): a process that was frozen or starved wakes
+    /// with this stale and uses no slot before the clock has looked at its peers again.
+    last_tick: AtomicU64,
 }
 
 /// A handle on this replica's place in the cluster. Cheap to clone.
@@ -397,6 +400,7 @@ impl Cluster {
             opts,
             tasks: Mutex::new(Vec::new()),
             poke: tokio::sync::Notify::new(),
+            last_tick: AtomicU64::new(1),
         });
         inner.set_members(&members);
         tracing::info!(
@@ -510,13 +514,31 @@ impl Cluster {
         answer: Result<(ReqId, Pod), Refusal>,
     ) -> Result<ClusterLease, ClusterError> {
         match answer {
-            Ok((req, pod)) => Ok(ClusterLease {
-                inner: self.inner.clone(),
-                dep: dep.clone(),
-                req,
-                pod,
-                outcome: AtomicU64::new(0),
-            }),
+            Ok((req, pod)) => {
+                let lease = ClusterLease {
+                    inner: self.inner.clone(),
+                    dep: dep.clone(),
+                    req,
+                    pod,
+                    outcome: AtomicU64::new(0),
+                };
+                // Fencing: if the clock has not run for half the dead time, this process was
+                // frozen or starved, its peers may have declared it dead and given its slots
+                // away; the grant (or parked slot) goes back unused.
+                let inner = &self.inner;
+                let stale = inner
+                    .now()
+                    .saturating_sub(inner.last_tick.load(Ordering::Acquire));
+                if stale > inner.opts.dead_after.as_millis() as u64 / 2 {
+                    tracing::warn!(
+                        stale_ms = stale,
+                        "the cluster clock stalled: a slot is given back unused"
+                    );
+                    drop(lease);
+                    return Err(ClusterError::OwnerUnavailable);
+                }
+                Ok(lease)
+            }
             Err(Refusal::QueueTimeout) => Err(ClusterError::QueueTimeout),
             Err(Refusal::QueueFull) => Err(ClusterError::QueueFull),
             Err(Refusal::NoPods) => Err(ClusterError::NoPods),
@@ -1047,5 +1069,7 @@ async fn clock_loop(inner: Arc<Inner>) {
         for (node, conn_id) in silent {
             inner.lost(node, conn_id, "silent for longer than deadAfterMs");
         }
+        // Only now, with silent peers declared dead, may slots be used again.
+        inner.last_tick.store(inner.now(), Ordering::Release);
     }
 }
