@@ -181,9 +181,13 @@ impl MockHandle {
         self.stats.reset();
     }
 
-    /// Stops accepting connections and aborts the open ones.
-    pub fn shutdown(self) {
-        drop(self);
+    /// Stops accepting connections and aborts the open ones, and returns once the listener and
+    /// every connection are closed (as a killed process's would be), so that whatever a client
+    /// sends afterwards meets a closed socket, never a connection still being torn down.
+    pub async fn shutdown(self) {
+        let _ = self._shutdown.send(());
+        // Every accept, connection and stream task holds a receiver and drops it last.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self._shutdown.closed()).await;
     }
 }
 

@@ -394,7 +394,7 @@ async fn shutdown_stops_listener_and_connections() {
     }
     assert_eq!(pod.stats().in_flight, 1);
     let t = Instant::now();
-    pod.shutdown();
+    pod.shutdown().await;
     let res = tokio::time::timeout(Duration::from_secs(5), slow)
         .await
         .unwrap()

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     shutdown_signal().await?;
-    handle.shutdown();
+    handle.shutdown().await;
     Ok(())
 }
 

@@ -100,7 +100,7 @@ async fn a_killed_pod_causes_no_failure_for_requests_not_yet_sent_to_it() {
     .await;
     assert!(burst(r.http(), 10).await.iter().all(|&s| s == 200));
     assert!(b.stats().served > 0, "both pods in use before the kill");
-    b.shutdown();
+    b.shutdown().await;
     let after = burst(r.http(), 25).await;
     assert_eq!(after.len(), 100);
     assert!(
