@@ -146,6 +146,11 @@ pub struct Config {
     /// How often the certificate files are checked for changes.
     #[serde(default = "default_cert_reload_interval_ms")]
     pub cert_reload_interval_ms: u64,
+    /// How often the configuration file (and the signing key files it names) is checked for
+    /// changes, which are then applied without a restart; 0 turns the check off (SIGHUP still
+    /// reloads).
+    #[serde(default = "default_config_reload_interval_ms")]
+    pub config_reload_interval_ms: u64,
     /// The scoring endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -161,6 +166,9 @@ fn default_drain_timeout_ms() -> u64 {
     30_000
 }
 fn default_cert_reload_interval_ms() -> u64 {
+    2_000
+}
+fn default_config_reload_interval_ms() -> u64 {
     2_000
 }
 
@@ -304,6 +312,14 @@ impl Config {
                 0,
                 "must be positive",
                 "use e.g. 2000 (the default)",
+            ));
+        }
+        if self.config_reload_interval_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "configReloadIntervalMs",
+                self.config_reload_interval_ms,
+                "longer than an hour",
+                "use at most 3600000, or 0 to reload only on SIGHUP (the default is 2000)",
             ));
         }
         self.discovery.validate(self.endpoints.len())?;

@@ -80,6 +80,7 @@ const TOP_LEVEL: &[Settable] = settable! {
     "allowInsecureConnections" => allow_insecure_connections;
     "drainTimeoutMs" => drain_timeout_ms;
     "certReloadIntervalMs" => cert_reload_interval_ms;
+    "configReloadIntervalMs" => config_reload_interval_ms;
     "listen.https" => listen.https;
     "listen.http" => listen.http;
     "listen.admin" => listen.admin;

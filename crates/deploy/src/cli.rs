@@ -29,8 +29,17 @@ pub struct RenderCommand {
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub image: String,
     /// Write one file per object into DIR instead of a multi-document stream on stdout.
-    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "DIR",
+        conflicts_with = "check"
+    )]
     pub output: Option<PathBuf>,
+    /// Validate the settings (and read the TLS files) as rendering does, print a summary
+    /// instead of the manifests; exit 0, or 2 on an error.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl RenderCommand {
@@ -53,6 +62,17 @@ impl RenderCommand {
         for w in &rendered.warnings {
             eprintln!("warning: {w}");
         }
+        if self.check {
+            // Parsed again only to describe them; `render` already accepted them.
+            if let Ok((settings, _)) = crate::Settings::parse(&args.config, &args.config_protected)
+            {
+                println!("{}", summary(&settings));
+            }
+            let files: Vec<&str> = rendered.documents.iter().map(|(f, _)| f.as_str()).collect();
+            println!("{} objects: {}", files.len(), files.join(", "));
+            println!("ok");
+            return ExitCode::SUCCESS;
+        }
         match self.output {
             Some(dir) => {
                 if let Err(e) = rendered.write_dir(&dir) {
@@ -64,4 +84,44 @@ impl RenderCommand {
         }
         ExitCode::SUCCESS
     }
+}
+
+/// One line: what the settings make of the router.
+pub fn summary(s: &crate::Settings) -> String {
+    let exposure = match s.exposure {
+        crate::Exposure::PublicLoadBalancer => "public LoadBalancer",
+        crate::Exposure::InternalLoadBalancer => "internal LoadBalancer",
+        crate::Exposure::NodePort => "NodePort",
+        crate::Exposure::ClusterIp => "ClusterIP",
+    };
+    let replicas = if s.high_availability {
+        "3 replicas acting as one (HA)"
+    } else {
+        "1 replica"
+    };
+    let https = match &s.tls {
+        Some(t) => format!("https with {}", t.cert.display()),
+        None => "no https".into(),
+    };
+    let http = if s.allow_insecure_connections {
+        "plain http allowed"
+    } else {
+        "no plain http"
+    };
+    let mut line = format!("router: {exposure}, {replicas}, {https}, {http}");
+    if s.openshift {
+        line.push_str(", OpenShift");
+    }
+    if !s.node_selector.is_empty() {
+        let sel: Vec<String> = s
+            .node_selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        line.push_str(&format!(", nodeSelector {}", sel.join(",")));
+    }
+    if !s.tolerations.is_empty() {
+        line.push_str(&format!(", {} toleration(s)", s.tolerations.len()));
+    }
+    line
 }

@@ -31,24 +31,7 @@ fn check(config: &Path, sets: &[String]) -> Result<Vec<String>, String> {
     // token mode's signing key files are read here).
     let cfg = Config::load(config, sets).map_err(|e| e.to_string())?;
     infergate_tls::install_crypto_provider();
-
-    // The certificate and key as the HTTPS listener loads them: readable, PEM, matching.
-    if let (Some(cert), Some(key)) = (&cfg.ssl_cert_pem_file, &cfg.ssl_key_pem_file) {
-        infergate_tls::load_certified_key(cert, key)
-            .map_err(|e| format!("{}: {e}", tls_keys(&e, cert)))?;
-    }
-
-    // The signing keys as the router reads them (the file may have changed since validation;
-    // `serve` would then refuse every request to the endpoint).
-    for (i, ep) in cfg.endpoints.iter().enumerate() {
-        if let (AuthMode::Token, Some(p)) = (ep.auth.mode, &ep.auth.signing_key_file) {
-            let key = format!("endpoints[{i}].auth.signingKeyFile");
-            let bytes =
-                infergate_config::read_signing_key_file(&key, p).map_err(|e| e.to_string())?;
-            infergate_auth::AuthPolicy::token(&bytes)
-                .map_err(|e| format!("{key} ({}): {e}", p.display()))?;
-        }
-    }
+    validate_files(&cfg, true)?;
 
     let mut lines = Vec::new();
     for spec in infergate_proxy::specs_from_config(&cfg) {
@@ -103,6 +86,28 @@ fn check(config: &Path, sets: &[String]) -> Result<Vec<String>, String> {
         ));
     }
     Ok(lines)
+}
+
+/// What [`Config::load`] cannot see: the certificate and key as the HTTPS listener loads them
+/// (readable, PEM, matching; only with `tls`), and the signing keys as the router reads them.
+/// A configuration reload checks the same before it swaps anything.
+pub(crate) fn validate_files(cfg: &Config, tls: bool) -> Result<(), String> {
+    if let (true, Some(cert), Some(key)) = (tls, &cfg.ssl_cert_pem_file, &cfg.ssl_key_pem_file) {
+        infergate_tls::load_certified_key(cert, key)
+            .map_err(|e| format!("{}: {e}", tls_keys(&e, cert)))?;
+    }
+    // (The file may have changed since validation; `serve` would then refuse every request to
+    // the endpoint.)
+    for (i, ep) in cfg.endpoints.iter().enumerate() {
+        if let (AuthMode::Token, Some(p)) = (ep.auth.mode, &ep.auth.signing_key_file) {
+            let key = format!("endpoints[{i}].auth.signingKeyFile");
+            let bytes =
+                infergate_config::read_signing_key_file(&key, p).map_err(|e| e.to_string())?;
+            infergate_auth::AuthPolicy::token(&bytes)
+                .map_err(|e| format!("{key} ({}): {e}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The configuration key(s) a TLS loading error is about.

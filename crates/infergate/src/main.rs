@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 #[cfg(feature = "demo")]
 mod demo;
+mod reload;
 mod token;
 mod version;
 
@@ -202,7 +203,18 @@ fn main() -> ExitCode {
                         server.registry(),
                     )
                 });
+                // SIGHUP and file changes reload the configuration from here on.
+                let reloader =
+                    reload::Reloader::new(&config, &sets, &cfg, server.router().clone()).spawn();
+                let reloader = match reloader {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: cannot install the SIGHUP handler: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 server.run(shutdown_signal()).await;
+                reloader.abort();
                 ExitCode::SUCCESS
             })
         }

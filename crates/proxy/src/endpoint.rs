@@ -32,6 +32,11 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
+    /// The spec this endpoint serves.
+    pub fn spec(&self) -> &EndpointSpec {
+        &self.spec
+    }
+
     /// The state for `spec`, keeping `prev`'s counters when the endpoint existed before.
     pub(crate) fn new(
         spec: &EndpointSpec,

@@ -211,3 +211,66 @@ fn check_refuses_an_unreadable_cluster_secret() {
     ));
     assert!(err.contains("cluster.secretFile"), "{err}");
 }
+
+#[test]
+fn render_check_summarizes_valid_settings_without_printing_manifests() {
+    let (code, out, err) = run_to_exit(&[
+        "render",
+        "--check",
+        "--config",
+        "inferenceRouterHA=True",
+        "privateEndpointILB=True",
+        "nodeSelector.gpu=true",
+        "tolerations=dedicated=ml:NoSchedule",
+        "--config-protected",
+        "sslCertPemFile=certs-example/server.pem",
+        "sslKeyPemFile=certs-example/server-key.pem",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("apiVersion"), "no manifests: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "router: internal LoadBalancer, 3 replicas acting as one (HA), https with certs-example/server.pem, no plain http, nodeSelector gpu=true, 1 toleration(s)"
+    );
+    assert!(
+        lines[1].contains(" objects: ") && lines[1].contains("deployment.yaml"),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"ok"));
+}
+
+#[test]
+fn render_check_refuses_bad_settings_with_exit_2() {
+    for (args, named) in [
+        (vec!["nodeSelector.=x"], "nodeSelector."),
+        (
+            vec!["allowInsecureConnections=True", "inferenceRouterHA=maybe"],
+            "inferenceRouterHA",
+        ),
+        (
+            vec!["allowInsecureConnection=True"],
+            "allowInsecureConnections",
+        ),
+    ] {
+        let mut argv = vec!["render", "--check", "--config"];
+        argv.extend(args.iter().copied());
+        let (code, out, err) = run_to_exit(&argv);
+        assert_eq!(code, Some(2), "{args:?}: {out} {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(named), "{named} not named: {err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    // The certificate is read and checked as rendering does.
+    let (code, _, err) = run_to_exit(&[
+        "render",
+        "--check",
+        "--config",
+        "allowInsecureConnections=False",
+        "--config-protected",
+        "sslCertPemFile=certs-example/missing.pem",
+        "sslKeyPemFile=certs-example/server-key.pem",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("sslCertPemFile"), "{err}");
+}

@@ -6,6 +6,7 @@ mod binary;
 mod check;
 mod discovery;
 mod ha;
+mod reload;
 mod runner;
 // Shared with the proxy's behaviour tests, where every helper is used; these tests use a part.
 #[allow(dead_code)]
