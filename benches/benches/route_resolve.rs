@@ -22,6 +22,7 @@ fn mk_table(endpoints: usize) -> RouteTable<()> {
                     scoring_path: "/score".into(),
                     swagger_path: "/swagger.json".into(),
                     request_settings: Default::default(),
+                    scale_settings: None,
                 })
                 .collect(),
             mirror: None,

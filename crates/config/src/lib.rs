@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod cluster;
 mod discovery;
+mod scale;
 #[macro_use]
 mod set;
 mod settings;
 pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
 pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
+pub use scale::{MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
 
@@ -248,6 +250,9 @@ pub struct DeploymentConfig {
     /// Overrides of `defaults` for this deployment.
     #[serde(default)]
     pub request_settings: RequestSettings,
+    /// Autoscaling: without Kubernetes the decisions are only logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_settings: Option<ScaleSettings>,
 }
 
 /// Default path of the scoring route on a pod.
@@ -562,6 +567,9 @@ impl DeploymentConfig {
                     "write IP:PORT, e.g. 10.0.0.12:5001",
                 ));
             }
+        }
+        if let Some(s) = &self.scale_settings {
+            s.validate(&format!("{key}.scaleSettings"))?;
         }
         validate_settings(
             &format!("{key}.requestSettings"),

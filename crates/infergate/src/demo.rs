@@ -34,6 +34,7 @@ fn deployment(name: &str, pods: Vec<String>) -> DeploymentConfig {
         scoring_path: infergate_config::default_scoring_path(),
         swagger_path: infergate_config::default_swagger_path(),
         request_settings: Default::default(),
+        scale_settings: None,
     }
 }
 

@@ -1,0 +1,1 @@
+//! The scaling decision (see the crate docs).
