@@ -66,6 +66,15 @@ pub struct InferenceDeployment {
     #[serde(default, skip_serializing_if = "is_default_settings")]
     #[schemars(schema_with = "request_settings_schema")]
     pub request_settings: RequestSettings,
+    /// Autoscaling of this deployment's workload by the router: `scaleTargetRef` {apiVersion
+    /// (apps/v1), kind (Deployment), name} of anything with a scale subresource, minInstances
+    /// (1; 0 = scale to zero), maxInstances (10), targetUtilizationPercentage (70),
+    /// pollingIntervalSeconds (1), scaleDownDelaySeconds (60), coldStartWaitMs (60000).
+    /// Omitted: no autoscaling. A bad value is reported in status (condition `Scaling`) and
+    /// never affects routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "scale_settings_schema")]
+    pub scale_settings: Option<serde_json::Value>,
 }
 
 fn is_default_settings(s: &RequestSettings) -> bool {
@@ -116,6 +125,14 @@ fn int_or_string(_: &mut SchemaGenerator) -> Schema {
 fn request_settings_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "description": "Overrides of the router's `defaults`: any of its keys (requestTimeoutMs, maxConcurrentRequestsPerInstance, maxQueueWaitMs, maxRequestBodyBytes, ...). Checked by the router: an unknown key or a bad value makes it skip the endpoint and report why in status.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+fn scale_settings_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Autoscaling of this deployment's workload by the router (azureml-fe's keys): scaleTargetRef {apiVersion (default apps/v1), kind (default Deployment), name} of anything with a scale subresource, minInstances (1; 0 = scale to zero), maxInstances (10), targetUtilizationPercentage (70), pollingIntervalSeconds (1), scaleDownDelaySeconds (60), coldStartWaitMs (60000). Omitted: no autoscaling. Checked by the router: a bad value is reported in status (condition Scaling) and never affects routing.",
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
     })

@@ -18,13 +18,15 @@ use std::sync::Arc;
 use infergate_auth::{
     AuthMode, AuthPolicy, SECRET_PRIMARY_KEY, SECRET_SECONDARY_KEY, SECRET_SIGNING_KEY,
 };
-use infergate_config::{ConfigError, Defaults, EndpointConfig, ResolvedSettings, is_valid_name};
-use infergate_spec::{DeploymentSpec, EndpointSpec, PodSpec};
+use infergate_config::{
+    ConfigError, Defaults, EndpointConfig, ResolvedSettings, ScaleSettings, is_valid_name,
+};
+use infergate_spec::{AutoscaleSpec, DeploymentSpec, EndpointSpec, PodSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::crd::{
     AuthRef, DeploymentStatus, EndpointCondition, InferenceEndpointSpec, InferenceEndpointStatus,
@@ -160,6 +162,8 @@ struct Plan {
     swagger_path: String,
     settings: ResolvedSettings,
     weight: u32,
+    /// `scaleSettings`: none, valid, or why not (reported in status; routing is unaffected).
+    scale: Result<Option<ScaleSettings>, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -700,7 +704,7 @@ impl Index {
                 if let (Some(pods), Some((policy, _))) = (pods, auth) {
                     let e = &self.endpoints[&key];
                     if let Ok(p) = &e.parsed {
-                        spec = Some(build(&url, p, policy, pods));
+                        spec = Some(build(&url, &key.namespace, p, policy, pods));
                     }
                 }
             }
@@ -868,6 +872,16 @@ impl Index {
                     missing.push(format!("deployment {}: {why}", d.name));
                 }
             }
+            let bad_scale: Vec<String> = p
+                .deployments
+                .iter()
+                .filter_map(|d| {
+                    d.scale
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("deployment {}: {e}", d.name))
+                })
+                .collect();
             if is_owner {
                 status.conditions.push(cond(
                     "Accepted",
@@ -894,6 +908,17 @@ impl Index {
                         ),
                         (None, false) => cond("Ready", false, "NoReadyPods", missing.join("; ")),
                     });
+            }
+            if is_owner && !bad_scale.is_empty() {
+                status.conditions.push(cond(
+                    "Scaling",
+                    false,
+                    "InvalidScaleSettings",
+                    format!(
+                        "not autoscaled (routing is unaffected): {}",
+                        bad_scale.join("; ")
+                    ),
+                ));
             }
         }
 
@@ -960,7 +985,7 @@ struct Pods {
     why_none: Option<String>,
 }
 
-fn build(url: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> EndpointSpec {
+fn build(url: &str, ns: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> EndpointSpec {
     EndpointSpec {
         name: url.to_string(),
         deployments: p
@@ -974,6 +999,15 @@ fn build(url: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> EndpointSp
                 swagger_path: d.swagger_path.clone(),
                 settings: d.settings,
                 weight: d.weight,
+                autoscale: d
+                    .scale
+                    .clone()
+                    .ok()
+                    .flatten()
+                    .map(|settings| AutoscaleSpec {
+                        settings,
+                        namespace: Some(ns.to_string()),
+                    }),
             })
             .collect(),
         // Mirroring is not part of the InferenceEndpoint spec yet.
@@ -1130,7 +1164,8 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
         .iter()
         .zip(&ep.deployments)
         .zip(ep.weights())
-        .map(|((d, c), weight)| Plan {
+        .enumerate()
+        .map(|(i, ((d, c), weight))| Plan {
             name: d.name.clone(),
             service: d.service_name.clone(),
             port: d.port.clone(),
@@ -1138,9 +1173,29 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
             swagger_path: c.swagger_path.clone(),
             settings: c.request_settings.over(*defaults),
             weight,
+            scale: parse_scale(
+                &format!("spec.deployments[{i}].scaleSettings"),
+                d.scale_settings.as_ref(),
+            ),
         })
         .collect();
     Ok(Parsed { deployments })
+}
+
+/// A deployment's `scaleSettings`: parsed and checked, with a workload to scale (in a cluster
+/// the target is required).
+fn parse_scale(key: &str, v: Option<&Value>) -> Result<Option<ScaleSettings>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let s: ScaleSettings = serde_json::from_value(v.clone()).map_err(|e| {
+        format!("config key `{key}`: {e}; fix: use only scaleTargetRef, minInstances, maxInstances, targetUtilizationPercentage, pollingIntervalSeconds, scaleDownDelaySeconds, coldStartWaitMs")
+    })?;
+    s.validate(key).map_err(|e| e.to_string())?;
+    if s.scale_target_ref.is_none() {
+        return Err(format!(
+            "config key `{key}.scaleTargetRef`: missing; fix: name the workload to scale, e.g. scaleTargetRef: {{kind: Deployment, name: my-model}}"
+        ));
+    }
+    Ok(Some(s))
 }
 
 fn short(s: &str) -> String {

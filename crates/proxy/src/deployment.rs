@@ -12,6 +12,7 @@ use infergate_cluster::{Cluster, ClusterError, ClusterLease};
 use infergate_config::PartitionMode;
 use infergate_config::ResolvedSettings;
 use infergate_metrics::{Counter, Gauge, Histogram, Registry};
+use infergate_spec::DeploymentLoad;
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
@@ -285,6 +286,37 @@ impl DeploymentState {
 
     /// Sets the autoscale gauges from the pool: busy slots, queued requests, pods, and
     /// utilization = (busy + queued) / (pods x slots).
+    /// The load the autoscaler reads: with `cluster`, busy and queued as the deployment's
+    /// owner reports them for the whole fleet (this replica's own pool when the report is
+    /// stale); else this replica's pool.
+    pub fn load(&self, settings: &ResolvedSettings) -> DeploymentLoad {
+        let pool = &self.pool;
+        let pods = pool.pods();
+        let ready = pods.iter().filter(|p| p.is_active()).count() as u32;
+        let known: Vec<Duration> = pods
+            .iter()
+            .map(|p| p.latency_estimate())
+            .filter(|d| !d.is_zero())
+            .collect();
+        let service_time =
+            (!known.is_empty()).then(|| known.iter().sum::<Duration>() / known.len() as u32);
+        let mut load = DeploymentLoad {
+            busy: pool.busy(),
+            queued: pool.queued() as u32,
+            ready_pods: ready,
+            slots_per_pod: pool.limit(),
+            service_time,
+            max_queue_wait: Duration::from_millis(settings.max_queue_wait_ms),
+            fleet_wide: self.shared.is_none(),
+        };
+        if let Some(s) = &self.shared
+            && let Some((busy, queued, _)) = s.cluster.global_status(&s.key)
+        {
+            (load.busy, load.queued, load.fleet_wide) = (busy, queued, true);
+        }
+        load
+    }
+
     pub(crate) fn update_gauges(&self) {
         let (pool, m) = (&self.pool, &self.metrics);
         let (busy, queued) = (f64::from(pool.busy()), pool.queued() as f64);

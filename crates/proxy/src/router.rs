@@ -181,6 +181,29 @@ impl Router {
         self.each_deployment(DeploymentState::update_gauges);
     }
 
+    /// Every deployment with valid `scaleSettings`, with its load now.
+    pub fn autoscale_targets(&self) -> Vec<infergate_spec::AutoscaleTarget> {
+        let table = self.table.load();
+        let mut out = Vec::new();
+        for ep in table.endpoints() {
+            for d in ep.state.spec().deployments.iter() {
+                let (Some(spec), Some(dep)) = (
+                    &d.autoscale,
+                    ep.deployments.iter().find(|x| *x.name == *d.name),
+                ) else {
+                    continue;
+                };
+                out.push(infergate_spec::AutoscaleTarget {
+                    endpoint: ep.state.name.to_string(),
+                    deployment: d.name.clone(),
+                    spec: spec.clone(),
+                    load: dep.balancer.load(&dep.settings),
+                });
+            }
+        }
+        out
+    }
+
     fn each_deployment(&self, f: impl Fn(&DeploymentState)) {
         let table = self.table.load();
         for ep in table.endpoints() {

@@ -17,6 +17,7 @@ fn mk_spec(name: &str, pods: &[u16]) -> EndpointSpec {
             swagger_path: "/swagger.json".into(),
             settings: Defaults::default(),
             weight: 100,
+            autoscale: None,
         }],
         auth: infergate_auth::AuthPolicy::None,
         swagger_auth: false,

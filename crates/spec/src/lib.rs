@@ -42,6 +42,51 @@ pub struct DeploymentSpec {
     pub settings: ResolvedSettings,
     /// Percent of unpinned traffic.
     pub weight: u32,
+    /// Autoscaling of the deployment's workload, when its `scaleSettings` are set and valid.
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// A deployment's load as the autoscaler reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeploymentLoad {
+    /// Slots taken.
+    pub busy: u32,
+    /// Requests waiting for a slot.
+    pub queued: u32,
+    /// Pods taking new requests.
+    pub ready_pods: u32,
+    /// `maxConcurrentRequestsPerInstance`.
+    pub slots_per_pod: u32,
+    /// Mean time a pod takes to answer (the pods' latency estimates), once known.
+    pub service_time: Option<std::time::Duration>,
+    /// `maxQueueWaitMs`.
+    pub max_queue_wait: std::time::Duration,
+    /// Whether `busy` and `queued` are the whole fleet's (with `cluster`, as the deployment's
+    /// owner replica reports them) or this replica's own.
+    pub fleet_wide: bool,
+}
+
+/// One autoscaled deployment and its load now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscaleTarget {
+    /// Endpoint (URL) name.
+    pub endpoint: String,
+    /// Deployment name.
+    pub deployment: String,
+    /// Its settings and namespace.
+    pub spec: AutoscaleSpec,
+    /// Its load.
+    pub load: DeploymentLoad,
+}
+
+/// What the autoscaler needs of one deployment besides its pods and load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscaleSpec {
+    /// The validated `scaleSettings`.
+    pub settings: infergate_config::ScaleSettings,
+    /// The InferenceEndpoint's namespace (where the workload is); `None` for a static
+    /// configuration, whose decisions are only logged.
+    pub namespace: Option<String>,
 }
 
 /// One endpoint as a source describes it.
@@ -88,6 +133,10 @@ pub fn specs_from_config(cfg: &Config) -> Vec<EndpointSpec> {
                     swagger_path: d.swagger_path.clone(),
                     settings: cfg.resolved_settings(d),
                     weight,
+                    autoscale: d.scale_settings.clone().map(|settings| AutoscaleSpec {
+                        settings,
+                        namespace: None,
+                    }),
                 })
                 .collect(),
             mirror: ep.mirror.as_ref().map(|m| MirrorSpec {

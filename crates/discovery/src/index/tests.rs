@@ -815,3 +815,85 @@ fn one_slice_change_among_many_rebuilds_one_endpoint() {
     assert_eq!(changed, ["e07"]);
     assert!(!ix.is_dirty());
 }
+
+#[test]
+fn scale_settings_reach_the_spec_and_bad_ones_are_reported_without_touching_routing() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "iris",
+        json!({
+            "traffic": {"blue": 50, "green": 50},
+            "deployments": [
+                {"name": "blue", "serviceName": "iris-blue", "port": "http",
+                 "scaleSettings": {"scaleTargetRef": {"name": "iris-blue"}, "minInstances": 0, "maxInstances": 4}},
+                {"name": "green", "serviceName": "iris-green", "port": "http",
+                 "scaleSettings": {"scaleTargetRef": {"name": "iris-green"}, "minInstances": 5, "maxInstances": 2}},
+            ],
+            "auth": {"mode": "none"},
+        }),
+        0,
+    ));
+    for svc in ["iris-blue", "iris-green"] {
+        ix.apply_slice(&mk_slice(
+            "ml",
+            &format!("{svc}-1"),
+            svc,
+            &[("http", 5001)],
+            &[ready("10.0.0.1", "p")],
+        ));
+    }
+    let ch = ix.refresh();
+    let spec = &ix.specs()[0];
+    let blue = spec.deployments[0]
+        .autoscale
+        .as_ref()
+        .expect("blue autoscaled");
+    assert_eq!(blue.namespace.as_deref(), Some("ml"));
+    assert_eq!(
+        (blue.settings.min_instances, blue.settings.max_instances),
+        (0, 4)
+    );
+    assert_eq!(
+        blue.settings.scale_target_ref.as_ref().unwrap().kind,
+        "Deployment"
+    );
+    // green: not autoscaled, still routed
+    assert!(spec.deployments[1].autoscale.is_none());
+    assert_eq!(pods(&ix, "iris", "green"), [addr("10.0.0.1:5001")]);
+    let st = status_of(&ch, "ml", "iris");
+    assert_eq!(cond(&st, "Accepted").status, "True");
+    assert_eq!(cond(&st, "Ready").status, "True");
+    let scaling = cond(&st, "Scaling");
+    assert_eq!(
+        (scaling.status.as_str(), scaling.reason.as_str()),
+        ("False", "InvalidScaleSettings")
+    );
+    assert!(
+        scaling
+            .message
+            .contains("spec.deployments[1].scaleSettings.minInstances")
+            && scaling.message.contains("fix"),
+        "{}",
+        scaling.message
+    );
+
+    // A missing target and an unknown key are reported the same way.
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "iris",
+        json!({
+            "deployments": [
+                {"name": "blue", "serviceName": "iris-blue", "port": "http",
+                 "scaleSettings": {"maxInstance": 3}},
+            ],
+            "auth": {"mode": "none"},
+        }),
+        0,
+    ));
+    let ch = ix.refresh();
+    let st = status_of(&ch, "ml", "iris");
+    let m = &cond(&st, "Scaling").message;
+    assert!(m.contains("maxInstance"), "{m}");
+    assert_eq!(pods(&ix, "iris", "blue"), [addr("10.0.0.1:5001")]);
+}
