@@ -145,6 +145,10 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
 /// Starts discovery with `client`: the watches, the index publishing to `publisher` (the
 /// proxy's `Router`), `readiness` marked published after the first full sync, and the status
 /// writer, all counting in `registry`. Runs until the returned task is aborted.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the binary's one call site names each part; a struct would only rename them"
+)]
 pub fn spawn(
     client: Client,
     cfg: &KubeDiscoveryConfig,
@@ -153,10 +157,11 @@ pub fn spawn(
     readiness: Arc<Readiness>,
     registry: &Registry,
     backoff: Backoff,
+    board: Option<Arc<crate::ScaleBoard>>,
 ) -> tokio::task::JoinHandle<()> {
     let feeds = feeds(&client, cfg, backoff);
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_statuses(client, rx, registry.clone()));
+    let writer = tokio::spawn(write_statuses(client, rx, registry.clone(), board));
     let namespaces = if cfg.namespaces.is_empty() {
         "(all)".to_string()
     } else {
@@ -193,13 +198,15 @@ pub async fn client_if_configured(
 
 /// [`spawn`] with the configuration's namespaces, defaults and the default backoff, publishing
 /// to `publisher` and marking `readiness` (the binary passes its bound server's router and
-/// readiness). Without `discovery.kube` it does nothing.
+/// readiness). With `board`, the status writer merges the autoscaler's view into the status
+/// it writes. Without `discovery.kube` it does nothing.
 pub fn start(
     client: Client,
     cfg: &infergate_config::Config,
     publisher: Arc<dyn PublishSpecs>,
     readiness: Arc<Readiness>,
     registry: &Registry,
+    board: Option<Arc<crate::ScaleBoard>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let kube = cfg.discovery.kube.as_ref()?;
     Some(spawn(
@@ -210,5 +217,6 @@ pub fn start(
         readiness,
         registry,
         Backoff::default(),
+        board,
     ))
 }

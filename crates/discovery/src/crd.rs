@@ -164,6 +164,27 @@ pub struct DeploymentStatus {
     pub ready_pods: u32,
     /// Pods finishing their requests, taking no new ones (`serving` and `terminating`).
     pub terminating_pods: u32,
+    /// The autoscaler's view, when the deployment has `scaleSettings` (written by the replica
+    /// that holds the autoscaler Lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<DeploymentScale>,
+}
+
+/// What the autoscaler last saw and decided for one deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentScale {
+    /// The scaled workload, `Kind/name`.
+    pub target: String,
+    /// Its replicas (`spec.replicas` of its scale subresource) when last read.
+    pub current: u32,
+    /// What the autoscaler wants.
+    pub desired: u32,
+    /// Why, in one line (utilization against target, the scale-down wait, a bound, ...).
+    pub last_decision: String,
+    /// When the autoscaler last changed the replicas (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
 }
 
 /// A condition, as in Kubernetes' `metav1.Condition`.

@@ -866,6 +866,7 @@ impl Index {
                     name: d.name.clone(),
                     ready_pods: pods.pods.len() as u32,
                     terminating_pods: pods.draining,
+                    scale: None,
                 });
                 let needs_pods = d.weight > 0 || p.deployments.iter().all(|x| x.weight == 0);
                 if needs_pods && let Some(why) = &pods.why_none {

@@ -19,6 +19,7 @@ pub mod metrics;
 
 mod cluster;
 mod peers;
+pub mod scale_board;
 mod status;
 mod watch;
 
@@ -31,5 +32,6 @@ pub use peers::{
     PEER_PORT_NAME, PEERS_KIND, SERVICE_ACCOUNT_NAMESPACE_FILE, peer_namespace, slice_peers,
     watch_peers, watch_peers_with,
 };
+pub use scale_board::{EndpointScale, ScaleBoard};
 pub use status::{with_times, write_statuses};
 pub use watch::{Discovery, Feed, FeedKind};

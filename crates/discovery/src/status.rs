@@ -2,6 +2,7 @@
 //! retrying failures with backoff.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -12,51 +13,120 @@ use tokio::sync::mpsc;
 
 use crate::crd::{InferenceEndpoint, InferenceEndpointStatus};
 use crate::index::{ObjectKey, StatusUpdate};
+use crate::scale_board::{EndpointScale, SCALING, ScaleBoard, merge_scale};
 use infergate_metrics::Registry;
 
 use crate::metrics::STATUS_WRITES_TOTAL;
 
-/// Writes the updates received on `rx` until it closes.
-/// Writes are counted in `registry`.
+/// What is to be written for one object.
+enum Pending {
+    /// Discovery's new status (the autoscaler's fields merged in when written).
+    Discovery(StatusUpdate),
+    /// Only the autoscaler's view changed: read the object, put the view in, write it back.
+    ScaleOnly,
+}
+
+/// Writes the updates received on `rx` until it closes, and, with `board`, the autoscaler's
+/// view of each endpoint whenever it changes. Writes are counted in `registry`.
 pub async fn write_statuses(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
     registry: Registry,
+    board: Option<Arc<ScaleBoard>>,
 ) {
     let ok = registry.counter(STATUS_WRITES_TOTAL, &[("result", "ok")]);
     let failed_writes = registry.counter(STATUS_WRITES_TOTAL, &[("result", "failed")]);
     let ar = ApiResource::erase::<InferenceEndpoint>(&());
-    let mut pending: BTreeMap<ObjectKey, StatusUpdate> = BTreeMap::new();
+    let mut pending: BTreeMap<ObjectKey, Pending> = BTreeMap::new();
+    // The autoscaler views written so far.
+    let mut written: BTreeMap<ObjectKey, EndpointScale> = BTreeMap::new();
+    let mut board_rx = board.as_ref().map(|b| b.subscribe());
     let mut backoff = Duration::from_millis(500);
+    let scale_changes = |written: &BTreeMap<ObjectKey, EndpointScale>,
+                         pending: &mut BTreeMap<ObjectKey, Pending>| {
+        if let Some(b) = &board {
+            for (k, v) in b.all() {
+                if written.get(&k) != Some(&v) {
+                    pending.entry(k).or_insert(Pending::ScaleOnly);
+                }
+            }
+        }
+    };
     loop {
         if pending.is_empty() {
-            match rx.recv().await {
-                Some(u) => {
-                    pending.insert(u.key.clone(), u);
-                }
-                None => return,
+            tokio::select! {
+                u = rx.recv() => match u {
+                    Some(u) => {
+                        pending.insert(u.key.clone(), Pending::Discovery(u));
+                    }
+                    None => return,
+                },
+                Ok(()) = async {
+                    match board_rx.as_mut() {
+                        Some(r) => r.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => scale_changes(&written, &mut pending),
             }
         }
         while let Ok(u) = rx.try_recv() {
-            pending.insert(u.key.clone(), u);
+            pending.insert(u.key.clone(), Pending::Discovery(u));
         }
         let mut failed = false;
-        for (key, u) in std::mem::take(&mut pending) {
+        for (key, p) in std::mem::take(&mut pending) {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
+            let view = board.as_ref().and_then(|b| b.get(&key));
+            let (status, observed) = match &p {
+                Pending::Discovery(u) => {
+                    let mut status = u.status.clone();
+                    if board.is_some() {
+                        merge_scale(&mut status, u.observed.as_ref(), view.as_ref());
+                    }
+                    (status, u.observed.clone())
+                }
+                Pending::ScaleOnly => match api.get_status(&key.name).await {
+                    Ok(obj) => {
+                        let observed: InferenceEndpointStatus = obj
+                            .data
+                            .get("status")
+                            .and_then(|s| serde_json::from_value(s.clone()).ok())
+                            .unwrap_or_default();
+                        let mut status = observed.clone();
+                        status
+                            .conditions
+                            .retain(|c| c.type_ != SCALING || c.reason == "InvalidScaleSettings");
+                        merge_scale(&mut status, Some(&observed), view.as_ref());
+                        (status, Some(observed))
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                    Err(e) => {
+                        failed_writes.increment(1);
+                        tracing::warn!(object = %key, error = %e, "cannot read InferenceEndpoint status; retrying");
+                        failed = true;
+                        pending.entry(key).or_insert(p);
+                        continue;
+                    }
+                },
+            };
             let body =
-                json!({ "status": with_times(&u.status, u.observed.as_ref(), Timestamp::now()) });
+                json!({ "status": with_times(&status, observed.as_ref(), Timestamp::now()) });
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
-                Ok(_) => ok.increment(1),
+                Ok(_) => {
+                    ok.increment(1);
+                    if let Some(v) = view {
+                        written.insert(key, v);
+                    }
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
                     failed_writes.increment(1);
                     tracing::warn!(object = %key, error = %e, "discovery: cannot write InferenceEndpoint status; retrying");
                     failed = true;
                     // A newer update received meanwhile wins.
-                    pending.entry(key).or_insert(u);
+                    pending.entry(key).or_insert(p);
                 }
             }
         }
@@ -64,7 +134,7 @@ pub async fn write_statuses(
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 u = rx.recv() => match u {
-                    Some(u) => { pending.insert(u.key.clone(), u); }
+                    Some(u) => { pending.insert(u.key.clone(), Pending::Discovery(u)); }
                     None => return,
                 },
             }

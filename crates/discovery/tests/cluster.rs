@@ -76,6 +76,7 @@ impl Rig {
             server.readiness().clone(),
             server.registry(),
             FAST,
+            None,
         );
         let (http, admin, router) = (
             server.http_addr().unwrap(),

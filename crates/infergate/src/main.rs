@@ -201,6 +201,7 @@ fn main() -> ExitCode {
                         server.router().clone(),
                         server.readiness().clone(),
                         server.registry(),
+                        None,
                     )
                 });
                 // SIGHUP and file changes reload the configuration from here on.

@@ -206,7 +206,8 @@ fn conditions_decide_eligibility() {
         DeploymentStatus {
             name: "blue".into(),
             ready_pods: 2,
-            terminating_pods: 1
+            terminating_pods: 1,
+            scale: None,
         }
     );
 
