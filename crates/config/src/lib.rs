@@ -22,7 +22,7 @@ mod settings;
 pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
 pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
-pub use scale::{MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
+pub use scale::{AutoscalerConfig, MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
 
@@ -162,6 +162,13 @@ pub struct Config {
     /// Replicas acting as one router: global per-pod slots and queue (see README, "High availability").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    /// The autoscaler's leader election (with `discovery.kube`; see README, "Autoscaling").
+    #[serde(default, skip_serializing_if = "is_default_autoscaler")]
+    pub autoscaler: AutoscalerConfig,
+}
+
+fn is_default_autoscaler(a: &AutoscalerConfig) -> bool {
+    *a == AutoscalerConfig::default()
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -331,6 +338,7 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.validate()?;
         }
+        self.autoscaler.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");

@@ -163,6 +163,98 @@ impl ScaleSettings {
     }
 }
 
+/// `autoscaler`: the leader election of the replicas that scale model deployments (with
+/// `discovery.kube`). Omitted: the defaults below.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutoscalerConfig {
+    /// The `coordination.k8s.io/v1` Lease, in the router's namespace.
+    #[serde(default = "d_lease_name")]
+    pub lease_name: String,
+    /// How long a leader's Lease holds without a renewal.
+    #[serde(default = "d_lease_duration")]
+    pub lease_duration_ms: u64,
+    /// A leader that has not renewed for this long stops acting (before the Lease expires).
+    #[serde(default = "d_renew_deadline")]
+    pub renew_deadline_ms: u64,
+    /// How often the Lease is renewed, or tried when another replica holds it.
+    #[serde(default = "d_retry_period")]
+    pub retry_period_ms: u64,
+}
+
+fn d_lease_name() -> String {
+    "infergate-autoscaler".into()
+}
+fn d_lease_duration() -> u64 {
+    15_000
+}
+fn d_renew_deadline() -> u64 {
+    10_000
+}
+fn d_retry_period() -> u64 {
+    5_000
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        AutoscalerConfig {
+            lease_name: d_lease_name(),
+            lease_duration_ms: d_lease_duration(),
+            renew_deadline_ms: d_renew_deadline(),
+            retry_period_ms: d_retry_period(),
+        }
+    }
+}
+
+impl AutoscalerConfig {
+    /// Checks `retryPeriodMs < renewDeadlineMs < leaseDurationMs` and the Lease name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !crate::is_dns_label(&self.lease_name) && !is_dns_subdomain(&self.lease_name) {
+            return Err(ConfigError::invalid(
+                "autoscaler.leaseName",
+                &self.lease_name,
+                "not a Kubernetes object name",
+                "use lower-case letters, digits, '-' and '.', e.g. infergate-autoscaler",
+            ));
+        }
+        if self.retry_period_ms == 0 || self.retry_period_ms >= self.renew_deadline_ms {
+            return Err(ConfigError::invalid(
+                "autoscaler.retryPeriodMs",
+                self.retry_period_ms,
+                format!(
+                    "must be positive and below renewDeadlineMs ({})",
+                    self.renew_deadline_ms
+                ),
+                "use e.g. 5000 with renewDeadlineMs 10000 (the defaults)",
+            ));
+        }
+        if self.renew_deadline_ms >= self.lease_duration_ms {
+            return Err(ConfigError::invalid(
+                "autoscaler.renewDeadlineMs",
+                self.renew_deadline_ms,
+                format!(
+                    "must be below leaseDurationMs ({}): a leader must stop acting before its Lease can be taken",
+                    self.lease_duration_ms
+                ),
+                "use e.g. 10000 with leaseDurationMs 15000 (the defaults)",
+            ));
+        }
+        if self.lease_duration_ms > 600_000 {
+            return Err(ConfigError::invalid(
+                "autoscaler.leaseDurationMs",
+                self.lease_duration_ms,
+                "longer than 10 minutes",
+                "use e.g. 15000 (the default)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(crate::is_dns_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +304,26 @@ mod tests {
         }
         let zero: ScaleSettings = serde_saphyr::from_str("{minInstances: 0}").unwrap();
         zero.validate("k").unwrap();
+    }
+
+    #[test]
+    fn autoscaler_timings_must_nest() {
+        AutoscalerConfig::default().validate().unwrap();
+        let c = AutoscalerConfig {
+            renew_deadline_ms: 20_000,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("autoscaler.renewDeadlineMs"), "{e}");
+        let c = AutoscalerConfig {
+            retry_period_ms: 10_000,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("retryPeriodMs"));
+        let c = AutoscalerConfig {
+            lease_name: "Bad_Name".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("leaseName"));
     }
 }
