@@ -11,7 +11,12 @@
 //!   410 `Status` when the requested `resourceVersion` was compacted away; `timeoutSeconds`
 //!   ends the response;
 //! - `GET`, `POST`, `PUT`, merge `PATCH` and `DELETE` of single objects, and `PUT`/`PATCH` of
-//!   the `status` subresource (recorded: see [`FakeApiServer::requests`]).
+//!   the `status` subresource (recorded, with the answer's time and code: see
+//!   [`FakeApiServer::requests`]); `PUT` is a compare-and-swap on `metadata.resourceVersion`
+//!   (409 `Conflict`), `POST` with `metadata.generateName` and no name gets a generated name;
+//! - `GET`, `PUT` and merge `PATCH` of the `scale` subresource (an `autoscaling/v1` `Scale`) of
+//!   Deployments and StatefulSets; writes set the workload's `spec.replicas` and are reported
+//!   on [`FakeApiServer::scale_writes`] (so a test can play the Deployment controller).
 //!
 //! Tests change objects directly ([`FakeApiServer::apply`], [`FakeApiServer::delete`]) and
 //! break things on command: [`drop_watches`](FakeApiServer::drop_watches),
@@ -91,6 +96,48 @@ pub fn default_kinds() -> Vec<ResourceKind> {
     ]
 }
 
+/// The kinds an autoscaler needs: [`default_kinds`] plus Leases, Deployments, StatefulSets,
+/// HorizontalPodAutoscalers (`autoscaling/v2`) and Events (`events.k8s.io/v1`, then core `v1`).
+///
+/// Two kinds are named `Event`: the kind-name lookups ([`FakeApiServer::get`],
+/// [`FakeApiServer::delete`]) find `events.k8s.io/v1` (listed first); objects carrying
+/// `apiVersion` (as in [`FakeApiServer::apply`]) and API paths tell them apart.
+pub fn autoscale_kinds() -> Vec<ResourceKind> {
+    let mut kinds = default_kinds();
+    kinds.extend([
+        ResourceKind::new("coordination.k8s.io", "v1", "leases", "Lease"),
+        ResourceKind::new("apps", "v1", "deployments", "Deployment"),
+        ResourceKind::new("apps", "v1", "statefulsets", "StatefulSet"),
+        ResourceKind::new(
+            "autoscaling",
+            "v2",
+            "horizontalpodautoscalers",
+            "HorizontalPodAutoscaler",
+        ),
+        ResourceKind::new("events.k8s.io", "v1", "events", "Event"),
+        ResourceKind::new("", "v1", "events", "Event"),
+    ]);
+    kinds
+}
+
+/// Plurals with a `scale` subresource.
+const SCALABLE: [&str; 2] = ["deployments", "statefulsets"];
+
+/// A successful write through the `scale` subresource (see [`FakeApiServer::scale_writes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleWrite {
+    /// The workload's kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The `spec.replicas` written.
+    pub replicas: i64,
+    /// When the write was stored.
+    pub at: std::time::Instant,
+}
+
 /// One request the server answered (watches included), for assertions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedRequest {
@@ -104,6 +151,10 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     /// The body, parsed as JSON when it is JSON.
     pub body: Option<Value>,
+    /// When it was answered (the answer's head was ready; for a watch, when it opened).
+    pub at: std::time::Instant,
+    /// The answer's HTTP status code.
+    pub status: u16,
 }
 
 impl RecordedRequest {
@@ -149,6 +200,10 @@ struct State {
     next_uid: u64,
     /// Extra delay before each answer (slow API server).
     delay: Duration,
+    /// The subscriber of scale writes, if any.
+    scale_tx: Option<mpsc::UnboundedSender<ScaleWrite>>,
+    /// Counter for `metadata.generateName`.
+    next_generated: u64,
 }
 
 struct Shared {
@@ -202,6 +257,8 @@ impl FakeApiServer {
                 requests: Vec::new(),
                 next_uid: 1,
                 delay: Duration::ZERO,
+                scale_tx: None,
+                next_generated: 0,
             }),
             down,
         });
@@ -265,6 +322,15 @@ impl FakeApiServer {
     /// Every request answered so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.state.lock().requests.clone()
+    }
+
+    /// Every successful write through a `scale` subresource from now on (`PUT` or `PATCH` of
+    /// `.../deployments/NAME/scale` or `.../statefulsets/NAME/scale`), in order. One
+    /// subscriber: a new call replaces the previous receiver (whose channel then ends).
+    pub fn scale_writes(&self) -> mpsc::UnboundedReceiver<ScaleWrite> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.state.lock().scale_tx = Some(tx);
+        rx
     }
 
     /// Number of open watch responses.
@@ -604,7 +670,8 @@ struct ApiPath {
     kind: ResourceKind,
     namespace: Option<String>,
     name: Option<String>,
-    status: bool,
+    /// The subresource (`status`, `scale`, ...), if any.
+    sub: Option<String>,
 }
 
 fn parse_path(st: &State, path: &str) -> Option<ApiPath> {
@@ -618,22 +685,39 @@ fn parse_path(st: &State, path: &str) -> Option<ApiPath> {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
         _ => (None, rest),
     };
-    let (plural, name, status) = match rest {
-        [p] => (*p, None, false),
-        [p, n] => (*p, Some(n.to_string()), false),
-        [p, n, "status"] => (*p, Some(n.to_string()), true),
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
         _ => return None,
     };
     let kind = st.kind_by_path(group, version, plural)?;
+    // The subresources served: `status` of every kind, `scale` of the scalable ones.
+    match sub.as_deref() {
+        None | Some("status") => {}
+        Some("scale") if SCALABLE.contains(&plural) => {}
+        Some(_) => return None,
+    }
     Some(ApiPath {
         kind,
         namespace,
         name,
-        status,
+        sub,
     })
 }
 
 async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let (idx, resp) = answer(shared, req).await;
+    let mut st = shared.state.lock();
+    if let Some(r) = st.requests.get_mut(idx) {
+        r.at = std::time::Instant::now();
+        r.status = resp.status().as_u16();
+    }
+    resp
+}
+
+/// Answers a request; returns its index in the request log and the answer.
+async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> (usize, Response<Body>) {
     let (parts, body) = req.into_parts();
     let bytes = body
         .collect()
@@ -648,7 +732,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let delay = {
+    let (idx, delay) = {
         let mut st = shared.state.lock();
         st.requests.push(RecordedRequest {
             method: parts.method.to_string(),
@@ -656,14 +740,29 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             query: query.clone(),
             content_type: content_type.clone(),
             body: body.clone(),
+            at: std::time::Instant::now(),
+            status: 0,
         });
-        st.delay
+        (st.requests.len() - 1, st.delay)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let params: BTreeMap<String, String> = query_pairs(&query).into_iter().collect();
     let mut st = shared.state.lock();
+    let resp = respond(&mut st, shared, &parts, body, content_type, &path, &params);
+    (idx, resp)
+}
+
+fn respond(
+    st: &mut State,
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Option<Value>,
+    content_type: Option<String>,
+    path: &str,
+    params: &BTreeMap<String, String>,
+) -> Response<Body> {
     // Checked under the state lock: `set_down` flips the flag and then clears the watches under
     // it, so a request either ran before the outage (and its watch was cleared) or is refused.
     // Without this, a request already on an open connection could register a watch after the
@@ -675,7 +774,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             "the API server is down (test)",
         );
     }
-    let Some(ap) = parse_path(&st, &path) else {
+    let Some(ap) = parse_path(st, path) else {
         return fail(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -683,6 +782,10 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         );
     };
     let plural = ap.kind.plural.clone();
+    if ap.sub.as_deref() == Some("scale") {
+        return scale(st, &ap, &parts.method, body, content_type.as_deref());
+    }
+    let status_sub = ap.sub.as_deref() == Some("status");
     match (&parts.method, &ap.name) {
         (&Method::GET, None) => {
             let selector = match Selector::parse(params.get("labelSelector").map_or("", |s| s)) {
@@ -690,9 +793,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                 Err(e) => return fail(StatusCode::BAD_REQUEST, "BadRequest", &e),
             };
             if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                watch(&mut st, ap, selector, &params)
+                watch(st, ap, selector, params)
             } else {
-                list(&st, &ap, &selector, &params)
+                list(st, &ap, &selector, params)
             }
         }
         (&Method::GET, Some(name)) => {
@@ -709,12 +812,25 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             if let Some(ns) = &ap.namespace {
                 obj["metadata"]["namespace"] = json!(ns);
             }
-            let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
-                return fail(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "metadata.name missing",
-                );
+            let name = match (
+                obj["metadata"]["name"].as_str(),
+                obj["metadata"]["generateName"].as_str(),
+            ) {
+                (Some(n), _) if !n.is_empty() => n.to_string(),
+                (_, Some(prefix)) if !prefix.is_empty() => {
+                    // kube-apiserver appends 5 random characters; a counter is deterministic.
+                    st.next_generated += 1;
+                    let n = format!("{prefix}{:05}", st.next_generated);
+                    obj["metadata"]["name"] = json!(n);
+                    n
+                }
+                _ => {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "metadata.name or metadata.generateName missing",
+                    );
+                }
             };
             let key = (plural.clone(), ap.namespace.unwrap_or_default(), name);
             if st.objects.contains_key(&key) {
@@ -765,7 +881,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             next["kind"] = current["kind"].clone();
             next["metadata"]["name"] = json!(name);
             next["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
-            if !ap.status {
+            if !status_sub {
                 // The main resource ignores status changes, as with a status subresource.
                 match current.get("status") {
                     Some(s) => next["status"] = s.clone(),
@@ -776,7 +892,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                     }
                 }
             }
-            let stored = st.upsert(&plural, next, ap.status);
+            let stored = st.upsert(&plural, next, status_sub);
             full(&stored, StatusCode::OK)
         }
         (&Method::DELETE, Some(name)) => {
@@ -791,6 +907,121 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             "not supported by the fake API server",
         ),
     }
+}
+
+/// The `scale` subresource of a Deployment or StatefulSet: `GET` answers an `autoscaling/v1`
+/// `Scale`; `PUT` (compare-and-swap when it carries `metadata.resourceVersion`) and merge
+/// `PATCH` set the workload's `spec.replicas`, report a [`ScaleWrite`] and answer the new Scale.
+fn scale(
+    st: &mut State,
+    ap: &ApiPath,
+    method: &Method,
+    body: Option<Value>,
+    content_type: Option<&str>,
+) -> Response<Body> {
+    let Some(name) = &ap.name else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "scale needs an object name",
+        );
+    };
+    let ns = ap.namespace.clone().unwrap_or_default();
+    let key = (ap.kind.plural.clone(), ns.clone(), name.clone());
+    let Some(current) = st.objects.get(&key).cloned() else {
+        return not_found(&ap.kind, name);
+    };
+    let replicas = match *method {
+        Method::GET => return full(&scale_of(&current), StatusCode::OK),
+        Method::PUT | Method::PATCH => {
+            let Some(body) = body else {
+                return fail(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
+            };
+            let body = if *method == Method::PUT {
+                let want = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                if !want.is_empty() && current["metadata"]["resourceVersion"] != want {
+                    return fail(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    );
+                }
+                body
+            } else {
+                if content_type
+                    .unwrap_or("")
+                    .starts_with("application/json-patch+json")
+                {
+                    return fail(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        "the fake API server takes merge and apply patches only",
+                    );
+                }
+                let mut next = scale_of(&current);
+                merge_patch(&mut next, &body);
+                next
+            };
+            match body["spec"]["replicas"].as_i64() {
+                Some(r) if r >= 0 => r,
+                _ => {
+                    return fail(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "spec.replicas: must be a non-negative integer",
+                    );
+                }
+            }
+        }
+        _ => {
+            return fail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not supported by the fake API server",
+            );
+        }
+    };
+    let mut next = current;
+    next["spec"]["replicas"] = json!(replicas);
+    let stored = st.upsert(&ap.kind.plural, next, false);
+    if let Some(tx) = &st.scale_tx {
+        let _ = tx.send(ScaleWrite {
+            kind: ap.kind.kind.clone(),
+            namespace: ns,
+            name: name.clone(),
+            replicas,
+            at: std::time::Instant::now(),
+        });
+    }
+    full(&scale_of(&stored), StatusCode::OK)
+}
+
+/// The `autoscaling/v1` `Scale` of a workload.
+fn scale_of(w: &Value) -> Value {
+    let spec = w["spec"]["replicas"].as_i64().unwrap_or(1);
+    let status = w["status"]["replicas"].as_i64().unwrap_or(spec);
+    let selector = w["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            "name": w["metadata"]["name"],
+            "namespace": w["metadata"]["namespace"],
+            "resourceVersion": w["metadata"]["resourceVersion"],
+            "uid": w["metadata"]["uid"],
+            "creationTimestamp": w["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": spec},
+        "status": {"replicas": status, "selector": selector},
+    })
 }
 
 fn not_found(kind: &ResourceKind, name: &str) -> Response<Body> {

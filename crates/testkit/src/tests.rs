@@ -308,3 +308,240 @@ async fn down_refuses_connections_until_up_again() {
     let (code, _) = get_json(&s, "/api/v1/secrets").await;
     assert_eq!(code, 200);
 }
+
+fn mk_deployment(ns: &str, name: &str, replicas: Option<i64>) -> Value {
+    let mut d = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"matchLabels": {"app": name, "tier": "model"}}},
+    });
+    if let Some(r) = replicas {
+        d["spec"]["replicas"] = json!(r);
+    }
+    d
+}
+
+async fn call(server: &FakeApiServer, method: &str, pq: &str, ct: &str, v: Value) -> (u16, Value) {
+    let r = send(server, method, pq, Some((ct, v))).await;
+    let code = r.status().as_u16();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&b).unwrap())
+}
+
+#[test]
+fn autoscale_kinds_extend_the_defaults() {
+    let kinds = autoscale_kinds();
+    assert!(default_kinds().iter().all(|k| kinds.contains(k)));
+    for (av, plural) in [
+        ("coordination.k8s.io/v1", "leases"),
+        ("apps/v1", "deployments"),
+        ("apps/v1", "statefulsets"),
+        ("autoscaling/v2", "horizontalpodautoscalers"),
+        ("events.k8s.io/v1", "events"),
+        ("v1", "events"),
+    ] {
+        assert!(
+            kinds
+                .iter()
+                .any(|k| k.api_version() == av && k.plural == plural),
+            "{av} {plural}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scale_subresource_get_put_patch() {
+    let server = FakeApiServer::start_with(autoscale_kinds()).await;
+    let mut writes = server.scale_writes();
+    let d = server.apply(mk_deployment("ml", "m1", None));
+    let base = "/apis/apps/v1/namespaces/ml/deployments/m1/scale";
+
+    let (code, s) = get_json(&server, base).await;
+    assert_eq!(code, 200);
+    assert_eq!(s["apiVersion"], "autoscaling/v1");
+    assert_eq!(s["kind"], "Scale");
+    assert_eq!(s["metadata"]["name"], "m1");
+    assert_eq!(s["metadata"]["namespace"], "ml");
+    assert_eq!(
+        s["metadata"]["resourceVersion"],
+        d["metadata"]["resourceVersion"]
+    );
+    assert_eq!(s["spec"]["replicas"], 1, "default 1");
+    assert_eq!(s["status"]["replicas"], 1);
+    assert_eq!(s["status"]["selector"], "app=m1,tier=model");
+
+    // PUT with the current resourceVersion.
+    let mut put = s.clone();
+    put["spec"]["replicas"] = json!(3);
+    let (code, s2) = call(&server, "PUT", base, "application/json", put.clone()).await;
+    assert_eq!(code, 200, "{s2}");
+    assert_eq!(s2["spec"]["replicas"], 3);
+    assert_ne!(
+        s2["metadata"]["resourceVersion"],
+        s["metadata"]["resourceVersion"]
+    );
+    let stored = server.get("Deployment", "ml", "m1").unwrap();
+    assert_eq!(stored["spec"]["replicas"], 3);
+    assert_eq!(
+        stored["metadata"]["resourceVersion"],
+        s2["metadata"]["resourceVersion"]
+    );
+    let w = writes.recv().await.unwrap();
+    assert_eq!(
+        (
+            w.kind.as_str(),
+            w.namespace.as_str(),
+            w.name.as_str(),
+            w.replicas
+        ),
+        ("Deployment", "ml", "m1", 3)
+    );
+
+    // A stale resourceVersion: 409, nothing written.
+    put["spec"]["replicas"] = json!(7);
+    let (code, st) = call(&server, "PUT", base, "application/json", put).await;
+    assert_eq!((code, st["reason"].as_str()), (409, Some("Conflict")));
+    assert_eq!(
+        server.get("Deployment", "ml", "m1").unwrap()["spec"]["replicas"],
+        3
+    );
+
+    // Merge patch.
+    let (code, s3) = call(
+        &server,
+        "PATCH",
+        base,
+        "application/merge-patch+json",
+        json!({"spec": {"replicas": 0}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{s3}");
+    assert_eq!(s3["spec"]["replicas"], 0);
+    assert_eq!(
+        server.get("Deployment", "ml", "m1").unwrap()["spec"]["replicas"],
+        0
+    );
+    assert_eq!(writes.recv().await.unwrap().replicas, 0);
+    assert!(
+        writes.try_recv().is_err(),
+        "one write per successful scale write"
+    );
+
+    // status.replicas comes from the workload's status when it has one.
+    let mut d = server.get("Deployment", "ml", "m1").unwrap();
+    d["status"] = json!({"replicas": 2});
+    server.apply(d);
+    let (_, s4) = get_json(&server, base).await;
+    assert_eq!(
+        (
+            s4["spec"]["replicas"].as_i64(),
+            s4["status"]["replicas"].as_i64()
+        ),
+        (Some(0), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn scale_subresource_of_statefulsets_and_missing_ones() {
+    let server = FakeApiServer::start_with(autoscale_kinds()).await;
+    let mut writes = server.scale_writes();
+    let mut sts = mk_deployment("ml", "s1", Some(4));
+    sts["kind"] = json!("StatefulSet");
+    server.apply(sts);
+    let base = "/apis/apps/v1/namespaces/ml/statefulsets/s1/scale";
+    let (code, s) = get_json(&server, base).await;
+    assert_eq!((code, s["spec"]["replicas"].as_i64()), (200, Some(4)));
+    let (code, _) = call(
+        &server,
+        "PATCH",
+        base,
+        "application/merge-patch+json",
+        json!({"spec": {"replicas": 5}}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(writes.recv().await.unwrap().kind, "StatefulSet");
+
+    // No such workload; no such subresource.
+    let (code, _) = get_json(
+        &server,
+        "/apis/apps/v1/namespaces/ml/deployments/nope/scale",
+    )
+    .await;
+    assert_eq!(code, 404);
+    server.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "ml"}}));
+    let (code, st) = get_json(&server, "/api/v1/namespaces/ml/services/x/scale").await;
+    assert_eq!((code, st["reason"].as_str()), (404, Some("NotFound")));
+    let (code, _) = call(
+        &server,
+        "PUT",
+        "/api/v1/namespaces/ml/services/x/scale",
+        "application/json",
+        json!({"spec": {"replicas": 1}}),
+    )
+    .await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn post_events_with_generate_name() {
+    let server = FakeApiServer::start_with(autoscale_kinds()).await;
+    let ev = json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"generateName": "m1."},
+        "reason": "Scaled",
+        "note": "1 -> 3",
+    });
+    let pq = "/apis/events.k8s.io/v1/namespaces/ml/events";
+    let (code, a) = call(&server, "POST", pq, "application/json", ev.clone()).await;
+    assert_eq!(code, 201, "{a}");
+    let (code, b) = call(&server, "POST", pq, "application/json", ev).await;
+    assert_eq!(code, 201);
+    let (na, nb) = (
+        a["metadata"]["name"].as_str().unwrap(),
+        b["metadata"]["name"].as_str().unwrap(),
+    );
+    assert!(
+        na.starts_with("m1.") && nb.starts_with("m1.") && na != nb,
+        "{na} {nb}"
+    );
+    assert_eq!(a["metadata"]["namespace"], "ml");
+    assert!(server.get("Event", "ml", na).is_some());
+    // Core v1 events too.
+    let (code, c) = call(
+        &server,
+        "POST",
+        "/api/v1/namespaces/ml/events",
+        "application/json",
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "m1."}}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(c["apiVersion"], "v1");
+    // Neither name nor generateName: 400.
+    let (code, _) = call(
+        &server,
+        "POST",
+        pq,
+        "application/json",
+        json!({"metadata": {}}),
+    )
+    .await;
+    assert_eq!(code, 400);
+}
+
+#[tokio::test]
+async fn recorded_requests_carry_time_and_code() {
+    let server = FakeApiServer::start_with(autoscale_kinds()).await;
+    let t0 = std::time::Instant::now();
+    let _ = get_json(&server, "/apis/apps/v1/namespaces/ml/deployments/none").await;
+    let _ = get_json(&server, "/apis/apps/v1/namespaces/ml/deployments").await;
+    let t1 = std::time::Instant::now();
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!((reqs[0].status, reqs[1].status), (404, 200));
+    assert!(reqs.iter().all(|r| t0 <= r.at && r.at <= t1));
+    assert!(reqs[0].at <= reqs[1].at);
+}
