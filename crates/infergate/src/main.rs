@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod autoscale;
 mod check;
 #[cfg(feature = "demo")]
 mod demo;
@@ -194,6 +195,14 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+                // The autoscaler's part of InferenceEndpoint status, written by discovery's writer.
+                let board = cfg
+                    .discovery
+                    .kube
+                    .as_ref()
+                    .map(|_| std::sync::Arc::new(infergate_discovery::ScaleBoard::default()));
+                let autoscaler =
+                    autoscale::start(kube.as_ref(), &cfg, server.router(), board.clone());
                 let _discovery = kube.and_then(|c| {
                     infergate_discovery::start(
                         c,
@@ -201,7 +210,7 @@ fn main() -> ExitCode {
                         server.router().clone(),
                         server.readiness().clone(),
                         server.registry(),
-                        None,
+                        board,
                     )
                 });
                 // SIGHUP and file changes reload the configuration from here on.
@@ -216,6 +225,9 @@ fn main() -> ExitCode {
                 };
                 server.run(shutdown_signal()).await;
                 reloader.abort();
+                if let Some(a) = autoscaler {
+                    a.stop().await;
+                }
                 ExitCode::SUCCESS
             })
         }
