@@ -9,6 +9,11 @@
 //! Passive health: [`Lease::report`] feeds each outcome back; a pod with too many consecutive
 //! failures is ejected for a while (doubling with each ejection in a row), gets no traffic until
 //! the ejection ends, and when every pod is ejected the pool fails open to all of them.
+//!
+//! Cold start (scale from zero): a pool with [`PoolSettings::cold_start_wait`] set and no pods
+//! does not refuse with [`AcquireError::NoPods`]; the request joins the same FIFO queue (bounded
+//! by `max_queue`, counted in [`Pool::queued`]) and waits up to `cold_start_wait` for
+//! [`Pool::set_pods`] to bring pods, which serves the queue at once, oldest first.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -34,6 +39,10 @@ pub enum AcquireError {
     /// The queue is at its length cap.
     #[error("the wait queue is full")]
     QueueFull,
+    /// The request queued while the deployment had no pods (scaled to zero) and no slot came
+    /// within the cold-start wait; the deployment still has no pods.
+    #[error("no pod of the deployment came up within the cold-start wait")]
+    ColdStartTimeout,
 }
 
 /// One pod's shared state. Kept by address across pod-set updates, so in-flight counts survive
@@ -128,6 +137,9 @@ pub struct PoolSettings {
     pub ejection_base: Duration,
     /// Longest ejection time.
     pub ejection_max: Duration,
+    /// Scale from zero: with `Some(wait)`, a request that finds no pods waits in the queue up to
+    /// `wait` for pods to appear instead of failing with [`AcquireError::NoPods`] at once.
+    pub cold_start_wait: Option<Duration>,
 }
 
 impl Default for PoolSettings {
@@ -138,6 +150,7 @@ impl Default for PoolSettings {
             eject_after: 5,
             ejection_base: Duration::from_secs(5),
             ejection_max: Duration::from_secs(300),
+            cold_start_wait: None,
         }
     }
 }
@@ -311,7 +324,12 @@ impl Pool {
         self.shared.limit.load(Ordering::Acquire)
     }
 
-    /// Requests waiting for a slot now.
+    /// The cold-start wait of a pod-less pool ([`PoolSettings::cold_start_wait`]).
+    pub fn cold_start_wait(&self) -> Option<Duration> {
+        self.shared.settings.read().cold_start_wait
+    }
+
+    /// Requests waiting for a slot now (those waiting for a pod-less pool's first pod included).
     pub fn queued(&self) -> usize {
         self.shared.waiting.load(Ordering::Acquire)
     }
@@ -376,6 +394,14 @@ impl Pool {
     }
 
     /// Takes a slot, waiting in FIFO order up to `max_wait` when none is free.
+    ///
+    /// With no pods: [`AcquireError::NoPods`] at once, unless the pool has a
+    /// [`PoolSettings::cold_start_wait`]. Then the request queues like any other (FIFO, the
+    /// `max_queue` cap) but its deadline is the cold-start wait, not `max_wait`: the rule is
+    /// decided once, when the request enqueues (under the queue lock, so no `set_pods` is
+    /// missed), and kept even if pods arrive and are all busy. If it runs out while the pool
+    /// still has no pods the error is [`AcquireError::ColdStartTimeout`], else
+    /// [`AcquireError::QueueTimeout`].
     pub async fn acquire(&self, roll: u64, max_wait: Duration) -> Result<Lease, AcquireError> {
         self.acquire_avoiding(roll, max_wait, None).await
     }
@@ -389,7 +415,7 @@ impl Pool {
         avoid: Option<Arc<PodState>>,
     ) -> Result<Lease, AcquireError> {
         let avoid_ref = avoid.as_deref();
-        if self.shared.pods.load().is_empty() {
+        if self.shared.pods.load().is_empty() && self.cold_start_wait().is_none() {
             return Err(AcquireError::NoPods);
         }
         // Fast path, only when nobody is waiting: a newcomer never overtakes a waiter.
@@ -398,8 +424,16 @@ impl Pool {
         {
             return Ok(self.shared.lease(pod));
         }
-        let rx = {
+        let (rx, wait, cold_start) = {
             let mut q = self.shared.queue.lock();
+            // Pod-less under the lock: `set_pods` stores the pods before it takes the lock to
+            // dispatch, so a waiter queued now is served by that dispatch.
+            let cold_start = self.cold_start_wait();
+            let wait = match (self.shared.pods.load().is_empty(), cold_start) {
+                (false, _) => max_wait,
+                (true, Some(cold)) => cold,
+                (true, None) => return Err(AcquireError::NoPods),
+            };
             q.retain(|w| !w.tx.is_closed());
             // Re-check under the lock: a release that ran since the fast path found no waiter.
             if q.is_empty()
@@ -416,13 +450,25 @@ impl Pool {
             let (tx, rx) = oneshot::channel();
             q.push_back(Waiter { tx, avoid });
             self.shared.waiting.store(q.len(), Ordering::Release);
-            rx
+            (rx, wait, cold_start)
         };
-        match tokio::time::timeout(max_wait, rx).await {
-            Ok(Ok(lease)) => Ok(lease),
-            // The sender is only dropped without a send when the pool itself goes away.
-            Ok(Err(_)) | Err(_) => Err(AcquireError::QueueTimeout),
+        if let Ok(Ok(lease)) = tokio::time::timeout(wait, rx).await {
+            return Ok(lease);
         }
+        // Timed out (the sender is only dropped without a send when the pool itself goes
+        // away). The waiter leaves the queue now, so `queued()` (what the autoscaler reads)
+        // does not count it after it gave up.
+        let pod_less = {
+            let mut q = self.shared.queue.lock();
+            q.retain(|w| !w.tx.is_closed());
+            self.shared.waiting.store(q.len(), Ordering::Release);
+            self.shared.pods.load().is_empty()
+        };
+        Err(if pod_less && cold_start.is_some() {
+            AcquireError::ColdStartTimeout
+        } else {
+            AcquireError::QueueTimeout
+        })
     }
 }
 

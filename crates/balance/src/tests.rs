@@ -133,6 +133,134 @@ async fn no_pods_is_an_error() {
     );
 }
 
+fn cold(wait_ms: u64, max_queue: u32) -> PoolSettings {
+    PoolSettings {
+        max_queue,
+        cold_start_wait: Some(Duration::from_millis(wait_ms)),
+        ..settings(1)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_less_pool_with_cold_start_queues_and_serves_fifo_when_pods_arrive() {
+    let p = Pool::new(&[], cold(5000, 16));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..3 {
+        let p = p.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            // The queue wait (10 ms) does not apply: the request enqueued with no pods.
+            let lease = p.acquire(0, Duration::from_millis(10)).await.unwrap();
+            tx.send(i).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(lease);
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.queued(), 3, "waiting for the first pod, and visible");
+    assert!(rx.try_recv().is_err());
+    let t0 = tokio::time::Instant::now();
+    p.set_pods(&addrs(1), cold(5000, 16));
+    let mut order = vec![];
+    for _ in 0..3 {
+        order.push(rx.recv().await.unwrap());
+    }
+    assert_eq!(order, vec![0, 1, 2], "served oldest first");
+    assert_eq!(t0.elapsed(), Duration::from_millis(20), "the first at once");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!((p.busy(), p.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_wait_runs_out_with_cold_start_timeout() {
+    let p = Pool::new(&[], cold(300, 16));
+    let t0 = tokio::time::Instant::now();
+    let e = p.acquire(0, Duration::from_secs(10)).await.unwrap_err();
+    assert_eq!(e, AcquireError::ColdStartTimeout);
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_millis(300),
+        "the cold-start wait"
+    );
+    assert_eq!(p.queued(), 0, "the waiter that gave up is not counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_waiter_whose_pod_came_but_stayed_busy_gets_queue_timeout() {
+    let p = Pool::new(&[], cold(300, 16));
+    let w = tokio::spawn({
+        let p = p.clone();
+        async move { p.acquire(0, Duration::from_secs(10)).await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The pod comes, but its one slot is taken by a request that does not queue.
+    let settings = cold(300, 16);
+    let pods = addrs(1);
+    let held = {
+        let _guard = p.shared.queue.lock();
+        *p.shared.settings.write() = settings;
+        p.shared
+            .pods
+            .store(Arc::new(pods.iter().map(PodState::new).collect()));
+        let pod = p.pods()[0].clone();
+        assert!(pod.try_take(1));
+        p.shared.lease(pod)
+    };
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(w.await.unwrap().unwrap_err(), AcquireError::QueueTimeout);
+    assert_eq!(t0.elapsed(), Duration::from_millis(299));
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_queue_respects_its_length_cap() {
+    let p = Pool::new(&[], cold(5000, 2));
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn({
+                let p = p.clone();
+                async move { p.acquire(0, Duration::from_secs(1)).await.map(|_| ()) }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(p.queued(), 2);
+    assert_eq!(
+        p.acquire(0, Duration::from_secs(1)).await.unwrap_err(),
+        AcquireError::QueueFull
+    );
+    let none = Pool::new(&[], cold(5000, 0));
+    assert_eq!(
+        none.acquire(0, Duration::from_secs(1)).await.unwrap_err(),
+        AcquireError::QueueFull,
+        "maxQueueLength 0: no waiting, not even for a cold start"
+    );
+    p.set_pods(&addrs(1), cold(5000, 2));
+    for w in waiters {
+        assert!(w.await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_cold_start_a_pod_less_pool_refuses_at_once() {
+    let p = Pool::new(&[], settings(1));
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(
+        p.acquire(0, Duration::from_secs(10)).await.unwrap_err(),
+        AcquireError::NoPods
+    );
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(p.queued(), 0);
+    // Pods that all leave (a plain deployment scaled down) refuse new requests again.
+    p.set_pods(&addrs(1), settings(1));
+    p.set_pods(&[], settings(1));
+    assert_eq!(
+        p.acquire(0, Duration::from_secs(10)).await.unwrap_err(),
+        AcquireError::NoPods
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_cancelled_waiters_leak_nothing() {
     let p = mk_pool(3, 2);

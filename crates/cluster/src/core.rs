@@ -235,6 +235,10 @@ pub enum NoSlot {
     Busy,
     /// The deployment has no pods here.
     NoPods,
+    /// The deployment has no pods now but may get some (scaled to zero, cold start): the
+    /// request queues like one that finds every slot busy, until its own deadline or until
+    /// [`Node::pods_changed`] finds a slot.
+    ColdStart,
 }
 
 /// Slot accounting on the owner: the real pod pool, or a model.
@@ -705,6 +709,14 @@ impl<A: Admission> Node<A> {
             Output::Granted { pod, .. } => Some(Ok((req, pod))),
             Output::Refused { reason, .. } => Some(Err(reason)),
             _ => None,
+        }
+    }
+
+    /// The pods of `dep` changed on this node (a new route table): if it owns `dep`, queued
+    /// requests are served now, oldest first (the first pods of a deployment scaled to zero).
+    pub fn pods_changed(&mut self, now: Millis, dep: &Dep) {
+        if self.deps.get(dep).is_some_and(|d| d.own.is_some()) {
+            self.dispatch(now, dep);
         }
     }
 
@@ -1317,7 +1329,7 @@ impl<A: Admission> Node<A> {
                     self.answer(holder, dep, req, Err(Refusal::NoPods));
                     return;
                 }
-                Err(NoSlot::Busy) => {}
+                Err(NoSlot::Busy | NoSlot::ColdStart) => {}
             }
         }
         let own = self
@@ -1523,7 +1535,7 @@ impl<A: Admission> Node<A> {
                     self.grant(dep, w.holder, w.req, pod, slot);
                 }
                 Err(NoSlot::Busy) if w.avoid.is_some() => i += 1,
-                Err(NoSlot::Busy) => return,
+                Err(NoSlot::Busy | NoSlot::ColdStart) => return,
                 Err(NoSlot::NoPods) => {
                     let own = self
                         .deps

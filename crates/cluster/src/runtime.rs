@@ -129,7 +129,12 @@ impl Admission for PoolAdmission {
     ) -> Result<(Pod, Option<Lease>), NoSlot> {
         let h = self.deps.get(dep).ok_or(NoSlot::NoPods)?;
         if h.pool.pods().is_empty() {
-            return Err(NoSlot::NoPods);
+            // Scaled to zero: the request waits in the owner's queue for the first pod.
+            return Err(if h.pool.cold_start_wait().is_some() {
+                NoSlot::ColdStart
+            } else {
+                NoSlot::NoPods
+            });
         }
         let lease = h
             .pool
@@ -544,6 +549,15 @@ impl Cluster {
             Err(Refusal::NoPods) => Err(ClusterError::NoPods),
             Err(Refusal::NotOwner | Refusal::NoQuorum) => Err(ClusterError::OwnerUnavailable),
         }
+    }
+
+    /// The pods of `dep` changed (a new route table): if this replica owns it, requests queued
+    /// for it are served now (the first pods of a deployment scaled to zero).
+    pub fn pods_changed(&self, dep: &Dep) {
+        let now = self.inner.now();
+        let mut st = self.inner.state.lock();
+        st.node.pods_changed(now, dep);
+        self.inner.dispatch(&mut st);
     }
 
     /// Counts a request that found its owner unreachable, and how it was served.

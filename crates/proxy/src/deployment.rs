@@ -24,14 +24,17 @@ use crate::metrics::{
 };
 use crate::upstream::{ConnPool, Upstream};
 
-/// How a deployment's request settings drive its pool.
-pub fn pool_settings(s: &ResolvedSettings) -> PoolSettings {
+/// How a deployment's request settings drive its pool. `cold_start_wait`: `Some` for a
+/// deployment with `scaleSettings` (it may be scaled to zero; requests then wait that long for a
+/// pod), `None` otherwise (no pods: 503 `NoPodAvailable` at once).
+pub fn pool_settings(s: &ResolvedSettings, cold_start_wait: Option<Duration>) -> PoolSettings {
     PoolSettings {
         slots: s.max_concurrent_requests_per_instance,
         max_queue: s.max_queue_length,
         eject_after: s.eject_after_consecutive_failures,
         ejection_base: Duration::from_millis(s.ejection_base_ms),
         ejection_max: Duration::from_millis(s.ejection_max_ms),
+        cold_start_wait,
     }
 }
 
@@ -91,13 +94,16 @@ impl Slot {
 }
 
 impl DeploymentState {
-    /// State for a deployment of `endpoint` with these pods and settings; connections are opened
-    /// as `upstream` says and metrics registered in `registry`.
+    /// State for a deployment of `endpoint` with these pods and settings (`cold_start_wait`: see
+    /// [`pool_settings`]); connections are opened as `upstream` says and metrics registered in
+    /// `registry`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         endpoint: &str,
         deployment: &str,
         pods: &[PodSpec],
         settings: &ResolvedSettings,
+        cold_start_wait: Option<Duration>,
         upstream: &Upstream,
         registry: &Registry,
         cluster: Option<&Cluster>,
@@ -114,7 +120,7 @@ impl DeploymentState {
         });
         DeploymentState {
             shared,
-            pool: Pool::new(pods, pool_settings(settings)),
+            pool: Pool::new(pods, pool_settings(settings, cold_start_wait)),
             endpoint: endpoint.into(),
             deployment: deployment.into(),
             header: HeaderValue::from_str(deployment)
@@ -127,9 +133,22 @@ impl DeploymentState {
 
     /// The deployment's pods or settings changed: in place, so in-flight counts, waiters,
     /// per-pod state and connections of the pods that stay carry over.
-    pub(crate) fn update(&self, pods: &[PodSpec], settings: &ResolvedSettings) {
-        self.pool.set_pods(pods, pool_settings(settings));
+    /// Requests queued while the deployment had no pods are served here, oldest first.
+    pub(crate) fn update(
+        &self,
+        pods: &[PodSpec],
+        settings: &ResolvedSettings,
+        cold_start_wait: Option<Duration>,
+    ) {
+        // Connections first: a waiter the pool serves goes straight to its pod.
         self.conns.set_pods(pods);
+        self.pool
+            .set_pods(pods, pool_settings(settings, cold_start_wait));
+        // With `cluster`, requests wait in the owner's queue: if that is this replica, serve
+        // them now (the first pods of a deployment scaled to zero).
+        if let Some(s) = &self.shared {
+            s.cluster.pods_changed(&s.key);
+        }
     }
 
     /// Refuses a body that announces more than the deployment allows (before a slot is taken).
@@ -151,6 +170,10 @@ impl DeploymentState {
 
     /// Admission: a slot on a pod, waiting in FIFO order for at most `maxQueueWaitMs`. Every
     /// request also deposits its share into the retry budget.
+    ///
+    /// Cold start: a deployment with `scaleSettings` and no pods (scaled to zero) queues the
+    /// request (FIFO, `maxQueueLength`) for up to `coldStartWaitMs` instead of `maxQueueWaitMs`
+    /// ([`Pool::acquire`] has the rule); when no pod came in that time: 503 `ColdStartTimeout`.
     pub(crate) async fn admit(
         &self,
         settings: &ResolvedSettings,
@@ -184,6 +207,13 @@ impl DeploymentState {
         avoid: Option<&PodState>,
     ) -> Result<Slot, ProxyError> {
         let avoid_addr = avoid.map(PodState::addr);
+        // Scaled to zero (as this replica's table says): the request waits `coldStartWaitMs`,
+        // in the owner's queue, which holds it until that deadline or its first pod.
+        let cold = self
+            .pool
+            .cold_start_wait()
+            .filter(|_| !wait.is_zero() && self.pool.pods().is_empty());
+        let wait = cold.unwrap_or(wait);
         match s.cluster.acquire(&s.key, wait, avoid_addr).await {
             Ok(lease) => {
                 let addr = lease.pod();
@@ -195,6 +225,9 @@ impl DeploymentState {
                     .cloned()
                     .unwrap_or_else(|| PodState::detached(&PodSpec::from(addr)));
                 Ok(Slot::Cluster { lease, pod })
+            }
+            Err(ClusterError::QueueTimeout) if cold.is_some() && self.pool.pods().is_empty() => {
+                Err(AcquireError::ColdStartTimeout.into())
             }
             Err(ClusterError::QueueTimeout) => Err(AcquireError::QueueTimeout.into()),
             Err(ClusterError::QueueFull) => Err(AcquireError::QueueFull.into()),

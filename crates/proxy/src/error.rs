@@ -67,6 +67,9 @@ impl ProxyError {
                 AcquireError::NoPods => (StatusCode::SERVICE_UNAVAILABLE, "NoPodAvailable"),
                 AcquireError::QueueTimeout => (StatusCode::SERVICE_UNAVAILABLE, "QueueTimeout"),
                 AcquireError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "QueueFull"),
+                AcquireError::ColdStartTimeout => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "ColdStartTimeout")
+                }
             },
             ProxyError::OwnerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "OwnerUnavailable"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),

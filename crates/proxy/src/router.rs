@@ -107,37 +107,43 @@ impl Router {
                 return prev.clone();
             }
             let prev = old.endpoint(&ep.name);
-            let deployments = ep
-                .deployments
-                .iter()
-                .map(|d| {
-                    let state = match prev.and_then(|e| e.deployment(d.name.as_bytes())) {
-                        Some(p) => {
-                            p.balancer.update(&d.pods, &d.settings);
-                            p.balancer.clone()
-                        }
-                        None => Arc::new(DeploymentState::new(
-                            &ep.name,
+            let deployments =
+                ep.deployments
+                    .iter()
+                    .map(|d| {
+                        // Scale from zero: a deployment with `scaleSettings` may have no pods; its
+                        // requests then wait `coldStartWaitMs` for one instead of a 503 at once.
+                        let cold_start = d.autoscale.as_ref().map(|a| {
+                            std::time::Duration::from_millis(a.settings.cold_start_wait_ms)
+                        });
+                        let state = match prev.and_then(|e| e.deployment(d.name.as_bytes())) {
+                            Some(p) => {
+                                p.balancer.update(&d.pods, &d.settings, cold_start);
+                                p.balancer.clone()
+                            }
+                            None => Arc::new(DeploymentState::new(
+                                &ep.name,
+                                &d.name,
+                                &d.pods,
+                                &d.settings,
+                                cold_start,
+                                &self.upstream,
+                                &self.registry,
+                                self.cluster.get(),
+                            )),
+                        };
+                        let pods = d.pods.iter().map(|p| p.addr).collect();
+                        let dep = Deployment::new(
                             &d.name,
-                            &d.pods,
-                            &d.settings,
-                            &self.upstream,
-                            &self.registry,
-                            self.cluster.get(),
-                        )),
-                    };
-                    let pods = d.pods.iter().map(|p| p.addr).collect();
-                    let dep = Deployment::new(
-                        &d.name,
-                        &d.scoring_path,
-                        &d.swagger_path,
-                        d.settings,
-                        pods,
-                        state,
-                    );
-                    (dep, d.weight)
-                })
-                .collect();
+                            &d.scoring_path,
+                            &d.swagger_path,
+                            d.settings,
+                            pods,
+                            state,
+                        );
+                        (dep, d.weight)
+                    })
+                    .collect();
             let state = EndpointState::new(ep, prev.map(|p| &*p.state), &self.registry);
             Arc::new(Endpoint::new(&ep.name, Arc::new(state), deployments))
         }));

@@ -28,6 +28,8 @@ fn node_addr(i: usize) -> SocketAddr {
 struct Model {
     pods: HashMap<Dep, Vec<Pod>>,
     counts: Rc<RefCell<HashMap<Pod, u32>>>,
+    /// Deployments that may be scaled to zero: with no pods, requests wait for one.
+    cold: std::collections::HashSet<Dep>,
 }
 
 #[derive(Debug)]
@@ -54,7 +56,12 @@ impl Admission for Model {
         avoid: Option<Pod>,
         _: usize,
     ) -> Result<(Pod, Slot), NoSlot> {
-        let pods = self.pods.get(dep).ok_or(NoSlot::NoPods)?;
+        let cold = self.cold.contains(dep);
+        let pods = match self.pods.get(dep) {
+            Some(p) if !(p.is_empty() && cold) => p,
+            _ if cold => return Err(NoSlot::ColdStart),
+            _ => return Err(NoSlot::NoPods),
+        };
         let free = pods.iter().copied().find(|p| {
             Some(*p) != avoid && self.counts.borrow().get(p).copied().unwrap_or(0) < LIMIT
         });
@@ -181,6 +188,7 @@ impl Sim {
             Model {
                 pods: self.pods.clone(),
                 counts: Default::default(),
+                cold: Default::default(),
             },
         );
         node.set_park_ms(self.park_ms);
@@ -669,4 +677,150 @@ fn a_parked_slot_serves_the_next_request_and_comes_back_when_someone_waits() {
         sim.granted, 3,
         "c got the slot without waiting for the park to expire"
     );
+}
+
+/// Scale from zero: the owner has no pods for a deployment that may be scaled to zero. Requests
+/// (a peer's and its own) queue in FIFO order with their own deadlines instead of a NoPods
+/// refusal, and are served, oldest first, as soon as the pods come.
+#[test]
+fn a_deployment_scaled_to_zero_queues_requests_until_its_pods_come() {
+    let mut sim = Sim::new(3, 1);
+    sim.settle();
+    let dep: Dep = "ep/a".into();
+    let scale_to_zero = |sim: &mut Sim, pods: Vec<Pod>| {
+        for n in sim.nodes.iter_mut().flatten() {
+            n.admission.pods.insert(dep.clone(), pods.clone());
+            n.admission.cold.insert(dep.clone());
+        }
+    };
+    scale_to_zero(&mut sim, vec![]);
+    let owner_id = sim.nodes[0].as_ref().unwrap().owner_of(&dep).unwrap();
+    let owner = sim.slot_of(owner_id).unwrap();
+    let (b, c) = ((owner + 1) % 3, (owner + 2) % 3);
+    sim.request(b, 0, 1000);
+    sim.settle();
+    sim.request(owner, 0, 1000);
+    sim.settle();
+    sim.request(c, 0, 1000);
+    sim.settle();
+    sim.advance(5);
+    sim.settle();
+    assert_eq!(sim.granted, 0);
+    assert_eq!(
+        sim.nodes[owner].as_ref().unwrap().serving(&dep),
+        Some(3),
+        "all three wait in the owner's queue"
+    );
+    assert!(
+        [b, owner, c]
+            .iter()
+            .all(|&n| sim.nodes[n].as_ref().unwrap().pending.len() == 1),
+        "nobody was refused"
+    );
+    // The first pod comes (one slot): the requests are served one at a time, oldest first.
+    scale_to_zero(&mut sim, vec![pod(0)]);
+    let now = sim.now;
+    sim.nodes[owner].as_mut().unwrap().pods_changed(now, &dep);
+    sim.flush(owner);
+    sim.settle();
+    let mut order = vec![];
+    for _ in 0..200 {
+        for r in &sim.running {
+            if !order.contains(&(r.slot, r.req)) {
+                order.push((r.slot, r.req));
+            }
+        }
+        if order.len() == 3 {
+            break;
+        }
+        sim.advance(1);
+        sim.settle();
+    }
+    let holders: Vec<usize> = order.iter().map(|(s, _)| *s).collect();
+    assert_eq!(holders, vec![b, owner, c], "FIFO across the fleet");
+    assert_eq!(sim.granted, 3);
+}
+
+/// Scaled to zero and no pod comes: a queued request is refused at its own deadline with
+/// QueueTimeout; a deployment that may not scale to zero still refuses NoPods at once.
+#[test]
+fn a_request_waiting_for_a_cold_start_times_out_at_its_own_deadline() {
+    let mut sim = Sim::new(3, 1);
+    sim.settle();
+    let (cold, plain): (Dep, Dep) = ("ep/a".into(), "ep/b".into());
+    for n in sim.nodes.iter_mut().flatten() {
+        n.admission.pods.insert(cold.clone(), vec![]);
+        n.admission.cold.insert(cold.clone());
+        n.admission.pods.remove(&plain);
+    }
+    let owner_id = sim.nodes[0].as_ref().unwrap().owner_of(&cold).unwrap();
+    let b = (sim.slot_of(owner_id).unwrap() + 1) % 3;
+    let now = sim.now;
+    let node = sim.nodes[b].as_mut().unwrap();
+    assert_eq!(
+        node.acquire(now, &cold, 900, 30, None),
+        None,
+        "no answer yet"
+    );
+    sim.flush(b);
+    sim.settle();
+    for _ in 0..25 {
+        sim.advance(1);
+        sim.settle();
+    }
+    assert!(
+        sim.nodes[b].as_ref().unwrap().pending.contains_key(&900),
+        "still waiting"
+    );
+    let out = (0..20).find_map(|_| {
+        sim.advance(1);
+        for _ in 0..50 {
+            let Some((a, to)) = sim
+                .links
+                .iter()
+                .find(|(_, q)| !q.is_empty())
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            let w = sim.links.get_mut(&(a, to)).unwrap().pop_front().unwrap();
+            let now = sim.now;
+            let node = sim.nodes[to].as_mut().unwrap();
+            match w {
+                Wire::Msg(from, m) => node.receive(now, from, m),
+                Wire::Up(id, addr) => node.peer_up(now, id, addr),
+                Wire::Down(id) => node.peer_down(now, id),
+                Wire::Leaving(id) => node.peer_leaving(now, id),
+            }
+            let refused = node
+                .take_output()
+                .into_iter()
+                .find(|o| matches!(o, Output::Refused { req: 900, .. }));
+            if refused.is_some() {
+                return refused;
+            }
+        }
+        None
+    });
+    assert_eq!(
+        out,
+        Some(Output::Refused {
+            req: 900,
+            reason: Refusal::QueueTimeout
+        })
+    );
+    assert!(sim.nodes[b].as_ref().unwrap().pending.is_empty());
+    // Not scaled to zero: NoPods, no wait.
+    sim.settle();
+    let plain_owner = sim.nodes[0].as_ref().unwrap().owner_of(&plain).unwrap();
+    let p = sim.slot_of(plain_owner).unwrap();
+    let (now, before) = (sim.now, sim.granted);
+    sim.request(p, 1, 1000);
+    sim.settle();
+    assert_eq!(sim.now, now, "no time passed");
+    assert!(
+        sim.nodes[p].as_ref().unwrap().pending.is_empty(),
+        "refused at once (the claim done)"
+    );
+    assert_eq!(sim.granted, before);
 }

@@ -324,3 +324,81 @@ async fn thousands_of_cancelled_requests_leak_no_slot() {
     assert_eq!(a.stats().max_in_flight, 1, "{:?}", a.stats());
     assert_eq!(b.stats().max_in_flight, 1, "{:?}", b.stats());
 }
+
+/// Three pod-less deployments: `cold` (scaled to zero, waits 5 s for a pod; with `pod` when
+/// given), `brief` (scaled to zero, waits 300 ms) and `plain` (no `scaleSettings`).
+fn scaled_to_zero(pod: Option<std::net::SocketAddr>) -> String {
+    let pods = pod.map(|p| format!("\"{p}\"")).unwrap_or_default();
+    insecure(&format!(
+        "  - name: cold
+    deployments: [{{name: d, pods: [{pods}], scaleSettings: {{minInstances: 0, coldStartWaitMs: 5000}}, requestSettings: {{maxQueueWaitMs: 100}}}}]
+  - name: brief
+    deployments: [{{name: d, pods: [], scaleSettings: {{minInstances: 0, coldStartWaitMs: 300}}}}]
+  - name: plain
+    deployments: [{{name: d, pods: []}}]"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_scaled_to_zero_holds_requests_until_a_pod_comes() {
+    let r = Router::start(&scaled_to_zero(None)).await;
+    let http = r.http();
+    let t0 = Instant::now();
+    let waiting =
+        tokio::spawn(async move { call(http, post("/api/v1/endpoint/cold/score", "{}")).await });
+    // Queued and visible to the autoscaler (its signal to scale up from zero).
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            r.router
+                .autoscale_targets()
+                .iter()
+                .any(|t| t.endpoint == "cold" && t.load.queued == 1 && t.load.ready_pods == 0)
+        })
+        .await,
+        "{:?}",
+        r.router.autoscale_targets()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "no 503 while the deployment scales up"
+    );
+
+    // The autoscaler's pod is ready: the route table is republished with it.
+    let pod = mock("first", 0).await;
+    let cfg =
+        infergate_config::Config::from_yaml(&scaled_to_zero(Some(pod.addr())), "<test>").unwrap();
+    r.router
+        .publish_specs(&infergate_proxy::specs_from_config(&cfg));
+    let a = waiting.await.unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "served when the pod came, not at the end of the wait: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(pod.stats().served, 1);
+
+    // No pod within coldStartWaitMs: 503 ColdStartTimeout with Retry-After.
+    let t0 = Instant::now();
+    let a = call(http, post("/api/v1/endpoint/brief/score", "{}")).await;
+    a.assert_error(503, "ColdStartTimeout");
+    assert_eq!(a.header("retry-after"), "1");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    // Without scaleSettings: 503 NoPodAvailable at once, as before.
+    let t0 = Instant::now();
+    let a = call(http, post("/api/v1/endpoint/plain/score", "{}")).await;
+    a.assert_error(503, "NoPodAvailable");
+    assert_eq!(a.header("retry-after"), "1");
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+}
