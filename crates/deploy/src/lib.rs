@@ -35,7 +35,7 @@ mod yaml;
 pub use error::RenderError;
 pub use manifests::{
     ADMIN_PORT, CLUSTER_DIR, CLUSTER_SECRET_BYTES, CONFIG_PATH, CRD_YAML, HTTP_PORT, HTTPS_PORT,
-    PEER_PORT, PRE_STOP_SECONDS, TLS_DIR, discovery_rules, namespaced_discovery_rbac,
+    PEER_PORT, PRE_STOP_SECONDS, TLS_DIR, discovery_rules, lease_rules, namespaced_discovery_rbac,
     termination_grace_seconds,
 };
 pub use placement::{EFFECTS, NODE_SELECTOR_PREFIX, Toleration};

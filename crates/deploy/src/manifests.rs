@@ -191,6 +191,44 @@ pub fn discovery_rules() -> Value {
             "resources": ["secrets"],
             "verbs": ["get", "list", "watch"],
         },
+        // The autoscaler: the replicas of the workloads that `scaleSettings.scaleTargetRef`
+        // names, through their scale subresource only (a custom workload kind needs a rule
+        // like these for its own `<plural>/scale`).
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale", "statefulsets/scale"],
+            "verbs": ["get", "update", "patch"],
+        },
+        // An HPA on the same workload is detected, and the autoscaler stands back.
+        {
+            "apiGroups": ["autoscaling"],
+            "resources": ["horizontalpodautoscalers"],
+            "verbs": ["list", "watch"],
+        },
+        // An Event on the InferenceEndpoint for each scale change.
+        {
+            "apiGroups": ["events.k8s.io"],
+            "resources": ["events"],
+            "verbs": ["create"],
+        },
+    ])
+}
+
+/// The autoscaler's leader election: the Lease in the router's own namespace (create, then
+/// get and update of that one Lease).
+pub fn lease_rules() -> Value {
+    json!([
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [infergate_config::AutoscalerConfig::default().lease_name],
+            "verbs": ["get", "update"],
+        },
     ])
 }
 
@@ -234,6 +272,29 @@ fn discovery_documents(
                     "apiGroup": "rbac.authorization.k8s.io",
                     "kind": "ClusterRole",
                     "name": role,
+                },
+                "subjects": [{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }],
+            }),
+        ),
+        (
+            "autoscaler-role.yaml".into(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": { "name": format!("{}-autoscaler", cx.name), "namespace": cx.ns, "labels": cx.labels() },
+                "rules": lease_rules(),
+            }),
+        ),
+        (
+            "autoscaler-rolebinding.yaml".into(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": { "name": format!("{}-autoscaler", cx.name), "namespace": cx.ns, "labels": cx.labels() },
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": format!("{}-autoscaler", cx.name),
                 },
                 "subjects": [{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }],
             }),
@@ -580,15 +641,18 @@ fn deployment(cx: &Ctx, drain_timeout_ms: u64) -> Value {
         },
         "volumeMounts": mounts,
     });
+    // The autoscaler's identity in its Lease and the Lease's namespace (also the peers'
+    // Service's); with HA, the address peers reach this replica at (`cluster.listen` is
+    // 0.0.0.0).
+    let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": path } } });
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+    ];
     if s.high_availability {
-        // The address peers reach this replica at (`cluster.listen` is 0.0.0.0) and the
-        // namespace of the peers' Service.
-        let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": path } } });
-        container["env"] = json!([
-            field("POD_IP", "status.podIP"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-        ]);
+        env.insert(0, field("POD_IP", "status.podIP"));
     }
+    container["env"] = json!(env);
 
     let mut pod_annotations = json!({
         "prometheus.io/scrape": "true",

@@ -625,7 +625,15 @@ fn pods_run_non_root_read_only_without_privilege_escalation() {
     assert!(res["requests"]["cpu"].is_string() && res["requests"]["memory"].is_string());
     assert!(res["limits"]["memory"].is_string());
     assert!(kind(&r, "SecurityContextConstraints").is_none());
-    assert!(kind(&r, "RoleBinding").is_none());
+    // The only RoleBinding is the autoscaler's Lease one (no SCC grant off OpenShift).
+    assert!(named(&r, "RoleBinding", "infergate-autoscaler").is_some());
+    assert_eq!(
+        docs(&r)
+            .iter()
+            .filter(|d| d["kind"] == "RoleBinding")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -836,6 +844,8 @@ fn multi_doc_and_write_dir_hold_every_document() {
             "crd.yaml",
             "clusterrole.yaml",
             "clusterrolebinding.yaml",
+            "autoscaler-role.yaml",
+            "autoscaler-rolebinding.yaml",
             "configmap.yaml",
             "secret.yaml",
             "cluster-secret.yaml",
@@ -901,6 +911,7 @@ fn ha_replicas_find_each_other_through_a_headless_service() {
         env_of(&r),
         [
             ("POD_IP".to_string(), "status.podIP".to_string()),
+            ("POD_NAME".to_string(), "metadata.name".to_string()),
             (
                 "POD_NAMESPACE".to_string(),
                 "metadata.namespace".to_string()
@@ -1058,7 +1069,17 @@ fn without_ha_no_cluster_objects_port_env_mount_or_config() {
             assert!(r.document(f).is_none(), "{f}");
         }
         assert_eq!(container_port(&r, "peer"), None);
-        assert!(env_of(&r).is_empty());
+        assert_eq!(
+            env_of(&r),
+            [
+                ("POD_NAME".to_string(), "metadata.name".to_string()),
+                (
+                    "POD_NAMESPACE".to_string(),
+                    "metadata.namespace".to_string()
+                ),
+            ],
+            "no POD_IP without HA"
+        );
         let spec = pod_spec(&r).to_string();
         assert!(!spec.contains(CLUSTER_DIR), "{spec}");
         assert!(!spec.contains("infergate-cluster"), "{spec}");
@@ -1306,4 +1327,56 @@ fn malformed_tolerations_are_errors_naming_the_entry() {
             &["`tolerations`", why, "tolerations=KEY[=VALUE][:EFFECT]"],
         );
     }
+}
+
+// === the autoscaler ===
+
+#[test]
+fn the_autoscaler_gets_scale_subresources_hpas_events_and_its_own_lease_only() {
+    let r = ok(&mk_args(&[]));
+    let rules = the(&r, "ClusterRole")["rules"].clone();
+    let has = |group: &str, resource: &str, verbs: &[&str]| {
+        rules.as_array().unwrap().iter().any(|rule| {
+            rule["apiGroups"] == serde_json::json!([group])
+                && rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+                && rule["verbs"] == serde_json::json!(verbs)
+        })
+    };
+    assert!(has(
+        "apps",
+        "deployments/scale",
+        &["get", "update", "patch"]
+    ));
+    assert!(has(
+        "apps",
+        "statefulsets/scale",
+        &["get", "update", "patch"]
+    ));
+    assert!(has(
+        "autoscaling",
+        "horizontalpodautoscalers",
+        &["list", "watch"]
+    ));
+    assert!(has("events.k8s.io", "events", &["create"]));
+    // Nothing on the workloads themselves.
+    let text = rules.to_string();
+    assert!(!text.contains("\"deployments\""), "{text}");
+    // Leases: a Role in the router's namespace, get/update on its one Lease.
+    let role = named(&r, "Role", "infergate-autoscaler").expect("lease role");
+    assert_eq!(role["metadata"]["namespace"], DEFAULT_NAMESPACE);
+    assert_eq!(
+        role["rules"][1]["resourceNames"],
+        serde_json::json!(["infergate-autoscaler"])
+    );
+    assert_eq!(
+        role["rules"][1]["verbs"],
+        serde_json::json!(["get", "update"])
+    );
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["create"]));
+    let binding = named(&r, "RoleBinding", "infergate-autoscaler").unwrap();
+    assert_eq!(binding["subjects"][0]["name"], "infergate");
 }

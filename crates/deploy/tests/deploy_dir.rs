@@ -219,7 +219,7 @@ fn generated() -> BTreeMap<String, String> {
                  \x20   - op: replace\n      path: /spec/replicas\n      value: {replicas}\n\
                  \x20   - op: remove\n      path: /spec/template/spec/affinity\n\
                  \x20   - op: remove\n      path: /spec/template/spec/topologySpreadConstraints\n\
-                 \x20   - op: remove\n      path: /spec/template/spec/containers/0/env\n\
+                 \x20   - op: remove\n      path: /spec/template/spec/containers/0/env/0\n\
                  \x20   - op: remove\n      path: /spec/template/spec/containers/0/ports/{peer_port}\n\
                  \x20   - op: remove\n      path: /spec/template/spec/containers/0/volumeMounts/{cluster_mount}\n\
                  \x20   - op: remove\n      path: /spec/template/spec/volumes/{cluster_volume}\n\

@@ -70,6 +70,24 @@ fn exact() -> Vec<(String, String, Vec<String>)> {
         ),
         // For the endpoints' keys (auth.secretName), read by the Secret watch.
         ("".into(), "secrets".into(), s(&["get", "list", "watch"])),
+        // The autoscaler: the scaled workloads' replicas through their scale subresource,
+        // HPAs on the same workloads, an Event per scale change.
+        (
+            "apps".into(),
+            "deployments/scale".into(),
+            s(&["get", "update", "patch"]),
+        ),
+        (
+            "apps".into(),
+            "statefulsets/scale".into(),
+            s(&["get", "update", "patch"]),
+        ),
+        (
+            "autoscaling".into(),
+            "horizontalpodautoscalers".into(),
+            s(&["list", "watch"]),
+        ),
+        ("events.k8s.io".into(), "events".into(), s(&["create"])),
     ];
     v.sort();
     v
