@@ -146,8 +146,13 @@ fn run(f: &Faults) -> Result<(), String> {
             }
         }
         for &(at, n) in &f.releases {
-            if at == t && faulty && !nodes[n].crashed && nodes[n].flight.is_none() {
-                if let Some(rec) = nodes[n].e.release(wall(t)) {
+            if at == t
+                && faulty
+                && !nodes[n].crashed
+                && nodes[n].flight.is_none()
+                && let Some(rec) = nodes[n].e.release(wall(t))
+            {
+                {
                     let d = 1 + rng.below(f.max_delay);
                     nodes[n].flight = Some(InFlight {
                         req: Req::Update(rec),
