@@ -352,3 +352,45 @@ fn without_the_demo_feature_there_is_no_demo_subcommand() {
     assert_eq!(code, Some(0), "{err}");
     assert!(help.contains("serve") && !help.contains("demo"), "{help}");
 }
+
+/// A static configuration has nothing to scale: the autoscaler's decisions are logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_scale_settings_log_the_decisions() {
+    let pod = mock("slow", 400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n      - name: d\n        pods: [\"{}\"]\n        requestSettings: {{maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: 5000}}\n        scaleSettings: {{minInstances: 1, maxInstances: 3}}\n",
+            listen_local(),
+            pod.addr()
+        ),
+    );
+    let mut b = Bin::spawn(&["serve", "--config", &f]);
+    let http = b.listening("http");
+    assert!(
+        b.seen.iter().any(|l| l.contains("decisions are logged")),
+        "{:?}",
+        b.seen
+    );
+    // Six at once on one one-slot pod: up to 1 busy + 5 queued, which wants more than 1 pod.
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(async move { call(http, post("/api/v1/endpoint/e/score", "{}")).await })
+        })
+        .collect();
+    let line = tokio::task::block_in_place(|| b.wait_line(|l| l.contains("would scale")));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["endpoint"], "e");
+    assert_eq!(v["pods"], 1);
+    // (The first decision sees however many had queued by then; never above maxInstances.)
+    let desired = v["desired"].as_u64().unwrap();
+    assert!((2..=3).contains(&desired), "{line}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("> target 70%"),
+        "{line}"
+    );
+    for c in calls {
+        assert_eq!(c.await.unwrap().status, 200);
+    }
+}
