@@ -260,10 +260,7 @@ impl Controller {
         let t = self.targets.entry(key.clone()).or_insert_with(|| {
             let labels = [("endpoint", key.1.as_str()), ("deployment", key.2.as_str())];
             let dir = |d: &'static str| {
-                registry.counter(
-                    DECISIONS_TOTAL,
-                    &[labels[0], labels[1], ("direction", d)],
-                )
+                registry.counter(DECISIONS_TOTAL, &[labels[0], labels[1], ("direction", d)])
             };
             Target {
                 decider: Decider::new(settings),
@@ -338,9 +335,15 @@ impl Controller {
                     ),
                     kube::Error::Api(s) if s.code == 403 => (
                         "Forbidden",
-                        format!("not allowed to read the scale of {kind_name}: {}; fix: grant get/patch on its scale subresource to the router's service account", s.message),
+                        format!(
+                            "not allowed to read the scale of {kind_name}: {}; fix: grant get/patch on its scale subresource to the router's service account",
+                            s.message
+                        ),
                     ),
-                    other => ("ScaleReadFailed", format!("cannot read the scale of {kind_name}: {other}")),
+                    other => (
+                        "ScaleReadFailed",
+                        format!("cannot read the scale of {kind_name}: {other}"),
+                    ),
                 };
                 if t.blocked.as_ref().map(|b| b.0.as_str()) != Some(reason) {
                     tracing::warn!(endpoint = %key.1, deployment = %key.2, "autoscaler: {msg}");
@@ -391,7 +394,11 @@ impl Controller {
         let patch = json!({"spec": {"replicas": d.desired}});
         let t = self.targets.get_mut(&key).expect("inserted above");
         match api
-            .patch_scale(&target_ref.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_scale(
+                &target_ref.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => {
@@ -571,7 +578,10 @@ impl Controller {
                 None => (
                     true,
                     "Autoscaling".to_string(),
-                    format!("scaled by {} through the scale subresource", self.cfg.identity),
+                    format!(
+                        "scaled by {} through the scale subresource",
+                        self.cfg.identity
+                    ),
                 ),
             };
             // A blocked deployment makes the endpoint's condition False.

@@ -319,7 +319,12 @@ mod tests {
             retry_period_ms: 10_000,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("retryPeriodMs"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("retryPeriodMs")
+        );
         let c = AutoscalerConfig {
             lease_name: "Bad_Name".into(),
             ..Default::default()

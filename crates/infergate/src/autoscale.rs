@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infergate_autoscale::controller::{Controller, ControllerConfig, IsLeader};
-use infergate_autoscale::lease::{self, LeaseConfig, Leadership};
+use infergate_autoscale::lease::{self, Leadership, LeaseConfig};
 use infergate_config::Config;
 use infergate_discovery::ScaleBoard;
 use infergate_proxy::Router;
