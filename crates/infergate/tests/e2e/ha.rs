@@ -21,7 +21,7 @@ use crate::support::*;
 /// The multi-process HA tests run one at a time: each starts three routers and its pods, and
 /// their timing checks (a survivor serves within ~2 s) assume the machine is not also running
 /// another such cluster.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }

@@ -2,6 +2,7 @@
 //! mock model pods. Proxy behaviour that needs no binary: `crates/proxy/tests/behaviour`.
 
 mod auth;
+mod autoscale;
 mod binary;
 mod check;
 mod discovery;
