@@ -1078,6 +1078,41 @@ async fn autoscale_stands_back_when_an_hpa_targets_the_deployment() {
     drop(r);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_reports_a_missing_target_and_keeps_routing() {
+    let _g = serial().await;
+    let opts = Opts::default();
+    let c = Cluster::start(opts.clone()).await;
+    let mut ie = endpoint(&opts);
+    ie["spec"]["deployments"][0]["scaleSettings"]["scaleTargetRef"]["name"] =
+        json!("no-such-model");
+    c.api.apply(ie);
+    let dir = tempfile::tempdir().unwrap();
+    let r = RouterProc::start(&c, dir.path(), "router-0").await;
+    wait_serving(&c, &r).await;
+    let mut ep = Value::Null;
+    let ok = eventually(Duration::from_secs(10), async || {
+        ep = c.api.get("InferenceEndpoint", NS, ENDPOINT).unwrap();
+        let s = condition(&ep, "Scaling");
+        s["status"] == "False" && s["reason"] == "TargetNotFound"
+    })
+    .await;
+    let s = condition(&ep, "Scaling");
+    eprintln!("autoscale missing target: Scaling {s}");
+    assert!(ok, "{}", ep["status"]);
+    let msg = s["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Deployment/no-such-model") && msg.contains("fix"),
+        "{msg}"
+    );
+    // Routing is unaffected, and nothing was written.
+    let (sent, _) = open_loop(r.http, &[(20.0, Duration::from_secs(1))]).await;
+    let n = counts(&sent);
+    assert!(n.ok > 0 && n.s503 == 0 && n.other == 0, "{n:?}");
+    assert!(c.writes().is_empty(), "{:?}", c.writes());
+    drop(r);
+}
+
 // === the long form ===
 
 fn env_f(name: &str, default: f64) -> f64 {
