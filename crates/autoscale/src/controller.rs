@@ -13,7 +13,7 @@ use infergate_config::{ScaleSettings, ScaleTargetRef};
 use infergate_discovery::crd::DeploymentScale;
 use infergate_discovery::{EndpointScale, ObjectKey, ScaleBoard};
 use infergate_metrics::{Counter, Describe, Gauge, Kind, Registry};
-use infergate_spec::AutoscaleTarget;
+use infergate_spec::{AutoscaleTarget, DeploymentLoad};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -367,17 +367,9 @@ impl Controller {
             };
             t.starting = None;
         }
-        let obs = Observation {
-            current,
-            ready: load.ready_pods,
-            busy: load.busy,
-            queued: load.queued,
-            slots_per_pod: load.slots_per_pod,
-            max_queue_wait: load.max_queue_wait,
-            service_time: load.service_time,
-            startup_time: t.startup,
-        };
-        let d = t.decider.decide(&obs, elapsed);
+        let d = t
+            .decider
+            .decide(&observation(&load, current, t.startup), elapsed);
         t.desired.set(f64::from(d.desired));
         t.current.set(f64::from(current));
         t.view.target = kind_name.clone();
@@ -442,19 +434,9 @@ impl Controller {
         let load = at.load;
         let t = self.targets.get_mut(key).expect("inserted before");
         let current = load.ready_pods;
-        let d: Decision = t.decider.decide(
-            &Observation {
-                current,
-                ready: load.ready_pods,
-                busy: load.busy,
-                queued: load.queued,
-                slots_per_pod: load.slots_per_pod,
-                max_queue_wait: load.max_queue_wait,
-                service_time: load.service_time,
-                startup_time: t.startup,
-            },
-            elapsed,
-        );
+        let d: Decision = t
+            .decider
+            .decide(&observation(&load, current, t.startup), elapsed);
         t.desired.set(f64::from(d.desired));
         t.current.set(f64::from(current));
         if d.desired != t.view.desired || t.last_at.is_none() {
@@ -593,6 +575,20 @@ impl Controller {
         for (k, v) in by_endpoint {
             board.set(k, v);
         }
+    }
+}
+
+/// What the decision sees of a deployment whose workload has `current` replicas.
+fn observation(load: &DeploymentLoad, current: u32, startup: Duration) -> Observation {
+    Observation {
+        current,
+        ready: load.ready_pods,
+        busy: load.busy,
+        queued: load.queued,
+        slots_per_pod: load.slots_per_pod,
+        max_queue_wait: load.max_queue_wait,
+        service_time: load.service_time,
+        startup_time: startup,
     }
 }
 
