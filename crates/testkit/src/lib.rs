@@ -854,28 +854,15 @@ fn respond(
             let Some(body) = body else {
                 return fail(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
             };
-            let mut next = if parts.method == Method::PUT {
-                let want = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
-                if !want.is_empty() && current["metadata"]["resourceVersion"] != want {
-                    return fail(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    );
-                }
-                body
-            } else {
-                let ct = content_type.as_deref().unwrap_or("");
-                if ct.starts_with("application/json-patch+json") {
-                    return fail(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "UnsupportedMediaType",
-                        "the fake API server takes merge and apply patches only",
-                    );
-                }
-                let mut next = current.clone();
-                merge_patch(&mut next, &body);
-                next
+            let mut next = match written(
+                &parts.method,
+                body,
+                &current,
+                current.clone(),
+                content_type.as_deref(),
+            ) {
+                Ok(v) => v,
+                Err(resp) => return *resp,
             };
             next["apiVersion"] = current["apiVersion"].clone();
             next["kind"] = current["kind"].clone();
@@ -937,30 +924,9 @@ fn scale(
             let Some(body) = body else {
                 return fail(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
             };
-            let body = if *method == Method::PUT {
-                let want = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
-                if !want.is_empty() && current["metadata"]["resourceVersion"] != want {
-                    return fail(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    );
-                }
-                body
-            } else {
-                if content_type
-                    .unwrap_or("")
-                    .starts_with("application/json-patch+json")
-                {
-                    return fail(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "UnsupportedMediaType",
-                        "the fake API server takes merge and apply patches only",
-                    );
-                }
-                let mut next = scale_of(&current);
-                merge_patch(&mut next, &body);
-                next
+            let body = match written(method, body, &current, scale_of(&current), content_type) {
+                Ok(v) => v,
+                Err(resp) => return *resp,
             };
             match body["spec"]["replicas"].as_i64() {
                 Some(r) if r >= 0 => r,
@@ -1022,6 +988,41 @@ fn scale_of(w: &Value) -> Value {
         "spec": {"replicas": spec},
         "status": {"replicas": status, "selector": selector},
     })
+}
+
+/// The object a write asks for: a `PUT`'s body, refused with 409 when it carries a
+/// `resourceVersion` other than `current`'s; a merge `PATCH` applied to `base` (JSON patches are
+/// refused with 415).
+fn written(
+    method: &Method,
+    body: Value,
+    current: &Value,
+    mut base: Value,
+    content_type: Option<&str>,
+) -> Result<Value, Box<Response<Body>>> {
+    if *method == Method::PUT {
+        let want = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if !want.is_empty() && current["metadata"]["resourceVersion"] != want {
+            return Err(Box::new(fail(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )));
+        }
+        return Ok(body);
+    }
+    if content_type
+        .unwrap_or("")
+        .starts_with("application/json-patch+json")
+    {
+        return Err(Box::new(fail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the fake API server takes merge and apply patches only",
+        )));
+    }
+    merge_patch(&mut base, &body);
+    Ok(base)
 }
 
 fn not_found(kind: &ResourceKind, name: &str) -> Response<Body> {

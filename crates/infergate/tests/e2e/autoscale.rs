@@ -630,6 +630,24 @@ pub async fn step_run(
     (rep, c, r, dir)
 }
 
+/// The same step with autoscaling off (no `scaleSettings`), held for `s.compare`: the 503s to
+/// compare with.
+async fn step_off(opts: &Opts, s: &Step) -> StepReport {
+    let off_opts = Opts {
+        autoscale: false,
+        ..opts.clone()
+    };
+    let off_step = Step {
+        settle: Duration::ZERO,
+        steady: s.compare,
+        ..s.clone()
+    };
+    let (off, c, r, _dir) = step_run(&off_opts, &off_step).await;
+    print_step("off", &off_opts, &off_step, &off);
+    drop((r, c));
+    off
+}
+
 fn print_step(label: &str, opts: &Opts, s: &Step, rep: &StepReport) {
     eprintln!(
         "autoscale {label}: step {} -> {} req/s ({} ms, {} slot(s)/pod, target {}%): ideal {} replicas",
@@ -690,18 +708,7 @@ async fn autoscale_step_scales_up_within_two_polls_and_holds_steady() {
     let (on, c, r, _dir) = step_run(&opts, &s).await;
     print_step("on", &opts, &s, &on);
     drop((r, c));
-    let off_opts = Opts {
-        autoscale: false,
-        ..opts.clone()
-    };
-    let off_step = Step {
-        settle: Duration::ZERO,
-        steady: s.compare,
-        ..s.clone()
-    };
-    let (off, c, r, _dir2) = step_run(&off_opts, &off_step).await;
-    print_step("off", &off_opts, &off_step, &off);
-    drop((r, c));
+    let off = step_off(&opts, &s).await;
     eprintln!(
         "autoscale step: 503s over the step's first {}: {} with autoscaling, {} without",
         secs(s.compare),
@@ -1172,18 +1179,7 @@ async fn autoscale_long() {
         opts.down_delay_s
     );
     drop((r, c));
-    let off_opts = Opts {
-        autoscale: false,
-        ..opts.clone()
-    };
-    let off_step = Step {
-        settle: Duration::ZERO,
-        steady: s.compare,
-        ..s.clone()
-    };
-    let (off, c, r, _dir2) = step_run(&off_opts, &off_step).await;
-    print_step("off", &off_opts, &off_step, &off);
-    drop((r, c));
+    let off = step_off(&opts, &s).await;
     println!("| measure | value |");
     println!("|---|---|");
     println!(
