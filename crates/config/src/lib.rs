@@ -21,7 +21,9 @@ mod set;
 mod settings;
 pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
-pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
+pub use discovery::{
+    DiscoveryConfig, ENDPOINTSLICE_CONTROLLER, KubeDiscoveryConfig, is_dns_label, is_label_value,
+};
 pub use scale::{AutoscalerConfig, MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};

@@ -184,17 +184,32 @@ pub trait PublishSpecs: Send + Sync {
     fn publish_specs(&self, specs: &[EndpointSpec]);
 }
 
-/// Readiness: routes published and not draining.
+/// Readiness: routes published, no source of them failed, and not draining.
 #[derive(Debug, Default)]
 pub struct Readiness {
     published: AtomicBool,
     draining: AtomicBool,
+    failed: AtomicBool,
 }
 
 impl Readiness {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.published.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.published.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the source of the route table as dead (its task ended or panicked, so the table
+    /// would never change again): not ready from now on, for good. The last table keeps
+    /// serving the requests that still arrive.
+    pub fn set_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Readiness::set_failed`] was called.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Marks the route table as published (or not). The server does it at bind for a static
@@ -227,6 +242,17 @@ mod tests {
         assert!(!r.is_ready());
         r.set_published(true);
         assert!(!r.is_ready(), "draining is for good");
+    }
+
+    #[test]
+    fn a_failed_source_is_not_ready_for_good() {
+        let r = Readiness::default();
+        r.set_published(true);
+        assert!(r.is_ready() && !r.is_failed());
+        r.set_failed();
+        assert!(!r.is_ready() && r.is_failed());
+        r.set_published(true);
+        assert!(!r.is_ready(), "failed is for good");
     }
 
     #[test]

@@ -23,7 +23,8 @@ fn kube_discovery_parses_with_or_without_namespaces() {
     assert_eq!(
         cfg.discovery.kube,
         Some(KubeDiscoveryConfig {
-            namespaces: vec!["ml".into(), "prod".into()]
+            namespaces: vec!["ml".into(), "prod".into()],
+            endpoint_slice_managers: vec!["endpointslice-controller.k8s.io".into()],
         })
     );
     let cfg = parse("discovery: {kube: {}}\n").unwrap();
@@ -64,4 +65,30 @@ fn namespaces_must_be_names_listed_once() {
     let (key, _, fix) = invalid("discovery: {kube: {namespaces: [ml, ml]}}\n");
     assert_eq!(key, "discovery.kube.namespaces[1]");
     assert!(fix.contains("once"));
+}
+
+#[test]
+fn endpoint_slice_managers_default_to_the_controller_and_must_be_label_values() {
+    let cfg = parse("discovery: {kube: {}}\n").unwrap();
+    assert_eq!(
+        cfg.discovery.kube.unwrap().endpoint_slice_managers,
+        vec![crate::ENDPOINTSLICE_CONTROLLER.to_string()]
+    );
+    let cfg = parse(
+        "discovery: {kube: {endpointSliceManagers: [endpointslice-controller.k8s.io, my-mesh.example]}}\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.discovery.kube.unwrap().endpoint_slice_managers.len(), 2);
+    let (key, value, fix) = invalid("discovery: {kube: {endpointSliceManagers: []}}\n");
+    assert_eq!(
+        (key.as_str(), value.as_str()),
+        ("discovery.kube.endpointSliceManagers", "[]")
+    );
+    assert!(fix.contains("endpointslice-controller.k8s.io"), "{fix}");
+    let (key, value, _) =
+        invalid("discovery: {kube: {endpointSliceManagers: [ok, \"bad value\"]}}\n");
+    assert_eq!(
+        (key.as_str(), value.as_str()),
+        ("discovery.kube.endpointSliceManagers[1]", "bad value")
+    );
 }
