@@ -45,7 +45,8 @@ fn mk_slice(i: usize, dep: usize, generation: usize) -> EndpointSlice {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": format!("{svc}-abcde"), "namespace": format!("ns-{}", i % 100),
-                     "labels": {"kubernetes.io/service-name": svc}},
+                     "labels": {"kubernetes.io/service-name": svc,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 5001, "protocol": "TCP"}],
         "endpoints": (0..PODS_PER_SLICE).map(|p| {
@@ -53,7 +54,7 @@ fn mk_slice(i: usize, dep: usize, generation: usize) -> EndpointSlice {
             json!({
                 "addresses": [format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255)],
                 "conditions": {"ready": true, "serving": true, "terminating": false},
-                "targetRef": {"kind": "Pod", "name": format!("{svc}-pod-{p}")},
+                "targetRef": {"kind": "Pod", "name": format!("{svc}-pod-{p}"), "namespace": format!("ns-{}", i % 100)},
             })
         }).collect::<Vec<_>>(),
     }))

@@ -14,7 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
 use crate::crd::InferenceEndpoint;
-use crate::index::SERVICE_NAME_LABEL;
+use crate::index::{AUTH_SECRET_SELECTOR, SERVICE_NAME_LABEL};
 use crate::status::write_statuses;
 use crate::watch::{Discovery, Feed};
 
@@ -98,9 +98,9 @@ pub async fn client_from_env() -> Result<Client, DiscoveryError> {
 }
 
 /// The watch feeds of `cfg`: per namespace (or once for all), InferenceEndpoints, the
-/// EndpointSlices that belong to a Service, and Secrets (the endpoints' keys: a field selector
-/// cannot name many Secrets, so all of the namespace are watched and the index keeps only the
-/// auth entries).
+/// EndpointSlices that belong to a Service, and the Secrets labelled `infergate.io/auth=true`
+/// (the endpoints' keys; selected by the API server, so no other Secret is ever sent to the
+/// router; the index keeps only the auth entries).
 pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Vec<Feed> {
     let ar = ApiResource::erase::<InferenceEndpoint>(&());
     let scopes: Vec<Option<&str>> = if cfg.namespaces.is_empty() {
@@ -136,7 +136,11 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
         };
         feeds.push(Feed::secrets(
             ns,
-            watcher(secrets, watcher::Config::default()).backoff(exp(backoff)),
+            watcher(
+                secrets,
+                watcher::Config::default().labels(AUTH_SECRET_SELECTOR),
+            )
+            .backoff(exp(backoff)),
         ));
     }
     feeds
@@ -144,7 +148,9 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
 
 /// Starts discovery with `client`: the watches, the index publishing to `publisher` (the
 /// proxy's `Router`), `readiness` marked published after the first full sync, and the status
-/// writer, all counting in `registry`. Runs until the returned task is aborted.
+/// writer, all counting in `registry`. Runs until the returned task is aborted; should it end
+/// by itself (a panic), `readiness` fails for good and an ERROR log says so
+/// ([`Discovery::spawn`]).
 #[expect(
     clippy::too_many_arguments,
     reason = "the binary's one call site names each part; a struct would only rename them"
@@ -167,17 +173,23 @@ pub fn spawn(
     } else {
         cfg.namespaces.join(",")
     };
-    tracing::info!(%namespaces, "discovery: watching InferenceEndpoints, EndpointSlices and Secrets");
+    tracing::info!(
+        %namespaces,
+        secrets = AUTH_SECRET_SELECTOR,
+        endpoint_slice_managers = %cfg.endpoint_slice_managers.join(","),
+        "discovery: watching InferenceEndpoints, EndpointSlices and labelled Secrets"
+    );
     let d = Discovery::new(defaults, publisher)
         .with_registry(registry)
         .with_readiness(readiness)
         .with_status_sink(tx)
+        .with_slice_managers(cfg.endpoint_slice_managers.clone())
         // Retries come at most 1.2 x max apart (jitter): quiet for longer means recovered.
         .with_recovery_window(backoff.max * 2 + Duration::from_secs(1));
-    tokio::spawn(async move {
-        d.run(feeds).await;
-        writer.abort();
-    })
+    // The writer ends by itself when the discovery task's sender is dropped (the task ended,
+    // panicked or was aborted).
+    drop(writer);
+    d.spawn(feeds)
 }
 
 /// The client for `cfg.discovery.kube`, or `None` without it. Built before any port is bound,

@@ -1,10 +1,16 @@
 //! The pure discovery index: InferenceEndpoints, EndpointSlices and Secrets in, endpoint
 //! specs, statuses and reports out. No I/O, no clock, no async.
 //!
-//! Secrets: every Secret of the watched namespaces is known by name (so that "missing" is
-//! told apart from "lacks the entries"), but only its auth entries (`primaryKey`,
-//! `secondaryKey`, `signingKey`) are kept; nothing else of a Secret is stored, and the
-//! `Debug` of a stored Secret prints entry names only.
+//! Secrets: only Secrets labelled [`AUTH_SECRET_LABEL`]`=true` are read (the watch selects
+//! them on the API server; an unlabelled one that arrives anyway is treated as absent). Each
+//! is known by name (so that "missing" is told apart from "lacks the entries"), but only its
+//! auth entries (`primaryKey`, `secondaryKey`, `signingKey`) are kept; nothing else of a
+//! Secret is stored, and the `Debug` of a stored Secret prints entry names only.
+//!
+//! EndpointSlices: only slices of a trusted manager (label [`MANAGED_BY_LABEL`], by default
+//! Kubernetes' EndpointSlice controller) are used, and of those only endpoints whose
+//! `targetRef` is a Pod of the slice's own namespace. Anything else is refused: a warning
+//! report, and the InferenceEndpoint's status says so (condition `EndpointsTrusted`).
 //!
 //! Watch events go in through `apply_*`, `delete_*` and `reset_*` (a relist replaces every
 //! object of a kind in a scope). Each call marks the URL names it may change as dirty;
@@ -35,6 +41,25 @@ use crate::crd::{
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The label naming the controller that manages an EndpointSlice.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+
+/// The label a Secret needs for the router to read it (value [`AUTH_SECRET_LABEL_VALUE`]).
+pub const AUTH_SECRET_LABEL: &str = "infergate.io/auth";
+
+/// The value of [`AUTH_SECRET_LABEL`].
+pub const AUTH_SECRET_LABEL_VALUE: &str = "true";
+
+/// The label selector of the Secret watch.
+pub const AUTH_SECRET_SELECTOR: &str = "infergate.io/auth=true";
+
+/// The status condition that lists refused (untrusted) EndpointSlices and endpoints; present
+/// only while something is refused.
+pub const ENDPOINTS_TRUSTED: &str = "EndpointsTrusted";
+
+/// Most refusals spelled out in a status message (the rest are counted).
+const MAX_REFUSALS_SHOWN: usize = 5;
 
 /// `namespace/name` of an object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -206,7 +231,10 @@ struct SlicePort {
 #[derive(Debug, Clone, PartialEq)]
 struct SliceEntry {
     ports: Vec<SlicePort>,
+    /// The trusted endpoints.
     endpoints: Vec<SliceEndpoint>,
+    /// Why the slice, or some of its endpoints, are refused (empty: all trusted).
+    refused: Vec<String>,
 }
 
 /// `(namespace, service)`.
@@ -233,6 +261,8 @@ pub type Scope<'a> = Option<&'a str>;
 #[derive(Debug)]
 pub struct Index {
     defaults: Defaults,
+    /// `endpointslice.kubernetes.io/managed-by` values whose slices are trusted.
+    slice_managers: Vec<String>,
     endpoints: HashMap<ObjectKey, EndpointEntry>,
     /// URL name -> namespaces of the InferenceEndpoints claiming it.
     claims: HashMap<String, BTreeSet<String>>,
@@ -263,6 +293,7 @@ impl Index {
     pub fn new(defaults: Defaults) -> Self {
         Index {
             defaults,
+            slice_managers: vec![infergate_config::ENDPOINTSLICE_CONTROLLER.to_string()],
             endpoints: HashMap::new(),
             claims: HashMap::new(),
             users: HashMap::new(),
@@ -277,6 +308,13 @@ impl Index {
             sent: HashMap::new(),
             reports: Vec::new(),
         }
+    }
+
+    /// Trusts the EndpointSlices of these managers (label [`MANAGED_BY_LABEL`]) instead of
+    /// Kubernetes' EndpointSlice controller alone (`discovery.kube.endpointSliceManagers`).
+    /// Call before any slice is applied.
+    pub fn set_slice_managers(&mut self, managers: Vec<String>) {
+        self.slice_managers = managers;
     }
 
     // === InferenceEndpoints ===
@@ -399,11 +437,22 @@ impl Index {
 
     // === Secrets ===
 
-    /// A Secret was added or changed. Only its auth entries are kept.
+    /// A Secret was added or changed. Only its auth entries are kept, and only when it carries
+    /// the label [`AUTH_SECRET_LABEL`]`=true` (without it, it counts as absent).
     pub fn apply_secret(&mut self, s: &Secret) {
         let Some(key) = key_of(&s.metadata.namespace, &s.metadata.name) else {
             return;
         };
+        let labelled = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(AUTH_SECRET_LABEL))
+            .is_some_and(|v| v == AUTH_SECRET_LABEL_VALUE);
+        if !labelled {
+            self.remove_secret(&key);
+            return;
+        }
         let data = SecretData(
             s.data
                 .iter()
@@ -483,7 +532,12 @@ impl Index {
         let Some(data) = self.secrets.get(&sk) else {
             return (
                 AuthPolicy::default(),
-                Some(format!("Secret {sk} (spec.auth.secretName) not found")),
+                Some(format!(
+                    "Secret {sk} (spec.auth.secretName) not found, or without the label \
+                     {AUTH_SECRET_SELECTOR} (the router reads no other Secret); fix: create it, \
+                     or `kubectl -n {} label secret {} {AUTH_SECRET_SELECTOR}`",
+                    sk.namespace, sk.name
+                )),
             );
         };
         match AuthPolicy::from_secret_data(mode, &data.0) {
@@ -518,6 +572,21 @@ impl Index {
             return;
         };
         let entry = self.parse_slice(&key, s);
+        let old_refused = self
+            .slice_service
+            .get(&key)
+            .and_then(|svc| self.slices.get(&(key.namespace.clone(), svc.clone())))
+            .and_then(|m| m.get(&key.name))
+            .map(|e| e.refused.clone());
+        if !entry.refused.is_empty() && old_refused.as_ref() != Some(&entry.refused) {
+            for why in &entry.refused {
+                self.reports.push(Report {
+                    object: format!("EndpointSlice {key}"),
+                    reason: format!("refused: {why}"),
+                    is_problem: true,
+                });
+            }
+        }
         if self.slice_service.get(&key) == Some(&service) {
             let sk = (key.namespace.clone(), service);
             let slot = self.slices.entry(sk.clone()).or_default();
@@ -601,6 +670,48 @@ impl Index {
             })
             .collect();
         let mut endpoints = Vec::new();
+        let mut refused = Vec::new();
+        let manager = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL));
+        let allowed = || {
+            format!(
+                "trusted: {} (discovery.kube.endpointSliceManagers)",
+                self.slice_managers.join(", ")
+            )
+        };
+        match manager {
+            Some(m) if self.slice_managers.contains(m) => {}
+            Some(m) => {
+                refused.push(format!(
+                    "EndpointSlice {key} is managed by `{m}`, not by a trusted manager ({}); its \
+                     endpoints are not routed; fix: give the Service a selector so that the \
+                     EndpointSlice controller writes its slices, or add `{m}` to \
+                     discovery.kube.endpointSliceManagers if it is trusted to name pods",
+                    allowed()
+                ));
+                return SliceEntry {
+                    ports,
+                    endpoints,
+                    refused,
+                };
+            }
+            None => {
+                refused.push(format!(
+                    "EndpointSlice {key} has no label {MANAGED_BY_LABEL} (made by hand?), so no \
+                     trusted controller wrote it ({}); its endpoints are not routed; fix: give the \
+                     Service a selector so that the EndpointSlice controller writes its slices",
+                    allowed()
+                ));
+                return SliceEntry {
+                    ports,
+                    endpoints,
+                    refused,
+                };
+            }
+        }
         if s.address_type == "IPv4" || s.address_type == "IPv6" {
             for e in s.endpoints.iter().flatten() {
                 // Consumers use the first address only (the others are the same pod).
@@ -615,6 +726,36 @@ impl Index {
                     });
                     continue;
                 };
+                // A Pod of this namespace only: the controller writes the Pod's own IP.
+                let pod = match &e.target_ref {
+                    None => Err("has no targetRef".to_string()),
+                    Some(r) if r.kind.as_deref() != Some("Pod") => Err(format!(
+                        "has targetRef kind `{}`, not Pod",
+                        r.kind.as_deref().unwrap_or("")
+                    )),
+                    Some(r) if r.namespace.as_deref() != Some(key.namespace.as_str()) => {
+                        Err(format!(
+                            "has targetRef Pod {}/{} in another namespace",
+                            r.namespace.as_deref().unwrap_or("(none)"),
+                            r.name.as_deref().unwrap_or("")
+                        ))
+                    }
+                    Some(r) => match r.name.as_deref().filter(|n| !n.is_empty()) {
+                        Some(n) => Ok(Arc::<str>::from(n)),
+                        None => Err("has a targetRef without a name".to_string()),
+                    },
+                };
+                let name = match pod {
+                    Ok(n) => Some(n),
+                    Err(why) => {
+                        refused.push(format!(
+                            "EndpointSlice {key}: endpoint {ip} {why}; only Pods of namespace {} \
+                             are routed",
+                            key.namespace
+                        ));
+                        continue;
+                    }
+                };
                 let c = e.conditions.clone().unwrap_or_default();
                 // Unknown (absent) conditions count as ready and serving, as Kubernetes advises.
                 let ready = c.ready.unwrap_or(true);
@@ -625,16 +766,14 @@ impl Index {
                     (false, _, true) => EpState::Ready,
                     (false, _, false) => EpState::NotReady,
                 };
-                let name = e
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
-                    .and_then(|r| r.name.as_deref())
-                    .map(Arc::from);
                 endpoints.push(SliceEndpoint { ip, name, state });
             }
         }
-        SliceEntry { ports, endpoints }
+        SliceEntry {
+            ports,
+            endpoints,
+            refused,
+        }
     }
 
     // === output ===
@@ -762,6 +901,7 @@ impl Index {
         let mut draining: BTreeSet<SocketAddr> = BTreeSet::new();
         let mut port_missing = None;
         for (slice_name, s) in slices {
+            out.refused.extend(s.refused.iter().cloned());
             let port = match &d.port {
                 Some(PortRef::Number(n)) => s.ports.iter().find(|p| i64::from(p.port) == *n),
                 Some(PortRef::Name(name)) => {
@@ -795,8 +935,18 @@ impl Index {
             .map(|(addr, name)| PodSpec { addr, name })
             .collect();
         if out.pods.is_empty() {
-            out.why_none = port_missing
-                .or_else(|| Some(format!("Service {ns}/{} has no ready endpoints", d.service)));
+            out.why_none = port_missing.or_else(|| {
+                Some(if out.refused.is_empty() {
+                    format!("Service {ns}/{} has no ready endpoints", d.service)
+                } else {
+                    format!(
+                        "Service {ns}/{} has no trusted ready endpoints ({} refused; see condition \
+                         {ENDPOINTS_TRUSTED})",
+                        d.service,
+                        out.refused.len()
+                    )
+                })
+            });
         }
         out
     }
@@ -861,7 +1011,10 @@ impl Index {
         };
         if let (Ok(p), Some(pods)) = (&e.parsed, pods) {
             let mut missing = Vec::new();
+            let mut untrusted_missing = false;
+            let mut refused: Vec<&str> = Vec::new();
             for (d, pods) in p.deployments.iter().zip(pods) {
+                refused.extend(pods.refused.iter().map(String::as_str));
                 status.deployments.push(DeploymentStatus {
                     name: d.name.clone(),
                     ready_pods: pods.pods.len() as u32,
@@ -871,6 +1024,7 @@ impl Index {
                 let needs_pods = d.weight > 0 || p.deployments.iter().all(|x| x.weight == 0);
                 if needs_pods && let Some(why) = &pods.why_none {
                     missing.push(format!("deployment {}: {why}", d.name));
+                    untrusted_missing |= !pods.refused.is_empty();
                 }
             }
             let bad_scale: Vec<String> = p
@@ -907,8 +1061,36 @@ impl Index {
                             "PodsReady",
                             "every deployment with traffic has a ready pod".into(),
                         ),
-                        (None, false) => cond("Ready", false, "NoReadyPods", missing.join("; ")),
+                        (None, false) => cond(
+                            "Ready",
+                            false,
+                            if untrusted_missing {
+                                "UntrustedEndpoints"
+                            } else {
+                                "NoReadyPods"
+                            },
+                            missing.join("; "),
+                        ),
                     });
+            }
+            if is_owner && !refused.is_empty() {
+                refused.sort_unstable();
+                refused.dedup();
+                let mut msg = refused
+                    .iter()
+                    .take(MAX_REFUSALS_SHOWN)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if refused.len() > MAX_REFUSALS_SHOWN {
+                    msg.push_str(&format!(
+                        "; and {} more",
+                        refused.len() - MAX_REFUSALS_SHOWN
+                    ));
+                }
+                status
+                    .conditions
+                    .push(cond(ENDPOINTS_TRUSTED, false, "UntrustedEndpoints", msg));
             }
             if is_owner && !bad_scale.is_empty() {
                 status.conditions.push(cond(
@@ -984,6 +1166,8 @@ struct Pods {
     pods: Vec<PodSpec>,
     draining: u32,
     why_none: Option<String>,
+    /// Why slices or endpoints of the deployment's Service were refused (untrusted).
+    refused: Vec<String>,
 }
 
 fn build(url: &str, ns: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> EndpointSpec {

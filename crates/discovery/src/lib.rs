@@ -27,7 +27,10 @@ pub use cluster::{
     Backoff, DiscoveryError, client_from_env, client_if_configured, feeds, spawn, start,
 };
 pub use crd::{InferenceEndpoint, InferenceEndpointSpec, InferenceEndpointStatus, crd_yaml};
-pub use index::{Index, ObjectKey, StatusUpdate};
+pub use index::{
+    AUTH_SECRET_LABEL, AUTH_SECRET_LABEL_VALUE, AUTH_SECRET_SELECTOR, ENDPOINTS_TRUSTED, Index,
+    MANAGED_BY_LABEL, ObjectKey, SERVICE_NAME_LABEL, StatusUpdate,
+};
 pub use peers::{
     PEER_PORT_NAME, PEERS_KIND, SERVICE_ACCOUNT_NAMESPACE_FILE, peer_namespace, slice_peers,
     watch_peers, watch_peers_with,

@@ -207,6 +207,13 @@ impl Discovery {
         self
     }
 
+    /// Trusts the EndpointSlices of these managers (`discovery.kube.endpointSliceManagers`)
+    /// instead of Kubernetes' EndpointSlice controller alone.
+    pub fn with_slice_managers(mut self, managers: Vec<String>) -> Self {
+        self.index.set_slice_managers(managers);
+        self
+    }
+
     /// Marks `readiness` published after the first full sync of every feed.
     pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
         self.readiness = Some(readiness);
@@ -217,6 +224,49 @@ impl Discovery {
     pub fn with_status_sink(mut self, tx: mpsc::UnboundedSender<StatusUpdate>) -> Self {
         self.status = Some(tx);
         self
+    }
+
+    /// Runs [`Discovery::run`] on a task of its own, watched: should that task ever end (a
+    /// panic, or every feed ended; watch streams never do), readiness fails for good (so
+    /// `/readyz` answers 503 and the pod leaves its Services), `infergate_discovery_synced`
+    /// drops to 0 and an ERROR log says why. The last route table keeps serving meanwhile.
+    /// Aborting the returned handle stops discovery quietly.
+    pub fn spawn(self, feeds: Vec<Feed>) -> tokio::task::JoinHandle<()> {
+        let readiness = self.readiness.clone();
+        let synced = self.registry.gauge(metrics::SYNCED, &[]);
+        let inner = AbortOnDrop(tokio::spawn(self.run(feeds)));
+        tokio::spawn(async move {
+            let mut inner = inner;
+            let outcome = (&mut inner.0).await;
+            if let Some(r) = &readiness {
+                r.set_failed();
+            }
+            synced.set(0.0);
+            match outcome {
+                Err(e) if e.is_panic() => {
+                    let p = e.into_panic();
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    tracing::error!(
+                        panic = %why,
+                        "discovery: the discovery task panicked; the route table no longer follows \
+                         the cluster: /readyz answers 503 from now on (restart the pod)"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "discovery: the discovery task was cancelled; /readyz answers 503 from now on \
+                     (restart the pod)"
+                ),
+                Ok(()) => tracing::error!(
+                    "discovery: every watch stream ended; the route table no longer follows the \
+                     cluster: /readyz answers 503 from now on (restart the pod)"
+                ),
+            }
+        })
     }
 
     /// Consumes the feeds until they all end (watch streams never do).
@@ -387,6 +437,15 @@ impl Discovery {
                 let _ = tx.send(s);
             }
         }
+    }
+}
+
+/// Aborts the task when dropped (the supervisor was aborted: stop what it watches).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -220,6 +220,7 @@ fn secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Value {
     let mut s = Secret::default();
     s.metadata.namespace = Some(ns.into());
     s.metadata.name = Some(name.into());
+    s.metadata.labels = Some([("infergate.io/auth".to_string(), "true".to_string())].into());
     s.data = Some(
         entries
             .iter()
@@ -242,7 +243,10 @@ fn slice(ns: &str, name: &str, svc: &str, pods: &[(&MockHandle, &str, Cond)]) ->
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+        "metadata": {"name": name, "namespace": ns, "labels": {
+            "kubernetes.io/service-name": svc,
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+        }},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": pods.iter().map(|(_, pod, c)| {
@@ -1073,4 +1077,106 @@ async fn a_secret_missing_at_start_refuses_with_the_reason_until_it_is_created()
         })
         .await
     );
+}
+
+// === a dead discovery task ===
+
+/// Log lines written through a `tracing` subscriber, kept for assertions.
+#[derive(Clone, Default)]
+struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+/// One thread: the subscriber set for this test sees the discovery task's log too.
+#[tokio::test(flavor = "current_thread")]
+async fn dead_discovery_task_turns_readyz_503() {
+    use futures_util::{StreamExt, stream};
+    use infergate_discovery::{Discovery, Feed};
+    use kube::api::DynamicObject;
+    use kube::runtime::watcher::{self, Event};
+
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    infergate_tls::install_crypto_provider();
+    let cfg = Config::from_yaml(
+        "allowInsecureConnections: true\n\
+         listen: {https: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\n\
+         discovery: {kube: {namespaces: [ml]}}\n",
+        "<test>",
+    )
+    .unwrap();
+    let server = Server::bind(&cfg).await.expect("router binds");
+    let admin = server.admin_addr();
+    // A feed that lists, then hits a bug when told to.
+    let (bug, bug_rx) = oneshot::channel::<()>();
+    let feed = stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]).chain(
+        stream::once(async move {
+            let _ = bug_rx.await;
+        })
+        .map(|()| -> watcher::Result<Event<DynamicObject>> { panic!("a bug in discovery (test)") }),
+    );
+    let task = Discovery::new(cfg.defaults, server.router().clone())
+        .with_registry(server.registry())
+        .with_readiness(server.readiness().clone())
+        .spawn(vec![Feed::endpoints(Some("ml"), feed)]);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    assert!(
+        eventually(Duration::from_secs(5), async || get(admin, "/readyz")
+            .await
+            .0
+            == 200)
+        .await
+    );
+
+    bug.send(()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || get(admin, "/readyz")
+            .await
+            .0
+            == 503)
+        .await,
+        "/readyz still 200 after the discovery task died"
+    );
+    assert!(task.await.is_ok(), "the supervisor itself ends cleanly");
+    let metrics = get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("infergate_discovery_synced 0"),
+        "{metrics}"
+    );
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("discovery task panicked"))
+        .unwrap_or_else(|| panic!("no log line: {text}"));
+    assert!(
+        line.contains("ERROR") && line.contains("a bug in discovery (test)"),
+        "{line}"
+    );
+    // Still not ready a while later: nothing turns it back.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(admin, "/readyz").await.0, 503);
+    let _ = stop.send(());
 }

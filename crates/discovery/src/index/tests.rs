@@ -47,7 +47,10 @@ pub(crate) fn mk_slice(
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": ns, "labels": {SERVICE_NAME_LABEL: svc}},
+        "metadata": {"name": name, "namespace": ns, "labels": {
+            SERVICE_NAME_LABEL: svc,
+            MANAGED_BY_LABEL: "endpointslice-controller.k8s.io",
+        }},
         "addressType": "IPv4",
         "ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP"})).collect::<Vec<_>>(),
         "endpoints": eps.iter().map(|(ip, r, s, t, pod)| json!({
@@ -624,6 +627,7 @@ pub(crate) fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Secre
     let mut s = Secret::default();
     s.metadata.namespace = Some(ns.into());
     s.metadata.name = Some(name.into());
+    s.metadata.labels = Some([(AUTH_SECRET_LABEL.to_string(), "true".to_string())].into());
     s.data = Some(
         entries
             .iter()
@@ -897,4 +901,199 @@ fn scale_settings_reach_the_spec_and_bad_ones_are_reported_without_touching_rout
     let m = &cond(&st, "Scaling").message;
     assert!(m.contains("maxInstance"), "{m}");
     assert_eq!(pods(&ix, "iris", "blue"), [addr("10.0.0.1:5001")]);
+}
+
+// === trust: EndpointSlices and Secrets ===
+
+/// An EndpointSlice of Service `svc` with these labels besides the service name, port `http`
+/// 80, and these endpoints (raw JSON).
+fn raw_slice(ns: &str, name: &str, svc: &str, labels: Value, endpoints: Value) -> EndpointSlice {
+    let mut l = labels;
+    l[SERVICE_NAME_LABEL] = json!(svc);
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns, "labels": l},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+fn controller() -> Value {
+    json!({MANAGED_BY_LABEL: "endpointslice-controller.k8s.io"})
+}
+
+fn pod_ep(ip: &str, ns: &str, pod: &str) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": true},
+           "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})
+}
+
+fn routed_pods(ix: &Index, ep: &str) -> Vec<SocketAddr> {
+    ix.specs()
+        .iter()
+        .find(|s| s.name == ep)
+        .map(|s| s.deployments[0].pods.iter().map(|p| p.addr).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn slices_without_a_trusted_manager_are_refused_with_a_reason() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("ml", "e", one("svc"), 0));
+    // Hand-made (no managed-by label), pointing at some address in the cluster.
+    ix.apply_slice(&raw_slice(
+        "ml",
+        "svc-hand",
+        "svc",
+        json!({}),
+        json!([pod_ep("10.96.0.1", "ml", "p")]),
+    ));
+    let ch = ix.refresh();
+    assert!(routed_pods(&ix, "e").is_empty());
+    let st = status_of(&ch, "ml", "e");
+    let ready = cond(&st, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "UntrustedEndpoints")
+    );
+    assert!(
+        ready.message.contains("no trusted ready endpoints"),
+        "{}",
+        ready.message
+    );
+    let t = cond(&st, ENDPOINTS_TRUSTED);
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("False", "UntrustedEndpoints")
+    );
+    assert!(
+        t.message.contains("EndpointSlice ml/svc-hand has no label") && t.message.contains("fix:"),
+        "{}",
+        t.message
+    );
+    assert!(
+        ch.reports
+            .iter()
+            .any(|r| r.object == "EndpointSlice ml/svc-hand" && r.is_problem),
+        "{:?}",
+        ch.reports
+    );
+    // Another manager: refused too, naming it and the config key that would trust it.
+    ix.apply_slice(&raw_slice(
+        "ml",
+        "svc-hand",
+        "svc",
+        json!({MANAGED_BY_LABEL: "my-operator"}),
+        json!([pod_ep("10.96.0.1", "ml", "p")]),
+    ));
+    let ch = ix.refresh();
+    assert!(routed_pods(&ix, "e").is_empty());
+    let t = cond(&status_of(&ch, "ml", "e"), ENDPOINTS_TRUSTED).clone();
+    assert!(
+        t.message.contains("managed by `my-operator`")
+            && t.message.contains("discovery.kube.endpointSliceManagers"),
+        "{}",
+        t.message
+    );
+    // The controller's slice: routed, and the condition is gone.
+    ix.apply_slice(&raw_slice(
+        "ml",
+        "svc-hand",
+        "svc",
+        controller(),
+        json!([pod_ep("10.0.0.7", "ml", "p")]),
+    ));
+    let ch = ix.refresh();
+    assert_eq!(routed_pods(&ix, "e"), [addr("10.0.0.7:80")]);
+    let st = status_of(&ch, "ml", "e");
+    assert_eq!(cond(&st, "Ready").reason, "PodsReady");
+    assert!(st.conditions.iter().all(|c| c.type_ != ENDPOINTS_TRUSTED));
+}
+
+#[test]
+fn an_allowlisted_manager_is_trusted() {
+    let mut ix = mk_index();
+    ix.set_slice_managers(vec![
+        "endpointslice-controller.k8s.io".into(),
+        "my-operator".into(),
+    ]);
+    ix.apply_endpoint(&mk_ie("ml", "e", one("svc"), 0));
+    ix.apply_slice(&raw_slice(
+        "ml",
+        "svc-op",
+        "svc",
+        json!({MANAGED_BY_LABEL: "my-operator"}),
+        json!([pod_ep("10.0.0.8", "ml", "p")]),
+    ));
+    ix.refresh();
+    assert_eq!(routed_pods(&ix, "e"), [addr("10.0.0.8:80")]);
+}
+
+#[test]
+fn endpoints_that_are_not_pods_of_the_namespace_are_refused() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie("ml", "e", one("svc"), 0));
+    ix.apply_slice(&raw_slice(
+        "ml",
+        "svc-1",
+        "svc",
+        controller(),
+        json!([
+            pod_ep("10.0.0.1", "ml", "good"),
+            {"addresses": ["10.240.0.4"], "conditions": {"ready": true}},
+            {"addresses": ["10.240.0.5"], "conditions": {"ready": true},
+             "targetRef": {"kind": "Node", "name": "node-1"}},
+            pod_ep("10.0.9.9", "other-team", "their-pod"),
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": true},
+             "targetRef": {"kind": "Pod", "namespace": "ml"}},
+        ]),
+    ));
+    let ch = ix.refresh();
+    assert_eq!(routed_pods(&ix, "e"), [addr("10.0.0.1:80")]);
+    let st = status_of(&ch, "ml", "e");
+    // Served by the good pod, and the refusals are shown.
+    assert_eq!(cond(&st, "Ready").reason, "PodsReady");
+    let m = &cond(&st, ENDPOINTS_TRUSTED).message;
+    for want in [
+        "endpoint 10.240.0.4 has no targetRef",
+        "endpoint 10.240.0.5 has targetRef kind `Node`",
+        "endpoint 10.0.9.9 has targetRef Pod other-team/their-pod in another namespace",
+        "endpoint 10.0.0.2 has a targetRef without a name",
+    ] {
+        assert!(m.contains(want), "{want}: {m}");
+    }
+    assert_eq!(st.deployments[0].ready_pods, 1);
+}
+
+#[test]
+fn unlabelled_secrets_count_as_absent() {
+    let mut ix = mk_index();
+    ix.apply_endpoint(&mk_ie(
+        "ml",
+        "k",
+        json!({"deployments": [{"name": "a", "serviceName": "s"}],
+               "auth": {"mode": "key", "secretName": "k-keys"}}),
+        0,
+    ));
+    let mut unlabelled = mk_secret("ml", "k-keys", &[("primaryKey", "p1")]);
+    unlabelled.metadata.labels = None;
+    ix.apply_secret(&unlabelled);
+    let ch = ix.refresh();
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
+    let st = status_of(&ch, "ml", "k");
+    let m = &cond(&st, "Ready").message;
+    assert!(
+        m.contains("infergate.io/auth=true")
+            && m.contains("kubectl -n ml label secret k-keys infergate.io/auth=true"),
+        "{m}"
+    );
+    // Labelled: used. The label removed again: forgotten.
+    ix.apply_secret(&mk_secret("ml", "k-keys", &[("primaryKey", "p1")]));
+    ix.refresh();
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::keys(Some(b"p1"), None));
+    ix.apply_secret(&unlabelled);
+    ix.refresh();
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
 }

@@ -193,3 +193,34 @@ async fn a_burst_of_events_is_applied_and_published() {
     assert_eq!(t.len(), 100);
     assert_eq!(pods(&f, "e99").unwrap(), ["10.0.0.1:80"]);
 }
+
+#[tokio::test]
+async fn a_task_whose_feeds_end_fails_readiness_and_an_aborted_one_stops_quietly() {
+    // Every feed ended (watch streams never do): discovery is dead, readiness fails for good.
+    let router = Router::new(&infergate_proxy::Registry::new());
+    let ready = Arc::new(Readiness::default());
+    let listed = stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]);
+    Discovery::new(Defaults::default(), router.clone())
+        .with_readiness(ready.clone())
+        .spawn(vec![Feed::endpoints(None, listed)])
+        .await
+        .unwrap();
+    assert!(ready.is_failed() && !ready.is_ready());
+
+    // Aborted (shutdown, a test's end): the watched task stops too, readiness is untouched.
+    let ready = Arc::new(Readiness::default());
+    let (ep, eps) = channel_stream();
+    let h = Discovery::new(Defaults::default(), router)
+        .with_readiness(ready.clone())
+        .spawn(vec![Feed::endpoints(None, eps)]);
+    let ep: EpTx = ep;
+    ep.send(Ok(Event::Init)).unwrap();
+    ep.send(Ok(Event::InitDone)).unwrap();
+    settle().await;
+    assert!(ready.is_ready());
+    h.abort();
+    assert!(h.await.unwrap_err().is_cancelled());
+    settle().await;
+    assert!(ep.is_closed(), "the discovery task still runs");
+    assert!(!ready.is_failed() && ready.is_ready());
+}
