@@ -84,6 +84,10 @@ render placement-https      --config enableInference=True nodeSelector.agentpool
                             tolerations=sku=gpu:NoSchedule,dedicated:NoExecute,maintenance "${TLS[@]}"
 render custom-names         --namespace ml-serving --name router --image registry.example/infergate:dev \
                             --config enableInference=True privateEndpointILB=True "${TLS[@]}"
+render inference-namespaces --config enableInference=True inferenceNamespaces=models,staging \
+                            metricsNamespaces=monitoring,kube-system "${TLS[@]}"
+render inference-all        --config enableInference=True 'inferenceNamespaces=*' 'metricsNamespaces=*' \
+                            inferenceRouterHA=False "${TLS[@]}"
 
 # --- every overlay --------------------------------------------------------------------------
 overlays=(deploy/overlays/*/)

@@ -123,5 +123,17 @@ pub fn summary(s: &crate::Settings) -> String {
     if !s.tolerations.is_empty() {
         line.push_str(&format!(", {} toleration(s)", s.tolerations.len()));
     }
+    let list = |n: &crate::Namespaces| match n {
+        crate::Namespaces::All => "every namespace".to_string(),
+        crate::Namespaces::Listed(l) => l.join(","),
+    };
+    match &s.inference_namespaces {
+        None => line.push_str(", endpoints and Secrets of its own namespace"),
+        Some(n) => line.push_str(&format!(", endpoints and Secrets of {}", list(n))),
+    }
+    line.push_str(&format!(
+        ", admin port open to {}",
+        list(&s.metrics_namespaces)
+    ));
     line
 }

@@ -3,11 +3,14 @@
 //! Users of the AzureML Kubernetes extension choose how the inference router (`azureml-fe`) is
 //! exposed with `az k8s-extension create --config KEY=VALUE ... --config-protected KEY=VALUE ...`.
 //! [`render`] takes the same keys and produces the Namespace, ServiceAccount, ConfigMap (the
-//! router's `infergate.yaml`), TLS Secret, Deployment, Service, PodDisruptionBudget and, for
-//! OpenShift, the SecurityContextConstraints with the Role and RoleBinding that grant it. With
-//! high availability (three replicas, the default) the replicas act as one router (`cluster`
-//! in the config): a headless `<name>-peers` Service finds them, a `<name>-cluster` Secret
-//! authenticates them, and a NetworkPolicy admits only router pods to their peer port.
+//! router's `infergate.yaml`), TLS Secret, Deployment, Service, NetworkPolicy (serving ports
+//! open, the admin port to the `metricsNamespaces` only), PodDisruptionBudget and, for
+//! OpenShift, the SecurityContextConstraints with the Role and RoleBinding that grant it.
+//! Discovery's rights (Secrets included) are Roles in the `inferenceNamespaces` (default: the
+//! router's own), a ClusterRole only with `inferenceNamespaces=*`. With high availability
+//! (three replicas, the default) the replicas act as one router (`cluster` in the config): a
+//! headless `<name>-peers` Service finds them, a `<name>-cluster` Secret authenticates them,
+//! and a NetworkPolicy admits only router pods to their peer port.
 //!
 //! ```no_run
 //! let args = infergate_deploy::RenderArgs {
@@ -36,10 +39,13 @@ pub use error::RenderError;
 pub use manifests::{
     ADMIN_PORT, CLUSTER_DIR, CLUSTER_SECRET_BYTES, CONFIG_PATH, CRD_YAML, HTTP_PORT, HTTPS_PORT,
     PEER_PORT, PRE_STOP_SECONDS, TLS_DIR, discovery_rules, lease_rules, namespaced_discovery_rbac,
-    termination_grace_seconds,
+    peer_rules, termination_grace_seconds,
 };
 pub use placement::{EFFECTS, NODE_SELECTOR_PREFIX, Toleration};
-pub use settings::{Exposure, KNOWN_KEYS, PROTECTED_KEYS, Settings, TlsFiles, closest_key};
+pub use settings::{
+    DEFAULT_METRICS_NAMESPACE, Exposure, KNOWN_KEYS, Namespaces, PROTECTED_KEYS, Settings,
+    TlsFiles, closest_key,
+};
 
 /// Default namespace, the one the AzureML extension installs into.
 pub const DEFAULT_NAMESPACE: &str = "azureml";

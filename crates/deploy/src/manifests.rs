@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::settings::{Exposure, Settings, TlsFiles};
+use crate::settings::{Exposure, Namespaces, Settings, TlsFiles};
 use crate::{RenderArgs, RenderError};
 
 /// Container port of the HTTPS listener (`listen.https`); the Service maps 443 to it.
@@ -15,6 +15,8 @@ pub const HTTPS_PORT: u16 = 8443;
 /// Container port of the plain HTTP listener (`listen.http`); the Service maps 80 to it.
 pub const HTTP_PORT: u16 = 8080;
 /// Container port of the admin listener (`/healthz`, `/readyz`, `/metrics`); not on the Service.
+/// The NetworkPolicy `<name>` admits only pods of the `metricsNamespaces` to it (the kubelet's
+/// probes come from the pod's own node, which a NetworkPolicy does not filter).
 pub const ADMIN_PORT: u16 = 9090;
 /// Where the ConfigMap's `infergate.yaml` is mounted.
 pub const CONFIG_PATH: &str = "/etc/infergate/config/infergate.yaml";
@@ -78,6 +80,18 @@ impl Ctx<'_> {
     fn scc_role(&self) -> String {
         format!("{}-scc", self.name)
     }
+    /// The discovery ClusterRole, or the Role in each inference namespace.
+    fn discovery_role(&self) -> String {
+        discovery_role_name(self.name, self.ns)
+    }
+    /// The namespaces the router watches (`None`: every namespace).
+    fn watched(&self) -> Option<Vec<String>> {
+        match &self.s.inference_namespaces {
+            None => Some(vec![self.ns.to_string()]),
+            Some(Namespaces::Listed(l)) => Some(l.clone()),
+            Some(Namespaces::All) => None,
+        }
+    }
 
     fn selector(&self) -> Value {
         json!({
@@ -134,7 +148,7 @@ pub(crate) fn documents(
         docs.push(("role.yaml".into(), scc_role(&cx)));
         docs.push(("rolebinding.yaml".into(), scc_role_binding(&cx)));
     }
-    docs.extend(discovery_documents(args, s)?);
+    docs.extend(discovery_documents(&cx)?);
     docs.push(("configmap.yaml".into(), config_map(&cx, &config.0)));
     if let Some(tls) = &s.tls {
         docs.push(("secret.yaml".into(), tls_secret(&cx, tls)?));
@@ -145,7 +159,10 @@ pub(crate) fn documents(
     docs.push(("service.yaml".into(), service(&cx)));
     if s.high_availability {
         docs.push(("peer-service.yaml".into(), peer_service(&cx)));
-        docs.push(("networkpolicy.yaml".into(), peer_network_policy(&cx)));
+    }
+    docs.push(("networkpolicy.yaml".into(), network_policy(&cx)));
+    if s.high_availability {
+        docs.push(("peer-networkpolicy.yaml".into(), peer_network_policy(&cx)));
     }
     docs.push(("deployment.yaml".into(), deployment(&cx, config.1)));
     if s.high_availability {
@@ -163,12 +180,14 @@ pub(crate) fn documents(
 pub const CRD_YAML: &str =
     include_str!("../../../deploy/crds/inferenceendpoints.infergate.io.yaml");
 
-/// What Kubernetes discovery needs, in one place for the ClusterRole and the namespaced Role:
-/// list/watch of InferenceEndpoints and EndpointSlices, update/patch of InferenceEndpoint
-/// status, and get/list/watch of Secrets for the endpoints' keys (the `auth.secretName` of
-/// each InferenceEndpoint). The EndpointSlice rule also covers the HA peers (`cluster.kube`:
-/// the `<name>-peers` Service's slices in the router's own namespace), so high availability
-/// needs no rule of its own; with the namespaced Role, the router's namespace needs one too.
+/// What Kubernetes discovery needs, in one place for the Role of each inference namespace and
+/// the ClusterRole (`inferenceNamespaces=*`): list/watch of InferenceEndpoints and
+/// EndpointSlices, update/patch of InferenceEndpoint status, and list/watch of Secrets for the
+/// endpoints' keys (the router watches only those labelled `infergate.io/auth=true` and never
+/// gets one by name; RBAC cannot narrow a grant by label, hence Roles in the inference
+/// namespaces only). The EndpointSlice rule also covers the HA peers (`cluster.kube`: the
+/// `<name>-peers` Service's slices in the router's own namespace) when that namespace is an
+/// inference namespace; otherwise [`peer_rules`] are granted there.
 pub fn discovery_rules() -> Value {
     json!([
         {
@@ -189,7 +208,7 @@ pub fn discovery_rules() -> Value {
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["list", "watch"],
         },
         // The autoscaler: the replicas of the workloads that `scaleSettings.scaleTargetRef`
         // names, through their scale subresource only (a custom workload kind needs a rule
@@ -214,6 +233,19 @@ pub fn discovery_rules() -> Value {
     ])
 }
 
+/// The HA peers (`cluster.kube`): the EndpointSlices of the `<name>-peers` Service, in the
+/// router's own namespace. Granted by a Role of their own when that namespace is not an
+/// inference namespace (whose discovery Role covers them).
+pub fn peer_rules() -> Value {
+    json!([
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+    ])
+}
+
 /// The autoscaler's leader election: the Lease in the router's own namespace (create, then
 /// get and update of that one Lease).
 pub fn lease_rules() -> Value {
@@ -232,109 +264,130 @@ pub fn lease_rules() -> Value {
     ])
 }
 
-/// Kubernetes discovery (`discovery.kube` in the rendered config, all namespaces): the
-/// InferenceEndpoint CRD and a ClusterRole with its binding to the router's ServiceAccount.
-/// Applied right after the ServiceAccount, before the Deployment. For a router that watches
-/// listed namespaces only, see [`namespaced_discovery_rbac`].
-fn discovery_documents(
-    args: &RenderArgs,
-    s: &Settings,
-) -> Result<Vec<(String, Value)>, RenderError> {
+/// Kubernetes discovery (`discovery.kube` in the rendered config): the InferenceEndpoint CRD,
+/// and the discovery rules granted to the router's ServiceAccount by a Role and RoleBinding in
+/// each inference namespace (default: the router's own), or by a ClusterRole and its binding
+/// with `inferenceNamespaces=*`; the autoscaler's Lease Role and, with HA when the router's
+/// namespace is not an inference namespace, the peers' Role. Applied right after the
+/// ServiceAccount, before the Deployment.
+fn discovery_documents(cx: &Ctx) -> Result<Vec<(String, Value)>, RenderError> {
     let crd: Value = serde_saphyr::from_str(CRD_YAML)
         .map_err(|e| RenderError::Yaml(format!("deploy/crds: {e}")))?;
-    let cx = Ctx {
-        ns: &args.namespace,
-        name: &args.name,
-        image: &args.image,
-        s,
-    };
-    // Cluster-scoped: the namespace keeps two installations apart.
-    let role = format!("{}-{}-discovery", cx.name, cx.ns);
-    let meta = json!({ "name": role, "labels": cx.labels() });
-    Ok(vec![
-        ("crd.yaml".into(), crd),
-        (
-            "clusterrole.yaml".into(),
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": meta,
-                "rules": discovery_rules(),
-            }),
-        ),
-        (
-            "clusterrolebinding.yaml".into(),
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": meta,
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
+    let role = cx.discovery_role();
+    let subjects = json!([{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }]);
+    let mut docs = vec![("crd.yaml".to_string(), crd)];
+    let watched = cx.watched();
+    match &watched {
+        None => {
+            // Cluster-scoped: the namespace keeps two installations apart.
+            let meta = json!({ "name": role, "labels": cx.labels() });
+            docs.push((
+                "clusterrole.yaml".into(),
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
                     "kind": "ClusterRole",
-                    "name": role,
-                },
-                "subjects": [{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }],
-            }),
-        ),
-        (
-            "autoscaler-role.yaml".into(),
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": { "name": format!("{}-autoscaler", cx.name), "namespace": cx.ns, "labels": cx.labels() },
-                "rules": lease_rules(),
-            }),
-        ),
-        (
-            "autoscaler-rolebinding.yaml".into(),
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": { "name": format!("{}-autoscaler", cx.name), "namespace": cx.ns, "labels": cx.labels() },
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": format!("{}-autoscaler", cx.name),
-                },
-                "subjects": [{ "kind": "ServiceAccount", "name": cx.name, "namespace": cx.ns }],
-            }),
-        ),
-    ])
+                    "metadata": meta,
+                    "rules": discovery_rules(),
+                }),
+            ));
+            docs.push((
+                "clusterrolebinding.yaml".into(),
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": meta,
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": role,
+                    },
+                    "subjects": subjects,
+                }),
+            ));
+        }
+        Some(list) => {
+            for ns in list {
+                let (r, b) = role_and_binding(cx.name, cx.ns, ns, &role, discovery_rules());
+                docs.push((format!("discovery-role-{ns}.yaml"), r));
+                docs.push((format!("discovery-rolebinding-{ns}.yaml"), b));
+            }
+        }
+    }
+    let (r, b) = role_and_binding(
+        cx.name,
+        cx.ns,
+        cx.ns,
+        &format!("{}-autoscaler", cx.name),
+        lease_rules(),
+    );
+    docs.push(("autoscaler-role.yaml".into(), r));
+    docs.push(("autoscaler-rolebinding.yaml".into(), b));
+    let peers_covered = watched.is_none_or(|l| l.iter().any(|n| n == cx.ns));
+    if cx.s.high_availability && !peers_covered {
+        let (r, b) = role_and_binding(cx.name, cx.ns, cx.ns, &cx.peers(), peer_rules());
+        docs.push(("peer-role.yaml".into(), r));
+        docs.push(("peer-rolebinding.yaml".into(), b));
+    }
+    Ok(docs)
 }
 
-/// The namespaced variant of the discovery RBAC, for `discovery.kube.namespaces: [...]`: a Role
-/// and RoleBinding in `watched` granting the router's ServiceAccount (`args.name` in
-/// `args.namespace`) the same rules as the ClusterRole. Apply one per watched namespace,
-/// instead of the ClusterRole and its binding. Multi-document YAML.
+/// `<name>-<namespace>-discovery`: the discovery ClusterRole, or the Role in each inference
+/// namespace (the router's namespace in the name keeps two installations apart).
+fn discovery_role_name(name: &str, ns: &str) -> String {
+    format!("{name}-{ns}-discovery")
+}
+
+/// A Role named `role` in `ns` with `rules`, and its RoleBinding to the router's ServiceAccount
+/// (`name` in `own_ns`).
+fn role_and_binding(
+    name: &str,
+    own_ns: &str,
+    ns: &str,
+    role: &str,
+    rules: Value,
+) -> (Value, Value) {
+    let labels = json!({
+        "app.kubernetes.io/name": "infergate",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "inference-router",
+        "app.kubernetes.io/part-of": "infergate",
+    });
+    let meta = json!({ "name": role, "namespace": ns, "labels": labels });
+    (
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": rules,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": own_ns }],
+        }),
+    )
+}
+
+/// The discovery Role and RoleBinding for one more inference namespace `watched`, granting the
+/// router's ServiceAccount (`args.name` in `args.namespace`) what [`discovery_rules`] lists
+/// there: what `render` emits for each namespace of `inferenceNamespaces`, for adding one
+/// later without re-rendering (then add it to `discovery.kube.namespaces` in the ConfigMap).
+/// Multi-document YAML.
 pub fn namespaced_discovery_rbac(args: &RenderArgs, watched: &str) -> Result<String, RenderError> {
     check_name("--namespace", &args.namespace, 63)?;
     check_name("--name", &args.name, 56)?;
     check_name("watched namespace", watched, 63)?;
-    let name = format!("{}-{}-discovery", args.name, args.namespace);
-    let labels = json!({
-        "app.kubernetes.io/name": "infergate",
-        "app.kubernetes.io/instance": args.name,
-        "app.kubernetes.io/component": "inference-router",
-        "app.kubernetes.io/part-of": "infergate",
-    });
-    let meta = json!({ "name": name, "namespace": watched, "labels": labels });
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": meta,
-        "rules": discovery_rules(),
-    });
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": meta,
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
-        "subjects": [{ "kind": "ServiceAccount", "name": args.name, "namespace": args.namespace }],
-    });
+    let (role, binding) = role_and_binding(
+        &args.name,
+        &args.namespace,
+        watched,
+        &discovery_role_name(&args.name, &args.namespace),
+        discovery_rules(),
+    );
     Ok(format!(
-        "---
-{}---
-{}",
+        "---\n{}---\n{}",
         crate::yaml::to_yaml(&role)?,
         crate::yaml::to_yaml(&binding)?
     ))
@@ -368,8 +421,12 @@ fn router_config(cx: &Ctx) -> Result<(String, u64), RenderError> {
     // Start from the file format's own defaults so new fields keep theirs.
     let mut cfg = infergate_config::Config::from_yaml("{}", "<render>").map_err(bug)?;
     cfg.allow_insecure_connections = s.allow_insecure_connections;
-    // Endpoints come from InferenceEndpoints in every namespace (the ClusterRole allows it).
-    cfg.discovery.kube = Some(infergate_config::KubeDiscoveryConfig::default());
+    // Endpoints come from InferenceEndpoints of the inference namespaces (their Roles allow
+    // it), or of every namespace (`inferenceNamespaces=*`, the ClusterRole).
+    cfg.discovery.kube = Some(infergate_config::KubeDiscoveryConfig {
+        namespaces: cx.watched().unwrap_or_default(),
+        ..Default::default()
+    });
     if s.tls.is_some() {
         cfg.ssl_cert_pem_file = Some(Path::new(TLS_DIR).join("tls.crt"));
         cfg.ssl_key_pem_file = Some(Path::new(TLS_DIR).join("tls.key"));
@@ -506,9 +563,12 @@ fn peer_service(cx: &Ctx) -> Value {
     })
 }
 
-/// Only router pods reach the peer port; every source still reaches the serving and admin
-/// ports (a pod selected by an Ingress policy is closed to everything no rule admits).
-fn peer_network_policy(cx: &Ctx) -> Value {
+/// The router pods' ingress: every source reaches the serving ports; only pods of the
+/// `metricsNamespaces` reach the admin port (`/metrics`, `/readyz`, `/healthz`). The kubelet's
+/// probes need no rule: they come from the pod's own node, which a NetworkPolicy cannot block.
+/// A pod selected by an Ingress policy is closed to everything no policy admits (with HA, the
+/// `<name>-peers` policy adds the peer port).
+fn network_policy(cx: &Ctx) -> Value {
     let s = cx.s;
     let mut open = Vec::new();
     if s.tls.is_some() {
@@ -517,7 +577,37 @@ fn peer_network_policy(cx: &Ctx) -> Value {
     if s.allow_insecure_connections {
         open.push(json!({ "port": HTTP_PORT, "protocol": "TCP" }));
     }
-    open.push(json!({ "port": ADMIN_PORT, "protocol": "TCP" }));
+    let scrapers: Vec<Value> = match &s.metrics_namespaces {
+        Namespaces::All => vec![json!({ "namespaceSelector": {} })],
+        Namespaces::Listed(l) => l
+            .iter()
+            .map(|ns| {
+                json!({ "namespaceSelector": {
+                    "matchLabels": { "kubernetes.io/metadata.name": ns },
+                } })
+            })
+            .collect(),
+    };
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": cx.meta(cx.name),
+        "spec": {
+            "podSelector": { "matchLabels": cx.selector() },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                { "ports": open },
+                {
+                    "from": scrapers,
+                    "ports": [{ "port": ADMIN_PORT, "protocol": "TCP" }],
+                },
+            ],
+        },
+    })
+}
+
+/// HA: only router pods reach the peer port (the NetworkPolicy `<name>` admits the rest).
+fn peer_network_policy(cx: &Ctx) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -530,7 +620,6 @@ fn peer_network_policy(cx: &Ctx) -> Value {
                     "from": [{ "podSelector": { "matchLabels": cx.selector() } }],
                     "ports": [{ "port": PEER_PORT, "protocol": "TCP" }],
                 },
-                { "ports": open },
             ],
         },
     })

@@ -31,7 +31,13 @@ pub const KNOWN_KEYS: &[&str] = &[
     "installNvidiaDevicePlugin",
     "logAnalyticsWS",
     "tolerations",
+    "inferenceNamespaces",
+    "metricsNamespaces",
 ];
+
+/// The namespace Prometheus usually runs in (kube-prometheus, the prometheus-community charts):
+/// the default of `metricsNamespaces`.
+pub const DEFAULT_METRICS_NAMESPACE: &str = "monitoring";
 
 /// Keys the extension takes with `--config-protected` (their values are secrets or point at them).
 pub const PROTECTED_KEYS: &[&str] = &["sslCertPemFile", "sslKeyPemFile"];
@@ -60,6 +66,15 @@ impl Exposure {
     }
 }
 
+/// Namespaces a `KEY=a,b,c` setting names, or every namespace (`KEY=*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespaces {
+    /// These namespaces (at least one, each once).
+    Listed(Vec<String>),
+    /// Every namespace of the cluster.
+    All,
+}
+
 /// The TLS certificate chain and key files (read from the machine that runs `render`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -86,6 +101,13 @@ pub struct Settings {
     pub node_selector: BTreeMap<String, String>,
     /// `tolerations=...`: the pods' `tolerations` (empty: none).
     pub tolerations: Vec<Toleration>,
+    /// `inferenceNamespaces=...`: where the InferenceEndpoints (and their Services and key
+    /// Secrets) live, so where the router watches and may read Secrets. `None`: the router's
+    /// own namespace.
+    pub inference_namespaces: Option<Namespaces>,
+    /// `metricsNamespaces=...`: the namespaces whose pods may reach the admin port (`/metrics`,
+    /// `/readyz`, `/healthz`) through the NetworkPolicy; default `monitoring`.
+    pub metrics_namespaces: Namespaces,
 }
 
 /// One `KEY=VALUE` as given, with the flag it came from.
@@ -223,6 +245,31 @@ impl Settings {
             Some(v) => placement::tolerations(v)?,
             None => Vec::new(),
         };
+        let inference_namespaces = get("inferenceNamespaces")
+            .map(|v| namespaces("inferenceNamespaces", v))
+            .transpose()?;
+        if inference_namespaces == Some(Namespaces::All) {
+            warnings.push(
+                "inferenceNamespaces=* grants the router list/watch on the Secrets of every \
+                 namespace (a ClusterRole): it reads only those labelled infergate.io/auth=true, \
+                 selected by the API server, but RBAC cannot limit a grant by label, so whoever \
+                 holds the router's ServiceAccount token can read every Secret in the cluster; \
+                 prefer naming the model namespaces, e.g. inferenceNamespaces=models,staging"
+                    .to_string(),
+            );
+        }
+        let metrics_namespaces = match get("metricsNamespaces") {
+            Some(v) => namespaces("metricsNamespaces", v)?,
+            None => Namespaces::Listed(vec![DEFAULT_METRICS_NAMESPACE.to_string()]),
+        };
+        if metrics_namespaces == Namespaces::All {
+            warnings.push(
+                "metricsNamespaces=* opens the admin port (/metrics, /readyz, /healthz) to every \
+                 pod of the cluster; /metrics names every endpoint, deployment and pod: prefer the \
+                 namespace your Prometheus runs in, e.g. metricsNamespaces=monitoring"
+                    .to_string(),
+            );
+        }
         for (key, why) in [
             (
                 "installNvidiaDevicePlugin",
@@ -261,6 +308,8 @@ impl Settings {
                     .map(|(k, (v, _))| (k, v))
                     .collect(),
                 tolerations,
+                inference_namespaces,
+                metrics_namespaces,
             },
             warnings,
         ))
@@ -299,6 +348,46 @@ fn unknown_key(key: &str, value: &str) -> RenderError {
         suggestion,
         fix,
     }
+}
+
+/// `a,b,c` (each a namespace name, listed once) or `*`.
+fn namespaces(key: &str, value: &str) -> Result<Namespaces, RenderError> {
+    if value == "*" {
+        return Ok(Namespaces::All);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for n in value.split(',').map(str::trim) {
+        if n == "*" {
+            return Err(RenderError::invalid(
+                key,
+                value,
+                "`*` (every namespace) cannot be combined with names",
+                format!("write {key}=* alone, or list namespaces only, e.g. {key}=models,staging"),
+            ));
+        }
+        if !infergate_config::is_dns_label(n) {
+            return Err(RenderError::invalid(
+                key,
+                value,
+                format!("`{n}` is not a Kubernetes namespace name"),
+                format!(
+                    "list namespace names separated by commas (1-63 lowercase letters, digits \
+                     and '-', starting and ending with a letter or digit), e.g. \
+                     {key}=models,staging; or {key}=* for every namespace"
+                ),
+            ));
+        }
+        if out.iter().any(|o| o == n) {
+            return Err(RenderError::invalid(
+                key,
+                value,
+                format!("`{n}` is listed twice"),
+                "list each namespace once",
+            ));
+        }
+        out.push(n.to_string());
+    }
+    Ok(Namespaces::Listed(out))
 }
 
 fn tls_files(

@@ -625,14 +625,19 @@ fn pods_run_non_root_read_only_without_privilege_escalation() {
     assert!(res["requests"]["cpu"].is_string() && res["requests"]["memory"].is_string());
     assert!(res["limits"]["memory"].is_string());
     assert!(kind(&r, "SecurityContextConstraints").is_none());
-    // The only RoleBinding is the autoscaler's Lease one (no SCC grant off OpenShift).
-    assert!(named(&r, "RoleBinding", "infergate-autoscaler").is_some());
+    // The RoleBindings are discovery's and the autoscaler's Lease one (no SCC grant off
+    // OpenShift).
+    let bindings: Vec<Value> = docs(&r)
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding")
+        .map(|d| d["metadata"]["name"].clone())
+        .collect();
     assert_eq!(
-        docs(&r)
-            .iter()
-            .filter(|d| d["kind"] == "RoleBinding")
-            .count(),
-        1
+        bindings,
+        [
+            serde_json::json!("infergate-azureml-discovery"),
+            serde_json::json!("infergate-autoscaler")
+        ]
     );
 }
 
@@ -842,8 +847,8 @@ fn multi_doc_and_write_dir_hold_every_document() {
             "role.yaml",
             "rolebinding.yaml",
             "crd.yaml",
-            "clusterrole.yaml",
-            "clusterrolebinding.yaml",
+            "discovery-role-azureml.yaml",
+            "discovery-rolebinding-azureml.yaml",
             "autoscaler-role.yaml",
             "autoscaler-rolebinding.yaml",
             "configmap.yaml",
@@ -852,6 +857,7 @@ fn multi_doc_and_write_dir_hold_every_document() {
             "service.yaml",
             "peer-service.yaml",
             "networkpolicy.yaml",
+            "peer-networkpolicy.yaml",
             "deployment.yaml",
             "poddisruptionbudget.yaml",
         ]
@@ -945,9 +951,11 @@ fn ha_replicas_find_each_other_through_a_headless_service() {
     check.allow_insecure_connections = true;
     check.validate().unwrap();
 
-    // The ClusterRole already lets the router list and watch EndpointSlices everywhere, the
-    // peers' namespace included.
-    let role = the(&r, "ClusterRole");
+    // The discovery Role of the router's own namespace (the default inference namespace)
+    // already lets the router list and watch the peers' EndpointSlices.
+    let role = named(&r, "Role", "infergate-azureml-discovery").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "azureml");
+    assert!(named(&r, "Role", "infergate-peers").is_none());
     assert!(
         role["rules"].as_array().unwrap().iter().any(|rule| {
             rule["apiGroups"] == serde_json::json!(["discovery.k8s.io"])
@@ -1006,48 +1014,117 @@ fn ha_peer_secret_is_random_immutable_and_mounted_read_only() {
 
 #[test]
 fn ha_network_policy_admits_only_router_pods_to_the_peer_port() {
-    for (args, open) in [
-        (mk_args(&[]), vec![HTTPS_PORT, ADMIN_PORT]),
-        (mk_insecure(&[]), vec![HTTP_PORT, ADMIN_PORT]),
+    let r = ok(&mk_args(&[]));
+    let selector = the(&r, "Deployment")["spec"]["selector"]["matchLabels"].clone();
+    let np = named(&r, "NetworkPolicy", "infergate-peers").expect("a NetworkPolicy");
+    assert_eq!(np["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"], selector);
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    // The peer port: from router pods of this namespace only, and nothing else.
+    assert_eq!(
+        np["spec"]["ingress"],
+        serde_json::json!([{
+            "from": [{"podSelector": {"matchLabels": selector}}],
+            "ports": [{"port": PEER_PORT, "protocol": "TCP"}],
+        }])
+    );
+}
+
+/// The ports of an ingress rule.
+fn rule_ports(rule: &Value) -> Vec<u16> {
+    rule["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap() as u16)
+        .collect()
+}
+
+#[test]
+fn network_policy_opens_serving_ports_to_all_and_the_admin_port_to_metrics_namespaces() {
+    for (args, serving) in [
+        (mk_args(&[]), vec![HTTPS_PORT]),
+        (mk_insecure(&[]), vec![HTTP_PORT]),
         (
             mk_args(&["allowInsecureConnections=True"]),
-            vec![HTTPS_PORT, HTTP_PORT, ADMIN_PORT],
+            vec![HTTPS_PORT, HTTP_PORT],
+        ),
+        (
+            mk_args(&["inferenceLoadBalancerHA=False"]),
+            vec![HTTPS_PORT],
         ),
     ] {
         let r = ok(&args);
+        assert!(
+            !r.warnings.iter().any(|w| w.contains("Namespaces")),
+            "{:?}",
+            r.warnings
+        );
         let selector = the(&r, "Deployment")["spec"]["selector"]["matchLabels"].clone();
-        let np = named(&r, "NetworkPolicy", "infergate-peers").expect("a NetworkPolicy");
-        assert_eq!(np["apiVersion"], "networking.k8s.io/v1");
+        let np = named(&r, "NetworkPolicy", "infergate").expect("the router's NetworkPolicy");
         assert_eq!(np["spec"]["podSelector"]["matchLabels"], selector);
         assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
         let rules = np["spec"]["ingress"].as_array().unwrap();
         assert_eq!(rules.len(), 2);
-        // The peer port: from router pods of this namespace only.
+        // Serving ports: from anywhere (clients, load balancers, the ingress controller).
+        assert!(rules[0].get("from").is_none());
+        assert_eq!(rule_ports(&rules[0]), serving);
+        // The admin port: from the metrics namespace only (probes come from the node).
+        assert_eq!(rule_ports(&rules[1]), [ADMIN_PORT]);
         assert_eq!(
-            rules[0]["from"],
-            serde_json::json!([{"podSelector": {"matchLabels": selector}}])
+            rules[1]["from"],
+            serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
         );
-        assert_eq!(
-            rules[0]["ports"],
-            serde_json::json!([{"port": PEER_PORT, "protocol": "TCP"}])
-        );
-        // Every other container port: from anywhere, as without the policy.
-        assert!(rules[1].get("from").is_none());
-        let ports: Vec<u16> = rules[1]["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["port"].as_u64().unwrap() as u16)
-            .collect();
-        assert_eq!(ports, open);
-        let container: Vec<u16> = pod_spec(&r)["containers"][0]["ports"]
+        // Every container port is admitted by a rule of one of the policies.
+        let mut admitted: Vec<u16> = rules.iter().flat_map(rule_ports).collect();
+        if let Some(p) = named(&r, "NetworkPolicy", "infergate-peers") {
+            admitted.extend(rule_ports(&p["spec"]["ingress"][0]));
+        }
+        let mut container: Vec<u16> = pod_spec(&r)["containers"][0]["ports"]
             .as_array()
             .unwrap()
             .iter()
             .map(|p| p["containerPort"].as_u64().unwrap() as u16)
-            .filter(|p| *p != PEER_PORT)
             .collect();
-        assert_eq!(container, open, "no container port is left closed");
+        admitted.sort_unstable();
+        container.sort_unstable();
+        assert_eq!(admitted, container, "no container port is left closed");
+        // The probes use the admin port.
+        let c = &pod_spec(&r)["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin");
+    }
+}
+
+#[test]
+fn metrics_namespaces_choose_who_reaches_the_admin_port() {
+    let r = ok(&mk_args(&["metricsNamespaces=monitoring,kube-system"]));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let np = named(&r, "NetworkPolicy", "infergate").unwrap();
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"],
+        serde_json::json!([
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+        ])
+    );
+    // `*`: every namespace's pods, with a warning.
+    let r = ok(&mk_args(&["metricsNamespaces=*"]));
+    let np = named(&r, "NetworkPolicy", "infergate").unwrap();
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"],
+        serde_json::json!([{"namespaceSelector": {}}])
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("metricsNamespaces=*") && w.contains("/metrics")),
+        "{:?}",
+        r.warnings
+    );
+    for bad in ["", "Monitoring", "a,a", "*,monitoring"] {
+        let e = err(&mk_args(&[&format!("metricsNamespaces={bad}")]));
+        assert_mentions(&e, &["metricsNamespaces", "fix:"]);
     }
 }
 
@@ -1060,11 +1137,13 @@ fn without_ha_no_cluster_objects_port_env_mount_or_config() {
         let r = ok(&args);
         assert!(named(&r, "Service", "infergate-peers").is_none());
         assert!(named(&r, "Secret", "infergate-cluster").is_none());
-        assert!(kind(&r, "NetworkPolicy").is_none());
+        assert!(named(&r, "NetworkPolicy", "infergate-peers").is_none());
+        assert!(named(&r, "NetworkPolicy", "infergate").is_some());
         for f in [
             "cluster-secret.yaml",
             "peer-service.yaml",
-            "networkpolicy.yaml",
+            "peer-networkpolicy.yaml",
+            "peer-role.yaml",
         ] {
             assert!(r.document(f).is_none(), "{f}");
         }
@@ -1334,7 +1413,7 @@ fn malformed_tolerations_are_errors_naming_the_entry() {
 #[test]
 fn the_autoscaler_gets_scale_subresources_hpas_events_and_its_own_lease_only() {
     let r = ok(&mk_args(&[]));
-    let rules = the(&r, "ClusterRole")["rules"].clone();
+    let rules = named(&r, "Role", "infergate-azureml-discovery").unwrap()["rules"].clone();
     let has = |group: &str, resource: &str, verbs: &[&str]| {
         rules.as_array().unwrap().iter().any(|rule| {
             rule["apiGroups"] == serde_json::json!([group])

@@ -13,7 +13,9 @@ use serde_json::Value;
 
 const BLESS: &str = "INFERGATE_BLESS=1 cargo test -p infergate-deploy --test deploy_dir";
 
-/// Each overlay and the extension settings it stands for (all with the example TLS pair).
+/// Each overlay and the extension settings it stands for (all rendered with the example TLS
+/// pair; only `example` carries it, and the peer secret: the others leave both Secrets to the
+/// user).
 const OVERLAYS: &[(&str, &[&str])] = &[
     ("public-lb", &["enableInference=True"]),
     (
@@ -36,10 +38,24 @@ const OVERLAYS: &[(&str, &[&str])] = &[
         &["enableInference=True", "inferenceLoadBalancerHA=False"],
     ),
     ("openshift", &["enableInference=True", "openshift=True"]),
+    ("example", &["enableInference=True"]),
 ];
+
+/// The overlay that carries the public test material (TLS pair, peer secret): for trying
+/// things out only. Every other overlay is fit for production: it has no Secret at all.
+const EXAMPLE: &str = "example";
+
+/// The Secrets only the example overlay carries: `render`'s files for them.
+const SECRET_FILES: &[&str] = &["secret.yaml", "cluster-secret.yaml"];
 
 /// The overlays that only swap the Service of the base.
 const EXPOSURES: &[&str] = &["public-lb", "internal-lb", "nodeport", "clusterip-ingress"];
+
+/// Regenerating (`INFERGATE_BLESS=1`): the tests that read `deploy/` stand back while it is
+/// rewritten, and run on the next plain `cargo test`.
+fn blessing() -> bool {
+    std::env::var_os("INFERGATE_BLESS").is_some_and(|v| v == "1")
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -120,8 +136,9 @@ const PEER_SECRET_WARNING: &str = "\
 
 const SECRET_WARNING: &str = "\
 # TEST-ONLY TLS MATERIAL: this is certs-example/server.pem and server-key.pem, whose private
-# key is PUBLIC. Replace this Secret with your own certificate before serving anything; see
-# deploy/README.md (\"Your own certificate\").
+# key is PUBLIC. Only the `example` overlay uses it; the other overlays carry no Secret, and
+# you create `infergate-tls` from your own certificate; see deploy/README.md (\"Your own
+# certificate\").
 ";
 
 fn kustomization(comment: &str, resources: &[&str], patches: &str) -> String {
@@ -142,21 +159,39 @@ fn generated() -> BTreeMap<String, String> {
         .documents
         .iter()
         .map(|(f, _)| f.as_str())
-        .filter(|f| *f != "service.yaml")
+        .filter(|f| *f != "service.yaml" && !SECRET_FILES.contains(f))
         .collect();
     for f in &base_files {
-        let text = match *f {
-            "secret.yaml" => header(SECRET_WARNING) + &doc(&base, f),
-            "cluster-secret.yaml" => header(PEER_SECRET_WARNING) + &with_test_peer_secret(&base),
-            _ => header("") + &doc(&base, f),
-        };
-        files.insert(format!("base/{f}"), text);
+        files.insert(format!("base/{f}"), header("") + &doc(&base, f));
     }
     files.insert(
         "base/kustomization.yaml".into(),
         kustomization(
-            "# Everything but the Service, which each exposure overlay adds: build an overlay, not this.\n",
+            "# Everything but the Service, which each exposure overlay adds, and the Secrets\n\
+             # `infergate-tls` (your certificate) and `infergate-cluster` (HA: the peers' secret), which\n\
+             # you create (deploy/README.md, \"Your own certificate\"): build an overlay, not this.\n",
             &base_files,
+            "",
+        ),
+    );
+
+    // example: public-lb with the public test material, to try things out.
+    files.insert(
+        format!("overlays/{EXAMPLE}/secret.yaml"),
+        header(SECRET_WARNING) + &doc(&base, "secret.yaml"),
+    );
+    files.insert(
+        format!("overlays/{EXAMPLE}/cluster-secret.yaml"),
+        header(PEER_SECRET_WARNING) + &with_test_peer_secret(&base),
+    );
+    files.insert(
+        format!("overlays/{EXAMPLE}/kustomization.yaml"),
+        kustomization(
+            "# = infergate render --config enableInference=True --config-protected\n\
+             #   sslCertPemFile=certs-example/server.pem sslKeyPemFile=certs-example/server-key.pem\n\
+             # TEST-ONLY: public-lb with the PUBLIC example certificate and key and a PUBLIC peer secret,\n\
+             # for trying things out. Never serve anything with it: build your own overlay on another one.\n",
+            &["../public-lb", "secret.yaml", "cluster-secret.yaml"],
             "",
         ),
     );
@@ -171,7 +206,12 @@ fn generated() -> BTreeMap<String, String> {
         files.insert(
             format!("overlays/{overlay}/kustomization.yaml"),
             kustomization(
-                &format!("# = infergate render --config {} --config-protected sslCertPemFile=... sslKeyPemFile=...\n", config.join(" ")),
+                &format!(
+                    "# = infergate render --config {} --config-protected sslCertPemFile=... sslKeyPemFile=...\n\
+                     # but without the Secrets `infergate-tls` and `infergate-cluster`: create them first\n\
+                     # (deploy/README.md, \"Your own certificate\").\n",
+                    config.join(" ")
+                ),
                 &["../../base", "service.yaml"],
                 "",
             ),
@@ -211,7 +251,7 @@ fn generated() -> BTreeMap<String, String> {
         kustomization(
             "# = infergate render --config enableInference=True inferenceLoadBalancerHA=False --config-protected ...\n\
              # One replica for development and small clusters: no spreading, no PodDisruptionBudget,\n\
-             # no peers (no cluster section, peer Service, peer Secret or NetworkPolicy).\n",
+             # no peers (no cluster section, peer Service or peer NetworkPolicy; no peer Secret to create).\n",
             &["../public-lb"],
             &format!(
                 "patches:\n\
@@ -225,10 +265,9 @@ fn generated() -> BTreeMap<String, String> {
                  \x20   - op: remove\n      path: /spec/template/spec/volumes/{cluster_volume}\n\
                  - target:\n    kind: ConfigMap\n    name: {config_map}\n  patch: |-\n\
                  \x20   - op: replace\n      path: /data/infergate.yaml\n      value: {single_config}\n\
-                 {}{}{}{}",
+                 {}{}{}",
                 delete("PodDisruptionBudget", "policy/v1", &name),
                 delete("Service", "v1", &format!("{name}-peers")),
-                delete("Secret", "v1", &format!("{name}-cluster")),
                 delete(
                     "NetworkPolicy",
                     "networking.k8s.io/v1",
@@ -296,7 +335,7 @@ fn deploy_dir_is_generated_from_render() {
     files_under(&deploy.join("overlays"), "overlays/", &mut on_disk);
     let stale: Vec<&String> = on_disk.iter().filter(|f| !want.contains_key(*f)).collect();
 
-    if std::env::var_os("INFERGATE_BLESS").is_some_and(|v| v == "1") {
+    if blessing() {
         for f in stale {
             std::fs::remove_file(deploy.join(f)).unwrap();
         }
@@ -346,6 +385,9 @@ fn doc_set(docs: Vec<Value>) -> Vec<Value> {
 
 #[test]
 fn every_overlay_builds_to_the_matching_render() {
+    if blessing() {
+        return;
+    }
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let probe = Command::new(&kubectl)
         .args(["version", "--client"])
@@ -372,8 +414,12 @@ fn every_overlay_builds_to_the_matching_render() {
         );
         let built: Vec<Value> =
             serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-        let rendered: Vec<Value> =
+        let mut rendered: Vec<Value> =
             serde_saphyr::from_multiple(&mk_render(config).to_multi_doc()).unwrap();
+        if *overlay != EXAMPLE {
+            // Production overlays leave both Secrets to the user.
+            rendered.retain(|d| d["kind"] != "Secret");
+        }
         let (built, rendered) = (doc_set(built), doc_set(rendered));
         let kinds = |d: &[Value]| d.iter().map(|d| d["kind"].to_string()).collect::<Vec<_>>();
         assert_eq!(
@@ -390,5 +436,138 @@ fn every_overlay_builds_to_the_matching_render() {
                 serde_json::to_string_pretty(r).unwrap()
             );
         }
+    }
+}
+
+// === no public test key outside the example overlay ===
+
+/// Strings that give the public test material away: the example key's PEM body (a line of
+/// it, as in the file, and the whole file base64-encoded, as in a Secret), any private key
+/// block, and the committed test peer secret (base64, as in its Secret).
+fn test_key_needles() -> Vec<String> {
+    let key = std::fs::read_to_string(root().join("certs-example/server-key.pem")).unwrap();
+    let body_line = key
+        .lines()
+        .find(|l| !l.starts_with("-----") && l.len() > 40)
+        .unwrap()
+        .to_string();
+    vec![
+        body_line,
+        b64(&key)[..64].to_string(),
+        "PRIVATE KEY".to_string(),
+        b64(TEST_PEER_SECRET),
+        TEST_PEER_SECRET.to_string(),
+    ]
+}
+
+/// The committed files under `deploy/` that `kubectl apply -k` of `overlay` reads.
+fn files_of(overlay: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root().join("deploy/overlays").join(overlay)];
+    while let Some(dir) = dirs.pop() {
+        let k = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+        out.push(dir.join("kustomization.yaml"));
+        for r in k
+            .lines()
+            .filter_map(|l| l.strip_prefix("- "))
+            .filter(|r| !r.contains(':'))
+        {
+            let p = dir.join(r);
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn production_overlay_has_no_test_key() {
+    if blessing() {
+        return;
+    }
+    let needles = test_key_needles();
+    let overlays: Vec<&str> = OVERLAYS
+        .iter()
+        .map(|(o, _)| *o)
+        .filter(|o| *o != EXAMPLE)
+        .collect();
+    // The files every production overlay is built from: no Secret, no test material.
+    for overlay in &overlays {
+        let files = files_of(overlay);
+        assert!(files.len() > 5, "{overlay}: {files:?}");
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for n in &needles {
+                assert!(
+                    !text.contains(n.as_str()),
+                    "{} (overlay {overlay}) holds test material: {n}",
+                    f.display()
+                );
+            }
+            assert!(
+                !text.contains("\nkind: Secret\n"),
+                "{} (overlay {overlay}) holds a Secret",
+                f.display()
+            );
+        }
+    }
+    // The needles do find the material where it is meant to be.
+    let example: String = files_of(EXAMPLE)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    // (the key base64-encoded in a Secret, and the peer secret)
+    for n in [&needles[1], &needles[3]] {
+        assert!(
+            example.contains(n.as_str()),
+            "the example overlay lacks {n}"
+        );
+    }
+
+    // Built as `kubectl apply -k` builds them: no Secret object, the Deployment still mounts
+    // `infergate-tls` (created by the user from their own certificate).
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    if Command::new(&kubectl)
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED (in part): `{kubectl}` not found: the production overlays were checked \
+             file by file but NOT built. !!!!!!!!\n"
+        );
+        return;
+    }
+    for overlay in &overlays {
+        let out = Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(root().join("deploy/overlays").join(overlay))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{overlay}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        for n in &needles {
+            assert!(
+                !text.contains(n.as_str()),
+                "overlay {overlay} builds test material: {n}"
+            );
+        }
+        let built: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        assert!(
+            built.iter().all(|d| d["kind"] != "Secret"),
+            "overlay {overlay} builds a Secret"
+        );
+        let dep = built.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        assert!(
+            dep["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "infergate-tls"),
+            "{overlay}"
+        );
     }
 }

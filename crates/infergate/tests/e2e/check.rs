@@ -231,7 +231,7 @@ fn render_check_summarizes_valid_settings_without_printing_manifests() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        "router: internal LoadBalancer, 3 replicas acting as one (HA), https with certs-example/server.pem, no plain http, nodeSelector gpu=true, 1 toleration(s)"
+        "router: internal LoadBalancer, 3 replicas acting as one (HA), https with certs-example/server.pem, no plain http, nodeSelector gpu=true, 1 toleration(s), endpoints and Secrets of its own namespace, admin port open to monitoring"
     );
     assert!(
         lines[1].contains(" objects: ") && lines[1].contains("deployment.yaml"),
