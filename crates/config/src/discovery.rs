@@ -28,7 +28,7 @@ pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeDiscoveryConfig {
-    /// Namespaces to watch; empty: all namespaces (needs the ClusterRole).
+    /// Namespaces to watch; empty: all namespaces (needs a ClusterRole).
     #[serde(default)]
     pub namespaces: Vec<String>,
     /// The EndpointSlice managers whose slices are trusted (label

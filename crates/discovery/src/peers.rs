@@ -171,7 +171,8 @@ impl PeerMetrics {
 /// `registry`: where the watch's health is counted (`infergate_discovery_watch_up`,
 /// `_lists_total`, `_watch_errors_total` with `kind="PeerEndpointSlice"`); `None`: nowhere.
 /// The router's service account needs list/watch of `discovery.k8s.io` EndpointSlices in
-/// `namespace` (the rendered ClusterRole grants it).
+/// `namespace` (the rendered discovery Role of that namespace, or the `<name>-peers` Role,
+/// grants it).
 pub fn watch_peers(
     client: Client,
     namespace: String,
