@@ -3,10 +3,12 @@
 //! [`FakeApiServer`] holds objects as JSON and serves them the way kube-apiserver does to
 //! the real `kube` client:
 //!
-//! - `GET .../{plural}` LIST with `resourceVersion`, `limit`/`continue` paging and
-//!   `labelSelector` (`k`, `!k`, `k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`);
-//! - `GET ...?watch=true` WATCH: newline-delimited `WatchEvent` JSON on a held-open chunked
-//!   response: `ADDED`, `MODIFIED`, `DELETED` (an object leaving a label selector is a
+//! - `GET .../{plural}` LIST with `resourceVersion`, `limit`/`continue` paging,
+//!   `labelSelector` (`k`, `!k`, `k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`) and
+//!   `fieldSelector` (`metadata.name` and `metadata.namespace` with `=`, `==`, `!=`; another
+//!   field is refused with 400, so a test never passes on a filter that was silently ignored);
+//! - `GET ...?watch=true` WATCH (the same selectors): newline-delimited `WatchEvent` JSON on a
+//!   held-open chunked response: `ADDED`, `MODIFIED`, `DELETED` (an object leaving a selector is a
 //!   `DELETED` for that watch), `BOOKMARK` (with `allowWatchBookmarks`), and `ERROR` with a
 //!   410 `Status` when the requested `resourceVersion` was compacted away; `timeoutSeconds`
 //!   ends the response;
@@ -788,7 +790,10 @@ fn respond(
     let status_sub = ap.sub.as_deref() == Some("status");
     match (&parts.method, &ap.name) {
         (&Method::GET, None) => {
-            let selector = match Selector::parse(params.get("labelSelector").map_or("", |s| s)) {
+            let selector = match Selector::parse_with_fields(
+                params.get("labelSelector").map_or("", |s| s),
+                params.get("fieldSelector").map_or("", |s| s),
+            ) {
                 Ok(s) => s,
                 Err(e) => return fail(StatusCode::BAD_REQUEST, "BadRequest", &e),
             };

@@ -1,4 +1,5 @@
-//! Kubernetes label selectors (the `labelSelector` query parameter).
+//! Kubernetes label selectors (the `labelSelector` query parameter) and the field selectors
+//! every kind supports (`fieldSelector` on `metadata.name` and `metadata.namespace`).
 
 use serde_json::Value;
 
@@ -11,13 +12,44 @@ enum Req {
     NotIn(String, Vec<String>),
 }
 
-/// A parsed label selector: every requirement must hold. The empty selector matches everything.
+/// A parsed label selector, and field requirements: every requirement must hold. The empty
+/// selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector(Vec<Req>);
+pub struct Selector(Vec<Req>, Vec<FieldReq>);
+
+/// One requirement of a field selector: (path, equal?, value).
+type FieldReq = (&'static str, bool, String);
 
 impl Selector {
+    /// A label selector (as [`Selector::parse`]) and a field selector (`metadata.name=x`,
+    /// `metadata.name==x`, `metadata.namespace!=y`, comma-separated); other fields are refused,
+    /// as the API server refuses them for most kinds ("field label not supported").
+    pub fn parse_with_fields(labels: &str, fields: &str) -> Result<Selector, String> {
+        let mut sel = Selector::parse(labels)?;
+        for part in fields.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                (k, true, v)
+            } else {
+                return Err(format!("invalid field selector: {part:?}"));
+            };
+            let path = match k.trim() {
+                "metadata.name" => "name",
+                "metadata.namespace" => "namespace",
+                other => return Err(format!("field label not supported: {other}")),
+            };
+            sel.1.push((path, eq, v.trim().to_string()));
+        }
+        Ok(sel)
+    }
+
     /// Parses `k`, `!k`, `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, comma-separated.
     pub fn parse(s: &str) -> Result<Selector, String> {
+        Selector::labels_only(s)
+    }
+
+    fn labels_only(s: &str) -> Result<Selector, String> {
         let mut reqs = Vec::new();
         for part in split_top(s) {
             let part = part.trim();
@@ -41,11 +73,17 @@ impl Selector {
             };
             reqs.push(req);
         }
-        Ok(Selector(reqs))
+        Ok(Selector(reqs, Vec::new()))
     }
 
-    /// Whether the object's `metadata.labels` satisfy the selector.
+    /// Whether the object's `metadata.labels` (and fields) satisfy the selector.
     pub fn matches(&self, obj: &Value) -> bool {
+        let fields_ok = self.1.iter().all(|(path, eq, v)| {
+            (obj["metadata"][*path].as_str().unwrap_or("") == v.as_str()) == *eq
+        });
+        if !fields_ok {
+            return false;
+        }
         let labels = &obj["metadata"]["labels"];
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
         self.0.iter().all(|r| match r {

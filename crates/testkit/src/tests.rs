@@ -100,6 +100,55 @@ fn selectors_parse_and_match() {
 }
 
 #[test]
+fn field_selectors_on_name_and_namespace_match_and_others_are_refused() {
+    let o = json!({"metadata": {"name": "n1", "namespace": "ns", "labels": {"a": "1"}}});
+    for (l, f, want) in [
+        ("", "metadata.name=n1", true),
+        ("", "metadata.name==n2", false),
+        ("", "metadata.name!=n2", true),
+        ("", "metadata.namespace=ns,metadata.name=n1", true),
+        ("a=1", "metadata.name=n1", true),
+        ("a=2", "metadata.name=n1", false),
+        ("a=1", "metadata.namespace!=ns", false),
+    ] {
+        assert_eq!(
+            Selector::parse_with_fields(l, f).unwrap().matches(&o),
+            want,
+            "{l} / {f}"
+        );
+    }
+    let e = Selector::parse_with_fields("", "type=kubernetes.io/tls").unwrap_err();
+    assert!(e.contains("field label not supported"), "{e}");
+}
+
+#[tokio::test]
+async fn list_honours_field_selectors_and_refuses_unsupported_fields() {
+    let server = FakeApiServer::start().await;
+    server.apply(mk_slice("ns", "s1", "svc"));
+    server.apply(mk_slice("ns", "s2", "svc"));
+    let (code, list) = get_json(
+        &server,
+        "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices?fieldSelector=metadata.name%3Ds2",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s2"]);
+    // An unsupported field: 400, as from the API server, never a silently unfiltered list.
+    let (code, status) = get_json(
+        &server,
+        "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices?fieldSelector=addressType%3DIPv4",
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+}
+
+#[test]
 fn rfc3339_formats_the_epoch_and_a_leap_day() {
     assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
