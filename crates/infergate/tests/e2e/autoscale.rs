@@ -356,7 +356,7 @@ impl RouterProc {
         );
         let http = bin.listening("http");
         let admin = bin.listening("admin");
-        bin.wait_line(|l| l.contains("discovery: first full sync"));
+        bin.seen_or_wait_line(|l| l.contains("discovery: first full sync"));
         RouterProc {
             bin,
             http,

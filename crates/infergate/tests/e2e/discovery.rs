@@ -75,7 +75,7 @@ async fn serve_routes_inference_endpoints_from_the_api_server() {
     let mut b = Bin::spawn_env(&["serve", "--config", &f], &[("KUBECONFIG", &kubeconfig)]);
     let http = b.listening("http");
     let admin = b.listening("admin");
-    b.wait_line(|l| l.contains("discovery: first full sync"));
+    b.seen_or_wait_line(|l| l.contains("discovery: first full sync"));
     assert_eq!(admin_get(admin, "/readyz").await.status, 200);
 
     api.apply(json!({
@@ -199,13 +199,14 @@ async fn serve_takes_endpoint_keys_from_a_secret_and_logs_why_it_refuses() {
     let f = kube_config(dir.path(), "");
     let mut b = Bin::spawn_env(&["serve", "--config", &f], &[("KUBECONFIG", &kubeconfig)]);
     let http = b.listening("http");
-    let line = b.wait_line(|l| l.contains("InferenceEndpoint ml/keyed"));
+    // Logged by discovery, which may come before or after the listening lines.
+    let line = b.seen_or_wait_line(|l| l.contains("InferenceEndpoint ml/keyed"));
     assert!(
         line.contains("every request is refused (401)")
             && line.contains("Secret ml/keyed-keys (spec.auth.secretName) not found"),
         "{line}"
     );
-    b.wait_line(|l| l.contains("discovery: first full sync"));
+    b.seen_or_wait_line(|l| l.contains("discovery: first full sync"));
     let path = "/api/v1/endpoint/keyed/score";
     assert_eq!(call(http, bearer(path, "primary-one")).await.status, 401);
 
@@ -286,7 +287,7 @@ fn serve_kube(
     let mut b = Bin::spawn_env(&["serve", "--config", &f], &[("KUBECONFIG", &kubeconfig)]);
     let http = b.listening("http");
     let admin = b.listening("admin");
-    b.wait_line(|l| l.contains("discovery: first full sync"));
+    b.seen_or_wait_line(|l| l.contains("discovery: first full sync"));
     (b, http, admin, dir)
 }
 
@@ -380,11 +381,7 @@ async fn hand_made_endpointslice_without_controller_label_is_refused() {
     assert!(m.contains("fix:"), "{m}");
     let ready = condition(&api, "grab", "Ready");
     assert_eq!(ready["reason"], "UntrustedEndpoints", "{ready}");
-    let logged = |l: &str| l.contains("EndpointSlice ml/grab-svc-hand");
-    let line = match b.seen.iter().find(|l| logged(l)) {
-        Some(l) => l.clone(),
-        None => b.wait_line(logged),
-    };
+    let line = b.seen_or_wait_line(|l| l.contains("EndpointSlice ml/grab-svc-hand"));
     assert!(line.contains("WARN") && line.contains("refused"), "{line}");
 
     // A forged manager label of another controller: refused too, naming it.

@@ -76,6 +76,16 @@ impl Bin {
         }
     }
 
+    /// The first line matching `pred`, among those already read (by an earlier wait that
+    /// skipped it) or, failing that, the next ones (up to 20 s): for lines whose order against
+    /// others is not fixed.
+    pub fn seen_or_wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        match self.seen.iter().find(|l| pred(l)) {
+            Some(l) => l.clone(),
+            None => self.wait_line(pred),
+        }
+    }
+
     /// Waits for the JSON `listening` line of `listener` and returns its address.
     pub fn listening(&mut self, listener: &str) -> SocketAddr {
         let l = self.wait_line(|l| {
