@@ -210,7 +210,13 @@ impl Reloader {
     /// A fingerprint of the watched files: the configuration and the signing key files of the
     /// configuration in effect.
     fn fingerprint(&self) -> u64 {
+        self.fingerprint_with(std::fs::read(&self.path).ok())
+    }
+
+    /// [`Reloader::fingerprint`] with the configuration file's bytes as read earlier.
+    fn fingerprint_with(&self, config: Option<Vec<u8>>) -> u64 {
         let mut h = DefaultHasher::new();
+        config.hash(&mut h);
         let keys = self
             .current
             .endpoints
@@ -219,7 +225,7 @@ impl Reloader {
                 AuthMode::Token => e.auth.signing_key_file.as_deref(),
                 _ => None,
             });
-        for p in std::iter::once(self.path.as_path()).chain(keys) {
+        for p in keys {
             std::fs::read(p).ok().hash(&mut h);
         }
         h.finish()
@@ -242,8 +248,11 @@ impl Reloader {
             loop {
                 tokio::select! {
                     _ = hup.recv() => {
+                        // The file as it was before the reload read it: a change written
+                        // during the reload is seen (at worst reloaded twice), never missed.
+                        let file = std::fs::read(&self.path).ok();
                         self.reload(Trigger::Signal);
-                        seen = self.fingerprint();
+                        seen = self.fingerprint_with(file);
                     }
                     _ = async { tick.as_mut().expect("only polled with a tick").tick().await },
                         if tick.is_some() =>
@@ -256,10 +265,12 @@ impl Reloader {
                         if self.fingerprint() != now {
                             continue; // still being written: the next tick looks again
                         }
+                        let file = std::fs::read(&self.path).ok();
                         self.reload(Trigger::File);
                         // (After a failure too: the same broken file is not retried until it
-                        // changes again.)
-                        seen = self.fingerprint();
+                        // changes again. The file as read before the reload: an edit made
+                        // meanwhile is seen on the next tick.)
+                        seen = self.fingerprint_with(file);
                     }
                 }
             }
