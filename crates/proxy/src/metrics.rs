@@ -26,6 +26,18 @@ pub const DEPLOYMENT_QUEUED_REQUESTS: &str = "infergate_deployment_queued_reques
 pub const DEPLOYMENT_PODS: &str = "infergate_deployment_pods";
 /// (busy + queued) / (pods x slots): above 1 means requests wait; what an autoscaler targets.
 pub const DEPLOYMENT_UTILIZATION: &str = "infergate_deployment_utilization";
+/// Requests refused at admission (no slot), by `endpoint`, `deployment` and `reason`
+/// ([`ADMISSION_REJECTION_REASONS`]): the 503s the router makes itself, told apart.
+pub const ADMISSION_REJECTIONS_TOTAL: &str = "infergate_admission_rejections_total";
+/// The `reason` label values of [`ADMISSION_REJECTIONS_TOTAL`], one per 503 code:
+/// `QueueTimeout`, `QueueFull`, `NoPodAvailable`, `ColdStartTimeout`, `OwnerUnavailable`.
+pub const ADMISSION_REJECTION_REASONS: [&str; 5] = [
+    "queue_timeout",
+    "queue_full",
+    "no_pods",
+    "cold_start_timeout",
+    "owner_unavailable",
+];
 /// Requests sent again to another pod after a connection that never opened.
 pub const RETRIES_TOTAL: &str = "infergate_retries_total";
 /// Pods ejected after consecutive failures.
@@ -90,6 +102,11 @@ pub const FAMILIES: &[Describe] = &[
         DEPLOYMENT_UTILIZATION,
         Kind::Gauge,
         "(busy + queued) / (pods x slots), by endpoint and deployment; above 1 requests wait.",
+    ),
+    Describe::new(
+        ADMISSION_REJECTIONS_TOTAL,
+        Kind::Counter,
+        "Requests refused at admission with 503, by endpoint, deployment and reason (queue_timeout, queue_full, no_pods, cold_start_timeout, owner_unavailable).",
     ),
     Describe::new(
         RETRIES_TOTAL,
