@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use crate::error::ProxyError;
 use crate::metrics::{
     ADMISSION_REJECTION_REASONS, ADMISSION_REJECTIONS_TOTAL, DEPLOYMENT_BUSY_SLOTS,
-    DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_UTILIZATION, MIRROR_REQUESTS_TOTAL,
-    POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS, REQUESTS_CANCELLED_TOTAL,
-    REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
+    DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_SLOTS, DEPLOYMENT_UTILIZATION,
+    MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
+    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
 use crate::upstream::{ConnPool, Upstream};
 
@@ -362,6 +362,7 @@ impl DeploymentState {
         m.busy.set(busy);
         m.queued.set(queued);
         m.pods.set(pods);
+        m.slots.set(capacity);
         m.utilization.set(utilization(busy, queued, capacity));
         if let Some(s) = &self.shared
             && let Some((busy, queued, cap)) = s.cluster.global_status(&s.key)
@@ -490,6 +491,7 @@ pub(crate) struct DeploymentMetrics {
     busy: Gauge,
     queued: Gauge,
     pods: Gauge,
+    slots: Gauge,
     utilization: Gauge,
 }
 
@@ -528,6 +530,7 @@ impl DeploymentMetrics {
             busy: registry.gauge(DEPLOYMENT_BUSY_SLOTS, &l),
             queued: registry.gauge(DEPLOYMENT_QUEUED_REQUESTS, &l),
             pods: registry.gauge(DEPLOYMENT_PODS, &l),
+            slots: registry.gauge(DEPLOYMENT_SLOTS, &l),
             utilization: registry.gauge(DEPLOYMENT_UTILIZATION, &l),
         }
     }

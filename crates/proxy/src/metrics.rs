@@ -24,6 +24,8 @@ pub const DEPLOYMENT_BUSY_SLOTS: &str = "infergate_deployment_busy_slots";
 pub const DEPLOYMENT_QUEUED_REQUESTS: &str = "infergate_deployment_queued_requests";
 /// Pods taking new requests.
 pub const DEPLOYMENT_PODS: &str = "infergate_deployment_pods";
+/// Slot capacity now: pods x `maxConcurrentRequestsPerInstance` (busy / this = saturation).
+pub const DEPLOYMENT_SLOTS: &str = "infergate_deployment_slots";
 /// (busy + queued) / (pods x slots): above 1 means requests wait; what an autoscaler targets.
 pub const DEPLOYMENT_UTILIZATION: &str = "infergate_deployment_utilization";
 /// Requests refused at admission (no slot), by `endpoint`, `deployment` and `reason`
@@ -97,6 +99,11 @@ pub const FAMILIES: &[Describe] = &[
         DEPLOYMENT_PODS,
         Kind::Gauge,
         "Pods taking new requests, by endpoint and deployment.",
+    ),
+    Describe::new(
+        DEPLOYMENT_SLOTS,
+        Kind::Gauge,
+        "Pod slots in all: pods x maxConcurrentRequestsPerInstance, by endpoint and deployment.",
     ),
     Describe::new(
         DEPLOYMENT_UTILIZATION,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use infergate_metrics::{Counter, Describe, Kind, Registry};
+use infergate_metrics::{Counter, Describe, Gauge, Kind, Registry};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
@@ -30,12 +30,22 @@ pub const CERT_RELOADS_TOTAL: &str = "infergate_tls_cert_reloads_total";
 pub const CERT_EXPIRY_TIMESTAMP_SECONDS: &str =
     "infergate_tls_certificate_expiry_timestamp_seconds";
 
+/// Name of the gauge that is 1 while the certificate and key files in place are the pair being
+/// served (at load, and after each successful reload) and 0 once changed files were rejected
+/// (the previous pair keeps serving until the files are fixed): what a reload-failing alert reads.
+pub const CERT_LAST_RELOAD_SUCCESSFUL: &str = "infergate_tls_cert_last_reload_successful";
+
 /// The metric families this crate records, with their help text.
 pub const FAMILIES: &[Describe] = &[
     Describe::new(
         CERT_RELOADS_TOTAL,
         Kind::Counter,
         "TLS certificate reloads after the certificate or key file changed, by result (ok, failed).",
+    ),
+    Describe::new(
+        CERT_LAST_RELOAD_SUCCESSFUL,
+        Kind::Gauge,
+        "1 while the certificate and key files in place are served; 0 after changed files were rejected (the previous pair keeps serving).",
     ),
     Describe::new(
         CERT_EXPIRY_TIMESTAMP_SECONDS,
@@ -290,6 +300,8 @@ pub struct ReloadingCert {
     last_seen: Mutex<Seen>,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    /// [`CERT_LAST_RELOAD_SUCCESSFUL`].
+    last_ok: Gauge,
     /// Where the expiry gauge is registered, once a leaf's notAfter could be read.
     registry: Registry,
 }
@@ -322,11 +334,13 @@ impl ReloadingCert {
             last_seen: Mutex::new(Seen::Bytes { cert, key }),
             reloads_ok: registry.counter(CERT_RELOADS_TOTAL, &[("result", "ok")]),
             reloads_failed: registry.counter(CERT_RELOADS_TOTAL, &[("result", "failed")]),
+            last_ok: registry.gauge(CERT_LAST_RELOAD_SUCCESSFUL, &[]),
             registry: registry.clone(),
             cert_path: cert_pem,
             key_path: key_pem,
         };
         this.record_expiry(&this.current());
+        this.last_ok.set(1.0);
         Ok(Arc::new(this))
     }
 
@@ -386,6 +400,7 @@ impl ReloadingCert {
                 self.record_expiry(&certified);
                 self.current.store(Arc::new(certified));
                 self.reloads_ok.increment(1);
+                self.last_ok.set(1.0);
                 tracing::info!(
                     cert = %self.cert_path.display(),
                     key = %self.key_path.display(),
@@ -399,6 +414,7 @@ impl ReloadingCert {
 
     fn rejected(&self, err: TlsError) -> TlsError {
         self.reloads_failed.increment(1);
+        self.last_ok.set(0.0);
         tracing::error!(
             cert = %self.cert_path.display(),
             key = %self.key_path.display(),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use infergate_metrics::Registry;
 use infergate_tls::{
-    CERT_EXPIRY_TIMESTAMP_SECONDS, CERT_RELOADS_TOTAL, ReloadingCert, TlsError,
-    install_crypto_provider, load_certified_key, not_after_unix_seconds, server_config,
+    CERT_EXPIRY_TIMESTAMP_SECONDS, CERT_LAST_RELOAD_SUCCESSFUL, CERT_RELOADS_TOTAL, ReloadingCert,
+    TlsError, install_crypto_provider, load_certified_key, not_after_unix_seconds, server_config,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -508,6 +508,7 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone(), &counters.0).unwrap();
     let events = Events::default();
     let addr = echo_server(server_config(resolver.clone())).await;
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(1.0));
 
     let mut old = Client::trusting(&a.ca).connect(addr).await;
     assert_eq!(peer_leaf(&old), a.leaf);
@@ -536,6 +537,7 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "failed"), 1);
     assert_eq!(events.errors.load(Ordering::SeqCst), 1);
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(0.0));
     assert_eq!(
         peer_leaf(&Client::trusting(&b.ca).connect(addr).await),
         b.leaf
@@ -559,9 +561,11 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     assert_eq!(events.errors.load(Ordering::SeqCst), 2);
 
     // Fixed.
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(0.0));
     write_atomic(&files.key, c.key_pem.as_bytes());
     assert!(reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "ok"), 2);
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(1.0));
     assert_eq!(
         peer_leaf(&Client::trusting(&c.ca).connect(addr).await),
         c.leaf
