@@ -207,22 +207,33 @@ impl Reloader {
         Ok(cfg)
     }
 
-    /// A fingerprint of the watched files: the configuration and the signing key files of the
-    /// configuration in effect.
-    fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
+    /// The watched files: the configuration and the signing key files of the configuration in
+    /// effect.
+    fn watched(&self) -> Vec<PathBuf> {
         let keys = self
             .current
             .endpoints
             .iter()
             .filter_map(|e| match e.auth.mode {
-                AuthMode::Token => e.auth.signing_key_file.as_deref(),
+                AuthMode::Token => e.auth.signing_key_file.clone(),
                 _ => None,
             });
-        for p in std::iter::once(self.path.as_path()).chain(keys) {
-            std::fs::read(p).ok().hash(&mut h);
-        }
-        h.finish()
+        std::iter::once(self.path.clone()).chain(keys).collect()
+    }
+
+    /// A fingerprint of the watched files' contents.
+    fn fingerprint(&self) -> u64 {
+        fingerprint_of(&self.watched())
+    }
+
+    /// Reloads, and returns the fingerprint the watcher has now seen: `None` when a watched file
+    /// changed while the reload ran (its log line may already be out, and a writer waiting for
+    /// it may have replaced the file), so that the next tick looks at the files again.
+    fn reload_seen(&mut self, trigger: Trigger) -> Option<u64> {
+        let files = self.watched();
+        let before = fingerprint_of(&files);
+        self.reload(trigger);
+        (fingerprint_of(&files) == before).then(|| self.fingerprint())
     }
 
     /// Reloads on SIGHUP, and every `configReloadIntervalMs` (unless 0) when a watched file has
@@ -233,7 +244,7 @@ impl Reloader {
         let mut hup = signal(SignalKind::hangup())?;
         let interval = Duration::from_millis(self.started.config_reload_interval_ms);
         Ok(tokio::spawn(async move {
-            let mut seen = self.fingerprint();
+            let mut seen = Some(self.fingerprint());
             let mut tick = (!interval.is_zero()).then(|| {
                 let mut t = tokio::time::interval(interval);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,30 +252,34 @@ impl Reloader {
             });
             loop {
                 tokio::select! {
-                    _ = hup.recv() => {
-                        self.reload(Trigger::Signal);
-                        seen = self.fingerprint();
-                    }
+                    _ = hup.recv() => seen = self.reload_seen(Trigger::Signal),
                     _ = async { tick.as_mut().expect("only polled with a tick").tick().await },
                         if tick.is_some() =>
                     {
                         let now = self.fingerprint();
-                        if now == seen {
+                        if Some(now) == seen {
                             continue;
                         }
                         tokio::time::sleep(SETTLE).await;
                         if self.fingerprint() != now {
                             continue; // still being written: the next tick looks again
                         }
-                        self.reload(Trigger::File);
                         // (After a failure too: the same broken file is not retried until it
                         // changes again.)
-                        seen = self.fingerprint();
+                        seen = self.reload_seen(Trigger::File);
                     }
                 }
             }
         }))
     }
+}
+
+fn fingerprint_of(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for p in files {
+        std::fs::read(p).ok().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn unix_now() -> f64 {
