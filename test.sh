@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project: formatting, the crypto-provider guard, all cargo tests
-# (unit, property, end-to-end over 127.0.0.1), a check of the release feature set (no `demo`),
-# and offline schema validation of the manifests.
+# (unit, property, end-to-end over 127.0.0.1), the dashboard and alerts against a real
+# Prometheus (when installed), a check of the release feature set (no `demo`), and offline
+# schema validation of the manifests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -20,6 +21,13 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+echo "== observability: the dashboard and alerts against a real Prometheus (deploy/observability/check.sh)"
+if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+    bash deploy/observability/check.sh
+else
+    echo "skipped: prometheus not installed (apt-get install --no-install-recommends prometheus; .ci/run installs it)"
+fi
 
 echo "== the release build's features: infergate without \`demo\` (as the Dockerfile builds it)"
 cargo check -p infergate --no-default-features --locked

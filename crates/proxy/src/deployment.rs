@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::metrics::{
-    DEPLOYMENT_BUSY_SLOTS, DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_UTILIZATION,
+    ADMISSION_REJECTION_REASONS, ADMISSION_REJECTIONS_TOTAL, DEPLOYMENT_BUSY_SLOTS,
+    DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_SLOTS, DEPLOYMENT_UTILIZATION,
     MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
     REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
 };
@@ -194,6 +195,9 @@ impl DeploymentState {
         self.metrics
             .queue_wait
             .record(queued_at.elapsed().as_secs_f64());
+        if let Err(e) = &acquired {
+            self.metrics.rejected(e).increment(1);
+        }
         acquired
     }
 
@@ -358,6 +362,7 @@ impl DeploymentState {
         m.busy.set(busy);
         m.queued.set(queued);
         m.pods.set(pods);
+        m.slots.set(capacity);
         m.utilization.set(utilization(busy, queued, capacity));
         if let Some(s) = &self.shared
             && let Some((busy, queued, cap)) = s.cluster.global_status(&s.key)
@@ -478,12 +483,15 @@ pub(crate) struct DeploymentMetrics {
     /// Requests whose client went away before the answer ended.
     pub(crate) cancelled: Counter,
     queue_wait: Histogram,
+    /// Admission refusals, in the order of [`ADMISSION_REJECTION_REASONS`].
+    rejected: [Counter; 5],
     retries: Counter,
     ejections: Counter,
     mirror: [Counter; 3],
     busy: Gauge,
     queued: Gauge,
     pods: Gauge,
+    slots: Gauge,
     utilization: Gauge,
 }
 
@@ -506,14 +514,38 @@ impl DeploymentMetrics {
             upstream: registry.histogram(UPSTREAM_DURATION_SECONDS, &l),
             cancelled: registry.counter(REQUESTS_CANCELLED_TOTAL, &l),
             queue_wait: registry.histogram(QUEUE_WAIT_SECONDS, &l),
+            rejected: ADMISSION_REJECTION_REASONS.map(|reason| {
+                registry.counter(
+                    ADMISSION_REJECTIONS_TOTAL,
+                    &[
+                        ("endpoint", endpoint),
+                        ("deployment", deployment),
+                        ("reason", reason),
+                    ],
+                )
+            }),
             retries: registry.counter(RETRIES_TOTAL, &l),
             ejections: registry.counter(POD_EJECTIONS_TOTAL, &l),
             mirror: [mirror("ok"), mirror("failed"), mirror("skipped")],
             busy: registry.gauge(DEPLOYMENT_BUSY_SLOTS, &l),
             queued: registry.gauge(DEPLOYMENT_QUEUED_REQUESTS, &l),
             pods: registry.gauge(DEPLOYMENT_PODS, &l),
+            slots: registry.gauge(DEPLOYMENT_SLOTS, &l),
             utilization: registry.gauge(DEPLOYMENT_UTILIZATION, &l),
         }
+    }
+
+    /// The admission-refusal counter for `e` (an error [`DeploymentState::admit`] returns).
+    fn rejected(&self, e: &ProxyError) -> &Counter {
+        let i = match e {
+            ProxyError::Unavailable(AcquireError::QueueTimeout) => 0,
+            ProxyError::Unavailable(AcquireError::QueueFull) => 1,
+            ProxyError::Unavailable(AcquireError::NoPods) => 2,
+            ProxyError::Unavailable(AcquireError::ColdStartTimeout) => 3,
+            // `OwnerUnavailable`; admission makes no other error.
+            _ => 4,
+        };
+        &self.rejected[i]
     }
 
     /// The mirror counter for `result`.

@@ -24,8 +24,22 @@ pub const DEPLOYMENT_BUSY_SLOTS: &str = "infergate_deployment_busy_slots";
 pub const DEPLOYMENT_QUEUED_REQUESTS: &str = "infergate_deployment_queued_requests";
 /// Pods taking new requests.
 pub const DEPLOYMENT_PODS: &str = "infergate_deployment_pods";
+/// Slot capacity now: pods x `maxConcurrentRequestsPerInstance` (busy / this = saturation).
+pub const DEPLOYMENT_SLOTS: &str = "infergate_deployment_slots";
 /// (busy + queued) / (pods x slots): above 1 means requests wait; what an autoscaler targets.
 pub const DEPLOYMENT_UTILIZATION: &str = "infergate_deployment_utilization";
+/// Requests refused at admission (no slot), by `endpoint`, `deployment` and `reason`
+/// ([`ADMISSION_REJECTION_REASONS`]): the 503s the router makes itself, told apart.
+pub const ADMISSION_REJECTIONS_TOTAL: &str = "infergate_admission_rejections_total";
+/// The `reason` label values of [`ADMISSION_REJECTIONS_TOTAL`], one per 503 code:
+/// `QueueTimeout`, `QueueFull`, `NoPodAvailable`, `ColdStartTimeout`, `OwnerUnavailable`.
+pub const ADMISSION_REJECTION_REASONS: [&str; 5] = [
+    "queue_timeout",
+    "queue_full",
+    "no_pods",
+    "cold_start_timeout",
+    "owner_unavailable",
+];
 /// Requests sent again to another pod after a connection that never opened.
 pub const RETRIES_TOTAL: &str = "infergate_retries_total";
 /// Pods ejected after consecutive failures.
@@ -87,9 +101,19 @@ pub const FAMILIES: &[Describe] = &[
         "Pods taking new requests, by endpoint and deployment.",
     ),
     Describe::new(
+        DEPLOYMENT_SLOTS,
+        Kind::Gauge,
+        "Pod slots in all: pods x maxConcurrentRequestsPerInstance, by endpoint and deployment.",
+    ),
+    Describe::new(
         DEPLOYMENT_UTILIZATION,
         Kind::Gauge,
         "(busy + queued) / (pods x slots), by endpoint and deployment; above 1 requests wait.",
+    ),
+    Describe::new(
+        ADMISSION_REJECTIONS_TOTAL,
+        Kind::Counter,
+        "Requests refused at admission with 503, by endpoint, deployment and reason (queue_timeout, queue_full, no_pods, cold_start_timeout, owner_unavailable).",
     ),
     Describe::new(
         RETRIES_TOTAL,

@@ -14,22 +14,58 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use infergate_metrics::{Counter, Describe, Kind, Registry};
+use infergate_metrics::{Counter, Describe, Gauge, Kind, Registry};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_cert::der::Decode;
 
 /// Name of the counter of certificate reload attempts whose files had changed, labelled
 /// `result="ok"` (new pair serving) or `result="failed"` (new content rejected).
 pub const CERT_RELOADS_TOTAL: &str = "infergate_tls_cert_reloads_total";
 
+/// Name of the gauge holding the serving leaf certificate's notAfter in Unix seconds, set when
+/// the pair is loaded and at each successful reload (`x - time()` is the time left).
+pub const CERT_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "infergate_tls_certificate_expiry_timestamp_seconds";
+
+/// Name of the gauge that is 1 while the certificate and key files in place are the pair being
+/// served (at load, and after each successful reload) and 0 once changed files were rejected
+/// (the previous pair keeps serving until the files are fixed): what a reload-failing alert reads.
+pub const CERT_LAST_RELOAD_SUCCESSFUL: &str = "infergate_tls_cert_last_reload_successful";
+
 /// The metric families this crate records, with their help text.
-pub const FAMILIES: &[Describe] = &[Describe::new(
-    CERT_RELOADS_TOTAL,
-    Kind::Counter,
-    "TLS certificate reloads after the certificate or key file changed, by result (ok, failed).",
-)];
+pub const FAMILIES: &[Describe] = &[
+    Describe::new(
+        CERT_RELOADS_TOTAL,
+        Kind::Counter,
+        "TLS certificate reloads after the certificate or key file changed, by result (ok, failed).",
+    ),
+    Describe::new(
+        CERT_LAST_RELOAD_SUCCESSFUL,
+        Kind::Gauge,
+        "1 while the certificate and key files in place are served; 0 after changed files were rejected (the previous pair keeps serving).",
+    ),
+    Describe::new(
+        CERT_EXPIRY_TIMESTAMP_SECONDS,
+        Kind::Gauge,
+        "When the serving (leaf) certificate expires (its notAfter), Unix time; updated at load and at each reload.",
+    ),
+];
+
+/// When the certificate `leaf` (DER) stops being valid, its notAfter, in seconds since the Unix
+/// epoch; `None` if it does not parse as an RFC 5280 certificate.
+pub fn not_after_unix_seconds(leaf: &[u8]) -> Option<u64> {
+    let cert = x509_cert::Certificate::from_der(leaf).ok()?;
+    Some(
+        cert.tbs_certificate()
+            .validity()
+            .not_after
+            .to_unix_duration()
+            .as_secs(),
+    )
+}
 
 /// ALPN protocols offered by [`server_config`], in server preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -264,6 +300,10 @@ pub struct ReloadingCert {
     last_seen: Mutex<Seen>,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    /// [`CERT_LAST_RELOAD_SUCCESSFUL`].
+    last_ok: Gauge,
+    /// Where the expiry gauge is registered, once a leaf's notAfter could be read.
+    registry: Registry,
 }
 
 impl fmt::Debug for ReloadingCert {
@@ -277,7 +317,8 @@ impl fmt::Debug for ReloadingCert {
 
 impl ReloadingCert {
     /// Loads the initial pair; fails (for start-up to abort) if it is unusable.
-    /// Reloads are counted in `registry` ([`CERT_RELOADS_TOTAL`]).
+    /// Reloads are counted in `registry` ([`CERT_RELOADS_TOTAL`]), and the serving leaf's
+    /// expiry is exported there ([`CERT_EXPIRY_TIMESTAMP_SECONDS`]).
     pub fn load(
         cert_pem: PathBuf,
         key_pem: PathBuf,
@@ -288,14 +329,39 @@ impl ReloadingCert {
         let key = read(&key_pem)?;
         let certified = parse_pair(&cert_pem, &cert, &key_pem, &key)?;
         tracing::info!(cert = %cert_pem.display(), key = %key_pem.display(), "loaded TLS certificate");
-        Ok(Arc::new(Self {
+        let this = Self {
             current: ArcSwap::from_pointee(certified),
             last_seen: Mutex::new(Seen::Bytes { cert, key }),
             reloads_ok: registry.counter(CERT_RELOADS_TOTAL, &[("result", "ok")]),
             reloads_failed: registry.counter(CERT_RELOADS_TOTAL, &[("result", "failed")]),
+            last_ok: registry.gauge(CERT_LAST_RELOAD_SUCCESSFUL, &[]),
+            registry: registry.clone(),
             cert_path: cert_pem,
             key_path: key_pem,
-        }))
+        };
+        this.record_expiry(&this.current());
+        this.last_ok.set(1.0);
+        Ok(Arc::new(this))
+    }
+
+    /// Sets [`CERT_EXPIRY_TIMESTAMP_SECONDS`] from the leaf of `certified`. A leaf whose notAfter
+    /// cannot be read (rustls accepted it, so this is not expected) leaves the gauge as it was
+    /// (absent at start) and logs a warning: an unknown expiry is never exported as a number.
+    fn record_expiry(&self, certified: &CertifiedKey) {
+        match certified
+            .end_entity_cert()
+            .ok()
+            .and_then(|leaf| not_after_unix_seconds(leaf))
+        {
+            Some(secs) => self
+                .registry
+                .gauge(CERT_EXPIRY_TIMESTAMP_SECONDS, &[])
+                .set(secs as f64),
+            None => tracing::warn!(
+                cert = %self.cert_path.display(),
+                "cannot read the certificate's expiry (notAfter); {CERT_EXPIRY_TIMESTAMP_SECONDS} is not updated"
+            ),
+        }
     }
 
     /// Re-reads both files and, if their bytes changed since the last attempt, parses them.
@@ -331,8 +397,10 @@ impl ReloadingCert {
         *last_seen = Seen::Bytes { cert, key };
         match parsed {
             Ok(certified) => {
+                self.record_expiry(&certified);
                 self.current.store(Arc::new(certified));
                 self.reloads_ok.increment(1);
+                self.last_ok.set(1.0);
                 tracing::info!(
                     cert = %self.cert_path.display(),
                     key = %self.key_path.display(),
@@ -346,6 +414,7 @@ impl ReloadingCert {
 
     fn rejected(&self, err: TlsError) -> TlsError {
         self.reloads_failed.increment(1);
+        self.last_ok.set(0.0);
         tracing::error!(
             cert = %self.cert_path.display(),
             key = %self.key_path.display(),

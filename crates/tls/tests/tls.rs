@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use infergate_metrics::Registry;
 use infergate_tls::{
-    CERT_RELOADS_TOTAL, ReloadingCert, TlsError, install_crypto_provider, load_certified_key,
-    server_config,
+    CERT_EXPIRY_TIMESTAMP_SECONDS, CERT_LAST_RELOAD_SUCCESSFUL, CERT_RELOADS_TOTAL, ReloadingCert,
+    TlsError, install_crypto_provider, load_certified_key, not_after_unix_seconds, server_config,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -47,7 +47,17 @@ struct Pair {
 }
 
 impl Pair {
+    /// A leaf valid until rcgen's default notAfter (4096-01-01, a GeneralizedTime).
     fn new(name: &str) -> Self {
+        Self::make(name, None)
+    }
+
+    /// A leaf whose notAfter is midnight UTC of `(year, month, day)`.
+    fn expiring(name: &str, not_after: (i32, u8, u8)) -> Self {
+        Self::make(name, Some(not_after))
+    }
+
+    fn make(name: &str, not_after: Option<(i32, u8, u8)>) -> Self {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -62,6 +72,9 @@ impl Pair {
         leaf_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
+        if let Some((year, month, day)) = not_after {
+            leaf_params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         Self {
             ca: ca.der().clone(),
@@ -215,6 +228,18 @@ impl Counters {
             .lines()
             .find_map(|l| l.strip_prefix(&series))
             .map_or(0, |v| v.trim().parse().unwrap())
+    }
+}
+
+impl Counters {
+    /// The value of the label-less gauge `name`, if it is exported.
+    fn gauge(&self, name: &str) -> Option<f64> {
+        let series = format!("{name} ");
+        self.0
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|v| v.trim().parse().unwrap())
     }
 }
 
@@ -483,6 +508,7 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone(), &counters.0).unwrap();
     let events = Events::default();
     let addr = echo_server(server_config(resolver.clone())).await;
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(1.0));
 
     let mut old = Client::trusting(&a.ca).connect(addr).await;
     assert_eq!(peer_leaf(&old), a.leaf);
@@ -511,6 +537,7 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "failed"), 1);
     assert_eq!(events.errors.load(Ordering::SeqCst), 1);
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(0.0));
     assert_eq!(
         peer_leaf(&Client::trusting(&b.ca).connect(addr).await),
         b.leaf
@@ -534,9 +561,11 @@ async fn reload_swaps_new_handshakes_keeps_open_connections_and_rejects_garbage_
     assert_eq!(events.errors.load(Ordering::SeqCst), 2);
 
     // Fixed.
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(0.0));
     write_atomic(&files.key, c.key_pem.as_bytes());
     assert!(reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "ok"), 2);
+    assert_eq!(counters.gauge(CERT_LAST_RELOAD_SUCCESSFUL), Some(1.0));
     assert_eq!(
         peer_leaf(&Client::trusting(&c.ca).connect(addr).await),
         c.leaf
@@ -568,6 +597,69 @@ async fn reload_reports_vanished_files_once() {
     files.write(&a);
     assert!(reload_observed(&resolver, &events).unwrap());
     assert_eq!(counters.get(CERT_RELOADS_TOTAL, "ok"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// certificate expiry
+
+#[test]
+fn not_after_is_read_from_the_leaf_as_openssl_reports_it() {
+    // `openssl x509 -in certs-example/server.pem -noout -enddate`: Nov 25 13:50:40 2036 GMT
+    // (a UTCTime); `date -u -d "2036-11-25 13:50:40" +%s`.
+    let leaf = first_cert(&certs_example("server.pem"));
+    assert_eq!(not_after_unix_seconds(&leaf), Some(2_111_233_840));
+    // rcgen's default notAfter, 4096-01-01, is a GeneralizedTime (years from 2050 on).
+    let far = Pair::new("far");
+    assert_eq!(not_after_unix_seconds(&far.leaf), Some(67_090_118_400));
+    assert_eq!(not_after_unix_seconds(b"not a certificate"), None);
+    assert_eq!(
+        not_after_unix_seconds(&far.leaf[..far.leaf.len() / 2]),
+        None
+    );
+}
+
+#[test]
+fn certificate_expiry_gauge_follows_the_serving_leaf_through_reloads() {
+    // 2031-05-17 and 2029-01-02 at 00:00 UTC (`date -u -d 2031-05-17 +%s`).
+    let (a, b) = (
+        Pair::expiring("a", (2031, 5, 17)),
+        Pair::expiring("b", (2029, 1, 2)),
+    );
+    let files = Files::new();
+    files.write(&a);
+    let counters = Counters::default();
+    let resolver = ReloadingCert::load(files.cert.clone(), files.key.clone(), &counters.0).unwrap();
+    assert_eq!(
+        counters.gauge(CERT_EXPIRY_TIMESTAMP_SECONDS),
+        Some(1_936_742_400.0)
+    );
+    assert!(
+        counters
+            .0
+            .render()
+            .contains(&format!("# TYPE {CERT_EXPIRY_TIMESTAMP_SECONDS} gauge")),
+        "described as a gauge"
+    );
+
+    // A renewed certificate (here: an earlier expiry, to tell them apart) replaces the value.
+    files.write(&b);
+    assert!(resolver.reload().unwrap());
+    assert_eq!(
+        counters.gauge(CERT_EXPIRY_TIMESTAMP_SECONDS),
+        Some(1_862_006_400.0)
+    );
+
+    // A rejected replacement does not serve, so it does not change the exported expiry.
+    write_atomic(&files.cert, a.chain_pem.as_bytes()); // A's certificate with B's key
+    assert!(matches!(
+        resolver.reload(),
+        Err(TlsError::KeyMismatch { .. })
+    ));
+    assert_eq!(resolver.current().cert[0], b.leaf);
+    assert_eq!(
+        counters.gauge(CERT_EXPIRY_TIMESTAMP_SECONDS),
+        Some(1_862_006_400.0)
+    );
 }
 
 #[tokio::test]

@@ -249,6 +249,14 @@ async fn autoscale_gauges_show_busy_queued_and_utilization() {
     assert_eq!(
         metric(
             &t,
+            "infergate_deployment_slots{endpoint=\"e\",deployment=\"d\"}"
+        ),
+        1.0,
+        "1 pod x 1 slot"
+    );
+    assert_eq!(
+        metric(
+            &t,
             "infergate_deployment_utilization{endpoint=\"e\",deployment=\"d\"}"
         ),
         2.0,

@@ -156,6 +156,18 @@ async fn queue_wait_over_the_limit_is_503_with_retry_after() {
         1,
         "never more than one request on the pod"
     );
+    // Counted by reason, apart from the other 503s (what the queue-timeout alert reads).
+    let text = metrics_text(&r).await;
+    let rejected = |reason: &str| {
+        metric(
+            &text,
+            &format!(
+                "infergate_admission_rejections_total{{endpoint=\"e\",deployment=\"d\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(rejected("queue_timeout"), 1.0, "{text}");
+    assert_eq!(rejected("queue_full") + rejected("no_pods"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,4 +179,19 @@ async fn deployment_without_pods_is_503() {
     call(r.http(), post("/api/v1/endpoint/e/score", "{}"))
         .await
         .assert_error(503, "NoPodAvailable");
+    let text = metrics_text(&r).await;
+    assert_eq!(
+        metric(
+            &text,
+            "infergate_admission_rejections_total{endpoint=\"e\",deployment=\"d\",reason=\"no_pods\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // The series exists at 0 (not absent): what the no-ready-pods alert matches.
+    assert!(
+        text.lines()
+            .any(|l| l == "infergate_deployment_pods{endpoint=\"e\",deployment=\"d\"} 0"),
+        "{text}"
+    );
 }
