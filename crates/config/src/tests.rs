@@ -196,8 +196,8 @@ fn every_settable_key_can_be_set_and_reads_back_as_its_yaml_key() {
     let keys: Vec<&str> = settable_keys().collect();
     assert!(keys.len() >= 17, "{keys:?}");
     for key in keys {
-        // The first sample the key's type takes: a number, a boolean or an address.
-        let (value, set) = ["7", "True", "127.0.0.1:7"]
+        // The first sample the key's type takes: a number, a boolean, an address or a choice.
+        let (value, set) = ["7", "True", "127.0.0.1:7", "allow"]
             .into_iter()
             .find_map(|v| {
                 let mut c = base();
@@ -441,4 +441,139 @@ fn admission_settings_and_mirror_are_checked() {
         ),
         (0, 0, 5)
     );
+}
+
+#[test]
+fn set_defaults_max_queue_length_is_accepted() {
+    // `--set defaults.maxQueueLength` is listed as settable and is accepted: every `defaults.*`
+    // and `requestSettingsCeilings.*` key comes from the one field list of the request settings.
+    let mut c = Config::from_yaml(INSECURE, "t").unwrap();
+    c.apply_set("defaults.maxQueueLength=2048").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.defaults.max_queue_length, 2048);
+    let keys: Vec<&str> = settable_keys().collect();
+    assert!(keys.contains(&"defaults.maxQueueLength"), "{keys:?}");
+    assert!(
+        keys.contains(&"requestSettingsCeilings.maxQueueLength"),
+        "{keys:?}"
+    );
+}
+
+/// One static endpoint whose deployment has these `requestSettings`.
+fn with_overrides(settings: &str) -> String {
+    format!(
+        "{INSECURE}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n      - name: d\n        requestSettings: {settings}\n"
+    )
+}
+
+#[test]
+fn every_request_setting_has_a_ceiling_above_its_default() {
+    let (d, c) = (Defaults::default(), RequestSettingsCeilings::default());
+    let yaml = serde_saphyr::to_string(&d).unwrap();
+    let names: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim()))
+        .collect();
+    let entries = c.entries();
+    assert_eq!(
+        entries.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        names,
+        "one ceiling per setting, same keys and order"
+    );
+    // The defaults are within the default ceilings, and every ceiling is settable.
+    c.check_defaults("defaults", &d).unwrap();
+    for (k, _) in entries {
+        let key = format!("requestSettingsCeilings.{k}");
+        assert!(settable_keys().any(|s| s == key), "{key} is not settable");
+    }
+}
+
+#[test]
+fn request_settings_above_their_ceiling_are_refused() {
+    // 2^64 - 1 in a deployment's overrides: refused, naming the key, the value and the ceiling.
+    let e = err_text(&with_overrides("{requestTimeoutMs: 18446744073709551615}"));
+    assert!(
+        e.contains("endpoints[0].deployments[0].requestSettings.requestTimeoutMs")
+            && e.contains("18446744073709551615")
+            && e.contains("ceiling of 600000")
+            && e.contains("requestSettingsCeilings.requestTimeoutMs"),
+        "{e}"
+    );
+    let e = err_text(&with_overrides("{maxQueueLength: 4294967295}"));
+    assert!(
+        e.contains("requestSettings.maxQueueLength") && e.contains("100000"),
+        "{e}"
+    );
+    // At the ceiling: fine. A raised ceiling lets it through.
+    mk(&with_overrides(
+        "{ejectionMaxMs: 3600000, ejectionBaseMs: 3600000}",
+    ))
+    .unwrap();
+    let e = err_text(&with_overrides("{ejectionMaxMs: 3600001}"));
+    assert!(e.contains("ejectionMaxMs"), "{e}");
+    mk(&format!(
+        "requestSettingsCeilings: {{ejectionMaxMs: 7200000}}\n{}",
+        with_overrides("{ejectionMaxMs: 3600001}")
+    ))
+    .unwrap();
+    // `defaults` above a ceiling: the fix names both keys.
+    let e = err_text(&format!(
+        "{INSECURE}defaults: {{maxRequestBodyBytes: 2000000000}}\n"
+    ));
+    assert!(
+        e.contains("defaults.maxRequestBodyBytes")
+            && e.contains("requestSettingsCeilings.maxRequestBodyBytes"),
+        "{e}"
+    );
+    // Unknown ceiling keys are errors too.
+    let e = err_text(&format!(
+        "{INSECURE}requestSettingsCeilings: {{bogus: 1}}\n"
+    ));
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn edge_keys_are_checked() {
+    let c = mk(INSECURE).unwrap();
+    assert_eq!(c.xff_trusted_hops, 0);
+    assert_eq!(c.headers_with_underscores, HeadersWithUnderscores::Reject);
+    assert_eq!(c.max_token_lifetime_seconds, 86_400);
+    let c = mk(&format!(
+        "{INSECURE}xffTrustedHops: 2\nheadersWithUnderscores: drop\nmaxTokenLifetimeSeconds: 3600\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.xff_trusted_hops,
+            c.headers_with_underscores,
+            c.max_token_lifetime_seconds
+        ),
+        (2, HeadersWithUnderscores::Drop, 3600)
+    );
+    let e = err_text(&format!("{INSECURE}xffTrustedHops: 17\n"));
+    assert!(e.contains("xffTrustedHops") && e.contains("fix:"), "{e}");
+    let e = err_text(&format!("{INSECURE}maxTokenLifetimeSeconds: 0\n"));
+    assert!(e.contains("maxTokenLifetimeSeconds"), "{e}");
+    let e = err_text(&format!("{INSECURE}headersWithUnderscores: maybe\n"));
+    assert!(e.contains("maybe") && e.contains("reject"), "{e}");
+    let mut c = mk(INSECURE).unwrap();
+    let e = c
+        .apply_set("headersWithUnderscores=sometimes")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("headersWithUnderscores") && e.contains("reject, drop, allow"),
+        "{e}"
+    );
+    // Defaults are not written when a configuration is serialized (rendered configs unchanged).
+    let yaml = serde_saphyr::to_string(&c).unwrap();
+    for k in [
+        "xffTrustedHops",
+        "headersWithUnderscores",
+        "maxTokenLifetimeSeconds",
+        "requestSettingsCeilings",
+        "passAuthorization",
+    ] {
+        assert!(!yaml.contains(k), "{k} in {yaml}");
+    }
 }
