@@ -14,7 +14,7 @@ fn bearer(v: &str) -> HeaderValue {
 }
 
 fn keys() -> AuthPolicy {
-    AuthPolicy::keys(Some(PRIMARY), Some(SECONDARY))
+    AuthPolicy::keys(Some(PRIMARY), Some(SECONDARY)).unwrap()
 }
 
 fn token_policy() -> AuthPolicy {
@@ -46,7 +46,7 @@ fn keys_accept_primary_and_secondary() {
     let h = HeaderValue::from_bytes(&[b"bEaReR ", PRIMARY].concat()).unwrap();
     assert_eq!(p.check(Some(&h), "ep", at(NOW)), Ok(()));
     // one key alone works too
-    let only_secondary = AuthPolicy::keys(None, Some(SECONDARY));
+    let only_secondary = AuthPolicy::keys(None, Some(SECONDARY)).unwrap();
     let h = bearer(std::str::from_utf8(SECONDARY).unwrap());
     assert_eq!(only_secondary.check(Some(&h), "ep", at(NOW)), Ok(()));
 }
@@ -107,7 +107,7 @@ fn default_is_key_mode_refusing_everything() {
     assert_eq!(reason(&p, None), "no_keys_configured");
     assert_eq!(reason(&p, Some(&bearer("anything"))), "no_keys_configured");
     // empty and blank keys count as no key
-    let p = AuthPolicy::keys(Some(b""), Some(b" \n"));
+    let p = AuthPolicy::keys(Some(b""), Some(b" \n")).unwrap();
     assert!(p.refuses_all());
     assert_eq!(reason(&p, Some(&bearer("x"))), "no_keys_configured");
 }
@@ -239,7 +239,7 @@ fn every_reason_is_distinct_and_label_safe() {
         assert!(f.www_authenticate().starts_with("Bearer"));
         assert!(!f.to_string().is_empty());
     }
-    assert_eq!(seen.len(), 8);
+    assert_eq!(seen.len(), 10);
     assert_eq!(
         AuthFailure::InvalidKey.www_authenticate(),
         "Bearer error=\"invalid_token\""
@@ -259,7 +259,7 @@ fn secrets_never_show_in_debug() {
 #[test]
 fn equality_compares_keys() {
     assert_eq!(keys(), keys());
-    assert_ne!(keys(), AuthPolicy::keys(Some(PRIMARY), None));
+    assert_ne!(keys(), AuthPolicy::keys(Some(PRIMARY), None).unwrap());
     assert_eq!(token_policy(), token_policy());
     assert_ne!(token_policy(), AuthPolicy::token(&[1u8; 32]).unwrap());
 }
@@ -309,4 +309,123 @@ fn from_secret_data_maps_entries() {
     let empty = BTreeMap::new();
     let p = AuthPolicy::from_secret_data(AuthMode::Key, &empty).unwrap();
     assert!(p.refuses_all());
+}
+
+#[test]
+fn key_of_different_length_is_refused_in_constant_time() {
+    // The stored form of a key is its SHA-256 digest: 32 bytes whatever the key's length.
+    for k in [&b"k"[..], PRIMARY, &[7u8; 100_000][..]] {
+        assert_eq!(KeyDigest::of(k).0.len(), 32);
+    }
+    // A presented key is hashed too, and the digests compared: the comparison is over two
+    // 32-byte values for a prefix, an extension, an empty or a huge guess alike.
+    let d = KeyDigest::of(PRIMARY);
+    assert!(bool::from(d.matches(PRIMARY)));
+    let longer = [PRIMARY, b"x"].concat();
+    for guess in [
+        &PRIMARY[..PRIMARY.len() - 1],
+        &longer[..],
+        &b""[..],
+        &PRIMARY[..1],
+        &[b'A'; 1 << 20][..],
+    ] {
+        assert!(!bool::from(d.matches(guess)), "{} bytes", guess.len());
+        if guess.is_empty() {
+            continue; // `Bearer ` alone is malformed, before any comparison
+        }
+        assert_eq!(
+            reason(
+                &keys(),
+                Some(
+                    &HeaderValue::from_bytes(&[b"Bearer ", guess].concat())
+                        .unwrap_or(HeaderValue::from_static("Bearer x"))
+                )
+            ),
+            "invalid_key"
+        );
+    }
+    // Equal keys give equal digests; one changed byte anywhere, a different one.
+    let mut flipped = PRIMARY.to_vec();
+    flipped[PRIMARY.len() / 2] ^= 1;
+    assert!(KeyDigest::of(PRIMARY) == KeyDigest::of(PRIMARY));
+    assert!(KeyDigest::of(PRIMARY) != KeyDigest::of(&flipped));
+}
+
+#[test]
+fn short_keys_are_refused_naming_the_key() {
+    assert_eq!(
+        AuthPolicy::keys(Some(b"short"), Some(SECONDARY)),
+        Err(AuthError::KeyTooShort {
+            entry: "primaryKey",
+            len: 5
+        })
+    );
+    let e = AuthPolicy::keys(Some(PRIMARY), Some(b"  fifteen-chars-x  "))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`secondaryKey`") && e.contains("15 bytes"),
+        "{e}"
+    );
+    assert!(AuthPolicy::keys(Some(&[b'k'; MIN_KEY_BYTES]), None).is_ok());
+    let mut d = BTreeMap::new();
+    d.insert(SECRET_PRIMARY_KEY.to_string(), b"p1".to_vec());
+    assert_eq!(
+        AuthPolicy::from_secret_data(AuthMode::Key, &d),
+        Err(AuthError::KeyTooShort {
+            entry: "primaryKey",
+            len: 2
+        })
+    );
+}
+
+/// A token with these claims, signed with `SIGNING`.
+fn tok_claims(exp: u64, iat: Option<u64>, nbf: Option<u64>) -> String {
+    let claims = Claims {
+        aud: Audience::One("ep".into()),
+        exp,
+        iat,
+        nbf,
+    };
+    let key = EncodingKey::from_secret(SIGNING).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+}
+
+#[test]
+fn token_not_yet_valid_is_refused() {
+    let p = token_policy();
+    let t = tok_claims(NOW + 600, Some(NOW), Some(NOW + 60));
+    assert_eq!(reason(&p, Some(&bearer(&t))), "not_yet_valid");
+    let at_nbf = p.check(Some(&bearer(&t)), "ep", at(NOW + 60));
+    assert_eq!(at_nbf, Ok(()), "valid from nbf on");
+    let t = tok_claims(NOW + 600, None, Some(NOW - 1));
+    assert_eq!(p.check(Some(&bearer(&t)), "ep", at(NOW)), Ok(()));
+}
+
+#[test]
+fn token_with_too_long_lifetime_is_refused() {
+    let p = token_policy();
+    let day = 86_400;
+    let hour = Duration::from_secs(3600);
+    let check = |t: &str, max: Duration| {
+        p.check_with(Some(&bearer(t)), "ep", at(NOW), max)
+            .map_err(AuthFailure::reason)
+    };
+    // Issued for a year: refused under the default cap of a day, whatever time is left.
+    let t = tok_claims(NOW + 365 * day, Some(NOW - 10), None);
+    assert_eq!(reason(&p, Some(&bearer(&t))), "lifetime_too_long");
+    // exp - iat within the cap, but `iat` made up: exp - now counts too.
+    let t = tok_claims(NOW + 2 * day, Some(NOW + 2 * day - 60), None);
+    assert_eq!(check(&t, hour), Err("lifetime_too_long"));
+    // No iat: exp - now alone.
+    let t = tok_claims(NOW + 7200, None, None);
+    assert_eq!(check(&t, hour), Err("lifetime_too_long"));
+    assert_eq!(check(&t, 2 * hour), Ok(()));
+    // An hour's token, checked half-way: fine under an hour's cap.
+    let t = tok_claims(NOW + 1800, Some(NOW - 1800), None);
+    assert_eq!(check(&t, hour), Ok(()));
+    assert_eq!(check(&t, hour / 2), Err("lifetime_too_long"));
+    // Exactly the cap is allowed.
+    let t = tok_claims(NOW + 3600, Some(NOW), None);
+    assert_eq!(check(&t, hour), Ok(()));
 }
