@@ -71,7 +71,7 @@ impl Rig {
         let discovery = infergate_discovery::spawn(
             client,
             cfg.discovery.kube.as_ref().unwrap(),
-            cfg.defaults,
+            (cfg.defaults, cfg.request_settings_ceilings),
             server.router().clone(),
             server.readiness().clone(),
             server.registry(),

@@ -165,6 +165,7 @@ impl Reloader {
             );
         }
         self.pending.set(if restart.is_empty() { 0.0 } else { 1.0 });
+        self.router.apply_edge_config(&new);
         // Endpoints from Kubernetes are discovery's; the file's (empty) list is not published.
         let static_endpoints =
             self.started.discovery.kube.is_none() && new.discovery.kube.is_none();

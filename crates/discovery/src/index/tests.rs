@@ -618,6 +618,11 @@ fn auth_reference_is_kept_for_the_secret_watch_and_fails_closed() {
     }
 }
 
+/// Endpoint keys of the Secret tests (at least 16 bytes, as keys must be).
+const P1: &str = "p1-0123456789abcdef";
+const S1: &str = "s1-0123456789abcdef";
+const P2: &str = "p2-0123456789abcdef";
+
 /// A Secret with these entries (values as given; the API carries them base64-encoded).
 pub(crate) fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Secret {
     use k8s_openapi::ByteString;
@@ -695,11 +700,7 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
             mk_secret(
                 "ml",
                 "k-keys",
-                &[
-                    ("primaryKey", "p1"),
-                    ("secondaryKey", "s1"),
-                    ("tls.key", "x"),
-                ],
+                &[("primaryKey", P1), ("secondaryKey", S1), ("tls.key", "x")],
             ),
             mk_secret("ml", "t-keys", &[("signingKey", SIGNING)]),
             mk_secret("ml", "other", &[("password", "hunter2")]),
@@ -707,7 +708,7 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
     );
     assert!(ix.is_dirty());
     let ch = ix.refresh();
-    let keys = AuthPolicy::keys(Some(b"p1"), Some(b"s1"));
+    let keys = AuthPolicy::keys(Some(P1.as_bytes()), Some(S1.as_bytes())).unwrap();
     assert_eq!(auth_of(&ix, "k"), &keys);
     assert_eq!(auth_of(&ix, "d"), &keys, "mode defaults to key");
     assert_eq!(
@@ -721,7 +722,7 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
             .any(|r| r.object == "InferenceEndpoint ml/k" && !r.is_problem)
     );
     let dbg = format!("{ix:?}");
-    for secret in ["p1", "s1", SIGNING, "hunter2", "\"x\""] {
+    for secret in [P1, S1, SIGNING, "hunter2", "\"x\""] {
         assert!(!dbg.contains(secret), "Debug prints {secret}");
     }
     assert!(
@@ -735,12 +736,12 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
     ix.apply_secret(&mk_secret(
         "ml",
         "k-keys",
-        &[("primaryKey", "p2"), ("secondaryKey", "s1")],
+        &[("primaryKey", P2), ("secondaryKey", S1)],
     ));
     ix.refresh();
     assert_eq!(
         auth_of(&ix, "k"),
-        &AuthPolicy::keys(Some(b"p2"), Some(b"s1"))
+        &AuthPolicy::keys(Some(P2.as_bytes()), Some(S1.as_bytes())).unwrap()
     );
 
     // A Secret without the needed entries, a short signing key, a deleted Secret: refuse all.
@@ -758,6 +759,23 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
     assert!(
         msg.contains("Secret ml/t-keys") && msg.contains("signing key is 5 bytes"),
         "{msg}"
+    );
+    // A key shorter than 16 bytes in the Secret: refused, the entry named (never its value).
+    ix.apply_secret(&mk_secret(
+        "ml",
+        "k-keys",
+        &[("primaryKey", P1), ("secondaryKey", "tiny-key")],
+    ));
+    let ch = ix.refresh();
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
+    let c = cond(&status_of(&ch, "ml", "k"), "Ready").clone();
+    assert_eq!(c.reason, "AuthNotConfigured");
+    assert!(
+        c.message.contains("Secret ml/k-keys")
+            && c.message.contains("`secondaryKey` key is 8 bytes")
+            && !c.message.contains("tiny-key"),
+        "{}",
+        c.message
     );
     ix.apply_secret(&mk_secret("ml", "t-keys", &[("signingKey", SIGNING)]));
     ix.refresh();
