@@ -524,6 +524,18 @@ pub fn issue_token_at(
     exp: SystemTime,
     signing_key: &[u8],
 ) -> Result<String, AuthError> {
+    issue_token_with(endpoint, iat, None, exp, signing_key)
+}
+
+/// A token for `endpoint` issued at `iat`, not valid before `nbf` (when given) and expiring at
+/// `exp`, signed with `signing_key`.
+pub fn issue_token_with(
+    endpoint: &str,
+    iat: SystemTime,
+    nbf: Option<SystemTime>,
+    exp: SystemTime,
+    signing_key: &[u8],
+) -> Result<String, AuthError> {
     if signing_key.len() < MIN_SIGNING_KEY_BYTES {
         return Err(AuthError::SigningKeyTooShort {
             len: signing_key.len(),
@@ -534,7 +546,7 @@ pub fn issue_token_at(
         aud: Audience::One(endpoint.to_string()),
         exp: unix_secs(exp),
         iat: Some(unix_secs(iat)),
-        nbf: None,
+        nbf: nbf.map(unix_secs),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
         .map_err(|e| AuthError::Jwt(e.to_string()))

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use infergate_auth::{AuthMode, AuthPolicy, issue_token, issue_token_at};
+use infergate_auth::{AuthMode, AuthPolicy, issue_token, issue_token_at, issue_token_with};
 
 use crate::support::*;
 
@@ -386,4 +386,96 @@ async fn unknown_endpoint_is_still_404_not_401() {
     call(r.http(), score("unknown", None))
         .await
         .assert_error(404, "EndpointNotFound");
+}
+
+/// A router with one token-mode endpoint `tok` (and `extra` top-level keys); its signing key.
+async fn token_router(
+    extra: &str,
+) -> (
+    Router,
+    mock_model::MockHandle,
+    tempfile::TempDir,
+    &'static [u8],
+) {
+    let pod = mock("p", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key: &'static [u8] = b"e2e-signing-key-0123456789abcdef-0123456789";
+    let key_file = dir.path().join("signing.key");
+    std::fs::write(&key_file, key).unwrap();
+    let r = Router::start(&format!(
+        "{extra}{}",
+        cfg(&format!(
+            "  - name: tok\n    auth: {{mode: token, signingKeyFile: \"{}\"}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            key_file.display(),
+            pod.addr()
+        ))
+    ))
+    .await;
+    (r, pod, dir, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_not_yet_valid_is_refused() {
+    let (r, pod, _dir, key) = token_router("").await;
+    let now = SystemTime::now();
+    let later = issue_token_with(
+        "tok",
+        now,
+        Some(now + Duration::from_secs(600)),
+        now + Duration::from_secs(1200),
+        key,
+    )
+    .unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {later}")))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid yet"),
+        "{}",
+        a.json()
+    );
+    let started = issue_token_with(
+        "tok",
+        now,
+        Some(now - Duration::from_secs(5)),
+        now + Duration::from_secs(600),
+        key,
+    )
+    .unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {started}")))).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(pod.stats().served, 1);
+    let t = metrics_text(&r).await;
+    assert_eq!(failures(&t, "tok", "not_yet_valid"), 1.0, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_with_too_long_lifetime_is_refused() {
+    // A year-long token is a standing key if stolen: refused above maxTokenLifetimeSeconds.
+    let (r, pod, _dir, key) = token_router("").await;
+    let year = issue_token("tok", Duration::from_secs(365 * 86_400), key).unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {year}")))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
+    let hour = issue_token("tok", Duration::from_secs(3600), key).unwrap();
+    assert_eq!(
+        call(r.http(), score("tok", Some(&format!("Bearer {hour}"))))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        failures(&metrics_text(&r).await, "tok", "lifetime_too_long"),
+        1.0
+    );
+
+    // A tighter cap from the configuration.
+    let (r, _pod2, _dir2, key) = token_router("maxTokenLifetimeSeconds: 600\n").await;
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {hour}")))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
+    let short = issue_token("tok", Duration::from_secs(300), key).unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {short}")))).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(pod.stats().served, 1);
 }
