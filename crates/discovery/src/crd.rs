@@ -66,7 +66,9 @@ pub struct InferenceDeployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swagger_path: Option<String>,
     /// Overrides of the router's `defaults`: any of its keys (`requestTimeoutMs`,
-    /// `maxConcurrentRequestsPerInstance`, `maxQueueWaitMs`, `maxRequestBodyBytes`, ...).
+    /// `maxConcurrentRequestsPerInstance`, `maxQueueWaitMs`, `maxRequestBodyBytes`, ...), each
+    /// at most the router's ceiling for it (`requestSettingsCeilings`; above it the endpoint is
+    /// not routed and its status says why).
     #[serde(default, skip_serializing_if = "is_default_settings")]
     #[schemars(schema_with = "request_settings_schema")]
     pub request_settings: RequestSettings,

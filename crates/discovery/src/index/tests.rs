@@ -459,8 +459,26 @@ fn malformed_endpoints_are_skipped_with_the_key_and_reason_and_others_stay() {
         (
             "typo",
             json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"requestTimeoutMS": 5}}]}),
-            "spec",
-            "requestTimeoutMS",
+            "spec.deployments[0].requestSettings.requestTimeoutMS",
+            "not a request setting",
+        ),
+        (
+            "too-long",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"requestTimeoutMs": u64::MAX}}]}),
+            "spec.deployments[0].requestSettings.requestTimeoutMs",
+            "above the router's ceiling of 600000",
+        ),
+        (
+            "not-a-u32",
+            json!({"deployments": [{"name": "a", "serviceName": "s"}, {"name": "b", "serviceName": "s", "requestSettings": {"maxQueueLength": 4294967296u64}}]}),
+            "spec.deployments[1].requestSettings.maxQueueLength",
+            "not a whole number",
+        ),
+        (
+            "quoted",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"ejectionMaxMs": "10"}}]}),
+            "spec.deployments[0].requestSettings.ejectionMaxMs",
+            "not a whole number",
         ),
         (
             "unknown-traffic",
