@@ -429,3 +429,104 @@ fn token_with_too_long_lifetime_is_refused() {
     let t = tok_claims(NOW + 3600, Some(NOW), None);
     assert_eq!(check(&t, hour), Ok(()));
 }
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-auth fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Times around `NOW`, and the extremes.
+    fn times() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            (NOW - 200_000..NOW + 200_000),
+            Just(0u64),
+            Just(u64::MAX),
+            Just(i64::MAX as u64),
+            any::<u64>(),
+        ]
+    }
+
+    /// What `check_with` must answer for these claims, by the rules written out.
+    fn expected(
+        aud_ok: bool,
+        exp: u64,
+        iat: Option<u64>,
+        nbf: Option<u64>,
+        max: u64,
+    ) -> Result<(), &'static str> {
+        if !aud_ok {
+            return Err("wrong_audience");
+        }
+        if exp <= NOW {
+            return Err("expired");
+        }
+        if nbf.is_some_and(|n| n > NOW) {
+            return Err("not_yet_valid");
+        }
+        let issued = iat.map_or(0, |i| exp.saturating_sub(i));
+        if issued > max || exp - NOW > max {
+            return Err("lifetime_too_long");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn token_claims_are_judged_as_the_rules_say(
+            exp in times(),
+            iat in proptest::option::of(times()),
+            nbf in proptest::option::of(times()),
+            aud_ok in any::<bool>(),
+            max in prop_oneof![Just(86_400u64), 1u64..400_000, Just(u64::MAX)],
+        ) {
+            let claims = Claims {
+                aud: Audience::One(if aud_ok { "ep" } else { "other" }.into()),
+                exp,
+                iat,
+                nbf,
+            };
+            let key = EncodingKey::from_secret(SIGNING).unwrap();
+            let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+            let got = token_policy()
+                .check_with(Some(&bearer(&t)), "ep", at(NOW), Duration::from_secs(max))
+                .map_err(AuthFailure::reason);
+            prop_assert_eq!(got, expected(aud_ok, exp, iat, nbf, max));
+        }
+
+        #[test]
+        fn any_bearer_value_is_refused_without_a_panic(v in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let Ok(h) = HeaderValue::from_bytes(&v) else { return Ok(()) };
+            for p in [keys(), token_policy(), AuthPolicy::default()] {
+                let r = p.check(Some(&h), "ep", at(NOW));
+                // Only the exact keys pass (the value is never a valid signed token by chance).
+                let exact = [PRIMARY, SECONDARY]
+                    .iter()
+                    .any(|k| v.trim_ascii().eq_ignore_ascii_case(&[b"bearer ", *k].concat()));
+                prop_assert!(r.is_err() || exact, "{:?}", String::from_utf8_lossy(&v));
+            }
+        }
+
+        #[test]
+        fn a_token_with_any_byte_changed_never_panics_and_never_passes_as_another(
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let good = tok("ep", NOW + 60);
+            let mut bad = good.clone().into_bytes();
+            let i = pos.index(bad.len());
+            bad[i] = byte;
+            let Ok(h) = HeaderValue::from_bytes(&[b"Bearer ", &bad[..]].concat()) else {
+                return Ok(());
+            };
+            let r = token_policy().check(Some(&h), "ep", at(NOW));
+            // A change that decodes to the same bytes (base64's unused low bits) may still pass;
+            // for another endpoint or after exp, never.
+            let _ = r;
+            prop_assert!(token_policy().check(Some(&h), "other", at(NOW)).is_err());
+            prop_assert!(token_policy().check(Some(&h), "ep", at(NOW + 60)).is_err());
+        }
+    }
+}

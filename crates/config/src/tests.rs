@@ -577,3 +577,128 @@ fn edge_keys_are_checked() {
         assert!(!yaml.contains(k), "{k} in {yaml}");
     }
 }
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-config fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KEYS: [&str; 9] = [
+        "requestTimeoutMs",
+        "maxConcurrentRequestsPerInstance",
+        "maxQueueWaitMs",
+        "maxRequestBodyBytes",
+        "maxQueueLength",
+        "ejectAfterConsecutiveFailures",
+        "ejectionBaseMs",
+        "ejectionMaxMs",
+        "retryBudgetPercent",
+    ];
+
+    /// Numbers a tenant or an operator might write, the extremes among them.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..2_000_000).prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            Just(u32::MAX.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("-1".to_string()),
+            Just("1.5".to_string()),
+            Just("\"10\"".to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+        ]
+    }
+
+    /// `{key: value, ...}` of request settings, a key misspelt now and then.
+    fn settings() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    9 => prop::sample::select(KEYS.to_vec()).prop_map(String::from),
+                    1 => "[a-zA-Z]{1,12}",
+                ],
+                number(),
+            ),
+            0..5,
+        )
+        .prop_map(|kv| {
+            let items: Vec<String> = kv.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            format!("{{{}}}", items.join(", "))
+        })
+    }
+
+    /// Whether `e` names a key: a config-key error with a non-empty dotted key, or a parse
+    /// error (the parser's message names line and column, and the field it rejects).
+    fn names_a_key(e: &ConfigError) -> bool {
+        match e {
+            ConfigError::Invalid { key, fix, .. } => !key.is_empty() && !fix.is_empty(),
+            ConfigError::Parse { message, .. } => message.contains("line"),
+            ConfigError::Read { .. } => false,
+        }
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn every_accepted_setting_is_within_its_ceiling_and_every_refusal_names_a_key(
+            defaults in settings(),
+            ceilings in settings(),
+            overrides in settings(),
+        ) {
+            let yaml = format!(
+                "{INSECURE}defaults: {defaults}\nrequestSettingsCeilings: {ceilings}\n\
+                 endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n\
+                 \x20     - name: d\n        requestSettings: {overrides}\n"
+            );
+            match mk(&yaml) {
+                Ok(c) => {
+                    let limits = c.request_settings_ceilings.entries();
+                    let s = c.resolved_settings(&c.endpoints[0].deployments[0]);
+                    let values = RequestSettingsCeilings {
+                        request_timeout_ms: s.request_timeout_ms,
+                        max_concurrent_requests_per_instance: s.max_concurrent_requests_per_instance,
+                        max_queue_wait_ms: s.max_queue_wait_ms,
+                        max_request_body_bytes: s.max_request_body_bytes,
+                        max_queue_length: s.max_queue_length,
+                        eject_after_consecutive_failures: s.eject_after_consecutive_failures,
+                        ejection_base_ms: s.ejection_base_ms,
+                        ejection_max_ms: s.ejection_max_ms,
+                        retry_budget_percent: s.retry_budget_percent,
+                    }
+                    .entries();
+                    for ((k, v), (_, max)) in values.iter().zip(&limits) {
+                        prop_assert!(v <= max, "{k} = {v} above {max}\n{yaml}");
+                    }
+                }
+                Err(e) => prop_assert!(names_a_key(&e), "{e}\n{yaml}"),
+            }
+        }
+
+        #[test]
+        fn any_text_is_parsed_or_refused_without_a_panic(text in "\\PC{0,200}") {
+            if let Err(e) = mk(&text) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn a_damaged_configuration_is_refused_naming_a_key(
+            at in any::<prop::sample::Index>(),
+            cut in 0usize..8,
+            insert in "[ -~\\n]{0,6}",
+        ) {
+            // The README's full example with a few bytes replaced.
+            let mut text = FULL.replace("Cargo.toml", "/dev/null");
+            let i = at.index(text.len());
+            let end = (i + cut).min(text.len());
+            if text.is_char_boundary(i) && text.is_char_boundary(end) {
+                text.replace_range(i..end, &insert);
+            }
+            if let Err(e) = mk(&text) {
+                prop_assert!(names_a_key(&e), "{e}");
+            }
+        }
+    }
+}

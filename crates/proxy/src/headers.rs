@@ -177,6 +177,9 @@ pub fn rewrite_request(
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -934,3 +934,140 @@ fn scale_settings_reach_the_spec_and_bad_ones_are_reported_without_touching_rout
     assert!(m.contains("maxInstance"), "{m}");
     assert_eq!(pods(&ix, "iris", "blue"), [addr("10.0.0.1:5001")]);
 }
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-discovery fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value (small), for the fields a tenant may fill with anything.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn setting_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            8 => (1u64..100).prop_map(Value::from),
+            4 => (0u64..2_000_000).prop_map(Value::from),
+            1 => Just(json!(u64::MAX)),
+            1 => Just(json!(u32::MAX)),
+            1 => Just(json!(1.8446744073709552e19)),
+            1 => Just(json!(-1)),
+            1 => Just(json!("10")),
+            1 => any::<u64>().prop_map(Value::from),
+        ]
+    }
+
+    fn request_settings() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("requestTimeoutMs"),
+            Just("maxConcurrentRequestsPerInstance"),
+            Just("maxQueueWaitMs"),
+            Just("maxRequestBodyBytes"),
+            Just("maxQueueLength"),
+            Just("ejectionMaxMs"),
+            Just("ejectionBaseMs"),
+            Just("retryBudgetPercent"),
+            Just("requestTimeoutMS"),
+        ];
+        proptest::collection::btree_map(key, setting_value(), 0..4).prop_map(|m| json!(m))
+    }
+
+    fn deployment() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![4 => Just(json!("blue")), 4 => Just(json!("green")), 1 => any_json()],
+            prop_oneof![24 => Just(json!("svc")), 1 => Just(json!("Not_A_Service")), 1 => any_json()],
+            prop_oneof![24 => Just(json!("http")), 1 => Just(json!(70000)), 1 => any_json()],
+            prop_oneof![24 => request_settings(), 1 => any_json()],
+            prop_oneof![24 => Just(json!("/score")), 1 => Just(json!("no-slash")), 1 => any_json()],
+        )
+            .prop_map(|(name, svc, port, settings, path)| {
+                json!({"name": name, "serviceName": svc, "port": port,
+                       "requestSettings": settings, "scoringPath": path})
+            })
+    }
+
+    /// Specs near the schema (most of them), and any JSON at all.
+    fn spec() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => (
+                prop_oneof![
+                    8 => proptest::collection::vec(deployment(), 1..2),
+                    2 => proptest::collection::vec(deployment(), 0..4),
+                ],
+                prop_oneof![12 => Just(json!({})), 2 => Just(json!({"blue": 100})), 1 => any_json()],
+                prop_oneof![12 => Just(json!({"mode": "none"})), 1 => Just(json!({"mode": "keys"})), 1 => any_json()],
+                prop_oneof![12 => Just(json!(true)), 1 => any_json()],
+            )
+                .prop_map(|(deps, traffic, auth, pass)| json!({
+                    "deployments": deps, "traffic": traffic, "auth": auth,
+                    "passAuthorization": pass,
+                })),
+            1 => any_json(),
+        ]
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn any_inference_endpoint_is_routed_within_the_ceilings_or_refused_naming_a_key(
+            spec in spec(),
+            name in prop_oneof![4 => Just("iris".to_string()), 1 => "\\PC{0,70}"],
+        ) {
+            let mut ix = mk_index();
+            ix.apply_endpoint(&mk_ie("ml", &name, spec.clone(), 1));
+            let ch = ix.refresh();
+            let ceilings = RequestSettingsCeilings::default().entries();
+            match ix.specs().first() {
+                Some(s) => {
+                    for d in &s.deployments {
+                        let values = RequestSettingsCeilings {
+                            request_timeout_ms: d.settings.request_timeout_ms,
+                            max_concurrent_requests_per_instance: d.settings.max_concurrent_requests_per_instance,
+                            max_queue_wait_ms: d.settings.max_queue_wait_ms,
+                            max_request_body_bytes: d.settings.max_request_body_bytes,
+                            max_queue_length: d.settings.max_queue_length,
+                            eject_after_consecutive_failures: d.settings.eject_after_consecutive_failures,
+                            ejection_base_ms: d.settings.ejection_base_ms,
+                            ejection_max_ms: d.settings.ejection_max_ms,
+                            retry_budget_percent: d.settings.retry_budget_percent,
+                        }
+                        .entries();
+                        for ((k, v), (_, max)) in values.iter().zip(&ceilings) {
+                            prop_assert!(v <= max, "{k} = {v} > {max}: {spec}");
+                        }
+                    }
+                }
+                None => {
+                    let Some(u) = ch.statuses.iter().find(|u| u.key.name == name) else {
+                        // A name no object can have (not stored): nothing to report on.
+                        return Ok(());
+                    };
+                    let a = cond(&u.status, "Accepted");
+                    prop_assert_eq!(a.status.as_str(), "False");
+                    prop_assert!(
+                        a.message.contains("spec") || a.message.contains("metadata.name"),
+                        "{}: {spec}", a.message
+                    );
+                    prop_assert!(a.message.contains("fix:"), "{}", a.message);
+                }
+            }
+        }
+    }
+}
