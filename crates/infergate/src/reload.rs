@@ -351,6 +351,16 @@ pub fn restart_needed(running: &Config, file: &Config) -> Vec<RestartNeeded> {
     if running.discovery.kube.is_some() && running.defaults != file.defaults {
         diff("defaults", "(running)".into(), "(changed)".into());
     }
+    // And checks InferenceEndpoints against the ceilings it started with.
+    if running.discovery.kube.is_some()
+        && running.request_settings_ceilings != file.request_settings_ceilings
+    {
+        diff(
+            "requestSettingsCeilings",
+            "(running)".into(),
+            "(changed)".into(),
+        );
+    }
     if running.cluster != file.cluster {
         let (a, b) = section(running.cluster.is_some(), file.cluster.is_some());
         diff("cluster", a, b);
