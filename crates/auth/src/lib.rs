@@ -296,13 +296,12 @@ impl AuthPolicy {
     /// naming it (`primaryKey` or `secondaryKey`).
     pub fn keys(primary: Option<&[u8]>, secondary: Option<&[u8]>) -> Result<Self, AuthError> {
         let mk = |entry: &'static str, k: Option<&[u8]>| match k.map(<[u8]>::trim_ascii) {
-            Some(k) if k.is_empty() => Ok(None),
+            Some([]) | None => Ok(None),
             Some(k) if k.len() < MIN_KEY_BYTES => Err(AuthError::KeyTooShort {
                 entry,
                 len: k.len(),
             }),
             Some(k) => Ok(Some(KeyDigest::of(k))),
-            None => Ok(None),
         };
         Ok(AuthPolicy::Keys {
             primary: mk(SECRET_PRIMARY_KEY, primary)?,

@@ -333,7 +333,7 @@ mod tests {
         assert!(underscore_header(&h).is_none());
         h.insert("x_api_key", HeaderValue::from_static("b"));
         h.insert("other_one", HeaderValue::from_static("c"));
-        assert_eq!(underscore_header(&h).unwrap().as_str().contains('_'), true);
+        assert!(underscore_header(&h).unwrap().as_str().contains('_'));
         drop_underscore_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-api-key"], "a");
