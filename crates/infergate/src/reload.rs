@@ -211,7 +211,23 @@ impl Reloader {
     /// A fingerprint of the watched files: the configuration and the signing key files of the
     /// configuration in effect.
     fn fingerprint(&self) -> u64 {
+        self.fingerprint_with(self.file_hash())
+    }
+
+    /// The configuration file's contents, hashed.
+    fn file_hash(&self) -> u64 {
         let mut h = DefaultHasher::new();
+        std::fs::read(&self.path).ok().hash(&mut h);
+        h.finish()
+    }
+
+    /// [`Reloader::fingerprint`] with the configuration file's part given: the file as it was
+    /// before a reload read it (a change written while the reload ran is then seen at the next
+    /// tick, not taken for the one just loaded), the key files of the configuration now in
+    /// effect.
+    fn fingerprint_with(&self, file: u64) -> u64 {
+        let mut h = DefaultHasher::new();
+        file.hash(&mut h);
         let keys = self
             .current
             .endpoints
@@ -220,7 +236,7 @@ impl Reloader {
                 AuthMode::Token => e.auth.signing_key_file.as_deref(),
                 _ => None,
             });
-        for p in std::iter::once(self.path.as_path()).chain(keys) {
+        for p in keys {
             std::fs::read(p).ok().hash(&mut h);
         }
         h.finish()
@@ -243,8 +259,9 @@ impl Reloader {
             loop {
                 tokio::select! {
                     _ = hup.recv() => {
+                        let file = self.file_hash();
                         self.reload(Trigger::Signal);
-                        seen = self.fingerprint();
+                        seen = self.fingerprint_with(file);
                     }
                     _ = async { tick.as_mut().expect("only polled with a tick").tick().await },
                         if tick.is_some() =>
@@ -257,10 +274,11 @@ impl Reloader {
                         if self.fingerprint() != now {
                             continue; // still being written: the next tick looks again
                         }
+                        let file = self.file_hash();
                         self.reload(Trigger::File);
                         // (After a failure too: the same broken file is not retried until it
                         // changes again.)
-                        seen = self.fingerprint();
+                        seen = self.fingerprint_with(file);
                     }
                 }
             }
