@@ -395,7 +395,9 @@ impl AuthPolicy {
         // Both keys are always compared, each as a constant-time comparison of SHA-256 digests
         // (so of equal lengths whatever was sent): neither timing nor the code path tells which
         // key matched, or how close a guess came.
-        let hit = |k: Option<&KeyDigest>| k.map_or(subtle::Choice::from(0), |k| k.matches(given));
+        let given = KeyDigest::of(given);
+        let hit =
+            |k: Option<&KeyDigest>| k.map_or(subtle::Choice::from(0), |k| k.0.ct_eq(&given.0));
         if bool::from(hit(primary) | hit(secondary)) {
             Ok(())
         } else {
