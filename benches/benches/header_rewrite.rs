@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use infergate_proxy::headers::{new_request_id, rewrite_request, strip_hop_by_hop};
+use infergate_proxy::headers::{Forwarding, new_request_id, rewrite_request, strip_hop_by_hop};
 
 /// What a typical SDK scoring call carries (13 headers, a 43-byte bearer key).
 fn realistic() -> HeaderMap {
@@ -60,6 +60,7 @@ fn with_hop_by_hop() -> HeaderMap {
 fn rewrite(c: &mut Criterion) {
     let mut g = c.benchmark_group("header_rewrite");
     let client: IpAddr = Ipv4Addr::new(192, 0, 2, 7).into();
+    let fwd = Forwarding::default();
     let id = new_request_id();
     let base = realistic();
     let hop = with_hop_by_hop();
@@ -72,14 +73,21 @@ fn rewrite(c: &mut Criterion) {
     g.bench_function("clone_rewrite_request_drop/13_headers", |b| {
         b.iter(|| {
             let mut h = base.clone();
-            rewrite_request(&mut h, &id, client, "https", Some("scoring.example.com"));
+            rewrite_request(
+                &mut h,
+                &id,
+                client,
+                "https",
+                Some("scoring.example.com"),
+                fwd,
+            );
             h
         })
     });
     g.bench_function("clone_rewrite_request_drop/17_headers_hop_by_hop", |b| {
         b.iter(|| {
             let mut h = hop.clone();
-            rewrite_request(&mut h, &id, client, "https", None);
+            rewrite_request(&mut h, &id, client, "https", None, fwd);
             h
         })
     });
@@ -103,7 +111,14 @@ fn rewrite(c: &mut Criterion) {
         b.iter(|| {
             let mut h = base.clone();
             let id = new_request_id();
-            rewrite_request(&mut h, &id, client, "https", Some("scoring.example.com"));
+            rewrite_request(
+                &mut h,
+                &id,
+                client,
+                "https",
+                Some("scoring.example.com"),
+                fwd,
+            );
             h
         })
     });

@@ -28,6 +28,7 @@ fn mk_table(endpoints: usize) -> RouteTable<()> {
             mirror: None,
             auth: Default::default(),
             swagger_auth: false,
+            pass_authorization: false,
         };
         let deps = ep
             .deployments

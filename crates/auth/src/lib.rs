@@ -4,10 +4,14 @@
 //!
 //! - [`AuthPolicy::Keys`]: the bearer value must equal the primary or the secondary key (two
 //!   keys so that one can be replaced while clients use the other). With no key at all the
-//!   endpoint refuses every request: key mode never falls open. This is the [`Default`].
+//!   endpoint refuses every request: key mode never falls open. This is the [`Default`]. Keys
+//!   are at least [`MIN_KEY_BYTES`] long and are kept as SHA-256 digests: a presented key is
+//!   hashed and the two 32-byte digests compared in constant time, so neither the time taken
+//!   nor the code path depends on how much of the key, or of its length, was right.
 //! - [`AuthPolicy::Token`]: the bearer value is a JWT signed with HMAC-SHA256 under the
-//!   endpoint's signing key, with `exp` (seconds since the epoch) in the future and `aud` equal
-//!   to the endpoint name. [`issue_token`] makes one.
+//!   endpoint's signing key, with `exp` (seconds since the epoch) in the future, `nbf` (if any)
+//!   passed, `aud` equal to the endpoint name, and a lifetime (`exp - iat`, and `exp - now`) of
+//!   at most the router's `maxTokenLifetimeSeconds`. [`issue_token`] makes one.
 //! - [`AuthPolicy::None`]: no check.
 //!
 //! Secrets live in [`Secret`], whose `Debug` prints `[redacted]` and which is zeroed on drop.
@@ -29,7 +33,9 @@ use zeroize::Zeroize;
 
 /// The mode an endpoint's configuration asks for, and the smallest HS256 signing key accepted
 /// (defined once, in `infergate_config`).
-pub use infergate_config::{AuthMode, MIN_SIGNING_KEY_BYTES};
+pub use infergate_config::{
+    AuthMode, DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, MIN_KEY_BYTES, MIN_SIGNING_KEY_BYTES,
+};
 
 /// The Kubernetes Secret data key holding the primary key (key mode).
 pub const SECRET_PRIMARY_KEY: &str = "primaryKey";
@@ -68,6 +74,49 @@ impl PartialEq for Secret {
 impl Eq for Secret {}
 
 impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// An endpoint key as it is kept: the SHA-256 digest of its bytes (zeroed on drop).
+///
+/// Checking a presented key hashes it and compares the two 32-byte digests in constant time:
+/// the comparison takes the same time whatever the presented key's length or content, which a
+/// byte-wise comparison (constant time only for equal lengths) would not.
+#[derive(Clone)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// The digest of `key`.
+    pub fn of(key: &[u8]) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, key);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        KeyDigest(out)
+    }
+
+    /// Whether `given` is the key this digest was made from: `given` is hashed, then the two
+    /// digests are compared in constant time.
+    pub fn matches(&self, given: &[u8]) -> subtle::Choice {
+        KeyDigest::of(given).0.ct_eq(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl PartialEq for KeyDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for KeyDigest {}
+
+impl Drop for KeyDigest {
     fn drop(&mut self) {
         self.0.zeroize();
     }
@@ -119,7 +168,13 @@ impl SigningKey {
         })))
     }
 
-    fn verify(&self, token: &str, endpoint: &str, now: SystemTime) -> Result<(), AuthFailure> {
+    fn verify(
+        &self,
+        token: &str,
+        endpoint: &str,
+        now: SystemTime,
+        max_lifetime: Duration,
+    ) -> Result<(), AuthFailure> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
@@ -134,8 +189,19 @@ impl SigningKey {
         if !aud_ok {
             return Err(AuthFailure::WrongAudience);
         }
-        if data.claims.exp <= unix_secs(now) {
+        let (now, c) = (unix_secs(now), &data.claims);
+        if c.exp <= now {
             return Err(AuthFailure::Expired);
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(AuthFailure::NotYetValid);
+        }
+        // A stolen long-lived token is a standing key: its lifetime, as issued (`exp - iat`)
+        // and as left (`exp - now`, so that a made-up `iat` does not help), is capped.
+        let max = max_lifetime.as_secs();
+        let issued = c.iat.map_or(0, |iat| c.exp.saturating_sub(iat));
+        if issued > max || c.exp - now > max {
+            return Err(AuthFailure::LifetimeTooLong);
         }
         Ok(())
     }
@@ -148,9 +214,12 @@ struct Claims {
     aud: Audience,
     /// Expiry, seconds since the Unix epoch; the token is refused from that second on.
     exp: u64,
-    /// Issued at, seconds since the Unix epoch (informational).
+    /// Issued at, seconds since the Unix epoch: `exp - iat` is the token's lifetime, capped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch: refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,10 +240,10 @@ pub enum AuthPolicy {
     None,
     /// `Bearer <key>` must equal the primary or the secondary key. Neither set: refuse all.
     Keys {
-        /// The primary key.
-        primary: Option<Secret>,
-        /// The secondary key.
-        secondary: Option<Secret>,
+        /// The primary key's digest.
+        primary: Option<KeyDigest>,
+        /// The secondary key's digest.
+        secondary: Option<KeyDigest>,
     },
     /// `Bearer <jwt>`: HS256 under `signing_key`, `aud` = endpoint name, `exp` in the future.
     Token {
@@ -203,6 +272,16 @@ pub enum AuthError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A key-mode key shorter than [`MIN_KEY_BYTES`].
+    #[error(
+        "the `{entry}` key is {len} bytes; at least {MIN_KEY_BYTES} are needed (generate one with `openssl rand -base64 32`)"
+    )]
+    KeyTooShort {
+        /// Which key: `primaryKey` or `secondaryKey`.
+        entry: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// Token mode, but the Secret has no `signingKey`.
     #[error("the Secret has no `{0}` entry, which this mode needs")]
     MissingSecretEntry(&'static str),
@@ -213,17 +292,21 @@ pub enum AuthError {
 
 impl AuthPolicy {
     /// Key mode. Keys are trimmed of surrounding ASCII whitespace (a bearer value never holds
-    /// any); an empty key counts as not set.
-    pub fn keys(primary: Option<&[u8]>, secondary: Option<&[u8]>) -> Self {
-        let mk = |k: Option<&[u8]>| {
-            k.map(<[u8]>::trim_ascii)
-                .filter(|k| !k.is_empty())
-                .map(Secret::new)
+    /// any); an empty key counts as not set; a key shorter than [`MIN_KEY_BYTES`] is refused,
+    /// naming it (`primaryKey` or `secondaryKey`).
+    pub fn keys(primary: Option<&[u8]>, secondary: Option<&[u8]>) -> Result<Self, AuthError> {
+        let mk = |entry: &'static str, k: Option<&[u8]>| match k.map(<[u8]>::trim_ascii) {
+            Some([]) | None => Ok(None),
+            Some(k) if k.len() < MIN_KEY_BYTES => Err(AuthError::KeyTooShort {
+                entry,
+                len: k.len(),
+            }),
+            Some(k) => Ok(Some(KeyDigest::of(k))),
         };
-        AuthPolicy::Keys {
-            primary: mk(primary),
-            secondary: mk(secondary),
-        }
+        Ok(AuthPolicy::Keys {
+            primary: mk(SECRET_PRIMARY_KEY, primary)?,
+            secondary: mk(SECRET_SECONDARY_KEY, secondary)?,
+        })
     }
 
     /// Token mode with this HS256 signing key (all its bytes, at least [`MIN_SIGNING_KEY_BYTES`]).
@@ -242,10 +325,10 @@ impl AuthPolicy {
     ) -> Result<Self, AuthError> {
         match mode {
             AuthMode::None => Ok(AuthPolicy::None),
-            AuthMode::Key => Ok(AuthPolicy::keys(
+            AuthMode::Key => AuthPolicy::keys(
                 data.get(SECRET_PRIMARY_KEY).map(Vec::as_slice),
                 data.get(SECRET_SECONDARY_KEY).map(Vec::as_slice),
-            )),
+            ),
             AuthMode::Token => match data.get(SECRET_SIGNING_KEY) {
                 Some(k) => AuthPolicy::token(k),
                 None => Err(AuthError::MissingSecretEntry(SECRET_SIGNING_KEY)),
@@ -273,12 +356,26 @@ impl AuthPolicy {
         )
     }
 
-    /// Checks a request's `Authorization` header for `endpoint` at time `now`.
+    /// Checks a request's `Authorization` header for `endpoint` at time `now`, with tokens of
+    /// at most [`DEFAULT_MAX_TOKEN_LIFETIME_SECONDS`] (see [`AuthPolicy::check_with`]).
     pub fn check(
         &self,
         authorization: Option<&HeaderValue>,
         endpoint: &str,
         now: SystemTime,
+    ) -> Result<(), AuthFailure> {
+        let max = Duration::from_secs(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS);
+        self.check_with(authorization, endpoint, now, max)
+    }
+
+    /// Checks a request's `Authorization` header for `endpoint` at time `now`; a token may live
+    /// at most `max_token_lifetime` (the router's `maxTokenLifetimeSeconds`).
+    pub fn check_with(
+        &self,
+        authorization: Option<&HeaderValue>,
+        endpoint: &str,
+        now: SystemTime,
+        max_token_lifetime: Duration,
     ) -> Result<(), AuthFailure> {
         let (primary, secondary) = match self {
             AuthPolicy::None => return Ok(()),
@@ -291,13 +388,16 @@ impl AuthPolicy {
             AuthPolicy::Token { signing_key } => {
                 let token = bearer(authorization)?;
                 let token = std::str::from_utf8(token).map_err(|_| AuthFailure::Malformed)?;
-                return signing_key.verify(token, endpoint, now);
+                return signing_key.verify(token, endpoint, now, max_token_lifetime);
             }
         };
         let given = bearer(authorization)?;
-        // Both keys are always compared, each in constant time for equal lengths, so neither
-        // timing nor the code path tells which key (if any) matched.
-        let hit = |k: Option<&Secret>| k.map_or(subtle::Choice::from(0), |k| k.0.ct_eq(given));
+        // Both keys are always compared, each as a constant-time comparison of SHA-256 digests
+        // (so of equal lengths whatever was sent): neither timing nor the code path tells which
+        // key matched, or how close a guess came.
+        let given = KeyDigest::of(given);
+        let hit =
+            |k: Option<&KeyDigest>| k.map_or(subtle::Choice::from(0), |k| k.0.ct_eq(&given.0));
         if bool::from(hit(primary) | hit(secondary)) {
             Ok(())
         } else {
@@ -347,6 +447,12 @@ pub enum AuthFailure {
     /// Token mode: `exp` has passed.
     #[error("the token has expired")]
     Expired,
+    /// Token mode: `nbf` has not come yet.
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    /// Token mode: `exp - iat` or `exp - now` is above the router's `maxTokenLifetimeSeconds`.
+    #[error("the token lives longer than this router accepts (maxTokenLifetimeSeconds)")]
+    LifetimeTooLong,
     /// Token mode: `aud` is not this endpoint.
     #[error("the token was issued for another endpoint")]
     WrongAudience,
@@ -360,19 +466,22 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// Every failure, in a fixed order.
-    pub const ALL: [AuthFailure; 8] = [
+    pub const ALL: [AuthFailure; 10] = [
         AuthFailure::Missing,
         AuthFailure::BadScheme,
         AuthFailure::InvalidKey,
         AuthFailure::NoKeysConfigured,
         AuthFailure::Expired,
+        AuthFailure::NotYetValid,
+        AuthFailure::LifetimeTooLong,
         AuthFailure::WrongAudience,
         AuthFailure::BadSignature,
         AuthFailure::Malformed,
     ];
 
     /// The metric label: `missing`, `bad_scheme`, `invalid_key`, `no_keys_configured`,
-    /// `expired`, `wrong_audience`, `bad_signature` or `malformed`.
+    /// `expired`, `not_yet_valid`, `lifetime_too_long`, `wrong_audience`, `bad_signature` or
+    /// `malformed`.
     pub fn reason(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
@@ -380,6 +489,8 @@ impl AuthFailure {
             AuthFailure::InvalidKey => "invalid_key",
             AuthFailure::NoKeysConfigured => "no_keys_configured",
             AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::LifetimeTooLong => "lifetime_too_long",
             AuthFailure::WrongAudience => "wrong_audience",
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::Malformed => "malformed",
@@ -414,6 +525,18 @@ pub fn issue_token_at(
     exp: SystemTime,
     signing_key: &[u8],
 ) -> Result<String, AuthError> {
+    issue_token_with(endpoint, iat, None, exp, signing_key)
+}
+
+/// A token for `endpoint` issued at `iat`, not valid before `nbf` (when given) and expiring at
+/// `exp`, signed with `signing_key`.
+pub fn issue_token_with(
+    endpoint: &str,
+    iat: SystemTime,
+    nbf: Option<SystemTime>,
+    exp: SystemTime,
+    signing_key: &[u8],
+) -> Result<String, AuthError> {
     if signing_key.len() < MIN_SIGNING_KEY_BYTES {
         return Err(AuthError::SigningKeyTooShort {
             len: signing_key.len(),
@@ -424,6 +547,7 @@ pub fn issue_token_at(
         aud: Audience::One(endpoint.to_string()),
         exp: unix_secs(exp),
         iat: Some(unix_secs(iat)),
+        nbf: nbf.map(unix_secs),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
         .map_err(|e| AuthError::Jwt(e.to_string()))

@@ -14,7 +14,7 @@ fn bearer(v: &str) -> HeaderValue {
 }
 
 fn keys() -> AuthPolicy {
-    AuthPolicy::keys(Some(PRIMARY), Some(SECONDARY))
+    AuthPolicy::keys(Some(PRIMARY), Some(SECONDARY)).unwrap()
 }
 
 fn token_policy() -> AuthPolicy {
@@ -46,7 +46,7 @@ fn keys_accept_primary_and_secondary() {
     let h = HeaderValue::from_bytes(&[b"bEaReR ", PRIMARY].concat()).unwrap();
     assert_eq!(p.check(Some(&h), "ep", at(NOW)), Ok(()));
     // one key alone works too
-    let only_secondary = AuthPolicy::keys(None, Some(SECONDARY));
+    let only_secondary = AuthPolicy::keys(None, Some(SECONDARY)).unwrap();
     let h = bearer(std::str::from_utf8(SECONDARY).unwrap());
     assert_eq!(only_secondary.check(Some(&h), "ep", at(NOW)), Ok(()));
 }
@@ -107,7 +107,7 @@ fn default_is_key_mode_refusing_everything() {
     assert_eq!(reason(&p, None), "no_keys_configured");
     assert_eq!(reason(&p, Some(&bearer("anything"))), "no_keys_configured");
     // empty and blank keys count as no key
-    let p = AuthPolicy::keys(Some(b""), Some(b" \n"));
+    let p = AuthPolicy::keys(Some(b""), Some(b" \n")).unwrap();
     assert!(p.refuses_all());
     assert_eq!(reason(&p, Some(&bearer("x"))), "no_keys_configured");
 }
@@ -239,7 +239,7 @@ fn every_reason_is_distinct_and_label_safe() {
         assert!(f.www_authenticate().starts_with("Bearer"));
         assert!(!f.to_string().is_empty());
     }
-    assert_eq!(seen.len(), 8);
+    assert_eq!(seen.len(), 10);
     assert_eq!(
         AuthFailure::InvalidKey.www_authenticate(),
         "Bearer error=\"invalid_token\""
@@ -259,7 +259,7 @@ fn secrets_never_show_in_debug() {
 #[test]
 fn equality_compares_keys() {
     assert_eq!(keys(), keys());
-    assert_ne!(keys(), AuthPolicy::keys(Some(PRIMARY), None));
+    assert_ne!(keys(), AuthPolicy::keys(Some(PRIMARY), None).unwrap());
     assert_eq!(token_policy(), token_policy());
     assert_ne!(token_policy(), AuthPolicy::token(&[1u8; 32]).unwrap());
 }
@@ -309,4 +309,224 @@ fn from_secret_data_maps_entries() {
     let empty = BTreeMap::new();
     let p = AuthPolicy::from_secret_data(AuthMode::Key, &empty).unwrap();
     assert!(p.refuses_all());
+}
+
+#[test]
+fn key_of_different_length_is_refused_in_constant_time() {
+    // The stored form of a key is its SHA-256 digest: 32 bytes whatever the key's length.
+    for k in [&b"k"[..], PRIMARY, &[7u8; 100_000][..]] {
+        assert_eq!(KeyDigest::of(k).0.len(), 32);
+    }
+    // A presented key is hashed too, and the digests compared: the comparison is over two
+    // 32-byte values for a prefix, an extension, an empty or a huge guess alike.
+    let d = KeyDigest::of(PRIMARY);
+    assert!(bool::from(d.matches(PRIMARY)));
+    let longer = [PRIMARY, b"x"].concat();
+    for guess in [
+        &PRIMARY[..PRIMARY.len() - 1],
+        &longer[..],
+        &b""[..],
+        &PRIMARY[..1],
+        &[b'A'; 1 << 20][..],
+    ] {
+        assert!(!bool::from(d.matches(guess)), "{} bytes", guess.len());
+        if guess.is_empty() {
+            continue; // `Bearer ` alone is malformed, before any comparison
+        }
+        assert_eq!(
+            reason(
+                &keys(),
+                Some(
+                    &HeaderValue::from_bytes(&[b"Bearer ", guess].concat())
+                        .unwrap_or(HeaderValue::from_static("Bearer x"))
+                )
+            ),
+            "invalid_key"
+        );
+    }
+    // Equal keys give equal digests; one changed byte anywhere, a different one.
+    let mut flipped = PRIMARY.to_vec();
+    flipped[PRIMARY.len() / 2] ^= 1;
+    assert!(KeyDigest::of(PRIMARY) == KeyDigest::of(PRIMARY));
+    assert!(KeyDigest::of(PRIMARY) != KeyDigest::of(&flipped));
+}
+
+#[test]
+fn short_keys_are_refused_naming_the_key() {
+    assert_eq!(
+        AuthPolicy::keys(Some(b"short"), Some(SECONDARY)),
+        Err(AuthError::KeyTooShort {
+            entry: "primaryKey",
+            len: 5
+        })
+    );
+    let e = AuthPolicy::keys(Some(PRIMARY), Some(b"  fifteen-chars-x  "))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`secondaryKey`") && e.contains("15 bytes"),
+        "{e}"
+    );
+    assert!(AuthPolicy::keys(Some(&[b'k'; MIN_KEY_BYTES]), None).is_ok());
+    let mut d = BTreeMap::new();
+    d.insert(SECRET_PRIMARY_KEY.to_string(), b"p1".to_vec());
+    assert_eq!(
+        AuthPolicy::from_secret_data(AuthMode::Key, &d),
+        Err(AuthError::KeyTooShort {
+            entry: "primaryKey",
+            len: 2
+        })
+    );
+}
+
+/// A token with these claims, signed with `SIGNING`.
+fn tok_claims(exp: u64, iat: Option<u64>, nbf: Option<u64>) -> String {
+    let claims = Claims {
+        aud: Audience::One("ep".into()),
+        exp,
+        iat,
+        nbf,
+    };
+    let key = EncodingKey::from_secret(SIGNING).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+}
+
+#[test]
+fn token_not_yet_valid_is_refused() {
+    let p = token_policy();
+    let t = tok_claims(NOW + 600, Some(NOW), Some(NOW + 60));
+    assert_eq!(reason(&p, Some(&bearer(&t))), "not_yet_valid");
+    let at_nbf = p.check(Some(&bearer(&t)), "ep", at(NOW + 60));
+    assert_eq!(at_nbf, Ok(()), "valid from nbf on");
+    let t = tok_claims(NOW + 600, None, Some(NOW - 1));
+    assert_eq!(p.check(Some(&bearer(&t)), "ep", at(NOW)), Ok(()));
+}
+
+#[test]
+fn token_with_too_long_lifetime_is_refused() {
+    let p = token_policy();
+    let day = 86_400;
+    let hour = Duration::from_secs(3600);
+    let check = |t: &str, max: Duration| {
+        p.check_with(Some(&bearer(t)), "ep", at(NOW), max)
+            .map_err(AuthFailure::reason)
+    };
+    // Issued for a year: refused under the default cap of a day, whatever time is left.
+    let t = tok_claims(NOW + 365 * day, Some(NOW - 10), None);
+    assert_eq!(reason(&p, Some(&bearer(&t))), "lifetime_too_long");
+    // exp - iat within the cap, but `iat` made up: exp - now counts too.
+    let t = tok_claims(NOW + 2 * day, Some(NOW + 2 * day - 60), None);
+    assert_eq!(check(&t, hour), Err("lifetime_too_long"));
+    // No iat: exp - now alone.
+    let t = tok_claims(NOW + 7200, None, None);
+    assert_eq!(check(&t, hour), Err("lifetime_too_long"));
+    assert_eq!(check(&t, 2 * hour), Ok(()));
+    // An hour's token, checked half-way: fine under an hour's cap.
+    let t = tok_claims(NOW + 1800, Some(NOW - 1800), None);
+    assert_eq!(check(&t, hour), Ok(()));
+    assert_eq!(check(&t, hour / 2), Err("lifetime_too_long"));
+    // Exactly the cap is allowed.
+    let t = tok_claims(NOW + 3600, Some(NOW), None);
+    assert_eq!(check(&t, hour), Ok(()));
+}
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-auth fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Times around `NOW`, and the extremes.
+    fn times() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            (NOW - 200_000..NOW + 200_000),
+            Just(0u64),
+            Just(u64::MAX),
+            Just(i64::MAX as u64),
+            any::<u64>(),
+        ]
+    }
+
+    /// What `check_with` must answer for these claims, by the rules written out.
+    fn expected(
+        aud_ok: bool,
+        exp: u64,
+        iat: Option<u64>,
+        nbf: Option<u64>,
+        max: u64,
+    ) -> Result<(), &'static str> {
+        if !aud_ok {
+            return Err("wrong_audience");
+        }
+        if exp <= NOW {
+            return Err("expired");
+        }
+        if nbf.is_some_and(|n| n > NOW) {
+            return Err("not_yet_valid");
+        }
+        let issued = iat.map_or(0, |i| exp.saturating_sub(i));
+        if issued > max || exp - NOW > max {
+            return Err("lifetime_too_long");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn token_claims_are_judged_as_the_rules_say(
+            exp in times(),
+            iat in proptest::option::of(times()),
+            nbf in proptest::option::of(times()),
+            aud_ok in any::<bool>(),
+            max in prop_oneof![Just(86_400u64), 1u64..400_000, Just(u64::MAX)],
+        ) {
+            let claims = Claims {
+                aud: Audience::One(if aud_ok { "ep" } else { "other" }.into()),
+                exp,
+                iat,
+                nbf,
+            };
+            let key = EncodingKey::from_secret(SIGNING).unwrap();
+            let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+            let got = token_policy()
+                .check_with(Some(&bearer(&t)), "ep", at(NOW), Duration::from_secs(max))
+                .map_err(AuthFailure::reason);
+            prop_assert_eq!(got, expected(aud_ok, exp, iat, nbf, max));
+        }
+
+        #[test]
+        fn any_bearer_value_is_refused_without_a_panic(v in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let Ok(h) = HeaderValue::from_bytes(&v) else { return Ok(()) };
+            for p in [keys(), token_policy(), AuthPolicy::default()] {
+                let r = p.check(Some(&h), "ep", at(NOW));
+                // Only the exact keys pass (the value is never a valid signed token by chance).
+                let exact = [PRIMARY, SECONDARY]
+                    .iter()
+                    .any(|k| v.trim_ascii().eq_ignore_ascii_case(&[b"bearer ", *k].concat()));
+                prop_assert!(r.is_err() || exact, "{:?}", String::from_utf8_lossy(&v));
+            }
+        }
+
+        #[test]
+        fn a_token_with_any_byte_changed_never_panics_and_never_passes_as_another(
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let good = tok("ep", NOW + 60);
+            let mut bad = good.clone().into_bytes();
+            let i = pos.index(bad.len());
+            bad[i] = byte;
+            let Ok(h) = HeaderValue::from_bytes(&[b"Bearer ", &bad[..]].concat()) else {
+                return Ok(());
+            };
+            let r = token_policy().check(Some(&h), "ep", at(NOW));
+            // A change that decodes to the same bytes (base64's unused low bits) may still pass;
+            // for another endpoint or after exp, never.
+            let _ = r;
+            prop_assert!(token_policy().check(Some(&h), "other", at(NOW)).is_err());
+            prop_assert!(token_policy().check(Some(&h), "ep", at(NOW + 60)).is_err());
+        }
+    }
 }

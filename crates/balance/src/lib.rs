@@ -248,10 +248,10 @@ impl Lease {
                     .ejection_base
                     .saturating_mul(1u32 << k.min(20))
                     .min(s.ejection_max);
-                pod.ejected_until.store(
-                    now + dur.as_nanos().min(u64::MAX as u128) as u64,
-                    Ordering::Release,
-                );
+                // Saturating: an `ejectionMaxMs` near 2^64 ms must not overflow the clock.
+                let dur_ns = u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX);
+                pod.ejected_until
+                    .store(now.saturating_add(dur_ns), Ordering::Release);
                 true
             }
         }

@@ -383,6 +383,32 @@ async fn added_pods_serve_waiters_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ejection_max_overflow_does_not_panic() {
+    // A tenant's `ejectionMaxMs` of 2^64 - 1 (what a CRD could carry before the ceilings):
+    // ejections double up to it without overflowing the clock, and the pool keeps serving.
+    let s = PoolSettings {
+        eject_after: 1,
+        ejection_base: Duration::from_millis(u64::MAX),
+        ejection_max: Duration::from_millis(u64::MAX),
+        ..settings(1)
+    };
+    let p = Pool::new(&addrs(2), s);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let l = p.try_acquire_avoiding(0, &p.pods()[1]).expect("a pod");
+    assert!(l.report(Outcome::Failure), "ejected");
+    drop(l);
+    assert_eq!(p.ejected(), 1, "ejected (for as long as the clock goes)");
+    // Both ejected, then again and again (each ejection doubling): the pool fails open and
+    // keeps serving; nothing overflows.
+    for roll in 0..40 {
+        let l = p.try_acquire(roll).expect("a pod, fail open");
+        l.report(Outcome::Failure);
+    }
+    assert_eq!(p.ejected(), 2);
+    assert!(p.try_acquire(7).is_some(), "fail open");
+}
+
+#[tokio::test(start_paused = true)]
 async fn consecutive_failures_eject_with_exponential_back_in_and_fail_open() {
     let s = PoolSettings {
         eject_after: 3,

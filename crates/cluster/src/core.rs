@@ -632,7 +632,7 @@ impl<A: Admission> Node<A> {
             if let Some(own) = &mut d.own {
                 for ((holder, _, _), g) in own.granted.iter_mut() {
                     if *holder == id && g.expires.is_none() {
-                        g.expires = Some(now + hold);
+                        g.expires = Some(now.saturating_add(hold));
                     }
                 }
                 own.queue.retain(|w| w.holder != id);
@@ -646,11 +646,12 @@ impl<A: Admission> Node<A> {
                 .collect();
             for (k, pod) in dead {
                 d.notes.remove(&k);
-                d.handover.insert((k.0, k.1, pod), (now + hold, false));
+                d.handover
+                    .insert((k.0, k.1, pod), (now.saturating_add(hold), false));
             }
             for ((holder, _, _), (until, alive)) in d.handover.iter_mut() {
                 if *holder == id && *alive {
-                    (*until, *alive) = (now + hold, false);
+                    (*until, *alive) = (now.saturating_add(hold), false);
                 }
             }
             if d.follow.is_some_and(|t| t.owner == id) {
@@ -694,7 +695,7 @@ impl<A: Admission> Node<A> {
             req,
             Pending {
                 dep: dep.clone(),
-                until: now + wait,
+                until: now.saturating_add(wait),
                 avoid,
                 to: None,
             },
@@ -1231,7 +1232,7 @@ impl<A: Admission> Node<A> {
                 if e.holder == from {
                     own.collected.insert(key, (None, true));
                 } else {
-                    let exp = e.expires_in.map(|t| now + t);
+                    let exp = e.expires_in.map(|t| now.saturating_add(t));
                     own.collected.entry(key).or_insert((exp, false));
                 }
             }
@@ -1249,7 +1250,7 @@ impl<A: Admission> Node<A> {
                 } else if self.live.contains_key(&e.holder) || e.holder == me {
                     continue;
                 } else {
-                    Some(now + e.expires_in.unwrap_or(hold))
+                    Some(now.saturating_add(e.expires_in.unwrap_or(hold)))
                 };
                 match own.granted.get_mut(&key) {
                     Some(g) if exp.is_none() => g.expires = None,
@@ -1290,7 +1291,7 @@ impl<A: Admission> Node<A> {
                 continue; // a live holder's own report is the truth about its leases
             }
             let expires = match exp {
-                None if !live => Some(now + hold),
+                None if !live => Some(now.saturating_add(hold)),
                 e => e,
             };
             let slot = self.admission.occupy(dep, key.2);
@@ -1426,7 +1427,7 @@ impl<A: Admission> Node<A> {
             }
             self.ensure_claim(now, &dep);
         }
-        self.admit(now, &dep, from, req, now + wait, avoid);
+        self.admit(now, &dep, from, req, now.saturating_add(wait), avoid);
     }
 
     fn grant(&mut self, dep: &Dep, holder: NodeId, req: ReqId, pod: Pod, slot: A::Slot) {

@@ -942,6 +942,10 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// The log lines of refused peer connections (see `accept_loop`).
+static PEER_REFUSED_LOG: infergate_metrics::LogLimiter =
+    infergate_metrics::LogLimiter::new(5, Duration::from_secs(1));
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     loop {
         let Ok((s, remote)) = listener.accept().await else {
@@ -952,15 +956,21 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(2), accept(&inner, s)).await {
                 Ok(Ok((node, addr, s))) => inner.register(node, addr, s),
+                // Anyone who reaches the peer port can cause these: a few lines a second, and
+                // the next line says how many were left out (the metric counts them all).
                 Ok(Err(e)) => {
                     if e.kind() == std::io::ErrorKind::InvalidData {
                         inner.metrics.auth_failures.increment(1);
                     }
-                    tracing::warn!(%remote, error = %e, "peer connection refused");
+                    if let Some(suppressed) = PEER_REFUSED_LOG.allow() {
+                        tracing::warn!(%remote, error = %e, suppressed, "peer connection refused");
+                    }
                 }
                 Err(_) => {
                     inner.metrics.auth_failures.increment(1);
-                    tracing::warn!(%remote, "peer handshake timed out");
+                    if let Some(suppressed) = PEER_REFUSED_LOG.allow() {
+                        tracing::warn!(%remote, suppressed, "peer handshake timed out");
+                    }
                 }
             }
         });

@@ -95,6 +95,10 @@ impl fmt::Debug for KeyString {
     }
 }
 
+/// Shortest endpoint key accepted (key mode, in the file and in a Secret), in bytes: a short
+/// key can be guessed online. The one copy: `infergate_auth` re-exports it and enforces it.
+pub const MIN_KEY_BYTES: usize = 16;
+
 /// Smallest HS256 signing key accepted in token mode, in bytes (RFC 7518 section 3.2: at least
 /// the hash size). The one copy: `infergate_auth` re-exports it and enforces it on every key.
 pub const MIN_SIGNING_KEY_BYTES: usize = 32;
@@ -161,6 +165,16 @@ impl EndpointConfig {
                             "(hidden)",
                             "a key must be 1 or more visible ASCII characters, without spaces",
                             "use e.g. the output of `openssl rand -base64 32`, or remove the key",
+                        ));
+                    }
+                    if let Some(k) = k
+                        && k.0.len() < MIN_KEY_BYTES
+                    {
+                        return Err(ConfigError::invalid(
+                            format!("{akey}.{name}"),
+                            format!("(hidden, {} characters)", k.0.len()),
+                            format!("shorter than {MIN_KEY_BYTES} characters: easy to guess"),
+                            "use a longer random key, e.g. the output of `openssl rand -base64 32`",
                         ));
                     }
                 }

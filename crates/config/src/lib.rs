@@ -15,18 +15,27 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod cluster;
 mod discovery;
+mod edge;
 mod scale;
 #[macro_use]
 mod set;
 mod settings;
-pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
+pub use auth::{
+    AuthConfig, AuthMode, KeyString, MIN_KEY_BYTES, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
+};
 pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
 pub use discovery::{
     DiscoveryConfig, ENDPOINTSLICE_CONTROLLER, KubeDiscoveryConfig, is_dns_label, is_label_value,
 };
+pub use edge::{
+    DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, HeadersWithUnderscores, MAX_TOKEN_LIFETIME_LIMIT,
+    MAX_XFF_TRUSTED_HOPS,
+};
 pub use scale::{AutoscalerConfig, MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
-pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
+pub use settings::{
+    Defaults, MirrorConfig, RequestSettings, RequestSettingsCeilings, ResolvedSettings,
+};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +176,26 @@ pub struct Config {
     /// The autoscaler's leader election (with `discovery.kube`; see README, "Autoscaling").
     #[serde(default, skip_serializing_if = "is_default_autoscaler")]
     pub autoscaler: AutoscalerConfig,
+    /// The highest value each request setting may take in `requestSettings` (and `defaults`).
+    #[serde(default, skip_serializing_if = "is_default_ceilings")]
+    pub request_settings_ceilings: RequestSettingsCeilings,
+    /// Proxies in front of the router whose `X-Forwarded-For` entries are kept (0: the client's
+    /// header is replaced by the peer address).
+    #[serde(default, skip_serializing_if = "edge::is_zero")]
+    pub xff_trusted_hops: u32,
+    /// What a request with `_` in a header name gets: `reject` (400), `drop` or `allow`.
+    #[serde(default, skip_serializing_if = "HeadersWithUnderscores::is_default")]
+    pub headers_with_underscores: HeadersWithUnderscores,
+    /// Token mode: the longest lifetime (`exp - iat`, and `exp - now`) a token may have.
+    #[serde(
+        default = "edge::default_max_token_lifetime_seconds",
+        skip_serializing_if = "edge::is_default_max_token_lifetime"
+    )]
+    pub max_token_lifetime_seconds: u64,
+}
+
+fn is_default_ceilings(c: &RequestSettingsCeilings) -> bool {
+    *c == RequestSettingsCeilings::default()
 }
 
 fn is_default_autoscaler(a: &AutoscalerConfig) -> bool {
@@ -239,6 +268,14 @@ pub struct EndpointConfig {
     /// Copy a share of requests to another deployment, discarding its answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+    /// Forward the client's `Authorization` header to the pod (by default it is removed in
+    /// every auth mode: the model never sees the caller's credentials).
+    #[serde(
+        default,
+        deserialize_with = "de_bool",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub pass_authorization: bool,
 }
 
 /// One deployment: a set of identical model pods.
@@ -312,6 +349,9 @@ impl Config {
         self.listen_addrs()?;
         self.check_tls()?;
         validate_settings("defaults", &self.defaults)?;
+        self.request_settings_ceilings
+            .check_defaults("defaults", &self.defaults)?;
+        edge::validate(self.xff_trusted_hops, self.max_token_lifetime_seconds)?;
         if self.drain_timeout_ms > 3_600_000 {
             return Err(ConfigError::invalid(
                 "drainTimeoutMs",
@@ -344,7 +384,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");
-            ep.validate(&key, &self.defaults)?;
+            ep.validate(&key, &self.defaults, &self.request_settings_ceilings)?;
             if !seen.insert(ep.name.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("{key}.name"),
@@ -444,8 +484,14 @@ const NAME_FIX: &str = "use 1-63 letters, digits, '-', '_' or '.', starting with
 
 impl EndpointConfig {
     /// Checks this endpoint as if it sat at config key `key` (e.g. `endpoints[0]`; Kubernetes
-    /// discovery passes `spec`), with deployment settings resolved over `defaults`.
-    pub fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
+    /// discovery passes `spec`), with deployment settings resolved over `defaults` and each
+    /// override at most its ceiling.
+    pub fn validate(
+        &self,
+        key: &str,
+        defaults: &Defaults,
+        ceilings: &RequestSettingsCeilings,
+    ) -> Result<(), ConfigError> {
         if !is_valid_name(&self.name) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
@@ -465,7 +511,7 @@ impl EndpointConfig {
         let mut names = std::collections::HashSet::new();
         for (j, d) in self.deployments.iter().enumerate() {
             let dkey = format!("{key}.deployments[{j}]");
-            d.validate(&dkey, defaults)?;
+            d.validate(&dkey, defaults, ceilings)?;
             if !names.insert(d.name.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("{dkey}.name"),
@@ -546,7 +592,12 @@ fn format_traffic(t: &BTreeMap<String, u32>) -> String {
 }
 
 impl DeploymentConfig {
-    fn validate(&self, key: &str, defaults: &Defaults) -> Result<(), ConfigError> {
+    fn validate(
+        &self,
+        key: &str,
+        defaults: &Defaults,
+        ceilings: &RequestSettingsCeilings,
+    ) -> Result<(), ConfigError> {
         if !is_valid_name(&self.name) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
@@ -581,10 +632,9 @@ impl DeploymentConfig {
         if let Some(s) = &self.scale_settings {
             s.validate(&format!("{key}.scaleSettings"))?;
         }
-        validate_settings(
-            &format!("{key}.requestSettings"),
-            &self.request_settings.over(*defaults),
-        )
+        let skey = format!("{key}.requestSettings");
+        ceilings.check(&skey, &self.request_settings)?;
+        validate_settings(&skey, &self.request_settings.over(*defaults))
     }
 
     /// The pod addresses (validated by [`Config::validate`]; unparsable ones are skipped).

@@ -73,7 +73,8 @@ macro_rules! settable {
     };
 }
 
-/// The keys outside `defaults`; `defaults.*` come with the request settings' one field list.
+/// The keys outside `defaults` and `requestSettingsCeilings`, whose keys come with the request
+/// settings' one field list.
 const TOP_LEVEL: &[Settable] = settable! {
     "sslCertPemFile" => ssl_cert_pem_file;
     "sslKeyPemFile" => ssl_key_pem_file;
@@ -81,16 +82,23 @@ const TOP_LEVEL: &[Settable] = settable! {
     "drainTimeoutMs" => drain_timeout_ms;
     "certReloadIntervalMs" => cert_reload_interval_ms;
     "configReloadIntervalMs" => config_reload_interval_ms;
+    "xffTrustedHops" => xff_trusted_hops;
+    "headersWithUnderscores" => headers_with_underscores;
+    "maxTokenLifetimeSeconds" => max_token_lifetime_seconds;
     "listen.https" => listen.https;
     "listen.http" => listen.http;
     "listen.admin" => listen.admin;
 };
 
 fn table() -> impl Iterator<Item = &'static Settable> {
-    TOP_LEVEL.iter().chain(crate::settings::DEFAULTS_SETTABLE)
+    TOP_LEVEL
+        .iter()
+        .chain(crate::settings::DEFAULTS_SETTABLE)
+        .chain(crate::settings::CEILINGS_SETTABLE)
 }
 
-/// The keys `--set` accepts: the top-level scalars, `listen.*` and every `defaults.*` key.
+/// The keys `--set` accepts: the top-level scalars, `listen.*`, every `defaults.*` and every
+/// `requestSettingsCeilings.*` key.
 pub fn settable_keys() -> impl Iterator<Item = &'static str> {
     table().map(|s| s.key)
 }

@@ -196,8 +196,8 @@ fn every_settable_key_can_be_set_and_reads_back_as_its_yaml_key() {
     let keys: Vec<&str> = settable_keys().collect();
     assert!(keys.len() >= 17, "{keys:?}");
     for key in keys {
-        // The first sample the key's type takes: a number, a boolean or an address.
-        let (value, set) = ["7", "True", "127.0.0.1:7"]
+        // The first sample the key's type takes: a number, a boolean, an address or a choice.
+        let (value, set) = ["7", "True", "127.0.0.1:7", "allow"]
             .into_iter()
             .find_map(|v| {
                 let mut c = base();
@@ -441,4 +441,264 @@ fn admission_settings_and_mirror_are_checked() {
         ),
         (0, 0, 5)
     );
+}
+
+#[test]
+fn set_defaults_max_queue_length_is_accepted() {
+    // `--set defaults.maxQueueLength` is listed as settable and is accepted: every `defaults.*`
+    // and `requestSettingsCeilings.*` key comes from the one field list of the request settings.
+    let mut c = Config::from_yaml(INSECURE, "t").unwrap();
+    c.apply_set("defaults.maxQueueLength=2048").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.defaults.max_queue_length, 2048);
+    let keys: Vec<&str> = settable_keys().collect();
+    assert!(keys.contains(&"defaults.maxQueueLength"), "{keys:?}");
+    assert!(
+        keys.contains(&"requestSettingsCeilings.maxQueueLength"),
+        "{keys:?}"
+    );
+}
+
+/// One static endpoint whose deployment has these `requestSettings`.
+fn with_overrides(settings: &str) -> String {
+    format!(
+        "{INSECURE}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n      - name: d\n        requestSettings: {settings}\n"
+    )
+}
+
+#[test]
+fn every_request_setting_has_a_ceiling_above_its_default() {
+    let (d, c) = (Defaults::default(), RequestSettingsCeilings::default());
+    let yaml = serde_saphyr::to_string(&d).unwrap();
+    let names: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim()))
+        .collect();
+    let entries = c.entries();
+    assert_eq!(
+        entries.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        names,
+        "one ceiling per setting, same keys and order"
+    );
+    // The defaults are within the default ceilings, and every ceiling is settable.
+    c.check_defaults("defaults", &d).unwrap();
+    for (k, _) in entries {
+        let key = format!("requestSettingsCeilings.{k}");
+        assert!(settable_keys().any(|s| s == key), "{key} is not settable");
+    }
+}
+
+#[test]
+fn request_settings_above_their_ceiling_are_refused() {
+    // 2^64 - 1 in a deployment's overrides: refused, naming the key, the value and the ceiling.
+    let e = err_text(&with_overrides("{requestTimeoutMs: 18446744073709551615}"));
+    assert!(
+        e.contains("endpoints[0].deployments[0].requestSettings.requestTimeoutMs")
+            && e.contains("18446744073709551615")
+            && e.contains("ceiling of 600000")
+            && e.contains("requestSettingsCeilings.requestTimeoutMs"),
+        "{e}"
+    );
+    let e = err_text(&with_overrides("{maxQueueLength: 4294967295}"));
+    assert!(
+        e.contains("requestSettings.maxQueueLength") && e.contains("100000"),
+        "{e}"
+    );
+    // At the ceiling: fine. A raised ceiling lets it through.
+    mk(&with_overrides(
+        "{ejectionMaxMs: 3600000, ejectionBaseMs: 3600000}",
+    ))
+    .unwrap();
+    let e = err_text(&with_overrides("{ejectionMaxMs: 3600001}"));
+    assert!(e.contains("ejectionMaxMs"), "{e}");
+    mk(&format!(
+        "requestSettingsCeilings: {{ejectionMaxMs: 7200000}}\n{}",
+        with_overrides("{ejectionMaxMs: 3600001}")
+    ))
+    .unwrap();
+    // `defaults` above a ceiling: the fix names both keys.
+    let e = err_text(&format!(
+        "{INSECURE}defaults: {{maxRequestBodyBytes: 2000000000}}\n"
+    ));
+    assert!(
+        e.contains("defaults.maxRequestBodyBytes")
+            && e.contains("requestSettingsCeilings.maxRequestBodyBytes"),
+        "{e}"
+    );
+    // Unknown ceiling keys are errors too.
+    let e = err_text(&format!(
+        "{INSECURE}requestSettingsCeilings: {{bogus: 1}}\n"
+    ));
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn edge_keys_are_checked() {
+    let c = mk(INSECURE).unwrap();
+    assert_eq!(c.xff_trusted_hops, 0);
+    assert_eq!(c.headers_with_underscores, HeadersWithUnderscores::Reject);
+    assert_eq!(c.max_token_lifetime_seconds, 86_400);
+    let c = mk(&format!(
+        "{INSECURE}xffTrustedHops: 2\nheadersWithUnderscores: drop\nmaxTokenLifetimeSeconds: 3600\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.xff_trusted_hops,
+            c.headers_with_underscores,
+            c.max_token_lifetime_seconds
+        ),
+        (2, HeadersWithUnderscores::Drop, 3600)
+    );
+    let e = err_text(&format!("{INSECURE}xffTrustedHops: 17\n"));
+    assert!(e.contains("xffTrustedHops") && e.contains("fix:"), "{e}");
+    let e = err_text(&format!("{INSECURE}maxTokenLifetimeSeconds: 0\n"));
+    assert!(e.contains("maxTokenLifetimeSeconds"), "{e}");
+    let e = err_text(&format!("{INSECURE}headersWithUnderscores: maybe\n"));
+    assert!(e.contains("maybe") && e.contains("reject"), "{e}");
+    let mut c = mk(INSECURE).unwrap();
+    let e = c
+        .apply_set("headersWithUnderscores=sometimes")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("headersWithUnderscores") && e.contains("reject, drop, allow"),
+        "{e}"
+    );
+    // Defaults are not written when a configuration is serialized (rendered configs unchanged).
+    let yaml = serde_saphyr::to_string(&c).unwrap();
+    for k in [
+        "xffTrustedHops",
+        "headersWithUnderscores",
+        "maxTokenLifetimeSeconds",
+        "requestSettingsCeilings",
+        "passAuthorization",
+    ] {
+        assert!(!yaml.contains(k), "{k} in {yaml}");
+    }
+}
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-config fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KEYS: [&str; 9] = [
+        "requestTimeoutMs",
+        "maxConcurrentRequestsPerInstance",
+        "maxQueueWaitMs",
+        "maxRequestBodyBytes",
+        "maxQueueLength",
+        "ejectAfterConsecutiveFailures",
+        "ejectionBaseMs",
+        "ejectionMaxMs",
+        "retryBudgetPercent",
+    ];
+
+    /// Numbers a tenant or an operator might write, the extremes among them.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..2_000_000).prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            Just(u32::MAX.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("-1".to_string()),
+            Just("1.5".to_string()),
+            Just("\"10\"".to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+        ]
+    }
+
+    /// `{key: value, ...}` of request settings, a key misspelt now and then.
+    fn settings() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    9 => prop::sample::select(KEYS.to_vec()).prop_map(String::from),
+                    1 => "[a-zA-Z]{1,12}",
+                ],
+                number(),
+            ),
+            0..5,
+        )
+        .prop_map(|kv| {
+            let items: Vec<String> = kv.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            format!("{{{}}}", items.join(", "))
+        })
+    }
+
+    /// Whether `e` names a key: a config-key error with a non-empty dotted key, or a parse
+    /// error (the parser's message names line and column, and the field it rejects).
+    fn names_a_key(e: &ConfigError) -> bool {
+        match e {
+            ConfigError::Invalid { key, fix, .. } => !key.is_empty() && !fix.is_empty(),
+            ConfigError::Parse { message, .. } => message.contains("line"),
+            ConfigError::Read { .. } => false,
+        }
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn every_accepted_setting_is_within_its_ceiling_and_every_refusal_names_a_key(
+            defaults in settings(),
+            ceilings in settings(),
+            overrides in settings(),
+        ) {
+            let yaml = format!(
+                "{INSECURE}defaults: {defaults}\nrequestSettingsCeilings: {ceilings}\n\
+                 endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n\
+                 \x20     - name: d\n        requestSettings: {overrides}\n"
+            );
+            match mk(&yaml) {
+                Ok(c) => {
+                    let limits = c.request_settings_ceilings.entries();
+                    let s = c.resolved_settings(&c.endpoints[0].deployments[0]);
+                    let values = RequestSettingsCeilings {
+                        request_timeout_ms: s.request_timeout_ms,
+                        max_concurrent_requests_per_instance: s.max_concurrent_requests_per_instance,
+                        max_queue_wait_ms: s.max_queue_wait_ms,
+                        max_request_body_bytes: s.max_request_body_bytes,
+                        max_queue_length: s.max_queue_length,
+                        eject_after_consecutive_failures: s.eject_after_consecutive_failures,
+                        ejection_base_ms: s.ejection_base_ms,
+                        ejection_max_ms: s.ejection_max_ms,
+                        retry_budget_percent: s.retry_budget_percent,
+                    }
+                    .entries();
+                    for ((k, v), (_, max)) in values.iter().zip(&limits) {
+                        prop_assert!(v <= max, "{k} = {v} above {max}\n{yaml}");
+                    }
+                }
+                Err(e) => prop_assert!(names_a_key(&e), "{e}\n{yaml}"),
+            }
+        }
+
+        #[test]
+        fn any_text_is_parsed_or_refused_without_a_panic(text in "\\PC{0,200}") {
+            if let Err(e) = mk(&text) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn a_damaged_configuration_is_refused_naming_a_key(
+            at in any::<prop::sample::Index>(),
+            cut in 0usize..8,
+            insert in "[ -~\\n]{0,6}",
+        ) {
+            // The README's full example with a few bytes replaced.
+            let mut text = FULL.replace("Cargo.toml", "/dev/null");
+            let i = at.index(text.len());
+            let end = (i + cut).min(text.len());
+            if text.is_char_boundary(i) && text.is_char_boundary(end) {
+                text.replace_range(i..end, &insert);
+            }
+            if let Err(e) = mk(&text) {
+                prop_assert!(names_a_key(&e), "{e}");
+            }
+        }
+    }
 }

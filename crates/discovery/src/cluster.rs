@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infergate_config::{Defaults, KubeDiscoveryConfig};
+use infergate_config::{Defaults, KubeDiscoveryConfig, RequestSettingsCeilings};
 use infergate_metrics::Registry;
 use infergate_spec::{PublishSpecs, Readiness};
 use k8s_openapi::api::core::v1::Secret;
@@ -158,7 +158,7 @@ pub fn feeds(client: &Client, cfg: &KubeDiscoveryConfig, backoff: Backoff) -> Ve
 pub fn spawn(
     client: Client,
     cfg: &KubeDiscoveryConfig,
-    defaults: Defaults,
+    (defaults, ceilings): (Defaults, RequestSettingsCeilings),
     publisher: Arc<dyn PublishSpecs>,
     readiness: Arc<Readiness>,
     registry: &Registry,
@@ -180,6 +180,7 @@ pub fn spawn(
         "discovery: watching InferenceEndpoints, EndpointSlices and labelled Secrets"
     );
     let d = Discovery::new(defaults, publisher)
+        .with_ceilings(ceilings)
         .with_registry(registry)
         .with_readiness(readiness)
         .with_status_sink(tx)
@@ -224,7 +225,7 @@ pub fn start(
     Some(spawn(
         client,
         kube,
-        cfg.defaults,
+        (cfg.defaults, cfg.request_settings_ceilings),
         publisher,
         readiness,
         registry,

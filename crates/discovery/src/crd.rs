@@ -39,6 +39,10 @@ pub struct InferenceEndpointSpec {
     /// from the Secret `secretName` in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthRef>,
+    /// Forward the caller's `Authorization` header to the pods (for a model that does its own
+    /// authentication). Default false: the router removes it in every auth mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_authorization: Option<bool>,
 }
 
 /// One deployment: a Service in the endpoint's namespace whose ready endpoints are the pods.
@@ -62,7 +66,9 @@ pub struct InferenceDeployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swagger_path: Option<String>,
     /// Overrides of the router's `defaults`: any of its keys (`requestTimeoutMs`,
-    /// `maxConcurrentRequestsPerInstance`, `maxQueueWaitMs`, `maxRequestBodyBytes`, ...).
+    /// `maxConcurrentRequestsPerInstance`, `maxQueueWaitMs`, `maxRequestBodyBytes`, ...), each
+    /// at most the router's ceiling for it (`requestSettingsCeilings`; above it the endpoint is
+    /// not routed and its status says why).
     #[serde(default, skip_serializing_if = "is_default_settings")]
     #[schemars(schema_with = "request_settings_schema")]
     pub request_settings: RequestSettings,
@@ -124,7 +130,7 @@ fn int_or_string(_: &mut SchemaGenerator) -> Schema {
 
 fn request_settings_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
-        "description": "Overrides of the router's `defaults`: any of its keys (requestTimeoutMs, maxConcurrentRequestsPerInstance, maxQueueWaitMs, maxRequestBodyBytes, ...). Checked by the router: an unknown key or a bad value makes it skip the endpoint and report why in status.",
+        "description": "Overrides of the router's `defaults`: any of its keys (requestTimeoutMs, maxConcurrentRequestsPerInstance, maxQueueWaitMs, maxRequestBodyBytes, ...). Checked by the router: an unknown key, a bad value or one above the router's ceiling (requestSettingsCeilings) makes it skip the endpoint and report why in status.",
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
     })

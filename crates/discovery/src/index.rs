@@ -25,7 +25,8 @@ use infergate_auth::{
     AuthMode, AuthPolicy, SECRET_PRIMARY_KEY, SECRET_SECONDARY_KEY, SECRET_SIGNING_KEY,
 };
 use infergate_config::{
-    ConfigError, Defaults, EndpointConfig, ResolvedSettings, ScaleSettings, is_valid_name,
+    ConfigError, Defaults, EndpointConfig, RequestSettingsCeilings, ResolvedSettings,
+    ScaleSettings, is_valid_name,
 };
 use infergate_spec::{AutoscaleSpec, DeploymentSpec, EndpointSpec, PodSpec};
 use k8s_openapi::api::core::v1::Secret;
@@ -192,8 +193,10 @@ struct Plan {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Parsed {
+pub(crate) struct Parsed {
     deployments: Vec<Plan>,
+    /// `spec.passAuthorization`.
+    pass_authorization: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,8 @@ pub struct Index {
     defaults: Defaults,
     /// `endpointslice.kubernetes.io/managed-by` values whose slices are trusted.
     slice_managers: Vec<String>,
+    /// The highest value each `requestSettings` override may have.
+    ceilings: RequestSettingsCeilings,
     endpoints: HashMap<ObjectKey, EndpointEntry>,
     /// URL name -> namespaces of the InferenceEndpoints claiming it.
     claims: HashMap<String, BTreeSet<String>>,
@@ -294,6 +299,7 @@ impl Index {
         Index {
             defaults,
             slice_managers: vec![infergate_config::ENDPOINTSLICE_CONTROLLER.to_string()],
+            ceilings: RequestSettingsCeilings::default(),
             endpoints: HashMap::new(),
             claims: HashMap::new(),
             users: HashMap::new(),
@@ -315,6 +321,14 @@ impl Index {
     /// Call before any slice is applied.
     pub fn set_slice_managers(&mut self, managers: Vec<String>) {
         self.slice_managers = managers;
+}
+
+    /// Refuses `requestSettings` overrides above `ceilings` (the router's
+    /// `requestSettingsCeilings`; the defaults otherwise): the object is not routed and its
+    /// status names the key, the value and the ceiling.
+    pub fn with_ceilings(mut self, ceilings: RequestSettingsCeilings) -> Self {
+        self.ceilings = ceilings;
+        self
     }
 
     // === InferenceEndpoints ===
@@ -324,7 +338,7 @@ impl Index {
         let Some(key) = key_of(&obj.metadata.namespace, &obj.metadata.name) else {
             return;
         };
-        let (parsed, auth) = parse_endpoint(&key.name, obj, &self.defaults);
+        let (parsed, auth) = parse_endpoint(&key.name, obj, &self.defaults, &self.ceilings);
         let entry = EndpointEntry {
             created: obj.metadata.creation_timestamp.clone(),
             generation: obj.metadata.generation,
@@ -1200,6 +1214,7 @@ fn build(url: &str, ns: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> 
         // From the Secret `spec.auth.secretName` ([`Index::auth_for`]); fails closed.
         auth,
         swagger_auth: false,
+        pass_authorization: p.pass_authorization,
     }
 }
 
@@ -1261,15 +1276,23 @@ fn parse_endpoint(
     name: &str,
     obj: &DynamicObject,
     defaults: &Defaults,
+    ceilings: &RequestSettingsCeilings,
 ) -> (Result<Parsed, Problem>, Option<AuthRef>) {
     let raw = obj.data.get("spec").cloned().unwrap_or(json!(null));
     let auth = raw
         .get("auth")
         .and_then(|a| serde_json::from_value::<AuthRef>(a.clone()).ok());
-    (parse_spec(name, raw, defaults), auth)
+    (parse_spec(name, raw, defaults, ceilings), auth)
 }
 
-fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result<Parsed, Problem> {
+/// Parses and validates an InferenceEndpoint's `spec` (the JSON a tenant wrote) for the URL
+/// `name`: never panics; every error names the key.
+pub(crate) fn parse_spec(
+    name: &str,
+    raw: serde_json::Value,
+    defaults: &Defaults,
+    ceilings: &RequestSettingsCeilings,
+) -> Result<Parsed, Problem> {
     if !is_valid_name(name) {
         return Err(Problem::new(
             "metadata.name",
@@ -1278,6 +1301,7 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
             "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit",
         ));
     }
+    check_request_settings(&raw)?;
     let spec: InferenceEndpointSpec = serde_json::from_value(raw.clone()).map_err(|e| {
         Problem::new(
             "spec",
@@ -1343,7 +1367,7 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
     });
     let ep: EndpointConfig = serde_json::from_value(as_config)
         .map_err(|e| Problem::new("spec", "", e.to_string(), "correct the spec"))?;
-    ep.validate("spec", defaults)?;
+    ep.validate("spec", defaults, ceilings)?;
     let deployments = spec
         .deployments
         .iter()
@@ -1364,7 +1388,45 @@ fn parse_spec(name: &str, raw: serde_json::Value, defaults: &Defaults) -> Result
             ),
         })
         .collect();
-    Ok(Parsed { deployments })
+    Ok(Parsed {
+        deployments,
+        pass_authorization: spec.pass_authorization.unwrap_or(false),
+    })
+}
+
+/// Each `spec.deployments[i].requestSettings` entry read on its own, so that an unknown key or
+/// a value that is not a whole number of the setting's range (2^64, -1, 1.5, "10") is refused
+/// naming that key, rather than as the whole spec not matching the schema.
+fn check_request_settings(raw: &Value) -> Result<(), Problem> {
+    let Some(deployments) = raw.get("deployments").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    for (i, d) in deployments.iter().enumerate() {
+        let Some(settings) = d.get("requestSettings").and_then(Value::as_object) else {
+            continue;
+        };
+        for (k, v) in settings {
+            let one = Value::Object([(k.clone(), v.clone())].into_iter().collect());
+            if let Err(e) = serde_json::from_value::<infergate_config::RequestSettings>(one) {
+                let unknown = e.to_string().starts_with("unknown field");
+                return Err(Problem::new(
+                    format!("spec.deployments[{i}].requestSettings.{}", short(k)),
+                    short(&v.to_string()),
+                    if unknown {
+                        "not a request setting".to_string()
+                    } else {
+                        format!("not a whole number of the setting's range: {e}")
+                    },
+                    if unknown {
+                        "use only the keys of the router's `defaults` (requestTimeoutMs, maxConcurrentRequestsPerInstance, maxQueueWaitMs, maxRequestBodyBytes, maxQueueLength, ...)"
+                    } else {
+                        "write a whole number (no quotes, no fraction, not negative)"
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A deployment's `scaleSettings`: parsed and checked, with a workload to scale (in a cluster

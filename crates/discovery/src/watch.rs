@@ -191,6 +191,13 @@ impl Discovery {
         }
     }
 
+    /// Refuses `requestSettings` above `ceilings` (the router's `requestSettingsCeilings`).
+    pub fn with_ceilings(mut self, ceilings: infergate_config::RequestSettingsCeilings) -> Self {
+        self.index = std::mem::replace(&mut self.index, Index::new(Defaults::default()))
+            .with_ceilings(ceilings);
+        self
+    }
+
     /// Counts in `registry` (the server's, so that `/metrics` shows discovery's health); without
     /// it, in a registry of its own that nothing renders.
     pub fn with_registry(mut self, registry: &Registry) -> Self {

@@ -71,7 +71,7 @@ impl Rig {
         let discovery = infergate_discovery::spawn(
             client,
             cfg.discovery.kube.as_ref().unwrap(),
-            cfg.defaults,
+            (cfg.defaults, cfg.request_settings_ceilings),
             server.router().clone(),
             server.readiness().clone(),
             server.registry(),
@@ -270,6 +270,9 @@ fn cond_of<'a>(status: &'a Value, t: &str) -> &'a Value {
         .and_then(|c| c.iter().find(|c| c["type"] == t))
         .unwrap_or(&Value::Null)
 }
+
+/// A key-mode key (at least 16 bytes, as keys must be).
+const KEY: &str = "e-key-0123456789abcdef";
 
 // === tests ===
 
@@ -872,7 +875,10 @@ async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_r
     rig.api.apply(secret(
         "keys",
         "iris-keys",
-        &[("primaryKey", "prim-1"), ("secondaryKey", "sec-1")],
+        &[
+            ("primaryKey", "prim-1-0123456789abcdef"),
+            ("secondaryKey", "sec-1-0123456789abcdef"),
+        ],
     ));
     rig.api.apply(ie_auth(
         "keys",
@@ -885,12 +891,16 @@ async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_r
     assert!(eventually(Duration::from_secs(5), async || rig.ready().await).await);
     assert!(
         eventually(Duration::from_secs(5), async || rig
-            .score_with("iris", "prim-1")
+            .score_with("iris", "prim-1-0123456789abcdef")
             .await
             == 200)
         .await
     );
-    assert_eq!(rig.score_with("iris", "sec-1").await, 200, "secondary");
+    assert_eq!(
+        rig.score_with("iris", "sec-1-0123456789abcdef").await,
+        200,
+        "secondary"
+    );
     assert_eq!(rig.score_with("iris", "wrong").await, 401, "wrong key");
     assert_eq!(rig.score("iris").await.0, 401, "no header");
     let served = a.stats().served;
@@ -898,12 +908,18 @@ async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_r
     // Rotation: old primary refused and new one accepted within 1 s of the Secret update.
     let mut took = Vec::new();
     for round in 0..5 {
-        let (old, new) = (format!("prim-{}", round + 1), format!("prim-{}", round + 2));
+        let (old, new) = (
+            format!("prim-{}-0123456789abcdef", round + 1),
+            format!("prim-{}-0123456789abcdef", round + 2),
+        );
         let t0 = Instant::now();
         rig.api.apply(secret(
             "keys",
             "iris-keys",
-            &[("primaryKey", &new), ("secondaryKey", "sec-1")],
+            &[
+                ("primaryKey", &new),
+                ("secondaryKey", "sec-1-0123456789abcdef"),
+            ],
         ));
         let mut done = false;
         while t0.elapsed() < Duration::from_secs(1) {
@@ -917,7 +933,11 @@ async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_r
         }
         assert!(done, "round {round}: rotation not in effect within 1 s");
         took.push(t0.elapsed());
-        assert_eq!(rig.score_with("iris", "sec-1").await, 200, "secondary kept");
+        assert_eq!(
+            rig.score_with("iris", "sec-1-0123456789abcdef").await,
+            200,
+            "secondary kept"
+        );
     }
     took.sort();
     eprintln!(
@@ -936,7 +956,7 @@ async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_r
     assert!(
         eventually(Duration::from_secs(1), async || {
             rig.score_with("iris", "prim-6").await == 401
-                && rig.score_with("iris", "sec-1").await == 401
+                && rig.score_with("iris", "sec-1-0123456789abcdef").await == 401
         })
         .await,
         "refused within 1 s of the delete"
@@ -956,7 +976,10 @@ async fn keys_come_from_the_secret_rotate_within_a_second_and_a_deleted_secret_r
         rig.status("keys", "iris")
     );
     let st = rig.status("keys", "iris").to_string();
-    assert!(!st.contains("prim-") && !st.contains("sec-1"), "{st}");
+    assert!(
+        !st.contains("prim-") && !st.contains("sec-1-0123456789abcdef"),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1035,7 +1058,7 @@ async fn a_secret_missing_at_start_refuses_with_the_reason_until_it_is_created()
     let rig = Rig::start_with(api, &["nokeys"]).await;
     assert!(eventually(Duration::from_secs(5), async || rig.ready().await).await);
     assert!(rig.table_pods("e", "blue").is_some(), "routed");
-    assert_eq!(rig.score_with("e", "k").await, 401);
+    assert_eq!(rig.score_with("e", KEY).await, 401);
     assert_eq!(rig.score("e").await.0, 401);
     assert!(
         eventually(Duration::from_secs(5), async || {
@@ -1063,10 +1086,10 @@ async fn a_secret_missing_at_start_refuses_with_the_reason_until_it_is_created()
 
     // Created: served, and the status says so.
     rig.api
-        .apply(secret("nokeys", "e-keys", &[("primaryKey", "k")]));
+        .apply(secret("nokeys", "e-keys", &[("primaryKey", KEY)]));
     assert!(
         eventually(Duration::from_secs(1), async || rig
-            .score_with("e", "k")
+            .score_with("e", KEY)
             .await
             == 200)
         .await
@@ -1179,4 +1202,75 @@ async fn dead_discovery_task_turns_readyz_503() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(get(admin, "/readyz").await.0, 503);
     let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_override_of_2_pow_64_is_refused_at_its_ceiling() {
+    // A tenant's InferenceEndpoint asks for timeouts and queue lengths up to 2^64: the router
+    // refuses the object (404, `Accepted=False, reason Invalid` naming the key, the value and
+    // the router's ceiling) instead of running a deployment with them; others keep serving.
+    let rig = Rig::start(&[]).await;
+    let a = mock("a", 0).await;
+    rig.api
+        .apply(slice("ml", "s", "svc", &[(&a, "pod-a", Cond::Ready)]));
+    rig.api.apply(ie("ml", "good", "svc"));
+    let with = |name: &str, settings: Value| {
+        let mut o = ie("ml", name, "svc");
+        o["spec"]["deployments"][0]["requestSettings"] = settings;
+        o
+    };
+    rig.api.apply(with(
+        "huge",
+        json!({"requestTimeoutMs": u64::MAX, "maxQueueLength": u32::MAX}),
+    ));
+    let two_pow_64: Value = serde_json::from_str("18446744073709551616").unwrap();
+    rig.api
+        .apply(with("over", json!({"maxQueueWaitMs": two_pow_64})));
+    rig.api.apply(with(
+        "at-ceiling",
+        json!({"requestTimeoutMs": 600000, "ejectionMaxMs": 3600000}),
+    ));
+    for ok in ["good", "at-ceiling"] {
+        assert!(
+            eventually(Duration::from_secs(5), async || rig.score(ok).await.0
+                == 200)
+            .await,
+            "{ok}"
+        );
+    }
+    for (name, key, says) in [
+        (
+            "huge",
+            "spec.deployments[0].requestSettings.requestTimeoutMs",
+            "ceiling of 600000 (requestSettingsCeilings.requestTimeoutMs)",
+        ),
+        (
+            "over",
+            "spec.deployments[0].requestSettings.maxQueueWaitMs",
+            "not a whole number",
+        ),
+    ] {
+        assert_eq!(rig.score(name).await.0, 404, "{name} is not routed");
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                let c = cond_of(&rig.status("ml", name), "Accepted").clone();
+                c["status"] == "False"
+                    && c["reason"] == "Invalid"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(key) && m.contains(says))
+            })
+            .await,
+            "{name}: {}",
+            rig.status("ml", name)
+        );
+    }
+    // The deployment that was accepted runs with its own (capped) settings.
+    let t = rig.router.table();
+    let d = t
+        .endpoint("at-ceiling")
+        .unwrap()
+        .deployment(b"blue")
+        .unwrap();
+    assert_eq!(d.settings.request_timeout_ms, 600_000);
 }

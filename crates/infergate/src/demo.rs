@@ -130,6 +130,7 @@ pub async fn run(ports: Ports, latency_ms: u64, replicas: usize) -> anyhow::Resu
             ..AuthConfig::default()
         },
         swagger_auth: false,
+        pass_authorization: false,
     }];
 
     // More than one replica: one cluster on 127.0.0.1, with a fresh shared secret.

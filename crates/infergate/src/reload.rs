@@ -165,6 +165,7 @@ impl Reloader {
             );
         }
         self.pending.set(if restart.is_empty() { 0.0 } else { 1.0 });
+        self.router.apply_edge_config(&new);
         // Endpoints from Kubernetes are discovery's; the file's (empty) list is not published.
         let static_endpoints =
             self.started.discovery.kube.is_none() && new.discovery.kube.is_none();
@@ -210,13 +211,23 @@ impl Reloader {
     /// A fingerprint of the watched files: the configuration and the signing key files of the
     /// configuration in effect.
     fn fingerprint(&self) -> u64 {
-        self.fingerprint_with(std::fs::read(&self.path).ok())
+        self.fingerprint_with(self.file_hash())
     }
 
-    /// [`Reloader::fingerprint`] with the configuration file's bytes as read earlier.
-    fn fingerprint_with(&self, config: Option<Vec<u8>>) -> u64 {
+    /// The configuration file's contents, hashed.
+    fn file_hash(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        config.hash(&mut h);
+        std::fs::read(&self.path).ok().hash(&mut h);
+        h.finish()
+    }
+
+    /// [`Reloader::fingerprint`] with the configuration file's part given: the file as it was
+    /// before a reload read it (a change written while the reload ran is then seen at the next
+    /// tick, not taken for the one just loaded), the key files of the configuration now in
+    /// effect.
+    fn fingerprint_with(&self, file: u64) -> u64 {
+        let mut h = DefaultHasher::new();
+        file.hash(&mut h);
         let keys = self
             .current
             .endpoints
@@ -248,9 +259,7 @@ impl Reloader {
             loop {
                 tokio::select! {
                     _ = hup.recv() => {
-                        // The file as it was before the reload read it: a change written
-                        // during the reload is seen (at worst reloaded twice), never missed.
-                        let file = std::fs::read(&self.path).ok();
+                        let file = self.file_hash();
                         self.reload(Trigger::Signal);
                         seen = self.fingerprint_with(file);
                     }
@@ -265,11 +274,10 @@ impl Reloader {
                         if self.fingerprint() != now {
                             continue; // still being written: the next tick looks again
                         }
-                        let file = std::fs::read(&self.path).ok();
+                        let file = self.file_hash();
                         self.reload(Trigger::File);
                         // (After a failure too: the same broken file is not retried until it
-                        // changes again. The file as read before the reload: an edit made
-                        // meanwhile is seen on the next tick.)
+                        // changes again.)
                         seen = self.fingerprint_with(file);
                     }
                 }
@@ -360,6 +368,16 @@ pub fn restart_needed(running: &Config, file: &Config) -> Vec<RestartNeeded> {
     // Discovery builds its deployments' settings from the defaults it started with.
     if running.discovery.kube.is_some() && running.defaults != file.defaults {
         diff("defaults", "(running)".into(), "(changed)".into());
+    }
+    // And checks InferenceEndpoints against the ceilings it started with.
+    if running.discovery.kube.is_some()
+        && running.request_settings_ceilings != file.request_settings_ceilings
+    {
+        diff(
+            "requestSettingsCeilings",
+            "(running)".into(),
+            "(changed)".into(),
+        );
     }
     if running.cluster != file.cluster {
         let (a, b) = section(running.cluster.is_some(), file.cluster.is_some());

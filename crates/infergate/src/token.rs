@@ -18,7 +18,8 @@ enum TokenSub {
         /// The endpoint the token is for.
         #[arg(long, value_name = "NAME")]
         endpoint: String,
-        /// How long the token is valid, e.g. `30m`, `1h`, `7days`.
+        /// How long the token is valid, e.g. `30m`, `1h`, `12h`. A router refuses tokens that
+        /// live longer than its `maxTokenLifetimeSeconds` (a day by default).
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
         /// The endpoint's signing key file (its `auth.signingKeyFile`, or the Secret's `signingKey`).
@@ -28,9 +29,15 @@ enum TokenSub {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30m, 1h, 7days)"))?;
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30m, 1h, 12h)"))?;
     if d.is_zero() {
         return Err("must be longer than 0".into());
+    }
+    let limit = infergate_config::MAX_TOKEN_LIFETIME_LIMIT;
+    if d.as_secs() > limit {
+        return Err(format!(
+            "longer than any router accepts (maxTokenLifetimeSeconds is at most {limit}, a year)"
+        ));
     }
     Ok(d)
 }
@@ -51,6 +58,13 @@ impl TokenCommand {
                         return ExitCode::from(2);
                     }
                 };
+                let default_max = infergate_config::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS;
+                if ttl.as_secs() > default_max {
+                    eprintln!(
+                        "note: a router refuses this token unless its maxTokenLifetimeSeconds is at least {} (the default is {default_max})",
+                        ttl.as_secs()
+                    );
+                }
                 match infergate_auth::issue_token(&endpoint, ttl, &key) {
                     Ok(t) => {
                         println!("{t}");

@@ -11,7 +11,7 @@ use infergate_balance::{AcquireError, Lease, Outcome, PodSpec, PodState, Pool, P
 use infergate_cluster::{Cluster, ClusterError, ClusterLease};
 use infergate_config::PartitionMode;
 use infergate_config::ResolvedSettings;
-use infergate_metrics::{Counter, Gauge, Histogram, Registry};
+use infergate_metrics::{Counter, Gauge, Histogram, LogLimiter, Registry};
 use infergate_spec::DeploymentLoad;
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -239,12 +239,17 @@ impl DeploymentState {
             Err(ClusterError::OwnerUnavailable) => {
                 let local = s.cluster.partition_mode() == PartitionMode::LocalShare;
                 s.cluster.count_degraded(local);
-                tracing::warn!(
-                    endpoint = &*self.endpoint,
-                    deployment = &*self.deployment,
-                    mode = if local { "local_share" } else { "refused" },
-                    "the replica that admits for this deployment is unreachable"
-                );
+                // Once per request while cut off: a few lines a second, the rest counted.
+                static LOG: LogLimiter = LogLimiter::new(5, Duration::from_secs(1));
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(
+                        endpoint = &*self.endpoint,
+                        deployment = &*self.deployment,
+                        mode = if local { "local_share" } else { "refused" },
+                        suppressed,
+                        "the replica that admits for this deployment is unreachable"
+                    );
+                }
                 if !local {
                     return Err(ProxyError::OwnerUnavailable);
                 }
@@ -312,12 +317,17 @@ impl DeploymentState {
         };
         if lease.report(outcome) {
             self.metrics.ejections.increment(1);
-            tracing::warn!(
-                endpoint = &*self.endpoint,
-                deployment = &*self.deployment,
-                pod = %lease.pod().addr(),
-                "pod ejected after consecutive failures"
-            );
+            // Pods that fail on purpose could otherwise write lines as fast as they fail.
+            static LOG: LogLimiter = LogLimiter::new(5, Duration::from_secs(1));
+            if let Some(suppressed) = LOG.allow() {
+                tracing::warn!(
+                    endpoint = &*self.endpoint,
+                    deployment = &*self.deployment,
+                    pod = %lease.pod().addr(),
+                    suppressed,
+                    "pod ejected after consecutive failures"
+                );
+            }
         }
     }
 
@@ -423,13 +433,41 @@ impl RetryBudget {
 }
 
 /// `infergate_requests_total{..., status}` handles, each registered on the first answer with
-/// that status and then reused.
+/// that status label and then reused.
+///
+/// A pod may answer with any status from 100 to 999: registered codes (and the router's 499)
+/// are labelled by their number; any other code by its class (`2xx`, `5xx`, ...), and codes
+/// from 600 up as `other`, so the series per deployment stay a few dozen whatever pods send.
 #[derive(Debug)]
 pub(crate) struct StatusCounters {
     registry: Registry,
     endpoint: Arc<str>,
     deployment: Arc<str>,
     by_status: RwLock<Vec<(u16, Counter)>>,
+}
+
+/// The status label of `status` as a key: the code itself when it is registered (or the
+/// router's own 499), `1000 + class` for another code of classes 1-5, `1000` for 600 and up.
+pub(crate) fn status_bucket(status: u16) -> u16 {
+    let known = status == 499
+        || http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .is_some();
+    match status {
+        _ if known => status,
+        100..=599 => 1000 + status / 100,
+        _ => 1000,
+    }
+}
+
+/// The label text of a [`status_bucket`] key.
+pub(crate) fn status_label(bucket: u16) -> std::borrow::Cow<'static, str> {
+    match bucket {
+        1000 => "other".into(),
+        1001..=1005 => ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from(bucket - 1001)].into(),
+        code => code.to_string().into(),
+    }
 }
 
 impl StatusCounters {
@@ -444,21 +482,22 @@ impl StatusCounters {
 
     /// Counts one answer with `status`.
     pub(crate) fn count(&self, status: u16) {
-        if let Some((_, c)) = self.by_status.read().iter().find(|(s, _)| *s == status) {
+        let bucket = status_bucket(status);
+        if let Some((_, c)) = self.by_status.read().iter().find(|(s, _)| *s == bucket) {
             c.increment(1);
             return;
         }
         let mut w = self.by_status.write();
-        let c = match w.iter().find(|(s, _)| *s == status) {
+        let c = match w.iter().find(|(s, _)| *s == bucket) {
             Some((_, c)) => c.clone(),
             None => {
                 let labels = [
                     ("endpoint", &*self.endpoint),
                     ("deployment", &*self.deployment),
-                    ("status", &*status.to_string()),
+                    ("status", &*status_label(bucket)),
                 ];
                 let c = self.registry.counter(REQUESTS_TOTAL, &labels);
-                w.push((status, c.clone()));
+                w.push((bucket, c.clone()));
                 c
             }
         };

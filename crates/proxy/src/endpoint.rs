@@ -3,7 +3,7 @@
 //! the logs when a published policy changes.
 
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, header};
 use infergate_auth::{AuthFailure, AuthPolicy};
@@ -23,6 +23,8 @@ pub struct EndpointState {
     pub auth: AuthPolicy,
     /// Whether `swagger.json` needs authentication too.
     pub swagger_auth: bool,
+    /// Whether the client's `Authorization` header reaches the pods (`passAuthorization`).
+    pub pass_authorization: bool,
     /// Refusals by reason (handles kept across route-table swaps).
     auth_failures: Arc<AuthFailureCounters>,
     /// Requests copied to another deployment, if any.
@@ -48,6 +50,7 @@ impl EndpointState {
             name: spec.name.as_str().into(),
             auth: spec.auth.clone(),
             swagger_auth: spec.swagger_auth,
+            pass_authorization: spec.pass_authorization,
             auth_failures: prev.map_or_else(
                 || AuthFailureCounters::new(registry, &spec.name),
                 |p| p.auth_failures.clone(),
@@ -58,29 +61,30 @@ impl EndpointState {
     }
 
     /// Checks the request against the endpoint's policy: scoring always (unless the mode is
-    /// `none`), swagger only with `swaggerAuth`. On success the `Authorization` header is
-    /// removed when the router consumed it (key and token modes): the model never sees the
-    /// router's credentials. In mode `none` the header passes through untouched.
+    /// `none`), swagger only with `swaggerAuth`; a token lives at most `max_token_lifetime`.
+    /// (The `Authorization` header is removed before forwarding, in every mode, unless the
+    /// endpoint sets `passAuthorization`: see `headers::rewrite_request`.)
     pub(crate) fn authorize(
         &self,
         action: Action,
-        headers: &mut HeaderMap,
+        headers: &HeaderMap,
+        max_token_lifetime: Duration,
     ) -> Result<(), AuthFailure> {
         if matches!(self.auth, AuthPolicy::None) {
             return Ok(());
         }
         if action == Action::Score || self.swagger_auth {
-            let checked = self.auth.check(
+            let checked = self.auth.check_with(
                 headers.get(header::AUTHORIZATION),
                 &self.name,
                 SystemTime::now(),
+                max_token_lifetime,
             );
             if let Err(reason) = checked {
                 self.auth_failures.count(reason);
                 return Err(reason);
             }
         }
-        headers.remove(header::AUTHORIZATION);
         Ok(())
     }
 }

@@ -37,6 +37,14 @@ pub enum ProxyError {
     /// The pod reset the connection or sent a malformed response.
     #[error("the model pod failed: {0}")]
     UpstreamFailed(&'static str),
+    /// A header name holds `_` and `headersWithUnderscores` is `reject`.
+    #[error(
+        "the header name `{name}` contains an underscore, which this router refuses (servers behind it may read it as the same header with `-`); send it with `-` instead"
+    )]
+    InvalidHeaderName {
+        /// The header name (cut to 64 characters).
+        name: String,
+    },
     /// The endpoint's authentication refused the request (no key or token in the message).
     #[error("{reason}")]
     Unauthorized {
@@ -76,6 +84,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "UpstreamConnectFailed"),
             ProxyError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UpstreamFailed"),
             ProxyError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ProxyError::InvalidHeaderName { .. } => (StatusCode::BAD_REQUEST, "InvalidHeaderName"),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::body::{BodyTooLarge, FirstFrame, RequestBody, RequestShared};
 use crate::cancel::InFlight;
 use crate::endpoint::{Deployment, Endpoint};
 use crate::error::ProxyError;
-use crate::headers::{X_MS_CLIENT_REQUEST_ID, rewrite_request};
+use crate::headers::{Forwarding, X_MS_CLIENT_REQUEST_ID, rewrite_request};
 use crate::mirror;
 use crate::response::RequestCtx;
 use crate::upstream::{ConnectError, SendError, UpstreamBody};
@@ -38,7 +38,7 @@ pub(crate) fn prepare(
     (endpoint, dep, action): (&Endpoint, &Deployment, Action),
     mut parts: Parts,
     (body, first, shared): (Incoming, FirstFrame, Arc<RequestShared>),
-    conn: ConnInfo,
+    (conn, fwd): (ConnInfo, Forwarding),
     roll: u64,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let host = ctx.uri.authority().map(|a| a.as_str());
@@ -48,6 +48,7 @@ pub(crate) fn prepare(
         conn.remote.ip(),
         conn.proto,
         host,
+        fwd,
     );
     ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
     let tee = mirror::tee(endpoint, action, &parts, ctx.uri.query(), roll, &shared);
@@ -82,7 +83,7 @@ pub(crate) async fn send(
     let mut may_retry = true;
     loop {
         let lease = ctx.lease.as_ref().expect("admitted before forwarding");
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         // No timer here: a pooled connection is at hand at once, and a connect is bounded by
         // the deadline inside `checkout`.
         let conn = match state.conns.checkout(lease.pod().addr(), deadline).await {
@@ -146,6 +147,14 @@ pub(crate) async fn send(
             }
         }
     }
+}
+
+/// Now + `d`, or a time far in the future when that does not fit the clock (a setting near
+/// 2^64 ms must not panic a request).
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// Maps a failed exchange with a pod to the failure it stands for.

@@ -38,7 +38,7 @@ pub use infergate_metrics::Registry;
 pub use infergate_spec::{
     DeploymentSpec, EndpointSpec, MirrorSpec, PublishSpecs, Readiness, specs_from_config,
 };
-pub use response::{ProxyBody, RequestCtx, error_response};
+pub use response::{MAX_LOGGED_BYTES, ProxyBody, RequestCtx, clip_for_log, error_response};
 pub use router::Router;
 pub use server::{Server, StartError};
 

@@ -90,7 +90,7 @@ impl MirrorRequest {
         let send = async move {
             let conn = state
                 .conns
-                .checkout(addr, Instant::now() + self.timeout)
+                .checkout(addr, crate::forward::deadline_after(self.timeout))
                 .await
                 .ok()?;
             req.headers_mut().insert(header::HOST, conn.host());

@@ -162,8 +162,8 @@ impl Drop for RequestCtx {
         tracing::info!(
             target: "infergate::access",
             request_id = self.request_id.to_str().unwrap_or(""),
-            method = %self.method,
-            path = self.uri.path(),
+            method = &*clip_for_log(self.method.as_str()),
+            path = &*clip_for_log(self.uri.path()),
             endpoint = self.endpoint.as_deref().unwrap_or(""),
             deployment = dep.map_or("", |d| &d.deployment),
             pod = pod.map(|p| tracing::field::display(p.addr())),
@@ -179,6 +179,23 @@ impl Drop for RequestCtx {
         );
         // The lease drops after this: the slot goes back to the pool (or the next waiter).
     }
+}
+
+/// The longest client-chosen value (path, method) written to a log line, in bytes; a longer one
+/// is cut there and says how much was left out, so a 64 KiB path costs a 64 KiB line nowhere.
+pub const MAX_LOGGED_BYTES: usize = 256;
+
+/// `s`, cut to [`MAX_LOGGED_BYTES`] (at a character boundary) with `…[+N bytes]` when longer.
+/// No allocation for a value within the limit.
+pub fn clip_for_log(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_LOGGED_BYTES {
+        return s.into();
+    }
+    let mut end = MAX_LOGGED_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[+{} bytes]", &s[..end], s.len() - end).into()
 }
 
 /// The client's response from the pod's: hop-by-hop headers removed, the router's headers set;

@@ -1,7 +1,10 @@
 //! The router: the route table it serves, and each request as a list of phases (route,
 //! authorize, select, admit, prepare, forward, respond) with one error boundary.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::request::Parts;
@@ -15,10 +18,13 @@ use crate::deployment::{DeploymentState, StatusCounters};
 use crate::endpoint::{EndpointState, Table};
 use crate::error::ProxyError;
 use crate::forward::{self, ConnInfo};
-use crate::headers::AZUREML_MODEL_DEPLOYMENT;
+use crate::headers::{
+    AZUREML_MODEL_DEPLOYMENT, Forwarding, drop_underscore_headers, underscore_header,
+};
 use crate::metrics::REQUESTS_IN_FLIGHT;
 use crate::response::{ProxyBody, RequestCtx, RequestMetrics, rescue, respond};
 use crate::upstream::{Upstream, UpstreamBody};
+use infergate_config::{DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, HeadersWithUnderscores};
 use infergate_spec::EndpointSpec;
 
 /// The router: the current route table, how pods are reached, and where it counts.
@@ -30,6 +36,39 @@ pub struct Router {
     metrics: Arc<RequestMetrics>,
     /// With `cluster`: every deployment leases its slots from its owner replica.
     cluster: std::sync::OnceLock<infergate_cluster::Cluster>,
+    /// How the request head is treated at the edge (set from the configuration).
+    edge: EdgeRules,
+}
+
+/// The configuration's edge keys, read per request without a lock (a reload stores new ones).
+#[derive(Debug)]
+struct EdgeRules {
+    /// `headersWithUnderscores`, as [`HeadersWithUnderscores`] `as u8`.
+    underscores: AtomicU8,
+    /// `xffTrustedHops`.
+    xff_trusted_hops: AtomicU32,
+    /// `maxTokenLifetimeSeconds`.
+    max_token_lifetime_s: AtomicU64,
+}
+
+impl Default for EdgeRules {
+    fn default() -> Self {
+        EdgeRules {
+            underscores: AtomicU8::new(HeadersWithUnderscores::default() as u8),
+            xff_trusted_hops: AtomicU32::new(0),
+            max_token_lifetime_s: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
+        }
+    }
+}
+
+impl EdgeRules {
+    fn underscores(&self) -> HeadersWithUnderscores {
+        match self.underscores.load(Ordering::Relaxed) {
+            x if x == HeadersWithUnderscores::Drop as u8 => HeadersWithUnderscores::Drop,
+            x if x == HeadersWithUnderscores::Allow as u8 => HeadersWithUnderscores::Allow,
+            _ => HeadersWithUnderscores::Reject,
+        }
+    }
 }
 
 impl Router {
@@ -41,6 +80,7 @@ impl Router {
             upstream: Upstream::new(),
             registry: registry.clone(),
             cluster: std::sync::OnceLock::new(),
+            edge: EdgeRules::default(),
             metrics: Arc::new(RequestMetrics {
                 in_flight: registry.gauge(REQUESTS_IN_FLIGHT, &[]),
                 unrouted: StatusCounters::new(registry, "", ""),
@@ -67,12 +107,18 @@ impl Router {
         conn: ConnInfo,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let roll: u64 = rand::random();
+        // The head: header names with `_` (aliases of `-` names behind WSGI/CGI gateways).
+        self.check_header_names(&mut parts.headers)?;
         // Route: one snapshot per request, held (as an Arc, not a lock) until the response head.
         let table = self.table.load_full();
         let (endpoint, action) = table.lookup(&ctx.method, ctx.uri.path())?;
         ctx.endpoint = Some(endpoint.state.name.clone());
         // Authorize: before a deployment is chosen, a pod contacted or a slot taken.
-        endpoint.state.authorize(action, &mut parts.headers)?;
+        let max_token_lifetime =
+            Duration::from_secs(self.edge.max_token_lifetime_s.load(Ordering::Relaxed));
+        endpoint
+            .state
+            .authorize(action, &parts.headers, max_token_lifetime)?;
         // Select the deployment: pinned by header, or by the traffic weights.
         let dep = endpoint.select(parts.headers.get(AZUREML_MODEL_DEPLOYMENT), roll as u32)?;
         let state = &dep.balancer;
@@ -86,8 +132,44 @@ impl Router {
         ctx.lease = Some(admit_watching(admit, &mut body, &mut first).await?);
         // Forward: the request rebuilt for the pod, then the attempts.
         let body = (body, first, shared);
-        let req = forward::prepare(ctx, (endpoint, dep, action), parts, body, conn, roll)?;
+        let fwd = Forwarding {
+            xff_trusted_hops: self.edge.xff_trusted_hops.load(Ordering::Relaxed),
+            pass_authorization: endpoint.state.pass_authorization,
+        };
+        let req = forward::prepare(ctx, (endpoint, dep, action), parts, body, (conn, fwd), roll)?;
         forward::send(dep, ctx, req, roll).await
+    }
+
+    /// `headersWithUnderscores`: refuses (400), drops or lets through header names with `_`.
+    fn check_header_names(&self, headers: &mut http::HeaderMap) -> Result<(), ProxyError> {
+        let rule = self.edge.underscores();
+        if rule == HeadersWithUnderscores::Allow {
+            return Ok(());
+        }
+        let Some(name) = underscore_header(headers) else {
+            return Ok(());
+        };
+        if rule == HeadersWithUnderscores::Reject {
+            let name = name.as_str();
+            let cut = name.char_indices().nth(64).map_or(name.len(), |(i, _)| i);
+            return Err(ProxyError::InvalidHeaderName {
+                name: name[..cut].to_string(),
+            });
+        }
+        drop_underscore_headers(headers);
+        Ok(())
+    }
+
+    /// Takes the configuration's edge keys (`headersWithUnderscores`, `xffTrustedHops`,
+    /// `maxTokenLifetimeSeconds`); the next request uses them. At start and at every reload.
+    pub fn apply_edge_config(&self, cfg: &infergate_config::Config) {
+        let e = &self.edge;
+        e.underscores
+            .store(cfg.headers_with_underscores as u8, Ordering::Relaxed);
+        e.xff_trusted_hops
+            .store(cfg.xff_trusted_hops, Ordering::Relaxed);
+        e.max_token_lifetime_s
+            .store(cfg.max_token_lifetime_seconds, Ordering::Relaxed);
     }
 
     /// Builds a table from `specs` and publishes it with one atomic swap.
@@ -147,7 +229,14 @@ impl Router {
             let state = EndpointState::new(ep, prev.map(|p| &*p.state), &self.registry);
             Arc::new(Endpoint::new(&ep.name, Arc::new(state), deployments))
         }));
+        let gone = Unpublished::between(&old, &table);
         self.publish(table);
+        drop(old);
+        // The metric series of what is no longer published leave `/metrics` once the requests
+        // still using them are done: endpoints that come and go cannot grow the registry.
+        if !gone.is_empty() {
+            self.registry.retire_where(|l| gone.covers(l));
+        }
     }
 
     /// Makes this router one replica of a cluster: deployments published from now on lease their
@@ -217,6 +306,52 @@ impl Router {
                 f(&d.balancer);
             }
         }
+    }
+}
+
+/// What a table swap stops publishing: whole endpoints, and deployments of endpoints that stay.
+#[derive(Debug, Default)]
+struct Unpublished {
+    endpoints: HashSet<Box<str>>,
+    deployments: HashMap<Box<str>, HashSet<Box<str>>>,
+}
+
+impl Unpublished {
+    fn between(old: &Table, new: &Table) -> Self {
+        let mut gone = Unpublished::default();
+        for ep in old.endpoints() {
+            let Some(now) = new.endpoint_shared(&ep.name) else {
+                gone.endpoints.insert(ep.name.clone());
+                continue;
+            };
+            if old
+                .endpoint_shared(&ep.name)
+                .is_some_and(|o| Arc::ptr_eq(o, now))
+            {
+                continue; // unchanged, shared
+            }
+            for d in ep.deployments.iter() {
+                if now.deployment(d.name.as_bytes()).is_none() {
+                    let set = gone.deployments.entry(ep.name.clone()).or_default();
+                    set.insert(d.name.clone());
+                }
+            }
+        }
+        gone
+    }
+
+    fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.deployments.is_empty()
+    }
+
+    /// Whether a series with these labels belongs to something no longer published.
+    fn covers(&self, l: infergate_metrics::Labels<'_>) -> bool {
+        let Some(ep) = l.get("endpoint") else {
+            return false;
+        };
+        self.endpoints.contains(ep)
+            || l.get("deployment")
+                .is_some_and(|d| self.deployments.get(ep).is_some_and(|s| s.contains(d)))
     }
 }
 

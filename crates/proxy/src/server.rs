@@ -112,6 +112,7 @@ impl Server {
             _ => None,
         };
         let router = Router::new(&registry);
+        router.apply_edge_config(cfg);
         let cluster = match &cfg.cluster {
             Some(c) => {
                 let cluster = start_cluster(c, peers, &router, &registry).await?;

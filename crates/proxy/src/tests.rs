@@ -21,6 +21,7 @@ fn mk_spec(name: &str, pods: &[u16]) -> EndpointSpec {
         }],
         auth: infergate_auth::AuthPolicy::None,
         swagger_auth: false,
+        pass_authorization: false,
         mirror: None,
     }
 }

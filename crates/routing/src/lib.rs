@@ -127,7 +127,7 @@ impl<B, E> Endpoint<B, E> {
                 self.deployment(h.as_bytes())
                     .ok_or_else(|| RouteError::DeploymentNotFound {
                         endpoint: self.name.to_string(),
-                        deployment: String::from_utf8_lossy(h.as_bytes()).into_owned(),
+                        deployment: clip_name(&String::from_utf8_lossy(h.as_bytes())),
                     })
             }
             None => self
@@ -263,11 +263,9 @@ impl<B, E> RouteTable<B, E> {
     /// Looks an endpoint up by the raw (still percent-encoded) URL segment.
     fn find(&self, raw: &str) -> Result<&Endpoint<B, E>, RouteError> {
         let not_found = || {
-            RouteError::EndpointNotFound(
-                percent_encoding::percent_decode_str(raw)
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            )
+            RouteError::EndpointNotFound(clip_name(
+                &percent_encoding::percent_decode_str(raw).decode_utf8_lossy(),
+            ))
         };
         if !raw.contains('%') {
             return self.endpoint(raw).ok_or_else(not_found);
@@ -280,6 +278,18 @@ impl<B, E> RouteTable<B, E> {
             return Err(not_found());
         }
         self.endpoint(decoded.as_ref()).ok_or_else(not_found)
+    }
+}
+
+/// The longest name a [`RouteError`] repeats (in characters): a client's 64 KiB "name" is not
+/// echoed back whole. Real names are at most 63.
+pub const MAX_NAME_IN_ERROR: usize = 128;
+
+/// `name` cut to [`MAX_NAME_IN_ERROR`] characters, with `…` when it was longer.
+fn clip_name(name: &str) -> String {
+    match name.char_indices().nth(MAX_NAME_IN_ERROR) {
+        None => name.to_string(),
+        Some((end, _)) => format!("{}…", &name[..end]),
     }
 }
 

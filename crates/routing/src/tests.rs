@@ -305,3 +305,120 @@ fn payload_and_settings_travel_with_deployment() {
     assert_eq!(ep.deployments[0].settings.max_queue_wait_ms, 500);
     assert_eq!(t.len(), 3);
 }
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-routing fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The route a path names, computed another way: split on `/`, six segments exactly,
+    /// the name percent-decoded (`None` when that is not UTF-8).
+    fn reference(path: &str) -> Option<(Option<String>, Action)> {
+        let seg: Vec<&str> = path.split('/').collect();
+        let [first, api, v1, kind, name, action] = seg.as_slice() else {
+            return None;
+        };
+        if !first.is_empty() || *api != "api" || *v1 != "v1" {
+            return None;
+        }
+        if *kind != "endpoint" && *kind != "service" {
+            return None;
+        }
+        let action = match *action {
+            "score" => Action::Score,
+            "swagger.json" => Action::Swagger,
+            _ => return None,
+        };
+        if name.is_empty() {
+            return None;
+        }
+        let decoded = percent_encoding::percent_decode_str(name).decode_utf8();
+        Some((decoded.ok().map(|n| n.into_owned()), action))
+    }
+
+    /// Paths near the real shapes (and some far from them).
+    fn paths() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("demo".to_string()),
+            Just("my.model_v2".to_string()),
+            Just("pinned-only".to_string()),
+            Just("%64emo".to_string()),
+            Just("demo%2Fx".to_string()),
+            Just("..".to_string()),
+            Just("%2E%2E".to_string()),
+            Just(String::new()),
+            "[a-z0-9._%/-]{0,12}",
+            "\\PC{0,8}",
+            "a{200,300}",
+        ];
+        let kind = prop_oneof![Just("endpoint"), Just("service"), Just("models"), Just("")];
+        let action = prop_oneof![
+            Just("score"),
+            Just("swagger.json"),
+            Just("score/"),
+            Just("Score"),
+            Just("")
+        ];
+        prop_oneof![
+            4 => (kind, name, action).prop_map(|(k, n, a)| format!("/api/v1/{k}/{n}/{a}")),
+            1 => "\\PC{0,40}",
+            1 => "/api/v1/[a-z/%.]{0,30}",
+        ]
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn routing_agrees_with_a_reference_parse(path in paths(), get in any::<bool>()) {
+            let t = mk_table();
+            let method = if get { Method::GET } else { Method::POST };
+            let got = t.lookup(&method, &path);
+            match reference(&path) {
+                None => prop_assert!(
+                    matches!(got, Err(RouteError::NoRoute) | Err(RouteError::EndpointNotFound(_))),
+                    "{path:?}: {got:?}"
+                ),
+                Some((name, action)) => {
+                    // Undecodable: never an endpoint.
+                    let name = name.unwrap_or_else(|| "/".to_string());
+                    let known = ["demo", "pinned-only", "my.model_v2"].contains(&name.as_str());
+                    match got {
+                        Ok((ep, a)) => {
+                            prop_assert!(known, "{path:?} routed to {}", ep.name);
+                            prop_assert_eq!(&*ep.name, name.as_str());
+                            prop_assert_eq!(a, action);
+                        }
+                        Err(RouteError::MethodNotAllowed) => {
+                            prop_assert!(action == Action::Swagger && !get)
+                        }
+                        Err(RouteError::EndpointNotFound(n)) => {
+                            prop_assert!(!known || name.contains('/') || name == "." || name == "..");
+                            // What goes back to the client is bounded, whatever it sent.
+                            prop_assert!(n.chars().count() <= MAX_NAME_IN_ERROR + 1);
+                        }
+                        Err(e) => prop_assert!(false, "{path:?}: {e:?}"),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn deployment_pins_never_panic_and_errors_stay_small(
+            pin in proptest::collection::vec(any::<u8>(), 0..400),
+            roll in any::<u32>(),
+        ) {
+            let t = mk_table();
+            let ep = t.endpoint("demo").unwrap();
+            let Ok(h) = HeaderValue::from_bytes(&pin) else { return Ok(()) };
+            match ep.select(Some(&h), roll) {
+                Ok(d) => prop_assert_eq!(d.name.as_bytes(), &pin[..]),
+                Err(RouteError::DeploymentNotFound { deployment, .. }) => {
+                    prop_assert!(deployment.chars().count() <= MAX_NAME_IN_ERROR + 1)
+                }
+                Err(e) => prop_assert!(false, "{e:?}"),
+            }
+        }
+    }
+}

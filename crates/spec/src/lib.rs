@@ -103,6 +103,9 @@ pub struct EndpointSpec {
     pub auth: AuthPolicy,
     /// Whether `swagger.json` needs authentication too.
     pub swagger_auth: bool,
+    /// Whether the client's `Authorization` header goes on to the pod (`passAuthorization`);
+    /// by default it is removed in every mode.
+    pub pass_authorization: bool,
 }
 
 /// Mirroring: a share of an endpoint's requests copied to one of its deployments, answers discarded.
@@ -146,6 +149,7 @@ pub fn specs_from_config(cfg: &Config) -> Vec<EndpointSpec> {
             }),
             auth: auth_policy(ep),
             swagger_auth: ep.swagger_auth,
+            pass_authorization: ep.pass_authorization,
         })
         .collect()
 }
@@ -159,7 +163,12 @@ fn auth_policy(ep: &EndpointConfig) -> AuthPolicy {
         AuthMode::Key => AuthPolicy::keys(
             a.primary_key.as_ref().map(|k| k.0.as_bytes()),
             a.secondary_key.as_ref().map(|k| k.0.as_bytes()),
-        ),
+        )
+        .unwrap_or_else(|e| {
+            // (Validation refuses short keys first; fail closed should one get here.)
+            tracing::error!(endpoint = %ep.name, error = %e, "every request to this endpoint is refused");
+            AuthPolicy::default()
+        }),
         AuthMode::Token => {
             let key = a.signing_key_file.as_deref().map(|p| {
                 infergate_config::read_signing_key_file("auth.signingKeyFile", p)

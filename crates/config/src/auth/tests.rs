@@ -1,4 +1,4 @@
-use crate::{AuthMode, Config, ConfigError};
+use crate::{AuthMode, Config, ConfigError, MIN_KEY_BYTES};
 
 fn mk(endpoint_extra: &str) -> Result<Config, ConfigError> {
     let text = format!(
@@ -55,16 +55,22 @@ fn default_is_key_mode_without_keys_which_is_valid_but_refuses_all() {
 #[test]
 fn key_mode_with_keys_and_swagger_auth() {
     let c = mk(
-        "    auth: {mode: key, primaryKey: \"pk-1\", secondaryKey: sk-2}\n    swaggerAuth: true\n",
+        "    auth: {mode: key, primaryKey: \"pk-1-0123456789abcdef\", secondaryKey: sk-2-0123456789abcdef}\n    swaggerAuth: true\n",
     )
     .unwrap();
     let ep = &c.endpoints[0];
-    assert_eq!(ep.auth.primary_key.as_ref().unwrap().0, "pk-1");
-    assert_eq!(ep.auth.secondary_key.as_ref().unwrap().0, "sk-2");
+    assert_eq!(
+        ep.auth.primary_key.as_ref().unwrap().0,
+        "pk-1-0123456789abcdef"
+    );
+    assert_eq!(
+        ep.auth.secondary_key.as_ref().unwrap().0,
+        "sk-2-0123456789abcdef"
+    );
     assert!(ep.swagger_auth);
     assert!(!ep.refuses_all());
     // one key is enough; `swaggerAuth: True` is the extension's spelling
-    let c = mk("    auth: {secondaryKey: sk}\n    swaggerAuth: True\n").unwrap();
+    let c = mk("    auth: {secondaryKey: sk-0123456789abcdef}\n    swaggerAuth: True\n").unwrap();
     assert!(!c.endpoints[0].refuses_all());
 }
 
@@ -158,7 +164,8 @@ fn unknown_mode_and_unknown_auth_keys_are_parse_errors() {
 
 #[test]
 fn keys_never_appear_in_debug_output() {
-    let c = mk("    auth: {primaryKey: s3cr3t-value, secondaryKey: other-s3cr3t}\n").unwrap();
+    let c =
+        mk("    auth: {primaryKey: s3cr3t-value-0123, secondaryKey: other-s3cr3t-0123}\n").unwrap();
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("s3cr3t"), "{dbg}");
     assert!(dbg.contains("[redacted]"), "{dbg}");
@@ -174,4 +181,31 @@ fn modes_are_written_one_way_in_yaml_and_in_code() {
     }
     assert_eq!(AuthMode::from_name("Key"), None);
     assert_eq!(AuthMode::default(), AuthMode::Key);
+}
+
+#[test]
+fn short_key_is_refused_at_config() {
+    for (name, yaml) in [
+        ("primaryKey", "    auth: {primaryKey: only-15-chars-x}\n"),
+        (
+            "secondaryKey",
+            "    auth: {primaryKey: long-enough-0123456789, secondaryKey: x-short-key}\n",
+        ),
+    ] {
+        let e = err(yaml);
+        assert!(
+            e.contains(&format!("endpoints[0].auth.{name}"))
+                && e.contains(&format!("shorter than {MIN_KEY_BYTES} characters"))
+                && e.contains("fix:"),
+            "{e}"
+        );
+        // The error says how long the key is, never what it is.
+        assert!(!e.contains("only-15") && !e.contains("x-short-key"), "{e}");
+    }
+    // Exactly the minimum is enough.
+    mk(&format!(
+        "    auth: {{primaryKey: {}}}\n",
+        "k".repeat(MIN_KEY_BYTES)
+    ))
+    .unwrap();
 }

@@ -462,8 +462,26 @@ fn malformed_endpoints_are_skipped_with_the_key_and_reason_and_others_stay() {
         (
             "typo",
             json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"requestTimeoutMS": 5}}]}),
-            "spec",
-            "requestTimeoutMS",
+            "spec.deployments[0].requestSettings.requestTimeoutMS",
+            "not a request setting",
+        ),
+        (
+            "too-long",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"requestTimeoutMs": u64::MAX}}]}),
+            "spec.deployments[0].requestSettings.requestTimeoutMs",
+            "above the router's ceiling of 600000",
+        ),
+        (
+            "not-a-u32",
+            json!({"deployments": [{"name": "a", "serviceName": "s"}, {"name": "b", "serviceName": "s", "requestSettings": {"maxQueueLength": 4294967296u64}}]}),
+            "spec.deployments[1].requestSettings.maxQueueLength",
+            "not a whole number",
+        ),
+        (
+            "quoted",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "requestSettings": {"ejectionMaxMs": "10"}}]}),
+            "spec.deployments[0].requestSettings.ejectionMaxMs",
+            "not a whole number",
         ),
         (
             "unknown-traffic",
@@ -621,6 +639,11 @@ fn auth_reference_is_kept_for_the_secret_watch_and_fails_closed() {
     }
 }
 
+/// Endpoint keys of the Secret tests (at least 16 bytes, as keys must be).
+const P1: &str = "p1-0123456789abcdef";
+const S1: &str = "s1-0123456789abcdef";
+const P2: &str = "p2-0123456789abcdef";
+
 /// A Secret with these entries (values as given; the API carries them base64-encoded).
 pub(crate) fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Secret {
     use k8s_openapi::ByteString;
@@ -699,11 +722,7 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
             mk_secret(
                 "ml",
                 "k-keys",
-                &[
-                    ("primaryKey", "p1"),
-                    ("secondaryKey", "s1"),
-                    ("tls.key", "x"),
-                ],
+                &[("primaryKey", P1), ("secondaryKey", S1), ("tls.key", "x")],
             ),
             mk_secret("ml", "t-keys", &[("signingKey", SIGNING)]),
             mk_secret("ml", "other", &[("password", "hunter2")]),
@@ -711,7 +730,7 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
     );
     assert!(ix.is_dirty());
     let ch = ix.refresh();
-    let keys = AuthPolicy::keys(Some(b"p1"), Some(b"s1"));
+    let keys = AuthPolicy::keys(Some(P1.as_bytes()), Some(S1.as_bytes())).unwrap();
     assert_eq!(auth_of(&ix, "k"), &keys);
     assert_eq!(auth_of(&ix, "d"), &keys, "mode defaults to key");
     assert_eq!(
@@ -725,7 +744,7 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
             .any(|r| r.object == "InferenceEndpoint ml/k" && !r.is_problem)
     );
     let dbg = format!("{ix:?}");
-    for secret in ["p1", "s1", SIGNING, "hunter2", "\"x\""] {
+    for secret in [P1, S1, SIGNING, "hunter2", "\"x\""] {
         assert!(!dbg.contains(secret), "Debug prints {secret}");
     }
     assert!(
@@ -739,12 +758,12 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
     ix.apply_secret(&mk_secret(
         "ml",
         "k-keys",
-        &[("primaryKey", "p2"), ("secondaryKey", "s1")],
+        &[("primaryKey", P2), ("secondaryKey", S1)],
     ));
     ix.refresh();
     assert_eq!(
         auth_of(&ix, "k"),
-        &AuthPolicy::keys(Some(b"p2"), Some(b"s1"))
+        &AuthPolicy::keys(Some(P2.as_bytes()), Some(S1.as_bytes())).unwrap()
     );
 
     // A Secret without the needed entries, a short signing key, a deleted Secret: refuse all.
@@ -762,6 +781,23 @@ fn secrets_give_the_keys_and_missing_or_incomplete_ones_fail_closed() {
     assert!(
         msg.contains("Secret ml/t-keys") && msg.contains("signing key is 5 bytes"),
         "{msg}"
+    );
+    // A key shorter than 16 bytes in the Secret: refused, the entry named (never its value).
+    ix.apply_secret(&mk_secret(
+        "ml",
+        "k-keys",
+        &[("primaryKey", P1), ("secondaryKey", "tiny-key")],
+    ));
+    let ch = ix.refresh();
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
+    let c = cond(&status_of(&ch, "ml", "k"), "Ready").clone();
+    assert_eq!(c.reason, "AuthNotConfigured");
+    assert!(
+        c.message.contains("Secret ml/k-keys")
+            && c.message.contains("`secondaryKey` key is 8 bytes")
+            && !c.message.contains("tiny-key"),
+        "{}",
+        c.message
     );
     ix.apply_secret(&mk_secret("ml", "t-keys", &[("signingKey", SIGNING)]));
     ix.refresh();
@@ -1096,4 +1132,141 @@ fn unlabelled_secrets_count_as_absent() {
     ix.apply_secret(&unlabelled);
     ix.refresh();
     assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
+}
+
+// === property tests (fuzzing; `PROPTEST_CASES=100000 cargo test -p infergate-discovery fuzz`) ===
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value (small), for the fields a tenant may fill with anything.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn setting_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            8 => (1u64..100).prop_map(Value::from),
+            4 => (0u64..2_000_000).prop_map(Value::from),
+            1 => Just(json!(u64::MAX)),
+            1 => Just(json!(u32::MAX)),
+            1 => Just(json!(1.8446744073709552e19)),
+            1 => Just(json!(-1)),
+            1 => Just(json!("10")),
+            1 => any::<u64>().prop_map(Value::from),
+        ]
+    }
+
+    fn request_settings() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("requestTimeoutMs"),
+            Just("maxConcurrentRequestsPerInstance"),
+            Just("maxQueueWaitMs"),
+            Just("maxRequestBodyBytes"),
+            Just("maxQueueLength"),
+            Just("ejectionMaxMs"),
+            Just("ejectionBaseMs"),
+            Just("retryBudgetPercent"),
+            Just("requestTimeoutMS"),
+        ];
+        proptest::collection::btree_map(key, setting_value(), 0..4).prop_map(|m| json!(m))
+    }
+
+    fn deployment() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![4 => Just(json!("blue")), 4 => Just(json!("green")), 1 => any_json()],
+            prop_oneof![24 => Just(json!("svc")), 1 => Just(json!("Not_A_Service")), 1 => any_json()],
+            prop_oneof![24 => Just(json!("http")), 1 => Just(json!(70000)), 1 => any_json()],
+            prop_oneof![24 => request_settings(), 1 => any_json()],
+            prop_oneof![24 => Just(json!("/score")), 1 => Just(json!("no-slash")), 1 => any_json()],
+        )
+            .prop_map(|(name, svc, port, settings, path)| {
+                json!({"name": name, "serviceName": svc, "port": port,
+                       "requestSettings": settings, "scoringPath": path})
+            })
+    }
+
+    /// Specs near the schema (most of them), and any JSON at all.
+    fn spec() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => (
+                prop_oneof![
+                    8 => proptest::collection::vec(deployment(), 1..2),
+                    2 => proptest::collection::vec(deployment(), 0..4),
+                ],
+                prop_oneof![12 => Just(json!({})), 2 => Just(json!({"blue": 100})), 1 => any_json()],
+                prop_oneof![12 => Just(json!({"mode": "none"})), 1 => Just(json!({"mode": "keys"})), 1 => any_json()],
+                prop_oneof![12 => Just(json!(true)), 1 => any_json()],
+            )
+                .prop_map(|(deps, traffic, auth, pass)| json!({
+                    "deployments": deps, "traffic": traffic, "auth": auth,
+                    "passAuthorization": pass,
+                })),
+            1 => any_json(),
+        ]
+    }
+
+    proptest! {
+        // 256 cases by default (as `./test.sh` runs them); PROPTEST_CASES sets more.
+        #[test]
+        fn any_inference_endpoint_is_routed_within_the_ceilings_or_refused_naming_a_key(
+            spec in spec(),
+            name in prop_oneof![4 => Just("iris".to_string()), 1 => "\\PC{0,70}"],
+        ) {
+            let mut ix = mk_index();
+            ix.apply_endpoint(&mk_ie("ml", &name, spec.clone(), 1));
+            let ch = ix.refresh();
+            let ceilings = RequestSettingsCeilings::default().entries();
+            match ix.specs().first() {
+                Some(s) => {
+                    for d in &s.deployments {
+                        let values = RequestSettingsCeilings {
+                            request_timeout_ms: d.settings.request_timeout_ms,
+                            max_concurrent_requests_per_instance: d.settings.max_concurrent_requests_per_instance,
+                            max_queue_wait_ms: d.settings.max_queue_wait_ms,
+                            max_request_body_bytes: d.settings.max_request_body_bytes,
+                            max_queue_length: d.settings.max_queue_length,
+                            eject_after_consecutive_failures: d.settings.eject_after_consecutive_failures,
+                            ejection_base_ms: d.settings.ejection_base_ms,
+                            ejection_max_ms: d.settings.ejection_max_ms,
+                            retry_budget_percent: d.settings.retry_budget_percent,
+                        }
+                        .entries();
+                        for ((k, v), (_, max)) in values.iter().zip(&ceilings) {
+                            prop_assert!(v <= max, "{k} = {v} > {max}: {spec}");
+                        }
+                    }
+                }
+                None => {
+                    let Some(u) = ch.statuses.iter().find(|u| u.key.name == name) else {
+                        // A name no object can have (not stored): nothing to report on.
+                        return Ok(());
+                    };
+                    let a = cond(&u.status, "Accepted");
+                    prop_assert_eq!(a.status.as_str(), "False");
+                    prop_assert!(
+                        a.message.contains("spec") || a.message.contains("metadata.name"),
+                        "{}: {spec}", a.message
+                    );
+                    prop_assert!(a.message.contains("fix:"), "{}", a.message);
+                }
+            }
+        }
+    }
 }

@@ -208,38 +208,62 @@ async fn serve_takes_endpoint_keys_from_a_secret_and_logs_why_it_refuses() {
     );
     b.seen_or_wait_line(|l| l.contains("discovery: first full sync"));
     let path = "/api/v1/endpoint/keyed/score";
-    assert_eq!(call(http, bearer(path, "primary-one")).await.status, 401);
+    assert_eq!(
+        call(http, bearer(path, "primary-one-0123456789"))
+            .await
+            .status,
+        401
+    );
 
     // Created: the primary and the secondary work, a wrong key does not.
     api.apply(secret(
         "keyed-keys",
         &[
-            ("primaryKey", "primary-one"),
-            ("secondaryKey", "secondary-one"),
+            ("primaryKey", "primary-one-0123456789"),
+            ("secondaryKey", "secondary-one-0123456789"),
         ],
     ));
     assert!(
         eventually(Duration::from_secs(5), async || {
-            call(http, bearer(path, "primary-one")).await.status == 200
+            call(http, bearer(path, "primary-one-0123456789"))
+                .await
+                .status
+                == 200
         })
         .await
     );
-    assert_eq!(call(http, bearer(path, "secondary-one")).await.status, 200);
-    assert_eq!(call(http, bearer(path, "primary-two")).await.status, 401);
+    assert_eq!(
+        call(http, bearer(path, "secondary-one-0123456789"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(http, bearer(path, "primary-two-0123456789"))
+            .await
+            .status,
+        401
+    );
 
     // Rotated: within 1 s of the update the new primary works and the old one is refused.
     let t0 = std::time::Instant::now();
     api.apply(secret(
         "keyed-keys",
         &[
-            ("primaryKey", "primary-two"),
-            ("secondaryKey", "secondary-one"),
+            ("primaryKey", "primary-two-0123456789"),
+            ("secondaryKey", "secondary-one-0123456789"),
         ],
     ));
     assert!(
         eventually(Duration::from_secs(1), async || {
-            call(http, bearer(path, "primary-two")).await.status == 200
-                && call(http, bearer(path, "primary-one")).await.status == 401
+            call(http, bearer(path, "primary-two-0123456789"))
+                .await
+                .status
+                == 200
+                && call(http, bearer(path, "primary-one-0123456789"))
+                    .await
+                    .status
+                    == 401
         })
         .await,
         "rotation not in effect within 1 s"
@@ -253,8 +277,14 @@ async fn serve_takes_endpoint_keys_from_a_secret_and_logs_why_it_refuses() {
     api.delete("Secret", "ml", "keyed-keys");
     assert!(
         eventually(Duration::from_secs(1), async || {
-            call(http, bearer(path, "primary-two")).await.status == 401
-                && call(http, bearer(path, "secondary-one")).await.status == 401
+            call(http, bearer(path, "primary-two-0123456789"))
+                .await
+                .status
+                == 401
+                && call(http, bearer(path, "secondary-one-0123456789"))
+                    .await
+                    .status
+                    == 401
         })
         .await
     );
@@ -262,7 +292,11 @@ async fn serve_takes_endpoint_keys_from_a_secret_and_logs_why_it_refuses() {
     let (out, err) = tokio::task::spawn_blocking(move || b.finish())
         .await
         .unwrap();
-    for key in ["primary-one", "primary-two", "secondary-one"] {
+    for key in [
+        "primary-one-0123456789",
+        "primary-two-0123456789",
+        "secondary-one-0123456789",
+    ] {
         assert!(!out.contains(key) && !err.contains(key), "{key} logged");
     }
 }

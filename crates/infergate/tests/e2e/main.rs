@@ -6,6 +6,7 @@ mod autoscale;
 mod binary;
 mod check;
 mod discovery;
+mod edge;
 mod ha;
 mod reload;
 mod runner;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use infergate_auth::{AuthMode, AuthPolicy, issue_token, issue_token_at};
+use infergate_auth::{AuthMode, AuthPolicy, issue_token, issue_token_at, issue_token_with};
 
 use crate::support::*;
 
@@ -161,11 +161,11 @@ async fn rotating_keys_by_publishing_specs_takes_effect_on_the_next_request() {
         );
     assert!(eventually(Duration::from_secs(5), async || slow.stats().in_flight == 1).await);
     let mut specs = infergate_proxy::specs_from_config(&cfg_slow);
-    specs[0].auth = AuthPolicy::keys(Some(b"only-this-one"), None);
+    specs[0].auth = AuthPolicy::keys(Some(b"only-this-one-0123"), None).unwrap();
     r.router.publish_specs(&specs);
     assert_eq!(inflight.await.unwrap().status, 200);
     assert_eq!(status(&mut c, PRIMARY).await, 401);
-    assert_eq!(status(&mut c, "only-this-one").await, 200);
+    assert_eq!(status(&mut c, "only-this-one-0123").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,21 +243,79 @@ async fn tokens_expired_for_another_endpoint_tampered_or_malformed_are_refused()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mode_none_serves_everyone_and_passes_the_header_through() {
+async fn mode_none_serves_everyone_and_passes_the_header_only_when_opted_in() {
     let pod = mock("p", 0).await;
     let r = Router::start(&cfg(&format!(
-        "  - name: open\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"], scoringPath: /echo}}]\n",
-        pod.addr()
+        "  - name: open\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{p}\"], scoringPath: /echo}}]\n\
+         \x20 - name: own\n    auth: {{mode: none}}\n    passAuthorization: true\n    deployments: [{{name: d, pods: [\"{p}\"], scoringPath: /echo}}]\n",
+        p = pod.addr()
     )))
     .await;
     assert_eq!(call(r.http(), score("open", None)).await.status, 200);
     let a = call(r.http(), score("open", Some("Bearer model-own-token"))).await;
     assert_eq!(a.status, 200);
+    assert!(
+        a.json()["headers"].get("authorization").is_none(),
+        "removed in mode none too: {}",
+        a.json()
+    );
+    let a = call(r.http(), score("own", Some("Bearer model-own-token"))).await;
     assert_eq!(
         a.json()["headers"]["authorization"],
         "Bearer model-own-token",
-        "with no router auth, the model may do its own"
+        "passAuthorization: the model may do its own"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_is_not_forwarded_to_the_pod() {
+    // Every mode, scoring and swagger alike, removes the caller's credentials before the pod
+    // (a pod's logs or a compromised model never see them), unless the endpoint opts in.
+    let pod = mock("p", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = b"e2e-signing-key-0123456789abcdef-0123456789";
+    let key_file = dir.path().join("signing.key");
+    std::fs::write(&key_file, key).unwrap();
+    let p = pod.addr();
+    let echo = format!(
+        "deployments: [{{name: d, pods: [\"{p}\"], scoringPath: /echo, swaggerPath: /echo}}]"
+    );
+    let r = Router::start(&cfg(&format!(
+        "  - name: k\n    auth: {{primaryKey: \"{PRIMARY}\"}}\n    {echo}\n\
+         \x20 - name: t\n    auth: {{mode: token, signingKeyFile: \"{f}\"}}\n    {echo}\n\
+         \x20 - name: n\n    auth: {{mode: none}}\n    {echo}\n\
+         \x20 - name: kp\n    auth: {{primaryKey: \"{PRIMARY}\"}}\n    passAuthorization: true\n    {echo}\n",
+        f = key_file.display(),
+    )))
+    .await;
+    let token = issue_token("t", Duration::from_secs(600), key).unwrap();
+    let cases = [
+        ("k", format!("Bearer {PRIMARY}")),
+        ("t", format!("Bearer {token}")),
+        ("n", "Bearer anything-at-all".to_string()),
+    ];
+    for (ep, auth) in &cases {
+        for path in ["score", "swagger.json"] {
+            let method = if path == "score" { "POST" } else { "GET" };
+            let q = with_header(
+                req(method, &format!("/api/v1/endpoint/{ep}/{path}"), empty()),
+                auth,
+            );
+            let a = call(r.http(), q).await;
+            assert_eq!(a.status, 200, "{ep} {path}");
+            let up = &a.json()["headers"];
+            assert!(up.get("authorization").is_none(), "{ep} {path}: {up}");
+        }
+    }
+    let a = call(r.http(), score("kp", Some(&format!("Bearer {PRIMARY}")))).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.json()["headers"]["authorization"],
+        format!("Bearer {PRIMARY}"),
+        "passAuthorization: true forwards it (after the router's own check)"
+    );
+    let a = call(r.http(), score("kp", Some("Bearer wrong-key-0123456789"))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,4 +386,96 @@ async fn unknown_endpoint_is_still_404_not_401() {
     call(r.http(), score("unknown", None))
         .await
         .assert_error(404, "EndpointNotFound");
+}
+
+/// A router with one token-mode endpoint `tok` (and `extra` top-level keys); its signing key.
+async fn token_router(
+    extra: &str,
+) -> (
+    Router,
+    mock_model::MockHandle,
+    tempfile::TempDir,
+    &'static [u8],
+) {
+    let pod = mock("p", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key: &'static [u8] = b"e2e-signing-key-0123456789abcdef-0123456789";
+    let key_file = dir.path().join("signing.key");
+    std::fs::write(&key_file, key).unwrap();
+    let r = Router::start(&format!(
+        "{extra}{}",
+        cfg(&format!(
+            "  - name: tok\n    auth: {{mode: token, signingKeyFile: \"{}\"}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            key_file.display(),
+            pod.addr()
+        ))
+    ))
+    .await;
+    (r, pod, dir, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_not_yet_valid_is_refused() {
+    let (r, pod, _dir, key) = token_router("").await;
+    let now = SystemTime::now();
+    let later = issue_token_with(
+        "tok",
+        now,
+        Some(now + Duration::from_secs(600)),
+        now + Duration::from_secs(1200),
+        key,
+    )
+    .unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {later}")))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid yet"),
+        "{}",
+        a.json()
+    );
+    let started = issue_token_with(
+        "tok",
+        now,
+        Some(now - Duration::from_secs(5)),
+        now + Duration::from_secs(600),
+        key,
+    )
+    .unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {started}")))).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(pod.stats().served, 1);
+    let t = metrics_text(&r).await;
+    assert_eq!(failures(&t, "tok", "not_yet_valid"), 1.0, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_with_too_long_lifetime_is_refused() {
+    // A year-long token is a standing key if stolen: refused above maxTokenLifetimeSeconds.
+    let (r, pod, _dir, key) = token_router("").await;
+    let year = issue_token("tok", Duration::from_secs(365 * 86_400), key).unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {year}")))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
+    let hour = issue_token("tok", Duration::from_secs(3600), key).unwrap();
+    assert_eq!(
+        call(r.http(), score("tok", Some(&format!("Bearer {hour}"))))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        failures(&metrics_text(&r).await, "tok", "lifetime_too_long"),
+        1.0
+    );
+
+    // A tighter cap from the configuration.
+    let (r, _pod2, _dir2, key) = token_router("maxTokenLifetimeSeconds: 600\n").await;
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {hour}")))).await;
+    assert_401(&a, "Bearer error=\"invalid_token\"");
+    let short = issue_token("tok", Duration::from_secs(300), key).unwrap();
+    let a = call(r.http(), score("tok", Some(&format!("Bearer {short}")))).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(pod.stats().served, 1);
 }
