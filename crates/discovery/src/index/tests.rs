@@ -1113,7 +1113,7 @@ fn unlabelled_secrets_count_as_absent() {
                "auth": {"mode": "key", "secretName": "k-keys"}}),
         0,
     ));
-    let mut unlabelled = mk_secret("ml", "k-keys", &[("primaryKey", "p1")]);
+    let mut unlabelled = mk_secret("ml", "k-keys", &[("primaryKey", P1)]);
     unlabelled.metadata.labels = None;
     ix.apply_secret(&unlabelled);
     let ch = ix.refresh();
@@ -1126,9 +1126,9 @@ fn unlabelled_secrets_count_as_absent() {
         "{m}"
     );
     // Labelled: used. The label removed again: forgotten.
-    ix.apply_secret(&mk_secret("ml", "k-keys", &[("primaryKey", "p1")]));
+    ix.apply_secret(&mk_secret("ml", "k-keys", &[("primaryKey", P1)]));
     ix.refresh();
-    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::keys(Some(b"p1"), None));
+    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::keys(Some(P1.as_bytes()), None).unwrap());
     ix.apply_secret(&unlabelled);
     ix.refresh();
     assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());
