@@ -321,7 +321,7 @@ impl Index {
     /// Call before any slice is applied.
     pub fn set_slice_managers(&mut self, managers: Vec<String>) {
         self.slice_managers = managers;
-}
+    }
 
     /// Refuses `requestSettings` overrides above `ceilings` (the router's
     /// `requestSettingsCeilings`; the defaults otherwise): the object is not routed and its

@@ -1128,7 +1128,10 @@ fn unlabelled_secrets_count_as_absent() {
     // Labelled: used. The label removed again: forgotten.
     ix.apply_secret(&mk_secret("ml", "k-keys", &[("primaryKey", P1)]));
     ix.refresh();
-    assert_eq!(auth_of(&ix, "k"), &AuthPolicy::keys(Some(P1.as_bytes()), None).unwrap());
+    assert_eq!(
+        auth_of(&ix, "k"),
+        &AuthPolicy::keys(Some(P1.as_bytes()), None).unwrap()
+    );
     ix.apply_secret(&unlabelled);
     ix.refresh();
     assert_eq!(auth_of(&ix, "k"), &AuthPolicy::default());

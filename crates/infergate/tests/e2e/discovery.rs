@@ -533,7 +533,7 @@ async fn unlabelled_secret_is_never_read() {
     // The Secret the endpoint names, not labelled yet, and an unrelated one of the namespace.
     api.apply(unlabelled_secret(
         "vault-keys",
-        &[("primaryKey", "key-one")],
+        &[("primaryKey", "key-one-0123456789")],
     ));
     api.apply(unlabelled_secret(
         "database",
@@ -541,7 +541,10 @@ async fn unlabelled_secret_is_never_read() {
     ));
     let (b, http, _admin, _dir) = serve_kube(&api);
     let path = "/api/v1/endpoint/vault/score";
-    assert_eq!(call(http, bearer(path, "key-one")).await.status, 401);
+    assert_eq!(
+        call(http, bearer(path, "key-one-0123456789")).await.status,
+        401
+    );
     assert!(
         eventually(Duration::from_secs(10), async || {
             let c = condition(&api, "vault", "Ready");
@@ -574,21 +577,24 @@ async fn unlabelled_secret_is_never_read() {
     }
 
     // Labelled: read, and the key works.
-    api.apply(secret("vault-keys", &[("primaryKey", "key-one")]));
+    api.apply(secret(
+        "vault-keys",
+        &[("primaryKey", "key-one-0123456789")],
+    ));
     assert!(
         eventually(Duration::from_secs(10), async || {
-            call(http, bearer(path, "key-one")).await.status == 200
+            call(http, bearer(path, "key-one-0123456789")).await.status == 200
         })
         .await
     );
     // The label removed: forgotten again (the watch sees it leave the selector).
     api.apply(unlabelled_secret(
         "vault-keys",
-        &[("primaryKey", "key-one")],
+        &[("primaryKey", "key-one-0123456789")],
     ));
     assert!(
         eventually(Duration::from_secs(10), async || {
-            call(http, bearer(path, "key-one")).await.status == 401
+            call(http, bearer(path, "key-one-0123456789")).await.status == 401
         })
         .await
     );
@@ -596,7 +602,7 @@ async fn unlabelled_secret_is_never_read() {
     let (out, err) = tokio::task::spawn_blocking(move || b.finish())
         .await
         .unwrap();
-    for v in ["key-one", "hunter2"] {
+    for v in ["key-one-0123456789", "hunter2"] {
         assert!(!out.contains(v) && !err.contains(v), "{v} logged");
     }
 }
@@ -606,9 +612,12 @@ async fn settled_memory(api: &FakeApiServer) -> (u64, u64) {
     let (b, http, _admin, _dir) = serve_kube(api);
     for _ in 0..5 {
         assert_eq!(
-            call(http, bearer("/api/v1/endpoint/mem/score", "k"))
-                .await
-                .status,
+            call(
+                http,
+                bearer("/api/v1/endpoint/mem/score", "mem-key-0123456789")
+            )
+            .await
+            .status,
             200
         );
     }
@@ -638,7 +647,7 @@ async fn many_large_unrelated_secrets_do_not_grow_memory() {
             Some(CONTROLLER),
             pod_endpoint("ml", "mem-0"),
         ));
-        api.apply(secret("mem-keys", &[("primaryKey", "k")]));
+        api.apply(secret("mem-keys", &[("primaryKey", "mem-key-0123456789")]));
     };
 
     let empty = FakeApiServer::start().await;
