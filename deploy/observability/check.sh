@@ -149,7 +149,8 @@ endpoint() { # endpoint NAME AUTH DEPLOYMENTS [TRAFFIC]
 }
 slice() { # slice NAME SERVICE PORT READY
     post "$ES" "{\"apiVersion\": \"discovery.k8s.io/v1\", \"kind\": \"EndpointSlice\",
-        \"metadata\": {\"name\": \"$1\", \"namespace\": \"ml\", \"labels\": {\"kubernetes.io/service-name\": \"$2\"}},
+        \"metadata\": {\"name\": \"$1\", \"namespace\": \"ml\", \"labels\": {\"kubernetes.io/service-name\": \"$2\",
+            \"endpointslice.kubernetes.io/managed-by\": \"endpointslice-controller.k8s.io\"}},
         \"addressType\": \"IPv4\", \"ports\": [{\"name\": \"http\", \"port\": $3, \"protocol\": \"TCP\"}],
         \"endpoints\": [{\"addresses\": [\"127.0.0.1\"], \"conditions\": {\"ready\": $4},
                          \"targetRef\": {\"kind\": \"Pod\", \"name\": \"$1\", \"namespace\": \"ml\"}}]}"
@@ -164,8 +165,8 @@ endpoint flaky "$NONE" '[{"name": "d", "serviceName": "flaky",
 endpoint keyed '{"mode": "key", "secretName": "keyed-keys"}' '[{"name": "d", "serviceName": "iris-green"}]'
 endpoint empty "$NONE" '[{"name": "d", "serviceName": "empty"}]'
 post /api/v1/namespaces/ml/secrets "{\"apiVersion\": \"v1\", \"kind\": \"Secret\",
-    \"metadata\": {\"name\": \"keyed-keys\", \"namespace\": \"ml\"},
-    \"data\": {\"primaryKey\": \"$(printf 'check-%s' "$RANDOM$RANDOM" | base64)\"}}"
+    \"metadata\": {\"name\": \"keyed-keys\", \"namespace\": \"ml\", \"labels\": {\"infergate.io/auth\": \"true\"}},
+    \"data\": {\"primaryKey\": \"$(printf 'check-key-%s-%s' "$RANDOM$RANDOM" "$RANDOM$RANDOM" | base64)\"}}"
 slice iris-blue-1 iris-blue "${POD[blue1]}" true
 slice iris-blue-2 iris-blue "${POD[blue2]}" true
 slice iris-green iris-green "${POD[green]}" true
