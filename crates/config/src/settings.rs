@@ -80,6 +80,15 @@ request_settings! {
     ejection_max_ms ("ejectionMaxMs"): u64 = 300_000;
     /// Retries (of requests whose connection never opened) allowed, as a percentage of requests.
     retry_budget_percent ("retryBudgetPercent"): u32 = 20;
+    /// Longest gap between body frames, either direction (the client's request body or the
+    /// answer going out to it), in milliseconds; then the exchange ends and its slot is freed.
+    /// Not counted while the pod computes its response head (`requestTimeoutMs` bounds that).
+    /// 0: off.
+    stream_idle_timeout_ms ("streamIdleTimeoutMs"): u64 = 60_000;
+    /// Longest whole exchange, from the request head to the end of the response body, in
+    /// milliseconds; then it ends as `streamIdleTimeoutMs` does. A cap for clients that read a
+    /// byte just often enough to stay under the idle timeout. 0: off.
+    max_stream_duration_ms ("maxStreamDurationMs"): u64 = 3_600_000;
 }
 
 /// Request settings with every value filled in.
