@@ -9,6 +9,7 @@ mod cancel;
 mod errors;
 mod headers;
 mod routing;
+mod slow_clients;
 mod streaming;
 mod support;
 mod tls;
