@@ -676,6 +676,17 @@ fn validate_settings(key: &str, s: &ResolvedSettings) -> Result<(), ConfigError>
             "use 0 (no retries) to 100; the default is 20",
         ));
     }
+    if s.max_stream_duration_ms != 0 && s.max_stream_duration_ms < s.request_timeout_ms {
+        return Err(ConfigError::invalid(
+            format!("{key}.maxStreamDurationMs"),
+            s.max_stream_duration_ms,
+            format!(
+                "shorter than requestTimeoutMs ({}): exchanges would end before the pod may answer",
+                s.request_timeout_ms
+            ),
+            "make maxStreamDurationMs at least requestTimeoutMs, or 0 for no cap",
+        ));
+    }
     if s.max_request_body_bytes == 0 {
         return Err(ConfigError::invalid(
             format!("{key}.maxRequestBodyBytes"),

@@ -85,7 +85,9 @@ macro_rules! request_settings {
             /// `spec.deployments[0].requestSettings`).
             pub fn check(&self, key: &str, s: &RequestSettings) -> Result<(), ConfigError> {
                 $(
-                    if let Some(v) = s.$field && v > self.$field {
+                    if let Some(v) = s.$field
+                        && (v > self.$field || (v == 0 && ZERO_IS_OFF.contains(&$key)))
+                    {
                         return Err(above_ceiling(key, $key, u64::from(v), self.$field, false));
                     }
                 )*
@@ -108,6 +110,14 @@ macro_rules! request_settings {
             }
         }
 
+        impl Defaults {
+            /// Every setting's YAML key with its value, in field order (as
+            /// [`RequestSettingsCeilings::entries`]).
+            pub fn entries(&self) -> Vec<(&'static str, u64)> {
+                vec![$(($key, u64::from(self.$field)),)*]
+            }
+        }
+
         /// `--set defaults.KEY=VALUE`: every key of [`Defaults`].
         pub(crate) const DEFAULTS_SETTABLE: &[Settable] = settable! {
             $(concat!("defaults.", $key) => defaults.$field;)*
@@ -119,6 +129,10 @@ macro_rules! request_settings {
         };
     };
 }
+
+/// Settings whose 0 turns their timer off: no limit at all, so an override of 0 is above any
+/// ceiling (a tenant may not switch off the router's stream timers).
+const ZERO_IS_OFF: [&str; 2] = ["streamIdleTimeoutMs", "maxStreamDurationMs"];
 
 fn above_ceiling(
     key: &str,
@@ -137,12 +151,14 @@ fn above_ceiling(
             "use at most {ceiling}; the router's operator can raise requestSettingsCeilings.{setting}"
         )
     };
-    ConfigError::invalid(
-        format!("{key}.{setting}"),
-        value,
-        format!("above the router's ceiling of {ceiling} (requestSettingsCeilings.{setting})"),
-        fix,
-    )
+    let why = if value == 0 {
+        format!(
+            "0 turns the timer off, which lifts the router's ceiling of {ceiling} (requestSettingsCeilings.{setting})"
+        )
+    } else {
+        format!("above the router's ceiling of {ceiling} (requestSettingsCeilings.{setting})")
+    };
+    ConfigError::invalid(format!("{key}.{setting}"), value, why, fix)
 }
 
 request_settings! {
@@ -164,6 +180,16 @@ request_settings! {
     ejection_max_ms ("ejectionMaxMs"): u64 = 300_000, ceiling 3_600_000;
     /// Retries (of requests whose connection never opened) allowed, as a percentage of requests.
     retry_budget_percent ("retryBudgetPercent"): u32 = 20, ceiling 100;
+    /// Longest gap between body frames, either direction (the client's request body or the
+    /// answer going out to it), in milliseconds; then the exchange ends and its slot is freed.
+    /// Not counted while the pod computes its response head (`requestTimeoutMs` bounds that).
+    /// 0: off (in `defaults` only: an override of 0 would lift the ceiling and is refused).
+    stream_idle_timeout_ms ("streamIdleTimeoutMs"): u64 = 60_000, ceiling 3_600_000;
+    /// Longest whole exchange, from the request head to the end of the response body, in
+    /// milliseconds; then it ends as `streamIdleTimeoutMs` does. A cap for clients that read a
+    /// byte just often enough to stay under the idle timeout. 0: off (in `defaults` only, as
+    /// for `streamIdleTimeoutMs`).
+    max_stream_duration_ms ("maxStreamDurationMs"): u64 = 3_600_000, ceiling 86_400_000;
 }
 
 /// Request settings with every value filled in.

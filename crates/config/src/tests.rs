@@ -60,6 +60,8 @@ fn every_key_has_its_default() {
     assert_eq!(c.defaults.max_concurrent_requests_per_instance, 1);
     assert_eq!(c.defaults.max_queue_wait_ms, 500);
     assert_eq!(c.defaults.max_request_body_bytes, 104_857_600);
+    assert_eq!(c.defaults.stream_idle_timeout_ms, 60_000);
+    assert_eq!(c.defaults.max_stream_duration_ms, 3_600_000);
     assert_eq!(c.drain_timeout_ms, 30_000);
     let c = mk("allowInsecureConnections: true\nendpoints: [{name: a, deployments: [{name: d}]}]")
         .unwrap();
@@ -233,6 +235,8 @@ fn every_defaults_key_is_settable() {
             "ejectionBaseMs",
             "ejectionMaxMs",
             "retryBudgetPercent",
+            "streamIdleTimeoutMs",
+            "maxStreamDurationMs",
         ]
     );
     for n in names {
@@ -430,6 +434,27 @@ fn admission_settings_and_mirror_are_checked() {
     assert!(
         e.contains("defaults.retryBudgetPercent") && e.contains("150"),
         "{e}"
+    );
+    let e = err_text(&format!(
+        "{INSECURE}endpoints: [{{name: e, deployments: [{{name: a, requestSettings: {{requestTimeoutMs: 9000, maxStreamDurationMs: 8000}}}}]}}]"
+    ));
+    assert!(
+        e.contains("endpoints[0].deployments[0].requestSettings.maxStreamDurationMs")
+            && e.contains("`8000`")
+            && e.contains("requestTimeoutMs (9000)"),
+        "{e}"
+    );
+    // 0 turns either stream timer off.
+    let c = mk(&format!(
+        "{INSECURE}defaults: {{streamIdleTimeoutMs: 0, maxStreamDurationMs: 0}}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.defaults.stream_idle_timeout_ms,
+            c.defaults.max_stream_duration_ms
+        ),
+        (0, 0)
     );
     let c = mk(&format!("{INSECURE}defaults: {{maxQueueLength: 0}}\nendpoints: [{{name: e, deployments: [{{name: a, requestSettings: {{retryBudgetPercent: 0}}}}]}}]")).unwrap();
     let s = c.resolved_settings(&c.endpoints[0].deployments[0]);
@@ -656,18 +681,7 @@ mod fuzz {
                 Ok(c) => {
                     let limits = c.request_settings_ceilings.entries();
                     let s = c.resolved_settings(&c.endpoints[0].deployments[0]);
-                    let values = RequestSettingsCeilings {
-                        request_timeout_ms: s.request_timeout_ms,
-                        max_concurrent_requests_per_instance: s.max_concurrent_requests_per_instance,
-                        max_queue_wait_ms: s.max_queue_wait_ms,
-                        max_request_body_bytes: s.max_request_body_bytes,
-                        max_queue_length: s.max_queue_length,
-                        eject_after_consecutive_failures: s.eject_after_consecutive_failures,
-                        ejection_base_ms: s.ejection_base_ms,
-                        ejection_max_ms: s.ejection_max_ms,
-                        retry_budget_percent: s.retry_budget_percent,
-                    }
-                    .entries();
+                    let values = s.entries();
                     for ((k, v), (_, max)) in values.iter().zip(&limits) {
                         prop_assert!(v <= max, "{k} = {v} above {max}\n{yaml}");
                     }

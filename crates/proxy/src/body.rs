@@ -4,12 +4,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::watchdog::{self, StreamTimer};
 
 /// Errors from bodies, as hyper takes them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,14 +21,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// A stream timer fired while the request body was on its way to the pod; the upload is cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was cut off: {} passed", .0.key())]
+pub struct BodyTimedOut(pub StreamTimer);
+
 /// What the request's bookkeeping needs to know about the client's body while the body itself
-/// belongs to the upstream connection: its size up front, and the bytes read so far (for the
-/// access log).
+/// belongs to the upstream connection: its size up front, the bytes read so far (for the access
+/// log), and whether a stream timer cut it off.
 #[derive(Debug)]
 pub struct RequestShared {
     hint: SizeHint,
     empty: bool,
     bytes_in: AtomicU64,
+    /// [`StreamTimer::code`] of the timer that ended the exchange, else 0.
+    cut: AtomicU8,
 }
 
 impl RequestShared {
@@ -36,7 +45,16 @@ impl RequestShared {
             hint: body.size_hint(),
             empty: body.is_end_stream(),
             bytes_in: AtomicU64::new(0),
+            cut: AtomicU8::new(0),
         })
+    }
+    /// A stream timer ended the exchange: the rest of the body is refused (the upload to the pod
+    /// fails), wherever it is polled from.
+    pub(crate) fn cut(&self, timer: StreamTimer) {
+        self.cut.store(timer.code(), Ordering::Relaxed);
+    }
+    fn is_cut(&self) -> Option<StreamTimer> {
+        StreamTimer::from_code(self.cut.load(Ordering::Relaxed))
     }
     /// Bytes of the client's body read so far.
     pub fn bytes_in(&self) -> u64 {
@@ -210,12 +228,23 @@ impl Body for RequestBody {
             Source::Streaming(b) => b,
             Source::Buffered(q) => return Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
         };
+        // A stream timer fired (seen here during the exchange's last turn, or later from a drain
+        // task): the upload fails, so that the pod's connection closes instead of waiting.
+        let cut = watchdog::fired().or_else(|| this.shared.as_ref().and_then(|s| s.is_cut()));
+        if let Some(timer) = cut {
+            this.tee = None;
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut(timer)))));
+        }
         let next = match this.first.take() {
             Some(f) => Some(f),
             None => ready!(Pin::new(&mut *inner).poll_frame(cx)),
         };
         match next {
             Some(Ok(frame)) => {
+                watchdog::progress();
+                if inner.is_end_stream() {
+                    watchdog::request_body_ended();
+                }
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
                     if let Some(s) = &this.shared {
@@ -243,6 +272,7 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             None => {
+                watchdog::request_body_ended();
                 if let Some(t) = this.tee.take() {
                     t.finish();
                 }

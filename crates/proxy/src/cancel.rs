@@ -5,9 +5,12 @@
 //! exchange in progress (or the response body still streaming) moves, with the request's
 //! context, to a task of its own that reads the pod's answer to its end and discards it (the
 //! connection then goes back to the pool), or gives up at the request's deadline
-//! (`requestTimeoutMs` from the start of the upstream exchange) and closes the connection. The
+//! (`requestTimeoutMs` from the start of the upstream exchange) and closes the connection (shut
+//! for writing first, then read until the pod has closed its side too, for at most a second, so
+//! that the pod has let the request go before its slot is given to another request). The
 //! access log line (`outcome: client_cancelled`, `held_ms`: how long the pod kept going) is
-//! written then, and the slot freed after it.
+//! written then, and the slot freed after it. A stream timer (`watchdog.rs`) that ends an
+//! exchange hands it over the same way; the outcome is then the timer.
 //!
 //! Only a cancellation spawns or allocates: on the normal path the guard below is a few words
 //! on the request's own future, and hyper's response future waits in a box owned by the
@@ -17,8 +20,12 @@ use http_body_util::BodyExt;
 use infergate_balance::Outcome;
 use tokio::time::Instant;
 
-use crate::response::{CLIENT_CANCELLED, RequestCtx};
-use crate::upstream::{Exchange, UpstreamBody};
+use crate::response::RequestCtx;
+use crate::upstream::{Exchange, SendError, UpstreamBody};
+
+/// How long a given-up pod connection is read after it was shut for writing, waiting for the pod
+/// to close its side (see `Checkout::close`).
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An exchange with a pod in progress, owned by the request's future. Dropped while the response
 /// head is still awaited (the client went away), it hands the exchange and the request's context
@@ -61,17 +68,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The client left while the pod's body was still streaming: the body is read to its end (or
-/// the deadline) on a task of its own, then the request is finished.
+/// The client left (or a stream timer ended the exchange) while the pod's body was still
+/// streaming: the body is read to its end (or the deadline) on a task of its own, then the
+/// request is finished, with the outcome already set (`client_cancelled` or the timer).
 pub(crate) fn drain_body(body: UpstreamBody, mut ctx: RequestCtx) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        ctx.finish(CLIENT_CANCELLED);
         return;
     };
     ctx.cancelled_at = Some(Instant::now());
     rt.spawn(async move {
         finish_body(body, &ctx).await;
-        ctx.finish(CLIENT_CANCELLED);
+        drop(ctx);
     });
 }
 
@@ -79,12 +86,14 @@ pub(crate) fn drain_body(body: UpstreamBody, mut ctx: RequestCtx) {
 async fn drain_exchange(mut exchange: Exchange, mut ctx: RequestCtx, sent: Instant) {
     let deadline = ctx.deadline.expect("set before the exchange");
     let head = tokio::time::timeout_at(deadline, &mut exchange).await;
-    // The pod's health and latency learn from the answer as on the normal path.
+    // The pod's health and latency learn from the answer as on the normal path; a failure of
+    // the client's own body (cut off) is not the pod's.
     let outcome = match &head {
-        Ok(Ok(resp)) if !resp.status().is_server_error() => Outcome::Success(sent.elapsed()),
-        _ => Outcome::Failure,
+        Ok(Ok(resp)) if !resp.status().is_server_error() => Some(Outcome::Success(sent.elapsed())),
+        Ok(Err(SendError::Failed(e) | SendError::NotSent { error: e, .. })) if e.is_user() => None,
+        _ => Some(Outcome::Failure),
     };
-    if let (Some(dep), Some(lease)) = (&ctx.dep, &ctx.lease) {
+    if let (Some(dep), Some(lease), Some(outcome)) = (&ctx.dep, &ctx.lease, outcome) {
         dep.report(lease, outcome);
     }
     match head {
@@ -98,13 +107,14 @@ async fn drain_exchange(mut exchange: Exchange, mut ctx: RequestCtx, sent: Insta
         }
         Ok(Err(_)) => {}
         // The deadline passed: the connection closes here, before the slot is freed.
-        Err(_) => drop(exchange),
+        Err(_) => exchange.close(CLOSE_GRACE).await,
     }
-    ctx.finish(CLIENT_CANCELLED);
+    // Finished with the outcome set when it was handed over (`client_cancelled` or the timer).
+    drop(ctx);
 }
 
 /// Reads `body` to its end and discards it (its connection then goes back to the pool), or
-/// drops it at the request's deadline (closing the connection).
+/// gives it up at the request's deadline (closing the connection).
 async fn finish_body(mut body: UpstreamBody, ctx: &RequestCtx) {
     let read = async {
         while let Some(frame) = body.frame().await {
@@ -113,11 +123,10 @@ async fn finish_body(mut body: UpstreamBody, ctx: &RequestCtx) {
             }
         }
     };
-    match ctx.deadline {
-        Some(d) => {
-            let _ = tokio::time::timeout_at(d, read).await;
-        }
-        None => read.await,
+    let Some(d) = ctx.deadline else {
+        return read.await;
+    };
+    if tokio::time::timeout_at(d, read).await.is_err() {
+        body.close(CLOSE_GRACE).await;
     }
-    drop(body);
 }

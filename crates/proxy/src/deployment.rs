@@ -21,9 +21,11 @@ use crate::metrics::{
     ADMISSION_REJECTION_REASONS, ADMISSION_REJECTIONS_TOTAL, DEPLOYMENT_BUSY_SLOTS,
     DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_SLOTS, DEPLOYMENT_UTILIZATION,
     MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
-    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
+    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, STREAM_TIMEOUTS_TOTAL,
+    UPSTREAM_DURATION_SECONDS,
 };
 use crate::upstream::{ConnPool, Upstream};
+use crate::watchdog::StreamTimer;
 
 /// How a deployment's request settings drive its pool. `cold_start_wait`: `Some` for a
 /// deployment with `scaleSettings` (it may be scaled to zero; requests then wait that long for a
@@ -521,6 +523,8 @@ pub(crate) struct DeploymentMetrics {
     pub(crate) upstream: Histogram,
     /// Requests whose client went away before the answer ended.
     pub(crate) cancelled: Counter,
+    /// Requests ended by each stream timer (idle, max duration).
+    stream_timeouts: [Counter; 2],
     queue_wait: Histogram,
     /// Admission refusals, in the order of [`ADMISSION_REJECTION_REASONS`].
     rejected: [Counter; 5],
@@ -552,6 +556,16 @@ impl DeploymentMetrics {
             duration: registry.histogram(REQUEST_DURATION_SECONDS, &l),
             upstream: registry.histogram(UPSTREAM_DURATION_SECONDS, &l),
             cancelled: registry.counter(REQUESTS_CANCELLED_TOTAL, &l),
+            stream_timeouts: [StreamTimer::Idle, StreamTimer::MaxDuration].map(|t| {
+                registry.counter(
+                    STREAM_TIMEOUTS_TOTAL,
+                    &[
+                        ("endpoint", endpoint),
+                        ("deployment", deployment),
+                        ("timer", t.outcome()),
+                    ],
+                )
+            }),
             queue_wait: registry.histogram(QUEUE_WAIT_SECONDS, &l),
             rejected: ADMISSION_REJECTION_REASONS.map(|reason| {
                 registry.counter(
@@ -585,6 +599,11 @@ impl DeploymentMetrics {
             _ => 4,
         };
         &self.rejected[i]
+    }
+
+    /// The counter of requests `timer` ended.
+    pub(crate) fn stream_timeout(&self, timer: StreamTimer) -> &Counter {
+        &self.stream_timeouts[timer.code() as usize - 1]
     }
 
     /// The mirror counter for `result`.

@@ -6,6 +6,8 @@ use infergate_auth::AuthFailure;
 use infergate_balance::AcquireError;
 use infergate_routing::RouteError;
 
+use crate::watchdog::StreamTimer;
+
 /// A failure answered by the router rather than by a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -45,6 +47,15 @@ pub enum ProxyError {
         /// The header name (cut to 64 characters).
         name: String,
     },
+    /// A stream timer ended the exchange while the request body was still coming (the client's
+    /// upload stalled, or the exchange outlived `maxStreamDurationMs`).
+    #[error("the request did not complete: {} ({ms} ms) passed", timer.key())]
+    StreamTimeout {
+        /// The timer that fired.
+        timer: StreamTimer,
+        /// Its setting in milliseconds.
+        ms: u64,
+    },
     /// The endpoint's authentication refused the request (no key or token in the message).
     #[error("{reason}")]
     Unauthorized {
@@ -83,6 +94,13 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "UpstreamConnectFailed"),
             ProxyError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UpstreamFailed"),
+            ProxyError::StreamTimeout { timer, .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                match timer {
+                    StreamTimer::Idle => "StreamIdleTimeout",
+                    StreamTimer::MaxDuration => "MaxStreamDuration",
+                },
+            ),
             ProxyError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ProxyError::InvalidHeaderName { .. } => (StatusCode::BAD_REQUEST, "InvalidHeaderName"),
         }

@@ -13,7 +13,7 @@ use infergate_balance::Outcome;
 use infergate_routing::Action;
 use tokio::time::Instant;
 
-use crate::body::{BodyTooLarge, FirstFrame, RequestBody, RequestShared};
+use crate::body::{BodyTimedOut, BodyTooLarge, FirstFrame, RequestBody, RequestShared};
 use crate::cancel::InFlight;
 use crate::endpoint::{Deployment, Endpoint};
 use crate::error::ProxyError;
@@ -21,6 +21,7 @@ use crate::headers::{Forwarding, X_MS_CLIENT_REQUEST_ID, rewrite_request};
 use crate::mirror;
 use crate::response::RequestCtx;
 use crate::upstream::{ConnectError, SendError, UpstreamBody};
+use crate::watchdog;
 
 /// Where a connection came from and over what.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +108,12 @@ pub(crate) async fn send(
         req.headers_mut().insert(header::HOST, conn.host());
         let sent = Instant::now();
         ctx.deadline = Some(deadline);
+        // The stream timers watch the exchange from here (see `watchdog.rs`).
+        watchdog::begin(
+            settings,
+            ctx.start,
+            !http_body::Body::is_end_stream(req.body()),
+        );
         // From here the request may reach the pod: a client that leaves now does not free the
         // slot until the pod is done (the guard hands the exchange on, see `cancel.rs`).
         let res = {
@@ -138,8 +145,10 @@ pub(crate) async fn send(
                 ..
             })) => req = back,
             Ok(Err(SendError::NotSent { error: e, .. } | SendError::Failed(e))) => {
-                state.report(lease, Outcome::Failure);
-                return Err(classify(&e, settings.max_request_body_bytes));
+                if !e.is_user() {
+                    state.report(lease, Outcome::Failure);
+                }
+                return Err(classify(&e, settings));
             }
             Err(_) => {
                 state.report(lease, Outcome::Failure);
@@ -157,12 +166,22 @@ pub(crate) fn deadline_after(d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
-/// Maps a failed exchange with a pod to the failure it stands for.
-fn classify(e: &hyper::Error, limit: u64) -> ProxyError {
+/// Maps a failed exchange with a pod to the failure it stands for. A failure of the client's
+/// own body (too large, cut off by a stream timer: hyper's [`is_user`](hyper::Error::is_user))
+/// is not held against the pod.
+fn classify(e: &hyper::Error, settings: &infergate_config::ResolvedSettings) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return ProxyError::PayloadTooLarge { limit };
+            return ProxyError::PayloadTooLarge {
+                limit: settings.max_request_body_bytes,
+            };
+        }
+        if let Some(BodyTimedOut(timer)) = s.downcast_ref::<BodyTimedOut>() {
+            return ProxyError::StreamTimeout {
+                timer: *timer,
+                ms: timer.ms(settings),
+            };
         }
         src = s.source();
     }

@@ -13,6 +13,7 @@
 //! | the pod connection | `upstream.rs` |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
+//! | a client that stalls: the stream timers, outside the request's own future | `watchdog.rs` |
 
 pub mod body;
 mod cancel;
@@ -27,6 +28,7 @@ mod response;
 mod router;
 mod server;
 mod upstream;
+mod watchdog;
 
 pub use deployment::{DeploymentState, pool_settings};
 pub use endpoint::{EndpointState, Table};
@@ -41,6 +43,7 @@ pub use infergate_spec::{
 pub use response::{MAX_LOGGED_BYTES, ProxyBody, RequestCtx, clip_for_log, error_response};
 pub use router::Router;
 pub use server::{Server, StartError};
+pub use watchdog::StreamTimer;
 
 /// The router is what sources (static configuration, discovery) publish to.
 impl PublishSpecs for Router {

@@ -48,6 +48,9 @@ pub const POD_EJECTIONS_TOTAL: &str = "infergate_pod_ejections_total";
 pub const MIRROR_REQUESTS_TOTAL: &str = "infergate_mirror_requests_total";
 /// Requests whose client went away before the answer ended, by `endpoint` and `deployment`.
 pub const REQUESTS_CANCELLED_TOTAL: &str = "infergate_requests_cancelled_total";
+/// Requests ended by a stream timer, by `endpoint`, `deployment` and `timer`
+/// (`stream_idle_timeout`, `max_stream_duration`).
+pub const STREAM_TIMEOUTS_TOTAL: &str = "infergate_stream_timeouts_total";
 /// Certificate reload attempts, by `result` (`ok` / `failed`).
 pub use infergate_tls::CERT_RELOADS_TOTAL;
 
@@ -129,6 +132,11 @@ pub const FAMILIES: &[Describe] = &[
         REQUESTS_CANCELLED_TOTAL,
         Kind::Counter,
         "Requests whose client went away before the answer ended (queued, at the pod, or mid-body), by endpoint and deployment; one that reached a pod keeps its slot until the pod is done or requestTimeoutMs passes.",
+    ),
+    Describe::new(
+        STREAM_TIMEOUTS_TOTAL,
+        Kind::Counter,
+        "Requests ended by a stream timer (the client stopped reading or sending), by endpoint, deployment and timer (stream_idle_timeout: streamIdleTimeoutMs without a body frame; max_stream_duration: the exchange outlived maxStreamDurationMs).",
     ),
     Describe::new(
         MIRROR_REQUESTS_TOTAL,

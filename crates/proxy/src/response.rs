@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body::{Body, Frame, SizeHint};
+use infergate_balance::PodState;
 use infergate_metrics::Gauge;
 use tokio::time::Instant;
 
@@ -20,6 +21,7 @@ use crate::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop,
 };
 use crate::upstream::UpstreamBody;
+use crate::watchdog::{self, StreamTimer};
 
 /// What every request reports to, whatever it became: the in-flight gauge, and the status
 /// counters of requests that never reached a deployment.
@@ -44,14 +46,17 @@ pub struct RequestCtx {
     pub(crate) method: Method,
     /// The client's URI (the request sent upstream carries the pod's).
     pub(crate) uri: Uri,
-    start: Instant,
+    pub(crate) start: Instant,
     metrics: Arc<RequestMetrics>,
     /// The endpoint, once the URL has named a known one.
     pub(crate) endpoint: Option<Arc<str>>,
     /// The deployment, once chosen.
     pub(crate) dep: Option<Arc<DeploymentState>>,
-    /// The pod slot, once admitted; freed after the log line.
+    /// The pod slot, once admitted; freed after the log line, or as soon as the pod's answer
+    /// has ended (see [`RequestCtx::release_slot`]).
     pub(crate) lease: Option<Slot>,
+    /// The pod, once its slot was freed before the end of the request (for the log line).
+    pod: Option<Arc<PodState>>,
     /// The client's body, once it is on its way to a pod.
     pub(crate) shared: Option<Arc<RequestShared>>,
     /// The client's own request id, echoed back when well formed.
@@ -66,6 +71,8 @@ pub struct RequestCtx {
     pub(crate) status: u16,
     bytes_out: u64,
     outcome: &'static str,
+    /// The stream timer that ended the request, if one did.
+    timer: Option<StreamTimer>,
     /// False for the empty shell left behind by [`RequestCtx::detach`]: it reports nothing.
     live: bool,
 }
@@ -89,6 +96,7 @@ impl RequestCtx {
             endpoint: None,
             dep: None,
             lease: None,
+            pod: None,
             shared: None,
             client_request_id: None,
             upstream: None,
@@ -98,6 +106,7 @@ impl RequestCtx {
             bytes_out: 0,
             // Until an answer is made and its body ends, the request counts as cancelled.
             outcome: CLIENT_CANCELLED,
+            timer: None,
             live: true,
         }
     }
@@ -119,6 +128,7 @@ impl RequestCtx {
             endpoint: None,
             dep: None,
             lease: None,
+            pod: None,
             shared: None,
             client_request_id: None,
             upstream: None,
@@ -127,12 +137,37 @@ impl RequestCtx {
             status: 0,
             bytes_out: 0,
             outcome: "",
+            timer: None,
             live: false,
         };
         let mut ctx = std::mem::replace(self, shell);
         ctx.cancelled_at = Some(Instant::now());
         ctx.outcome = CLIENT_CANCELLED;
+        // Handed over because a stream timer ended the exchange, or because the client left.
+        if let Some(t) = watchdog::fired() {
+            ctx.timed_out(t);
+        }
+        watchdog::end();
         ctx
+    }
+
+    /// A stream timer ended the request: that is its outcome, and the client's body (if still
+    /// on its way to the pod) is cut off.
+    pub(crate) fn timed_out(&mut self, timer: StreamTimer) {
+        self.timer = Some(timer);
+        self.outcome = timer.outcome();
+        if let Some(s) = &self.shared {
+            s.cut(timer);
+        }
+    }
+
+    /// The pod's answer has ended (all of it handed to the client's connection): the pod is
+    /// done, so its slot is freed now rather than when the client has taken the last bytes (an
+    /// HTTP/2 client with no flow-control window would otherwise hold it).
+    fn release_slot(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.pod = Some(lease.pod().clone());
+        }
     }
 }
 
@@ -141,15 +176,32 @@ impl Drop for RequestCtx {
         if !self.live {
             return;
         }
+        watchdog::end();
         let elapsed = self.start.elapsed();
+        if self.outcome == CLIENT_CANCELLED
+            && let Some(t) = watchdog::fired()
+        {
+            self.timed_out(t);
+        }
         let cancelled = self.outcome == CLIENT_CANCELLED;
-        if cancelled && self.status == 0 {
-            self.status = STATUS_CLIENT_CLOSED;
+        if self.status == 0 {
+            // No response head went out: what the client's side of it stands for.
+            match self.timer {
+                _ if cancelled => self.status = STATUS_CLIENT_CLOSED,
+                Some(StreamTimer::Idle) => self.status = StatusCode::REQUEST_TIMEOUT.as_u16(),
+                Some(StreamTimer::MaxDuration) => {
+                    self.status = StatusCode::GATEWAY_TIMEOUT.as_u16();
+                }
+                None => {}
+            }
         }
         match &self.dep {
             Some(d) => {
                 if cancelled {
                     d.metrics.cancelled.increment(1);
+                }
+                if let Some(t) = self.timer {
+                    d.metrics.stream_timeout(t).increment(1);
                 }
                 d.metrics.status.count(self.status);
                 d.metrics.duration.record(elapsed.as_secs_f64());
@@ -158,7 +210,7 @@ impl Drop for RequestCtx {
         }
         self.metrics.in_flight.decrement(1.0);
         let dep = self.dep.as_deref();
-        let pod = self.lease.as_ref().map(Slot::pod);
+        let pod = self.lease.as_ref().map(Slot::pod).or(self.pod.as_ref());
         tracing::info!(
             target: "infergate::access",
             request_id = self.request_id.to_str().unwrap_or(""),
@@ -212,6 +264,7 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
         rp.headers.entry(X_MS_CLIENT_REQUEST_ID).or_insert(c);
     }
     ctx.status = rp.status.as_u16();
+    watchdog::response_started();
     Response::from_parts(
         rp,
         ProxyBody::Upstream {
@@ -227,6 +280,9 @@ pub(crate) fn rescue(err: &ProxyError, mut ctx: RequestCtx) -> Response<ProxyBod
     ctx.status = resp.status().as_u16();
     ctx.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
     ctx.outcome = err.status_and_code().1;
+    if let ProxyError::StreamTimeout { timer, .. } = err {
+        ctx.timed_out(*timer);
+    }
     resp
 }
 
@@ -249,6 +305,10 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
     h.insert(X_REQUEST_ID, request_id.clone());
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let ProxyError::StreamTimeout { .. } = err {
+        // HTTP/1.1: the rest of the stalled upload is not read; the connection ends here.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -299,11 +359,17 @@ impl Body for ProxyBody {
                 let Some(inner) = inner else {
                     return Poll::Ready(None);
                 };
-                let r = ready!(Pin::new(inner).poll_frame(cx));
+                let r = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 match &r {
                     Some(Ok(f)) => {
-                        if let (Some(d), Some(c)) = (f.data_ref(), ctx.as_mut()) {
-                            c.bytes_out += d.len() as u64;
+                        watchdog::progress();
+                        if let Some(c) = ctx.as_mut() {
+                            if let Some(d) = f.data_ref() {
+                                c.bytes_out += d.len() as u64;
+                            }
+                            if inner.is_end_stream() {
+                                c.release_slot();
+                            }
                         }
                     }
                     Some(Err(_)) => {
@@ -345,16 +411,26 @@ impl Drop for ProxyBody {
         let ProxyBody::Upstream { inner, ctx } = self else {
             return;
         };
-        let Some(c) = ctx.take() else {
+        let Some(mut c) = ctx.take() else {
             return;
         };
+        // Dropped because a stream timer ended the exchange (the client stopped reading or
+        // sending), rather than because the client left or the body ended.
+        let timer = watchdog::fired();
+        if let Some(t) = timer {
+            c.timed_out(t);
+        }
         match inner.take() {
-            // hyper drops a body it knows is empty without polling it: that is a normal end.
-            Some(body) if body.is_end_stream() => c.finish("ok"),
-            // The client left mid-body while the pod is still sending: the slot stays taken
-            // until the pod's body ends (read and discarded) or the request's deadline.
+            // hyper drops a body it knows has ended without polling it again: a normal end
+            // (unless a timer caught its last bytes on their way to the client).
+            Some(body) if body.is_end_stream() && timer.is_none() => c.finish("ok"),
+            Some(body) if body.is_end_stream() => drop(c),
+            // The client left (or stalled) mid-body while the pod is still sending: the slot
+            // stays taken until the pod's body ends (read and discarded) or the request's
+            // deadline.
             Some(body) if body.is_live() => crate::cancel::drain_body(body, c),
-            _ => c.finish(CLIENT_CANCELLED),
+            // Outcome: `client_cancelled` or the timer.
+            _ => drop(c),
         }
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use infergate_config::Config;
@@ -26,6 +26,7 @@ use crate::forward::ConnInfo;
 use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
 use crate::response::ProxyBody;
 use crate::router::Router;
+use crate::watchdog::{WatchExecutor, Watchdog};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -276,8 +277,10 @@ impl Server {
     }
 }
 
-fn conn_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// HTTP/2 streams run under the stream timers through the executor; HTTP/1.1 connections are
+/// wrapped in `serve_conn`.
+fn conn_builder() -> auto::Builder<WatchExecutor> {
+    let mut b = auto::Builder::new(WatchExecutor);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -290,7 +293,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<(TlsAcceptor, Counter)>,
     router: &Arc<Router>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
+    builder: &Arc<auto::Builder<WatchExecutor>>,
     graceful: &GracefulShutdown,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -346,7 +349,7 @@ async fn serve_conn<I>(
     io: I,
     info: ConnInfo,
     router: Arc<Router>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<WatchExecutor>>,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -356,8 +359,13 @@ async fn serve_conn<I>(
         async move { Ok::<_, Infallible>(router.handle(req, info).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
+    // The stream timers of an HTTP/1.1 exchange (an HTTP/2 connection's run on its streams).
+    match Watchdog::new(watcher.watch(conn)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
+        }
+        None => tracing::debug!(remote = %info.remote, "stream timer fired: connection closed"),
     }
 }
 

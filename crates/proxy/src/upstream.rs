@@ -325,6 +325,21 @@ impl Checkout {
         }
     }
 
+    /// Gives the exchange up: the pod's connection is shut for writing (FIN) and read to its end
+    /// (discarded) for at most `grace`, so that the pod has seen the close and let the request go
+    /// before its slot is given to another; then the socket is closed for good. Only on the give-up
+    /// path (a cancelled or timed-out request past its deadline).
+    async fn close(self, grace: Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = self.conn.conn.into_parts().io.into_inner();
+        let discard = async {
+            let _ = tcp.shutdown().await;
+            let mut buf = vec![0u8; 16 * 1024];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(grace, discard).await;
+    }
+
     /// Back to the pod's idle list (most recent last).
     fn put_back(mut self) {
         if self.pod.retired.load(Ordering::Acquire) {
@@ -398,6 +413,13 @@ impl Exchange {
     pub(crate) fn is_pending(&self) -> bool {
         self.conn.is_some()
     }
+
+    /// Gives the exchange up (see [`Checkout::close`]).
+    pub(crate) async fn close(mut self, grace: Duration) {
+        if let Some(c) = self.conn.take() {
+            c.close(grace).await;
+        }
+    }
 }
 
 impl Future for Exchange {
@@ -444,6 +466,13 @@ impl UpstreamBody {
     /// Whether its connection is still open (the pod may still be sending).
     pub(crate) fn is_live(&self) -> bool {
         self.conn.is_some()
+    }
+
+    /// Gives the answer up (see [`Checkout::close`]).
+    pub(crate) async fn close(mut self, grace: Duration) {
+        if let Some(c) = self.conn.take() {
+            c.close(grace).await;
+        }
     }
 
     fn release(&mut self, cx: &mut Context<'_>) {

@@ -163,6 +163,50 @@ async fn access_log_is_one_json_line_per_request_with_all_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_logged_and_counted_with_the_stream_timer() {
+    use tokio::io::AsyncWriteExt;
+    let pod = mock("unread", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = one_pod_config(dir.path(), &pod);
+    let mut b = Bin::spawn(&[
+        "serve",
+        "--config",
+        &f,
+        "--set",
+        "defaults.streamIdleTimeoutMs=500",
+        "--set",
+        "defaults.requestTimeoutMs=500",
+    ]);
+    let http = b.listening("http");
+    let admin = b.listening("admin");
+    // A 64 MiB answer to a client with a tiny receive buffer that never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(http).await.unwrap();
+    let q = "POST /api/v1/endpoint/e/score?respondBytes=67108864 HTTP/1.1\r\nhost: router.test\r\ncontent-length: 2\r\n\r\n{}";
+    s.write_all(q.as_bytes()).await.unwrap();
+    let line = b.wait_line(|l| l.contains("infergate::access"));
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["outcome"], "stream_idle_timeout", "{line}");
+    assert_eq!(j["status"], 200, "the head had gone out: {line}");
+    assert_eq!(
+        (&j["endpoint"], &j["deployment"]),
+        (&"e".into(), &"d".into())
+    );
+    assert!(j["bytes_out"].as_u64().unwrap() > 0, "{line}");
+    assert!(j["held_ms"].as_f64().is_some(), "{line}");
+    assert_eq!(
+        admin_metric(
+            admin,
+            "infergate_stream_timeouts_total{endpoint=\"e\",deployment=\"d\",timer=\"stream_idle_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let pod = mock("slow", 1500).await;
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@ mod edge;
 mod errors;
 mod headers;
 mod routing;
+mod slow_clients;
 mod streaming;
 mod support;
 mod tls;
