@@ -558,6 +558,31 @@ fn request_settings_above_their_ceiling_are_refused() {
 }
 
 #[test]
+fn an_override_of_0_may_not_switch_the_stream_timers_off() {
+    // 0 turns a stream timer off: in a deployment's overrides (which tenants write in an
+    // InferenceEndpoint) that would lift the router's ceiling, so it is refused, naming the key.
+    for key in ["streamIdleTimeoutMs", "maxStreamDurationMs"] {
+        let e = err_text(&with_overrides(&format!("{{{key}: 0}}")));
+        assert!(
+            e.contains(&format!("requestSettings.{key}"))
+                && e.contains("0 turns the timer off")
+                && e.contains(&format!("requestSettingsCeilings.{key}")),
+            "{e}"
+        );
+    }
+    // The operator's own `defaults` may switch them off.
+    let c = mk(&format!(
+        "{INSECURE}defaults: {{streamIdleTimeoutMs: 0, maxStreamDurationMs: 0}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.defaults.stream_idle_timeout_ms, 0);
+    // Within the ceiling: fine; above: refused.
+    mk(&with_overrides("{streamIdleTimeoutMs: 3600000}")).unwrap();
+    let e = err_text(&with_overrides("{maxStreamDurationMs: 86400001}"));
+    assert!(e.contains("ceiling of 86400000"), "{e}");
+}
+
+#[test]
 fn edge_keys_are_checked() {
     let c = mk(INSECURE).unwrap();
     assert_eq!(c.xff_trusted_hops, 0);
