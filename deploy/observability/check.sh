@@ -149,7 +149,8 @@ endpoint() { # endpoint NAME AUTH DEPLOYMENTS [TRAFFIC]
 }
 slice() { # slice NAME SERVICE PORT READY
     post "$ES" "{\"apiVersion\": \"discovery.k8s.io/v1\", \"kind\": \"EndpointSlice\",
-        \"metadata\": {\"name\": \"$1\", \"namespace\": \"ml\", \"labels\": {\"kubernetes.io/service-name\": \"$2\"}},
+        \"metadata\": {\"name\": \"$1\", \"namespace\": \"ml\", \"labels\": {\"kubernetes.io/service-name\": \"$2\",
+            \"endpointslice.kubernetes.io/managed-by\": \"endpointslice-controller.k8s.io\"}},
         \"addressType\": \"IPv4\", \"ports\": [{\"name\": \"http\", \"port\": $3, \"protocol\": \"TCP\"}],
         \"endpoints\": [{\"addresses\": [\"127.0.0.1\"], \"conditions\": {\"ready\": $4},
                          \"targetRef\": {\"kind\": \"Pod\", \"name\": \"$1\", \"namespace\": \"ml\"}}]}"
@@ -164,7 +165,7 @@ endpoint flaky "$NONE" '[{"name": "d", "serviceName": "flaky",
 endpoint keyed '{"mode": "key", "secretName": "keyed-keys"}' '[{"name": "d", "serviceName": "iris-green"}]'
 endpoint empty "$NONE" '[{"name": "d", "serviceName": "empty"}]'
 post /api/v1/namespaces/ml/secrets "{\"apiVersion\": \"v1\", \"kind\": \"Secret\",
-    \"metadata\": {\"name\": \"keyed-keys\", \"namespace\": \"ml\"},
+    \"metadata\": {\"name\": \"keyed-keys\", \"namespace\": \"ml\", \"labels\": {\"infergate.io/auth\": \"true\"}},
     \"data\": {\"primaryKey\": \"$(printf 'check-%s' "$RANDOM$RANDOM" | base64)\"}}"
 slice iris-blue-1 iris-blue "${POD[blue1]}" true
 slice iris-blue-2 iris-blue "${POD[blue2]}" true
@@ -274,6 +275,9 @@ SCENARIO = {
     "no_pods refusals": 'sum(increase(infergate_admission_rejections_total{reason="no_pods"}[5m])) > 0',
     "401s": "sum(increase(infergate_auth_failures_total[5m])) > 0",
     "retries": "sum(increase(infergate_retries_total[5m])) > 0",
+    "pooled connections": 'sum(increase(infergate_upstream_connect_seconds_count{pooled="true"}[5m])) > 0',
+    "new connections": 'sum(increase(infergate_upstream_connect_seconds_count{pooled="false"}[5m])) > 0',
+    "streamed answers": "sum(increase(infergate_response_stream_seconds_count[5m])) > 0",
     "ejections": "sum(increase(infergate_pod_ejections_total[5m])) > 0",
     "failed TLS handshakes": "sum(increase(infergate_tls_handshake_failures_total[5m])) > 0",
     "certificate reloaded": 'sum(increase(infergate_tls_cert_reloads_total{result="ok"}[5m])) > 0',

@@ -19,6 +19,7 @@ mod scale;
 #[macro_use]
 mod set;
 mod settings;
+mod trace;
 pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
 pub use discovery::{
@@ -27,6 +28,7 @@ pub use discovery::{
 pub use scale::{AutoscalerConfig, MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
+pub use trace::{OtlpConfig, OtlpProtocol, TracingConfig};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +169,9 @@ pub struct Config {
     /// The autoscaler's leader election (with `discovery.kube`; see README, "Autoscaling").
     #[serde(default, skip_serializing_if = "is_default_autoscaler")]
     pub autoscaler: AutoscalerConfig,
+    /// Trace context and OpenTelemetry export (see README, "Observability").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
 }
 
 fn is_default_autoscaler(a: &AutoscalerConfig) -> bool {
@@ -341,6 +346,9 @@ impl Config {
             c.validate()?;
         }
         self.autoscaler.validate()?;
+        if let Some(t) = &self.tracing {
+            t.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");

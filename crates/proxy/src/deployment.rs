@@ -21,7 +21,8 @@ use crate::metrics::{
     ADMISSION_REJECTION_REASONS, ADMISSION_REJECTIONS_TOTAL, DEPLOYMENT_BUSY_SLOTS,
     DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_SLOTS, DEPLOYMENT_UTILIZATION,
     MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
-    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, UPSTREAM_DURATION_SECONDS,
+    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RESPONSE_STREAM_SECONDS, RETRIES_TOTAL,
+    UPSTREAM_CONNECT_SECONDS, UPSTREAM_DURATION_SECONDS,
 };
 use crate::upstream::{ConnPool, Upstream};
 
@@ -480,6 +481,10 @@ pub(crate) struct DeploymentMetrics {
     pub(crate) status: StatusCounters,
     pub(crate) duration: Histogram,
     pub(crate) upstream: Histogram,
+    /// Getting a connection to the pod: `[new, pooled]`.
+    pub(crate) connect: [Histogram; 2],
+    /// The pod's response head until the end of its body.
+    pub(crate) stream: Histogram,
     /// Requests whose client went away before the answer ended.
     pub(crate) cancelled: Counter,
     queue_wait: Histogram,
@@ -512,6 +517,17 @@ impl DeploymentMetrics {
             status: StatusCounters::new(registry, endpoint, deployment),
             duration: registry.histogram(REQUEST_DURATION_SECONDS, &l),
             upstream: registry.histogram(UPSTREAM_DURATION_SECONDS, &l),
+            connect: ["false", "true"].map(|pooled| {
+                registry.histogram(
+                    UPSTREAM_CONNECT_SECONDS,
+                    &[
+                        ("endpoint", endpoint),
+                        ("deployment", deployment),
+                        ("pooled", pooled),
+                    ],
+                )
+            }),
+            stream: registry.histogram(RESPONSE_STREAM_SECONDS, &l),
             cancelled: registry.counter(REQUESTS_CANCELLED_TOTAL, &l),
             queue_wait: registry.histogram(QUEUE_WAIT_SECONDS, &l),
             rejected: ADMISSION_REJECTION_REASONS.map(|reason| {

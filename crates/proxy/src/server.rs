@@ -112,6 +112,11 @@ impl Server {
             _ => None,
         };
         let router = Router::new(&registry);
+        if let Some(t) = &cfg.tracing {
+            router.set_tracing(crate::trace::TraceSettings {
+                sampling_ratio: t.sampling_ratio,
+            });
+        }
         let cluster = match &cfg.cluster {
             Some(c) => {
                 let cluster = start_cluster(c, peers, &router, &registry).await?;

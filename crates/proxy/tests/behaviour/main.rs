@@ -12,4 +12,5 @@ mod routing;
 mod streaming;
 mod support;
 mod tls;
+mod trace;
 mod upstream;
