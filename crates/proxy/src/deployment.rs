@@ -424,7 +424,8 @@ impl RetryBudget {
 }
 
 /// `infergate_requests_total{..., status}` handles, each registered on the first answer with
-/// that status and then reused.
+/// that status and then reused. Without an endpoint or deployment (a request that reached
+/// none), the series has no such label.
 #[derive(Debug)]
 pub(crate) struct StatusCounters {
     registry: Registry,
@@ -453,11 +454,17 @@ impl StatusCounters {
         let c = match w.iter().find(|(s, _)| *s == status) {
             Some((_, c)) => c.clone(),
             None => {
-                let labels = [
+                let code = status.to_string();
+                // Requests that reached no endpoint or deployment carry no such label (not an
+                // empty one).
+                let labels: Vec<(&'static str, &str)> = [
                     ("endpoint", &*self.endpoint),
                     ("deployment", &*self.deployment),
-                    ("status", &*status.to_string()),
-                ];
+                    ("status", &*code),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
                 let c = self.registry.counter(REQUESTS_TOTAL, &labels);
                 w.push((status, c.clone()));
                 c

@@ -62,7 +62,7 @@ pub const FAMILIES: &[Describe] = &[
     Describe::new(
         REQUESTS_TOTAL,
         Kind::Counter,
-        "Requests answered, by endpoint, deployment and status.",
+        "Requests answered, by endpoint, deployment and status (a request that reached no endpoint, e.g. a 404, has only status).",
     ),
     Describe::seconds(
         REQUEST_DURATION_SECONDS,

@@ -7,6 +7,7 @@ mod admission;
 mod auth;
 mod cancel;
 mod errors;
+mod exposition;
 mod headers;
 mod routing;
 mod streaming;
