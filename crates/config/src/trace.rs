@@ -140,6 +140,13 @@ impl TracingConfig {
                 ));
             }
         }
-        Ok(())
+        // The settings above are checked so that a file written for the exporter stays valid
+        // when it arrives; until then a configured exporter must not silently export nothing.
+        Err(ConfigError::invalid(
+            "tracing.otlp",
+            &o.endpoint,
+            "span export (OTLP) is not available in this version yet",
+            "remove tracing.otlp; trace context (traceparent) works without it",
+        ))
     }
 }
