@@ -320,7 +320,7 @@ for path in logs:
             continue
         j = json.loads(line)
         done = datetime.fromisoformat(j["timestamp"].replace("Z", "+00:00")).timestamp()
-        arrived = done - j["duration_ms"] / 1e3
+        arrived = done - j["total_ms"] / 1e3
         if arrived < killed:
             continue
         if j["status"] != 200:

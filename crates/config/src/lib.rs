@@ -20,6 +20,7 @@ mod scale;
 #[macro_use]
 mod set;
 mod settings;
+mod trace;
 pub use auth::{
     AuthConfig, AuthMode, KeyString, MIN_KEY_BYTES, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
 };
@@ -36,6 +37,7 @@ pub use set::{closest, settable_keys};
 pub use settings::{
     Defaults, MirrorConfig, RequestSettings, RequestSettingsCeilings, ResolvedSettings,
 };
+pub use trace::{OtlpConfig, OtlpProtocol, TracingConfig};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +194,9 @@ pub struct Config {
         skip_serializing_if = "edge::is_default_max_token_lifetime"
     )]
     pub max_token_lifetime_seconds: u64,
+    /// Trace context and OpenTelemetry export (see README, "Observability").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
 }
 
 fn is_default_ceilings(c: &RequestSettingsCeilings) -> bool {
@@ -381,6 +386,9 @@ impl Config {
             c.validate()?;
         }
         self.autoscaler.validate()?;
+        if let Some(t) = &self.tracing {
+            t.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");

@@ -741,3 +741,50 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn tracing_section_parses_and_bad_values_name_the_key() {
+    let base = "allowInsecureConnections: true\n";
+    let yaml = format!(
+        "{base}tracing:\n  samplingRatio: 0.25\n  otlp: {{endpoint: \"http://otel:4317\", protocol: grpc, headers: {{x-api-key: s3cret}}}}\n"
+    );
+    // Parsed and checked, then refused while no exporter is built.
+    assert!(err_text(&yaml).contains("`tracing.otlp`"));
+    let c = Config::from_yaml(&yaml, "<test>").unwrap();
+    let t = c.tracing.unwrap();
+    assert_eq!(t.sampling_ratio, 0.25);
+    let o = t.otlp.unwrap();
+    assert_eq!(o.protocol, crate::OtlpProtocol::Grpc);
+    assert_eq!(o.max_queue_size, 2048);
+    assert_eq!(mk(base).unwrap().tracing, None);
+    let d = mk(&format!("{base}tracing: {{}}\n"))
+        .unwrap()
+        .tracing
+        .unwrap();
+    assert_eq!((d.sampling_ratio, d.otlp), (1.0, None));
+    for (yaml, key) in [
+        ("{samplingRatio: 1.5}", "tracing.samplingRatio"),
+        ("{otlp: {endpoint: \"otel:4318\"}}", "tracing.otlp.endpoint"),
+        (
+            "{otlp: {endpoint: \"https://otel:4318\"}}",
+            "tracing.otlp.endpoint",
+        ),
+        (
+            "{otlp: {endpoint: \"http://o:1\", headers: {\"a b\": c}}}",
+            "tracing.otlp.headers.a b",
+        ),
+        (
+            "{otlp: {endpoint: \"http://o:1\", maxQueueSize: 0}}",
+            "tracing.otlp.maxQueueSize",
+        ),
+    ] {
+        let e = err_text(&format!("{base}tracing: {yaml}\n"));
+        assert!(e.contains(&format!("`{key}`")), "{yaml}: {e}");
+    }
+    assert!(
+        err_text(&format!(
+            "{base}tracing: {{otlp: {{endpoint: \"http://o:1\", protocol: http}}}}\n"
+        ))
+        .contains("http/protobuf")
+    );
+}

@@ -42,7 +42,7 @@ pub const FAMILIES: &[Describe] = &[
     Describe::new(
         CONFIG_RESTART_PENDING,
         Kind::Gauge,
-        "1 while the configuration file changes a key that only a restart applies (listeners, certificate paths, cluster, discovery, intervals).",
+        "1 while the configuration file changes a key that only a restart applies (listeners, certificate paths, cluster, discovery, tracing, intervals).",
     ),
     Describe::new(
         CONFIG_LAST_RELOAD_SUCCESS,
@@ -382,6 +382,10 @@ pub fn restart_needed(running: &Config, file: &Config) -> Vec<RestartNeeded> {
     if running.cluster != file.cluster {
         let (a, b) = section(running.cluster.is_some(), file.cluster.is_some());
         diff("cluster", a, b);
+    }
+    if running.tracing != file.tracing {
+        let (a, b) = section(running.tracing.is_some(), file.tracing.is_some());
+        diff("tracing", a, b);
     }
     out
 }

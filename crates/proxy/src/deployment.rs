@@ -21,8 +21,8 @@ use crate::metrics::{
     ADMISSION_REJECTION_REASONS, ADMISSION_REJECTIONS_TOTAL, DEPLOYMENT_BUSY_SLOTS,
     DEPLOYMENT_PODS, DEPLOYMENT_QUEUED_REQUESTS, DEPLOYMENT_SLOTS, DEPLOYMENT_UTILIZATION,
     MIRROR_REQUESTS_TOTAL, POD_EJECTIONS_TOTAL, QUEUE_WAIT_SECONDS, REQUEST_DURATION_SECONDS,
-    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RETRIES_TOTAL, STREAM_TIMEOUTS_TOTAL,
-    UPSTREAM_DURATION_SECONDS,
+    REQUESTS_CANCELLED_TOTAL, REQUESTS_TOTAL, RESPONSE_STREAM_SECONDS, RETRIES_TOTAL,
+    STREAM_TIMEOUTS_TOTAL, UPSTREAM_CONNECT_SECONDS, UPSTREAM_DURATION_SECONDS,
 };
 use crate::upstream::{ConnPool, Upstream};
 use crate::watchdog::StreamTimer;
@@ -440,6 +440,9 @@ impl RetryBudget {
 /// A pod may answer with any status from 100 to 999: registered codes (and the router's 499)
 /// are labelled by their number; any other code by its class (`2xx`, `5xx`, ...), and codes
 /// from 600 up as `other`, so the series per deployment stay a few dozen whatever pods send.
+///
+/// Without an endpoint or deployment (a request that reached none), the series has no such
+/// label.
 #[derive(Debug)]
 pub(crate) struct StatusCounters {
     registry: Registry,
@@ -493,11 +496,17 @@ impl StatusCounters {
         let c = match w.iter().find(|(s, _)| *s == bucket) {
             Some((_, c)) => c.clone(),
             None => {
-                let labels = [
+                let label = status_label(bucket);
+                // Requests that reached no endpoint or deployment carry no such label (not an
+                // empty one).
+                let labels: Vec<(&'static str, &str)> = [
                     ("endpoint", &*self.endpoint),
                     ("deployment", &*self.deployment),
-                    ("status", &*status_label(bucket)),
-                ];
+                    ("status", &*label),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
                 let c = self.registry.counter(REQUESTS_TOTAL, &labels);
                 w.push((bucket, c.clone()));
                 c
@@ -521,6 +530,10 @@ pub(crate) struct DeploymentMetrics {
     pub(crate) status: StatusCounters,
     pub(crate) duration: Histogram,
     pub(crate) upstream: Histogram,
+    /// Getting a connection to the pod: `[new, pooled]`.
+    pub(crate) connect: [Histogram; 2],
+    /// The pod's response head until the end of its body.
+    pub(crate) stream: Histogram,
     /// Requests whose client went away before the answer ended.
     pub(crate) cancelled: Counter,
     /// Requests ended by each stream timer (idle, max duration).
@@ -555,6 +568,17 @@ impl DeploymentMetrics {
             status: StatusCounters::new(registry, endpoint, deployment),
             duration: registry.histogram(REQUEST_DURATION_SECONDS, &l),
             upstream: registry.histogram(UPSTREAM_DURATION_SECONDS, &l),
+            connect: ["false", "true"].map(|pooled| {
+                registry.histogram(
+                    UPSTREAM_CONNECT_SECONDS,
+                    &[
+                        ("endpoint", endpoint),
+                        ("deployment", deployment),
+                        ("pooled", pooled),
+                    ],
+                )
+            }),
+            stream: registry.histogram(RESPONSE_STREAM_SECONDS, &l),
             cancelled: registry.counter(REQUESTS_CANCELLED_TOTAL, &l),
             stream_timeouts: [StreamTimer::Idle, StreamTimer::MaxDuration].map(|t| {
                 registry.counter(

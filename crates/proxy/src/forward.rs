@@ -84,11 +84,20 @@ pub(crate) async fn send(
     let mut may_retry = true;
     loop {
         let lease = ctx.lease.as_ref().expect("admitted before forwarding");
+        let checkout_at = Instant::now();
         let deadline = deadline_after(timeout);
+        ctx.attempts += 1;
         // No timer here: a pooled connection is at hand at once, and a connect is bounded by
         // the deadline inside `checkout`.
-        let conn = match state.conns.checkout(lease.pod().addr(), deadline).await {
-            Ok(c) => c,
+        let checkout = state.conns.checkout(lease.pod().addr(), deadline).await;
+        // Connect time adds up over the attempts; `pooled` tells the last one.
+        let sent = Instant::now();
+        *ctx.connect.get_or_insert(Duration::ZERO) += sent - checkout_at;
+        let conn = match checkout {
+            Ok(c) => {
+                ctx.pooled = Some(c.reused());
+                c
+            }
             Err(e) => {
                 state.report(lease, Outcome::Failure);
                 if matches!(e, ConnectError::Deadline) {
@@ -106,7 +115,6 @@ pub(crate) async fn send(
             }
         };
         req.headers_mut().insert(header::HOST, conn.host());
-        let sent = Instant::now();
         ctx.deadline = Some(deadline);
         // The stream timers watch the exchange from here (see `watchdog.rs`).
         watchdog::begin(
@@ -127,7 +135,8 @@ pub(crate) async fn send(
         let lease = ctx.lease.as_ref().expect("admitted before forwarding");
         match res {
             Ok(Ok(resp)) => {
-                let upstream = sent.elapsed();
+                let head_at = Instant::now();
+                let upstream = head_at - sent;
                 let outcome = match resp.status().is_server_error() {
                     true => Outcome::Failure,
                     false => Outcome::Success(upstream),
@@ -135,6 +144,7 @@ pub(crate) async fn send(
                 state.report(lease, outcome);
                 state.metrics.upstream.record(upstream.as_secs_f64());
                 ctx.upstream = Some(upstream);
+                ctx.head_at = Some(head_at);
                 return Ok(resp);
             }
             // A pooled connection closed before taking the request (the pod ended an idle

@@ -2,6 +2,12 @@
 
 use infergate_metrics::{Describe, Kind, Registry};
 
+/// Getting a connection to the pod (a pooled one, or a new one opened), over all of a request's
+/// attempts, by `endpoint`, `deployment` and `pooled` (`true` / `false`, the last attempt's).
+pub const UPSTREAM_CONNECT_SECONDS: &str = "infergate_upstream_connect_seconds";
+/// The pod's response head until the end of its body (the streaming phase), by `endpoint` and
+/// `deployment`.
+pub const RESPONSE_STREAM_SECONDS: &str = "infergate_response_stream_seconds";
 /// Requests answered, by `endpoint`, `deployment` and `status`.
 pub const REQUESTS_TOTAL: &str = "infergate_requests_total";
 /// Time from request head to the end of the response body, by `endpoint` and `deployment`.
@@ -59,7 +65,7 @@ pub const FAMILIES: &[Describe] = &[
     Describe::new(
         REQUESTS_TOTAL,
         Kind::Counter,
-        "Requests answered, by endpoint, deployment and status.",
+        "Requests answered, by endpoint, deployment and status (a request that reached no endpoint, e.g. a 404, has only status).",
     ),
     Describe::seconds(
         REQUEST_DURATION_SECONDS,
@@ -68,6 +74,14 @@ pub const FAMILIES: &[Describe] = &[
     Describe::seconds(
         UPSTREAM_DURATION_SECONDS,
         "Request sent to the pod until its response head, by endpoint and deployment.",
+    ),
+    Describe::seconds(
+        UPSTREAM_CONNECT_SECONDS,
+        "Getting a connection to the pod (pooled, or opened for the request) over all attempts, by endpoint, deployment and pooled (the last attempt's).",
+    ),
+    Describe::seconds(
+        RESPONSE_STREAM_SECONDS,
+        "The pod's response head until the end of its body, by endpoint and deployment.",
     ),
     Describe::seconds(
         QUEUE_WAIT_SECONDS,

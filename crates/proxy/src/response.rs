@@ -20,6 +20,7 @@ use crate::error::ProxyError;
 use crate::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop,
 };
+use crate::trace::TRACEPARENT;
 use crate::upstream::UpstreamBody;
 use crate::watchdog::{self, StreamTimer};
 
@@ -59,10 +60,23 @@ pub struct RequestCtx {
     pod: Option<Arc<PodState>>,
     /// The client's body, once it is on its way to a pod.
     pub(crate) shared: Option<Arc<RequestShared>>,
+    /// The request's trace (W3C trace context), when the client sent one or `tracing` is on.
+    pub(crate) trace: Option<crate::trace::RequestTrace>,
     /// The client's own request id, echoed back when well formed.
     pub(crate) client_request_id: Option<HeaderValue>,
+    /// Waiting for a pod slot (admission), once admission ran.
+    pub(crate) queue: Option<Duration>,
+    /// Getting a connection to the pod (pooled or new), over all attempts.
+    pub(crate) connect: Option<Duration>,
+    /// Whether the last attempt's connection came from the pool.
+    pub(crate) pooled: Option<bool>,
+    /// Connection attempts (a retry on another pod, or a resend after a pooled connection
+    /// closed, is one more).
+    pub(crate) attempts: u8,
     /// From sending to the pod until its response head.
     pub(crate) upstream: Option<Duration>,
+    /// When the pod's response head came: the body streams from then on.
+    pub(crate) head_at: Option<Instant>,
     /// When the pod must be done (the current attempt's start + `requestTimeoutMs`): how long
     /// a cancelled request may keep its slot.
     pub(crate) deadline: Option<Instant>,
@@ -98,8 +112,14 @@ impl RequestCtx {
             lease: None,
             pod: None,
             shared: None,
+            trace: None,
             client_request_id: None,
+            queue: None,
+            connect: None,
+            pooled: None,
+            attempts: 0,
             upstream: None,
+            head_at: None,
             deadline: None,
             cancelled_at: None,
             status: 0,
@@ -130,8 +150,14 @@ impl RequestCtx {
             lease: None,
             pod: None,
             shared: None,
+            trace: None,
             client_request_id: None,
+            queue: None,
+            connect: None,
+            pooled: None,
+            attempts: 0,
             upstream: None,
+            head_at: None,
             deadline: None,
             cancelled_at: None,
             status: 0,
@@ -177,7 +203,9 @@ impl Drop for RequestCtx {
             return;
         }
         watchdog::end();
-        let elapsed = self.start.elapsed();
+        let end = Instant::now();
+        let elapsed = end - self.start;
+        let stream = self.head_at.map(|h| end - h);
         if self.outcome == CLIENT_CANCELLED
             && let Some(t) = watchdog::fired()
         {
@@ -205,28 +233,45 @@ impl Drop for RequestCtx {
                 }
                 d.metrics.status.count(self.status);
                 d.metrics.duration.record(elapsed.as_secs_f64());
+                if let (Some(c), Some(pooled)) = (self.connect, self.pooled) {
+                    d.metrics.connect[usize::from(pooled)].record(c.as_secs_f64());
+                }
+                if let Some(s) = stream {
+                    d.metrics.stream.record(s.as_secs_f64());
+                }
             }
             None => self.metrics.unrouted.count(self.status),
         }
         self.metrics.in_flight.decrement(1.0);
         let dep = self.dep.as_deref();
         let pod = self.lease.as_ref().map(Slot::pod).or(self.pod.as_ref());
+        let (mut trace_buf, mut span_buf) = ([0u8; 32], [0u8; 16]);
+        let trace = self.trace.as_ref();
+        let trace_id = trace.map(|t| t.trace_id_hex(&mut trace_buf));
+        let span_id = trace.and_then(|t| t.span_id_hex(&mut span_buf));
         tracing::info!(
             target: "infergate::access",
             request_id = self.request_id.to_str().unwrap_or(""),
+            trace_id,
+            span_id,
             method = &*clip_for_log(self.method.as_str()),
             path = &*clip_for_log(self.uri.path()),
             endpoint = self.endpoint.as_deref().unwrap_or(""),
             deployment = dep.map_or("", |d| &d.deployment),
             pod = pod.map(|p| tracing::field::display(p.addr())),
             pod_name = pod.and_then(|p| p.name()),
+            attempts = self.attempts,
             status = self.status,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            upstream_ms = self.upstream.map(|u| u.as_secs_f64() * 1e3),
+            queue_ms = self.queue.map(ms),
+            connect_ms = self.connect.map(ms),
+            pooled = self.pooled,
+            head_ms = self.upstream.map(ms),
+            stream_ms = stream.map(ms),
+            total_ms = ms(elapsed),
             bytes_in = self.shared.as_ref().map_or(0, |s| s.bytes_in()),
             bytes_out = self.bytes_out,
             outcome = self.outcome,
-            held_ms = self.cancelled_at.map(|c| c.elapsed().as_secs_f64() * 1e3),
+            held_ms = self.cancelled_at.map(|c| ms(end - c)),
             "request"
         );
         // The lease drops after this: the slot goes back to the pool (or the next waiter).
@@ -250,6 +295,11 @@ pub fn clip_for_log(s: &str) -> std::borrow::Cow<'_, str> {
     format!("{}…[+{} bytes]", &s[..end], s.len() - end).into()
 }
 
+/// A duration in milliseconds, for the access log.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// The client's response from the pod's: hop-by-hop headers removed, the router's headers set;
 /// the context rides along in the body and finishes when the body does.
 pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Response<ProxyBody> {
@@ -262,6 +312,9 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
     }
     if let Some(c) = ctx.client_request_id.take() {
         rp.headers.entry(X_MS_CLIENT_REQUEST_ID).or_insert(c);
+    }
+    if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.header.clone()) {
+        rp.headers.insert(TRACEPARENT, tp);
     }
     ctx.status = rp.status.as_u16();
     watchdog::response_started();
@@ -276,7 +329,10 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
 
 /// The router's own answer to a failure; the request ends here.
 pub(crate) fn rescue(err: &ProxyError, mut ctx: RequestCtx) -> Response<ProxyBody> {
-    let resp = error_response(err, &ctx.request_id);
+    let mut resp = error_response(err, &ctx.request_id);
+    if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.header.clone()) {
+        resp.headers_mut().insert(TRACEPARENT, tp);
+    }
     ctx.status = resp.status().as_u16();
     ctx.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
     ctx.outcome = err.status_and_code().1;

@@ -23,6 +23,7 @@ use crate::headers::{
 };
 use crate::metrics::REQUESTS_IN_FLIGHT;
 use crate::response::{ProxyBody, RequestCtx, RequestMetrics, rescue, respond};
+use crate::trace::TraceSettings;
 use crate::upstream::{Upstream, UpstreamBody};
 use infergate_config::{DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, HeadersWithUnderscores};
 use infergate_spec::EndpointSpec;
@@ -38,6 +39,8 @@ pub struct Router {
     cluster: std::sync::OnceLock<infergate_cluster::Cluster>,
     /// How the request head is treated at the edge (set from the configuration).
     edge: EdgeRules,
+    /// With `tracing`: the router takes part in its requests' traces.
+    tracing: std::sync::OnceLock<TraceSettings>,
 }
 
 /// The configuration's edge keys, read per request without a lock (a reload stores new ones).
@@ -81,6 +84,7 @@ impl Router {
             registry: registry.clone(),
             cluster: std::sync::OnceLock::new(),
             edge: EdgeRules::default(),
+            tracing: std::sync::OnceLock::new(),
             metrics: Arc::new(RequestMetrics {
                 in_flight: registry.gauge(REQUESTS_IN_FLIGHT, &[]),
                 unrouted: StatusCounters::new(registry, "", ""),
@@ -93,6 +97,7 @@ impl Router {
         let (mut parts, body) = req.into_parts();
         let uri = std::mem::take(&mut parts.uri);
         let mut ctx = RequestCtx::start(&self.metrics, parts.method.clone(), uri);
+        ctx.trace = crate::trace::start(&mut parts.headers, self.tracing.get());
         match self.forward(&mut ctx, parts, body, conn).await {
             Ok(resp) => respond(resp, ctx),
             Err(err) => rescue(&err, ctx),
@@ -129,7 +134,10 @@ impl Router {
         let shared = RequestShared::new(&body);
         let mut first = None;
         let admit = state.admit(&dep.settings, roll);
-        ctx.lease = Some(admit_watching(admit, &mut body, &mut first).await?);
+        let queued_at = tokio::time::Instant::now();
+        let slot = admit_watching(admit, &mut body, &mut first).await;
+        ctx.queue = Some(queued_at.elapsed());
+        ctx.lease = Some(slot?);
         // Forward: the request rebuilt for the pod, then the attempts.
         let body = (body, first, shared);
         let fwd = Forwarding {
@@ -243,6 +251,11 @@ impl Router {
     /// slots from their owner replica. Set before the first table is published.
     pub fn set_cluster(&self, cluster: infergate_cluster::Cluster) {
         let _ = self.cluster.set(cluster);
+    }
+
+    /// Makes the router take part in its requests' traces (see `trace.rs`). Set before serving.
+    pub fn set_tracing(&self, settings: TraceSettings) {
+        let _ = self.tracing.set(settings);
     }
 
     /// The cluster this router is a replica of, if any.

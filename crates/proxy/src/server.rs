@@ -114,6 +114,11 @@ impl Server {
         };
         let router = Router::new(&registry);
         router.apply_edge_config(cfg);
+        if let Some(t) = &cfg.tracing {
+            router.set_tracing(crate::trace::TraceSettings {
+                sampling_ratio: t.sampling_ratio,
+            });
+        }
         let cluster = match &cfg.cluster {
             Some(c) => {
                 let cluster = start_cluster(c, peers, &router, &registry).await?;

@@ -313,6 +313,11 @@ impl Checkout {
         self.pod.host.clone()
     }
 
+    /// Whether the connection came from the pod's idle list (not opened for this request).
+    pub(crate) fn reused(&self) -> bool {
+        self.reused
+    }
+
     /// Sends `req` (origin-form URI, `Host` set). The returned [`Exchange`] resolves to the
     /// response head, driving the connection from the task that polls it; the response body
     /// keeps driving it.

@@ -139,7 +139,14 @@ async fn access_log_is_one_json_line_per_request_with_all_fields() {
     let f = one_pod_config(dir.path(), &pod);
     let mut b = Bin::spawn(&["serve", "--config", &f]);
     let http = b.listening("http");
-    let a = call(http, post("/api/v1/endpoint/e/score", "{\"x\": 1}")).await;
+    let mut q = post("/api/v1/endpoint/e/score", "{\"x\": 1}");
+    q.headers_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let a = call(http, q).await;
     assert_eq!(a.status, 200);
     let rid = a.header("x-request-id").to_string();
     let line = b.wait_line(|l| l.contains(&rid));
@@ -152,8 +159,26 @@ async fn access_log_is_one_json_line_per_request_with_all_fields() {
     assert_eq!(j["status"], 200);
     assert_eq!(j["bytes_in"], 8);
     assert_eq!(j["bytes_out"], a.body.len());
-    assert!(j["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(j["attempts"], 1);
+    assert_eq!(j["pooled"], false, "the first request opens the connection");
+    for phase in ["queue_ms", "connect_ms", "head_ms", "stream_ms", "total_ms"] {
+        assert!(j[phase].as_f64().unwrap() >= 0.0, "{phase}: {line}");
+    }
+    let total = j["total_ms"].as_f64().unwrap();
+    assert!(
+        total > 0.0 && total >= j["head_ms"].as_f64().unwrap(),
+        "{line}"
+    );
     assert_eq!(j["outcome"], "ok");
+
+    // The next request reuses the connection; without a traceparent there is no trace id
+    // (no `tracing` section: the router starts no trace).
+    let a = call(http, post("/api/v1/endpoint/e/score", "{}")).await;
+    let rid = a.header("x-request-id").to_string();
+    let j: serde_json::Value = serde_json::from_str(&b.wait_line(|l| l.contains(&rid))).unwrap();
+    assert_eq!(j["pooled"], true);
+    assert!(j.get("trace_id").is_none());
 
     let a = call(http, post("/api/v1/endpoint/missing/score", "{}")).await;
     let rid = a.header("x-request-id").to_string();

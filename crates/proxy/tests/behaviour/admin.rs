@@ -42,6 +42,34 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(t.contains(name), "{name} missing in\n{t}");
     }
+    // The phases: the first request opened the connection to the pod, the next two reused it;
+    // every answer streamed.
+    let l = "endpoint=\"metrics-ep\",deployment=\"d\"";
+    let count = |name: &str| metric(&t, &format!("{name}_count{{{l}"));
+    assert_eq!(
+        metric(
+            &t,
+            &format!("infergate_upstream_connect_seconds_count{{{l},pooled=\"false\"}}")
+        ),
+        1.0,
+        "{t}"
+    );
+    assert_eq!(
+        metric(
+            &t,
+            &format!("infergate_upstream_connect_seconds_count{{{l},pooled=\"true\"}}")
+        ),
+        2.0,
+        "{t}"
+    );
+    for name in [
+        "infergate_queue_wait_seconds",
+        "infergate_upstream_duration_seconds",
+        "infergate_response_stream_seconds",
+        "infergate_request_duration_seconds",
+    ] {
+        assert_eq!(count(name), 3.0, "{name} in\n{t}");
+    }
     assert_eq!(admin_get(r.admin, "/nope").await.status, 404);
 }
 
