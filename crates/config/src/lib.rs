@@ -18,10 +18,12 @@ mod discovery;
 mod scale;
 #[macro_use]
 mod set;
+mod limits;
 mod settings;
 pub use auth::{AuthConfig, AuthMode, KeyString, MIN_SIGNING_KEY_BYTES, read_signing_key_file};
 pub use cluster::{ClusterConfig, ClusterKube, MIN_CLUSTER_SECRET_BYTES, PartitionMode};
 pub use discovery::{DiscoveryConfig, KubeDiscoveryConfig, is_dns_label};
+pub use limits::Limits;
 pub use scale::{AutoscalerConfig, MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
 pub use settings::{Defaults, MirrorConfig, RequestSettings, ResolvedSettings};
@@ -165,6 +167,9 @@ pub struct Config {
     /// The autoscaler's leader election (with `discovery.kube`; see README, "Autoscaling").
     #[serde(default, skip_serializing_if = "is_default_autoscaler")]
     pub autoscaler: AutoscalerConfig,
+    /// Connection-level limits at the edge (see README, "Edge limits").
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn is_default_autoscaler(a: &AutoscalerConfig) -> bool {
@@ -339,6 +344,7 @@ impl Config {
             c.validate()?;
         }
         self.autoscaler.validate()?;
+        self.limits.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");

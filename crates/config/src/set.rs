@@ -87,10 +87,14 @@ const TOP_LEVEL: &[Settable] = settable! {
 };
 
 fn table() -> impl Iterator<Item = &'static Settable> {
-    TOP_LEVEL.iter().chain(crate::settings::DEFAULTS_SETTABLE)
+    TOP_LEVEL
+        .iter()
+        .chain(crate::settings::DEFAULTS_SETTABLE)
+        .chain(crate::limits::LIMITS_SETTABLE)
 }
 
-/// The keys `--set` accepts: the top-level scalars, `listen.*` and every `defaults.*` key.
+/// The keys `--set` accepts: the top-level scalars, `listen.*`, every `defaults.*` and every
+/// `limits.*` key.
 pub fn settable_keys() -> impl Iterator<Item = &'static str> {
     table().map(|s| s.key)
 }
