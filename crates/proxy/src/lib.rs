@@ -16,6 +16,7 @@
 
 pub mod body;
 mod cancel;
+mod conn;
 mod deployment;
 mod endpoint;
 pub mod error;
@@ -28,6 +29,7 @@ mod router;
 mod server;
 mod upstream;
 
+pub use conn::HeadLimits;
 pub use deployment::{DeploymentState, pool_settings};
 pub use endpoint::{EndpointState, Table};
 pub use error::ProxyError;

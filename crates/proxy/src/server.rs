@@ -10,27 +10,23 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use infergate_config::Config;
-use infergate_metrics::{Counter, Registry};
+use infergate_metrics::Registry;
 use infergate_spec::{Readiness, specs_from_config};
 use infergate_tls::{ReloadingCert, TlsError};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::{Edge, HeadLimits};
 use crate::forward::ConnInfo;
-use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
+use crate::metrics::CONNECTIONS_OPEN;
 use crate::response::ProxyBody;
 use crate::router::Router;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client of the admin listener may take to send a request head.
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +63,7 @@ pub struct Server {
     drain_timeout: Duration,
     reload_interval: Duration,
     cluster: Option<infergate_cluster::Cluster>,
+    edge: Arc<Edge>,
 }
 
 impl std::fmt::Debug for Server {
@@ -111,7 +108,8 @@ impl Server {
             (Some(c), Some(k)) => Some(ReloadingCert::load(c.clone(), k.clone(), &registry)?),
             _ => None,
         };
-        let router = Router::new(&registry);
+        let router = Router::with_head_limits(&registry, HeadLimits::from_limits(&cfg.limits));
+        let edge = Arc::new(Edge::new(&cfg.limits, &registry));
         let cluster = match &cfg.cluster {
             Some(c) => {
                 let cluster = start_cluster(c, peers, &router, &registry).await?;
@@ -154,6 +152,7 @@ impl Server {
             drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
             reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
             cluster,
+            edge,
         })
     }
 
@@ -198,6 +197,7 @@ impl Server {
             drain_timeout,
             reload_interval,
             cluster,
+            edge,
         } = self;
         for (name, addr) in [
             (
@@ -224,23 +224,19 @@ impl Server {
                 }
             })
         };
-        let handshake_failures = registry.counter(TLS_HANDSHAKE_FAILURES_TOTAL, &[]);
         let admin_task = tokio::spawn(admin_loop(admin, registry, ready.clone(), router.clone()));
 
-        let builder = Arc::new(conn_builder());
-        let graceful = GracefulShutdown::new();
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept = async {
             tokio::join!(
                 async {
                     if let Some((l, tls)) = https {
-                        let tls = Some((tls, handshake_failures));
-                        accept_loop(l, tls, &router, &builder, &graceful, stop_rx.clone()).await;
+                        accept_loop(l, Some(tls), &router, &edge, stop_rx.clone()).await;
                     }
                 },
                 async {
                     if let Some(l) = http {
-                        accept_loop(l, None, &router, &builder, &graceful, stop_rx.clone()).await;
+                        accept_loop(l, None, &router, &edge, stop_rx.clone()).await;
                     }
                 },
             )
@@ -260,7 +256,7 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         tokio::join!(accept, signal);
-        match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+        match tokio::time::timeout(drain_timeout, edge.all_closed()).await {
             Ok(()) => tracing::info!("drained: all connections closed"),
             Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
         }
@@ -275,25 +271,17 @@ impl Server {
     }
 }
 
-fn conn_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
-    b
-}
-
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<(TlsAcceptor, Counter)>,
+    tls: Option<TlsAcceptor>,
     router: &Arc<Router>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    edge: &Arc<Edge>,
     mut stop: watch::Receiver<bool>,
 ) {
     let proto = if tls.is_some() { "https" } else { "http" };
+    let open = router
+        .registry()
+        .gauge(CONNECTIONS_OPEN, &[("listener", proto)]);
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -307,31 +295,19 @@ async fn accept_loop(
             },
             _ = stopped(&mut stop) => break,
         };
-        let _ = tcp.set_nodelay(true);
+        let Some(admitted) = crate::conn::admit(edge, &tcp, remote, &open) else {
+            continue;
+        };
         let info = ConnInfo { remote, proto };
-        let watcher = graceful.watcher();
-        let router = router.clone();
-        let builder = builder.clone();
-        match &tls {
-            None => {
-                tokio::spawn(serve_conn(tcp, info, router, builder, watcher));
-            }
-            Some((acceptor, failures)) => {
-                let accept = acceptor.accept(tcp);
-                let failures = failures.clone();
-                tokio::spawn(async move {
-                    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(stream)) => {
-                            return serve_conn(stream, info, router, builder, watcher).await;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "timed out".to_string(),
-                    };
-                    failures.increment(1);
-                    tracing::debug!(%remote, error = why, "TLS handshake failed");
-                });
-            }
-        }
+        tokio::spawn(crate::conn::serve(
+            tcp,
+            info,
+            tls.clone(),
+            router.clone(),
+            edge.clone(),
+            admitted,
+            stop.clone(),
+        ));
     }
     tracing::info!(listener = proto, "stopped accepting");
 }
@@ -339,25 +315,6 @@ async fn accept_loop(
 /// Completes once `stop` is true. (The guard `wait_for` returns is dropped here, not held by the caller.)
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
-}
-
-async fn serve_conn<I>(
-    io: I,
-    info: ConnInfo,
-    router: Arc<Router>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(router.handle(req, info).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
-    }
 }
 
 async fn admin_loop(
@@ -381,7 +338,7 @@ async fn admin_loop(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

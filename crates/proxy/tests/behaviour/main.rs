@@ -6,6 +6,7 @@ mod admin;
 mod admission;
 mod auth;
 mod cancel;
+mod edge;
 mod errors;
 mod headers;
 mod routing;
