@@ -48,7 +48,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
-            max_connections: 20_000,
+            max_connections: 10_000,
             max_connections_per_client: 5_000,
             max_request_header_bytes: 65_536,
             max_request_headers: 100,
@@ -129,7 +129,7 @@ impl Limits {
             self.max_connections,
             1,
             10_000_000,
-            "use 1 to 10000000 (the default is 20000); the open-files limit must allow as many",
+            "use 1 to 10000000 (the default is 10000); the open-files limit must allow as many",
         )?;
         in_range(
             "maxRequestHeaderBytes",

@@ -453,7 +453,7 @@ fn limits_have_edge_defaults_and_name_the_key_value_and_fix() {
     );
     assert_eq!(
         (l.max_connections, l.max_connections_per_client),
-        (20_000, 5_000)
+        (10_000, 5_000)
     );
     assert_eq!(
         (l.max_request_header_bytes, l.max_request_headers),

@@ -531,9 +531,6 @@ fn sniff(bytes: &[u8]) -> Option<Proto> {
     }
 }
 
-/// The TLS acceptor of the HTTPS listener.
-pub(crate) type Tls = TlsAcceptor;
-
 /// Admits an accepted connection, or closes it at once (a reset: nothing was read, and the
 /// socket does not linger) when a cap refuses it.
 pub(crate) fn admit(
@@ -556,7 +553,7 @@ pub(crate) fn admit(
 pub(crate) async fn serve(
     tcp: TcpStream,
     info: ConnInfo,
-    tls: Option<Tls>,
+    tls: Option<TlsAcceptor>,
     router: Arc<Router>,
     edge: Arc<Edge>,
     admitted: Admitted,
@@ -568,13 +565,7 @@ pub(crate) async fn serve(
     let state = Arc::new(ConnState::new(start));
     let first_head = start + edge.header_read;
     let opened = tokio::select! {
-        r = tokio::time::timeout_at(first_head, open(tcp, tls.as_ref(), &edge, &state)) => match r {
-            Ok(opened) => opened,
-            Err(_) => {
-                edge.header_timeouts.increment(1);
-                return;
-            }
-        },
+        o = open(tcp, tls.as_ref(), &edge, &state, first_head) => o,
         () = stopped(&mut stop) => return,
     };
     let Some(opened) = opened else { return };
@@ -582,50 +573,76 @@ pub(crate) async fn serve(
     Box::pin(run(opened, info, router, edge, state, stop)).await;
 }
 
-/// A connection ready for hyper.
-// Moved once, into the serving state (boxed): the TLS session's size costs no copy per request.
-#[allow(clippy::large_enum_variant)]
-enum Opened {
-    Plain(EdgeIo<TcpStream>, Proto),
-    Tls(EdgeIo<tokio_rustls::server::TlsStream<TcpStream>>, Proto),
+/// Reads until the bytes tell HTTP/2's preface from anything else (HTTP/1.1); `None` if the
+/// connection ends first. Returns the protocol and the bytes read (at most 24).
+async fn detect(tcp: &mut TcpStream) -> Option<(Proto, [u8; 24], usize)> {
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    loop {
+        match tcp.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(r) => n += r,
+        }
+        if let Some(p) = sniff(&buf[..n]) {
+            return Some((p, buf, n));
+        }
+    }
 }
 
-/// The TLS handshake (TLS) or the protocol detection (plain), then the wait for the client's
-/// first bytes; `None` when the connection ended or failed first.
+/// A TLS session, boxed: a connection waiting for its client keeps a small task.
+type TlsIo = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A connection ready for hyper.
+enum Opened {
+    Plain(EdgeIo<TcpStream>, Proto),
+    Tls(EdgeIo<TlsIo>, Proto),
+}
+
+/// The TLS handshake (at most 10 s) or the protocol detection, then the wait for the client's
+/// first bytes, all by `first_head`; `None` when the connection ended, failed or ran out of
+/// time first. (One timer at a time: the task of a waiting connection stays small.)
 async fn open(
     tcp: TcpStream,
-    tls: Option<&Tls>,
+    tls: Option<&TlsAcceptor>,
     edge: &Edge,
     state: &Arc<ConnState>,
+    first_head: Instant,
 ) -> Option<Opened> {
+    let timed_out = || {
+        edge.header_timeouts.increment(1);
+        None
+    };
     let Some(acceptor) = tls else {
         let mut tcp = tcp;
-        let mut buf = [0u8; 24];
-        let mut n = 0;
-        let proto = loop {
-            match tcp.read(&mut buf[n..]).await {
-                Ok(0) | Err(_) => return None,
-                Ok(r) => n += r,
-            }
-            if let Some(p) = sniff(&buf[..n]) {
-                break p;
-            }
+        let (proto, buf, n) = match tokio::time::timeout_at(first_head, detect(&mut tcp)).await {
+            Ok(detected) => detected?,
+            Err(_) => return timed_out(),
         };
         let watch = (proto == Proto::H1).then(|| state.clone());
         return Some(Opened::Plain(EdgeIo::new(tcp, &buf[..n], watch), proto));
     };
     let remote = tcp.peer_addr().ok();
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-    let mut stream = match handshake {
-        Ok(Ok(s)) => s,
-        failed => {
-            edge.handshake_failures.increment(1);
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_string(),
-            };
-            tracing::debug!(remote = ?remote, error = why, "TLS handshake failed");
-            return None;
+    let handshake_by = first_head.min(state.start + HANDSHAKE_TIMEOUT);
+    // Boxed: the handshake's state is large and needed only for its duration. (The block
+    // ends the result's life here: the session inside it is boxed before the next await.)
+    let mut stream: TlsIo = {
+        let handshake = tokio::time::timeout_at(handshake_by, Box::pin(acceptor.accept(tcp))).await;
+        match handshake {
+            Ok(Ok(s)) => Box::new(s),
+            Ok(Err(e)) => {
+                edge.handshake_failures.increment(1);
+                tracing::debug!(remote = ?remote, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                edge.handshake_failures.increment(1);
+                tracing::debug!(remote = ?remote, "TLS handshake timed out");
+                return if handshake_by == first_head {
+                    timed_out()
+                } else {
+                    None
+                };
+            }
         }
     };
     let proto = match stream.get_ref().1.alpn_protocol() {
@@ -636,8 +653,12 @@ async fn open(
     let buffered = stream.get_mut().1.process_new_packets().map_or(true, |s| {
         s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
     });
-    if !buffered {
-        let _ = stream.get_ref().0.readable().await;
+    if !buffered
+        && tokio::time::timeout_at(first_head, stream.get_ref().0.readable())
+            .await
+            .is_err()
+    {
+        return timed_out();
     }
     let watch = (proto == Proto::H1).then(|| state.clone());
     Some(Opened::Tls(EdgeIo::new(stream, &[], watch), proto))
@@ -693,8 +714,9 @@ async fn run(
     }
 }
 
-/// Polls the hyper connection until it ends; closes it when a deadline passes or the server
-/// stops (then gracefully: in-flight requests finish, the drain timeout bounds them).
+/// Polls the hyper connection until it ends; closes it when a deadline passes. When the server
+/// stops, a connection that has had no request closes at once, others gracefully (in-flight
+/// requests finish; the drain timeout bounds them); the deadlines still apply meanwhile.
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
@@ -707,28 +729,33 @@ where
 {
     let mut deadline = pin!(deadline(state, edge.header_read, edge.idle));
     let mut stop = pin!(stopped(stop));
-    let expired = tokio::select! {
-        biased;
-        r = conn.as_mut() => return r,
-        () = stop.as_mut() => None,
-        e = deadline.as_mut() => Some(e),
+    let mut draining = false;
+    let expired = loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => return r,
+            () = stop.as_mut(), if !draining => {
+                if !state.served.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                draining = true;
+                graceful(conn.as_mut());
+            }
+            e = deadline.as_mut() => break e,
+        }
     };
     match expired {
         // Mid-head (or no head yet): nothing to finish, the connection closes at once.
-        Some(Expiry::Head) => {
+        Expiry::Head => {
             edge.header_timeouts.increment(1);
             Ok(())
         }
         // Idle: a graceful close (HTTP/2: GOAWAY, so the client retries elsewhere safely).
-        Some(Expiry::Idle) => {
+        Expiry::Idle => {
             edge.idle_timeouts.increment(1);
             graceful(conn.as_mut());
             let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
             Ok(())
-        }
-        None => {
-            graceful(conn.as_mut());
-            conn.await
         }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! | phase | file |
 //! |---|---|
+//! | the connection: caps, TLS, protocol, deadlines, the head's size | `conn.rs` |
 //! | the request's context, started (finished once, on drop) | `response.rs` |
 //! | route: one route-table snapshot, the endpoint and action | `router.rs` |
 //! | authorize: the endpoint's key or token | `endpoint.rs` |

@@ -15,7 +15,7 @@ use infergate_config::Config;
 use infergate_metrics::Registry;
 use infergate_spec::{Readiness, specs_from_config};
 use infergate_tls::{ReloadingCert, TlsError};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -76,9 +76,21 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Connections the kernel may hold complete but not yet accepted (capped by
+/// `net.core.somaxconn`): a burst of connects waits there instead of being dropped.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        })
         .map_err(|source| StartError::Bind {
             listener,
             addr,

@@ -667,3 +667,49 @@ async fn tls_without_alpn_speaks_http11() {
         .await;
     assert_eq!(a.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_waiting_connections_at_once_and_lets_requests_finish() {
+    let pod = mock("p", 600).await;
+    let r = Router::start(&edge_cfg(
+        pod.addr(),
+        "headerReadTimeoutMs: 60000, idleTimeoutMs: 60000",
+        false,
+        "",
+    ))
+    .await;
+    let http = r.http();
+    let mut silent = TcpStream::connect(http).await.unwrap();
+    let mut half_head = TcpStream::connect(http).await.unwrap();
+    half_head
+        .write_all(b"POST /api/v1/endpoint/e/sc")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(http).await.unwrap();
+    idle.write_all(&head_with("")).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let busy = tokio::spawn(async move { call(http, post(SCORE, "{}")).await });
+    assert!(eventually(Duration::from_secs(5), async || pod.stats().in_flight == 1).await);
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), r.stop())
+        .await
+        .expect("the drain waits only for the request in flight");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        busy.await.unwrap().status,
+        200,
+        "the request in flight finished"
+    );
+    for (what, s) in [
+        ("silent", &mut silent),
+        ("half head", &mut half_head),
+        ("idle", &mut idle),
+    ] {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await.is_some(),
+            "{what}: still open after the drain"
+        );
+    }
+}
