@@ -19,6 +19,7 @@ mod edge;
 mod scale;
 #[macro_use]
 mod set;
+mod limits;
 mod settings;
 mod trace;
 pub use auth::{
@@ -32,6 +33,7 @@ pub use edge::{
     DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, HeadersWithUnderscores, MAX_TOKEN_LIFETIME_LIMIT,
     MAX_XFF_TRUSTED_HOPS,
 };
+pub use limits::Limits;
 pub use scale::{AutoscalerConfig, MAX_INSTANCES_LIMIT, ScaleSettings, ScaleTargetRef};
 pub use set::{closest, settable_keys};
 pub use settings::{
@@ -197,6 +199,9 @@ pub struct Config {
     /// Trace context and OpenTelemetry export (see README, "Observability").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// Connection-level limits at the edge (see README, "Edge limits").
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn is_default_ceilings(c: &RequestSettingsCeilings) -> bool {
@@ -389,6 +394,7 @@ impl Config {
         if let Some(t) = &self.tracing {
             t.validate()?;
         }
+        self.limits.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");

@@ -95,10 +95,11 @@ fn table() -> impl Iterator<Item = &'static Settable> {
         .iter()
         .chain(crate::settings::DEFAULTS_SETTABLE)
         .chain(crate::settings::CEILINGS_SETTABLE)
+        .chain(crate::limits::LIMITS_SETTABLE)
 }
 
-/// The keys `--set` accepts: the top-level scalars, `listen.*`, every `defaults.*` and every
-/// `requestSettingsCeilings.*` key.
+/// The keys `--set` accepts: the top-level scalars, `listen.*`, every `defaults.*`, every
+/// `requestSettingsCeilings.*` and every `limits.*` key.
 pub fn settable_keys() -> impl Iterator<Item = &'static str> {
     table().map(|s| s.key)
 }

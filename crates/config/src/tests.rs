@@ -788,3 +788,93 @@ fn tracing_section_parses_and_bad_values_name_the_key() {
         .contains("http/protobuf")
     );
 }
+
+#[test]
+fn limits_have_edge_defaults_and_name_the_key_value_and_fix() {
+    let c = mk(INSECURE).unwrap();
+    let l = c.limits;
+    assert_eq!(
+        (l.header_read_timeout_ms, l.idle_timeout_ms),
+        (30_000, 60_000)
+    );
+    assert_eq!(
+        (l.max_connections, l.max_connections_per_client),
+        (10_000, 5_000)
+    );
+    assert_eq!(
+        (l.max_request_header_bytes, l.max_request_headers),
+        (65_536, 100)
+    );
+    assert_eq!(
+        (
+            l.http2_max_concurrent_streams,
+            l.http2_initial_stream_window_bytes,
+            l.http2_initial_connection_window_bytes
+        ),
+        (100, 65_536, 1_048_576)
+    );
+    assert_eq!(
+        (l.http2_keepalive_interval_ms, l.http2_keepalive_timeout_ms),
+        (60_000, 20_000)
+    );
+    let c = mk(&format!(
+        "{INSECURE}limits: {{idleTimeoutMs: 300, maxConnectionsPerClient: 0, http2KeepaliveIntervalMs: 0}}"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.idle_timeout_ms, 300);
+    assert_eq!(
+        c.limits.header_read_timeout_ms, 30_000,
+        "others keep their default"
+    );
+    for (yaml, key, value) in [
+        (
+            "headerReadTimeoutMs: 0",
+            "limits.headerReadTimeoutMs",
+            "`0`",
+        ),
+        ("idleTimeoutMs: 0", "limits.idleTimeoutMs", "`0`"),
+        ("maxConnections: 0", "limits.maxConnections", "`0`"),
+        (
+            "maxRequestHeaderBytes: 100",
+            "limits.maxRequestHeaderBytes",
+            "`100`",
+        ),
+        ("maxRequestHeaders: 0", "limits.maxRequestHeaders", "`0`"),
+        (
+            "http2MaxConcurrentStreams: 0",
+            "limits.http2MaxConcurrentStreams",
+            "`0`",
+        ),
+        (
+            "http2InitialStreamWindowBytes: 1000",
+            "limits.http2InitialStreamWindowBytes",
+            "`1000`",
+        ),
+        (
+            "http2InitialConnectionWindowBytes: 4294967295",
+            "limits.http2InitialConnectionWindowBytes",
+            "`4294967295`",
+        ),
+        (
+            "http2KeepaliveTimeoutMs: 0",
+            "limits.http2KeepaliveTimeoutMs",
+            "`0`",
+        ),
+    ] {
+        let e = err_text(&format!("{INSECURE}limits: {{{yaml}}}"));
+        assert!(
+            e.contains(key) && e.contains(value) && e.contains("fix: use"),
+            "{yaml}: {e}"
+        );
+    }
+    // Without PINGs their timeout is not checked.
+    mk(&format!(
+        "{INSECURE}limits: {{http2KeepaliveIntervalMs: 0, http2KeepaliveTimeoutMs: 0}}"
+    ))
+    .unwrap();
+    let e = err_text(&format!("{INSECURE}limits: {{maxConection: 5}}"));
+    assert!(e.contains("maxConection"), "{e}");
+    let mut c = mk(INSECURE).unwrap();
+    c.apply_set("limits.maxConnections=50000").unwrap();
+    assert_eq!(c.limits.max_connections, 50_000);
+}

@@ -12,6 +12,7 @@ mod autoscale;
 mod check;
 #[cfg(feature = "demo")]
 mod demo;
+mod nofile;
 mod reload;
 mod token;
 mod version;
@@ -154,6 +155,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(run.log_format);
+            nofile::raise(cfg.limits.max_connections);
             let rt = match runtime(run.workers) {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -42,7 +42,7 @@ pub const FAMILIES: &[Describe] = &[
     Describe::new(
         CONFIG_RESTART_PENDING,
         Kind::Gauge,
-        "1 while the configuration file changes a key that only a restart applies (listeners, certificate paths, cluster, discovery, tracing, intervals).",
+        "1 while the configuration file changes a key that only a restart applies (listeners, limits, certificate paths, cluster, discovery, tracing, intervals).",
     ),
     Describe::new(
         CONFIG_LAST_RELOAD_SUCCESS,
@@ -379,6 +379,10 @@ pub fn restart_needed(running: &Config, file: &Config) -> Vec<RestartNeeded> {
             "(changed)".into(),
         );
     }
+    // The listeners' connection limits are built into them at start.
+    if running.limits != file.limits {
+        diff("limits", "(running)".into(), "(changed)".into());
+    }
     if running.cluster != file.cluster {
         let (a, b) = section(running.cluster.is_some(), file.cluster.is_some());
         diff("cluster", a, b);
@@ -470,6 +474,9 @@ mod tests {
         );
         let keys: Vec<_> = restart_needed(&a, &c).into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["discovery"]);
+        let e = cfg(&format!("{BASE}limits: {{maxConnections: 10}}\n"));
+        let keys: Vec<_> = restart_needed(&a, &e).into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, ["limits"], "the listeners' limits are fixed at start");
         let keys: Vec<_> = restart_needed(&c, &d).into_iter().map(|r| r.key).collect();
         assert_eq!(
             keys,

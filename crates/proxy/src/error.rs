@@ -20,6 +20,14 @@ pub enum ProxyError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The request head is over `limits.maxRequestHeaderBytes` or `limits.maxRequestHeaders`.
+    #[error("the request head has more {what} than the limit of {limit}")]
+    HeadTooLarge {
+        /// What is counted: header fields, or bytes.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// No pod slot could be had.
     #[error("{0}")]
     Unavailable(#[from] AcquireError),
@@ -82,6 +90,10 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge")
             }
+            ProxyError::HeadTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "RequestHeaderFieldsTooLarge",
+            ),
             ProxyError::Unavailable(a) => match a {
                 AcquireError::NoPods => (StatusCode::SERVICE_UNAVAILABLE, "NoPodAvailable"),
                 AcquireError::QueueTimeout => (StatusCode::SERVICE_UNAVAILABLE, "QueueTimeout"),

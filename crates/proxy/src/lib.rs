@@ -5,6 +5,7 @@
 //!
 //! | phase | file |
 //! |---|---|
+//! | the connection: caps, TLS, protocol, deadlines, the head's size | `conn.rs` |
 //! | the request's context, started (finished once, on drop) | `response.rs` |
 //! | route: one route-table snapshot, the endpoint and action | `router.rs` |
 //! | authorize: the endpoint's key or token | `endpoint.rs` |
@@ -18,6 +19,7 @@
 
 pub mod body;
 mod cancel;
+mod conn;
 mod deployment;
 mod endpoint;
 pub mod error;
@@ -32,6 +34,7 @@ pub mod trace;
 mod upstream;
 mod watchdog;
 
+pub use conn::HeadLimits;
 pub use deployment::{DeploymentState, pool_settings};
 pub use endpoint::{EndpointState, Table};
 pub use error::ProxyError;

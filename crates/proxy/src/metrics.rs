@@ -20,8 +20,15 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "infergate_upstream_duration_seconds
 pub const AUTH_FAILURES_TOTAL: &str = "infergate_auth_failures_total";
 /// Requests being served now (head received, response body not yet finished).
 pub const REQUESTS_IN_FLIGHT: &str = "infergate_requests_in_flight";
-/// TLS handshakes that failed or timed out.
+/// TLS handshakes that failed or took longer than 10 s.
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "infergate_tls_handshake_failures_total";
+/// Client connections open now, by `listener` (`https`, `http`).
+pub const CONNECTIONS_OPEN: &str = "infergate_connections_open";
+/// Connections closed at accept by a cap, by `reason` (`global_limit`, `per_client_limit`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "infergate_connections_refused_total";
+/// Connections closed by a deadline, by `timeout` (`header_read`: no complete request head in
+/// time, the first one counted from the accept; `idle`: no request in flight for too long).
+pub const CONNECTION_TIMEOUTS_TOTAL: &str = "infergate_connection_timeouts_total";
 /// Time spent waiting for a pod slot, by `endpoint` and `deployment`.
 pub const QUEUE_WAIT_SECONDS: &str = "infergate_queue_wait_seconds";
 /// Slots taken now (the autoscale signal's numerator, with queued requests).
@@ -101,6 +108,21 @@ pub const FAMILIES: &[Describe] = &[
         TLS_HANDSHAKE_FAILURES_TOTAL,
         Kind::Counter,
         "TLS handshakes that failed or timed out.",
+    ),
+    Describe::new(
+        CONNECTIONS_OPEN,
+        Kind::Gauge,
+        "Client connections open now, by listener (https, http).",
+    ),
+    Describe::new(
+        CONNECTIONS_REFUSED_TOTAL,
+        Kind::Counter,
+        "Connections closed at accept because a cap was reached, by reason (global_limit: limits.maxConnections, per_client_limit: limits.maxConnectionsPerClient).",
+    ),
+    Describe::new(
+        CONNECTION_TIMEOUTS_TOTAL,
+        Kind::Counter,
+        "Connections closed by a deadline, by timeout (header_read: no complete request head within limits.headerReadTimeoutMs, the first counted from the accept; idle: no request in flight for limits.idleTimeoutMs).",
     ),
     Describe::new(
         DEPLOYMENT_BUSY_SLOTS,

@@ -14,6 +14,7 @@ use infergate_metrics::Registry;
 use infergate_routing::{Deployment, Endpoint, RouteTable};
 
 use crate::body::{RequestShared, admit_watching};
+use crate::conn::HeadLimits;
 use crate::deployment::{DeploymentState, StatusCounters};
 use crate::endpoint::{EndpointState, Table};
 use crate::error::ProxyError;
@@ -41,6 +42,8 @@ pub struct Router {
     edge: EdgeRules,
     /// With `tracing`: the router takes part in its requests' traces.
     tracing: std::sync::OnceLock<TraceSettings>,
+    /// What a request head may hold (`limits.maxRequestHeaderBytes`, `maxRequestHeaders`).
+    head: HeadLimits,
 }
 
 /// The configuration's edge keys, read per request without a lock (a reload stores new ones).
@@ -75,8 +78,15 @@ impl EdgeRules {
 }
 
 impl Router {
-    /// A router with an empty table (see [`Router::publish_specs`]) counting in `registry`.
+    /// A router with an empty table (see [`Router::publish_specs`]) counting in `registry`,
+    /// with the default head limits.
     pub fn new(registry: &Registry) -> Arc<Self> {
+        let head = HeadLimits::from_limits(&infergate_config::Limits::default());
+        Self::with_head_limits(registry, head)
+    }
+
+    /// [`Router::new`] with these head limits: a larger head is answered 431.
+    pub fn with_head_limits(registry: &Registry, head: HeadLimits) -> Arc<Self> {
         crate::metrics::describe(registry);
         Arc::new(Router {
             table: ArcSwap::from_pointee(Table::default()),
@@ -85,6 +95,7 @@ impl Router {
             cluster: std::sync::OnceLock::new(),
             edge: EdgeRules::default(),
             tracing: std::sync::OnceLock::new(),
+            head,
             metrics: Arc::new(RequestMetrics {
                 in_flight: registry.gauge(REQUESTS_IN_FLIGHT, &[]),
                 unrouted: StatusCounters::new(registry, "", ""),
@@ -95,13 +106,32 @@ impl Router {
     /// Serves one request: the phases in order; the first failure becomes the answer.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
+        // The head's size first (the parsers let heads up to twice the limit through, so that
+        // this answer can carry the JSON body and the request id).
+        let checked = self.head.check(&parts);
         let uri = std::mem::take(&mut parts.uri);
         let mut ctx = RequestCtx::start(&self.metrics, parts.method.clone(), uri);
+        if let Err(err) = checked {
+            let mut resp = rescue(&err, ctx);
+            // HTTP/1.1: the rest of such a request is not read; the connection closes.
+            if parts.version < http::Version::HTTP_2 {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            return resp;
+        }
         ctx.trace = crate::trace::start(&mut parts.headers, self.tracing.get());
         match self.forward(&mut ctx, parts, body, conn).await {
             Ok(resp) => respond(resp, ctx),
             Err(err) => rescue(&err, ctx),
         }
+    }
+
+    /// Counts an answer made before routing (e.g. the HTTP/1.1 parser's own 431).
+    pub(crate) fn count_unrouted(&self, status: u16) {
+        self.metrics.unrouted.count(status);
     }
 
     async fn forward(

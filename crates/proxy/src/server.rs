@@ -11,27 +11,22 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use infergate_config::Config;
-use infergate_metrics::{Counter, Registry};
+use infergate_metrics::Registry;
 use infergate_spec::{Readiness, specs_from_config};
 use infergate_tls::{ReloadingCert, TlsError};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::{Edge, HeadLimits};
 use crate::forward::ConnInfo;
-use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
+use crate::metrics::CONNECTIONS_OPEN;
 use crate::response::ProxyBody;
 use crate::router::Router;
-use crate::watchdog::{WatchExecutor, Watchdog};
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client of the admin listener may take to send a request head.
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +63,7 @@ pub struct Server {
     drain_timeout: Duration,
     reload_interval: Duration,
     cluster: Option<infergate_cluster::Cluster>,
+    edge: Arc<Edge>,
 }
 
 impl std::fmt::Debug for Server {
@@ -80,9 +76,21 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Connections the kernel may hold complete but not yet accepted (capped by
+/// `net.core.somaxconn`): a burst of connects waits there instead of being dropped.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        })
         .map_err(|source| StartError::Bind {
             listener,
             addr,
@@ -112,13 +120,14 @@ impl Server {
             (Some(c), Some(k)) => Some(ReloadingCert::load(c.clone(), k.clone(), &registry)?),
             _ => None,
         };
-        let router = Router::new(&registry);
+        let router = Router::with_head_limits(&registry, HeadLimits::from_limits(&cfg.limits));
         router.apply_edge_config(cfg);
         if let Some(t) = &cfg.tracing {
             router.set_tracing(crate::trace::TraceSettings {
                 sampling_ratio: t.sampling_ratio,
             });
         }
+        let edge = Arc::new(Edge::new(&cfg.limits, &registry));
         let cluster = match &cfg.cluster {
             Some(c) => {
                 let cluster = start_cluster(c, peers, &router, &registry).await?;
@@ -161,6 +170,7 @@ impl Server {
             drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
             reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
             cluster,
+            edge,
         })
     }
 
@@ -205,6 +215,7 @@ impl Server {
             drain_timeout,
             reload_interval,
             cluster,
+            edge,
         } = self;
         for (name, addr) in [
             (
@@ -231,23 +242,19 @@ impl Server {
                 }
             })
         };
-        let handshake_failures = registry.counter(TLS_HANDSHAKE_FAILURES_TOTAL, &[]);
         let admin_task = tokio::spawn(admin_loop(admin, registry, ready.clone(), router.clone()));
 
-        let builder = Arc::new(conn_builder());
-        let graceful = GracefulShutdown::new();
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept = async {
             tokio::join!(
                 async {
                     if let Some((l, tls)) = https {
-                        let tls = Some((tls, handshake_failures));
-                        accept_loop(l, tls, &router, &builder, &graceful, stop_rx.clone()).await;
+                        accept_loop(l, Some(tls), &router, &edge, stop_rx.clone()).await;
                     }
                 },
                 async {
                     if let Some(l) = http {
-                        accept_loop(l, None, &router, &builder, &graceful, stop_rx.clone()).await;
+                        accept_loop(l, None, &router, &edge, stop_rx.clone()).await;
                     }
                 },
             )
@@ -267,7 +274,7 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         tokio::join!(accept, signal);
-        match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+        match tokio::time::timeout(drain_timeout, edge.all_closed()).await {
             Ok(()) => tracing::info!("drained: all connections closed"),
             Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
         }
@@ -282,27 +289,17 @@ impl Server {
     }
 }
 
-/// HTTP/2 streams run under the stream timers through the executor; HTTP/1.1 connections are
-/// wrapped in `serve_conn`.
-fn conn_builder() -> auto::Builder<WatchExecutor> {
-    let mut b = auto::Builder::new(WatchExecutor);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
-    b
-}
-
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<(TlsAcceptor, Counter)>,
+    tls: Option<TlsAcceptor>,
     router: &Arc<Router>,
-    builder: &Arc<auto::Builder<WatchExecutor>>,
-    graceful: &GracefulShutdown,
+    edge: &Arc<Edge>,
     mut stop: watch::Receiver<bool>,
 ) {
     let proto = if tls.is_some() { "https" } else { "http" };
+    let open = router
+        .registry()
+        .gauge(CONNECTIONS_OPEN, &[("listener", proto)]);
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -316,31 +313,19 @@ async fn accept_loop(
             },
             _ = stopped(&mut stop) => break,
         };
-        let _ = tcp.set_nodelay(true);
+        let Some(admitted) = crate::conn::admit(edge, &tcp, remote, &open) else {
+            continue;
+        };
         let info = ConnInfo { remote, proto };
-        let watcher = graceful.watcher();
-        let router = router.clone();
-        let builder = builder.clone();
-        match &tls {
-            None => {
-                tokio::spawn(serve_conn(tcp, info, router, builder, watcher));
-            }
-            Some((acceptor, failures)) => {
-                let accept = acceptor.accept(tcp);
-                let failures = failures.clone();
-                tokio::spawn(async move {
-                    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(stream)) => {
-                            return serve_conn(stream, info, router, builder, watcher).await;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "timed out".to_string(),
-                    };
-                    failures.increment(1);
-                    tracing::debug!(%remote, error = why, "TLS handshake failed");
-                });
-            }
-        }
+        tokio::spawn(crate::conn::serve(
+            tcp,
+            info,
+            tls.clone(),
+            router.clone(),
+            edge.clone(),
+            admitted,
+            stop.clone(),
+        ));
     }
     tracing::info!(listener = proto, "stopped accepting");
 }
@@ -348,30 +333,6 @@ async fn accept_loop(
 /// Completes once `stop` is true. (The guard `wait_for` returns is dropped here, not held by the caller.)
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
-}
-
-async fn serve_conn<I>(
-    io: I,
-    info: ConnInfo,
-    router: Arc<Router>,
-    builder: Arc<auto::Builder<WatchExecutor>>,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(router.handle(req, info).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    // The stream timers of an HTTP/1.1 exchange (an HTTP/2 connection's run on its streams).
-    match Watchdog::new(watcher.watch(conn)).await {
-        Some(Ok(())) => {}
-        Some(Err(e)) => {
-            tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
-        }
-        None => tracing::debug!(remote = %info.remote, "stream timer fired: connection closed"),
-    }
 }
 
 async fn admin_loop(
@@ -395,7 +356,7 @@ async fn admin_loop(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

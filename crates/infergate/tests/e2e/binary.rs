@@ -463,3 +463,64 @@ async fn static_scale_settings_log_the_decisions() {
         assert_eq!(c.await.unwrap().status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_to_the_hard_one_so_the_cap_decides() {
+    let hard = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    const SOFT: u64 = 256;
+    const CONNS: usize = 400;
+    if hard.parse::<u64>().is_ok_and(|h| h < 1024) {
+        eprintln!("skipped: the hard open-files limit ({hard}) is too low to show the raise");
+        return;
+    }
+    let pod = mock("p", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "allowInsecureConnections: true\n{}limits: {{maxConnections: 1000}}\nendpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments: [{{name: d, pods: [\"{}\"]}}]\n",
+            listen_local(),
+            pod.addr()
+        ),
+    );
+    let mut b = Bin::spawn_with_soft_nofile(SOFT, &["serve", "--config", &f]);
+    let line = b.wait_line(|l| l.contains("open-files limit"));
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["soft_before"], SOFT.to_string(), "{line}");
+    assert_eq!(j["soft"], j["hard"], "{line}");
+    assert_eq!(j["hard"], hard.as_str(), "{line}");
+    let http = b.listening("http");
+    let admin = b.listening("admin");
+    // More connections than the old soft limit allows file descriptors: all are held open,
+    // and a request is still served.
+    let mut held = Vec::new();
+    for _ in 0..CONNS {
+        held.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    let open = async || admin_metric(admin, "infergate_connections_open{listener=\"http\"}").await;
+    assert!(
+        eventually(Duration::from_secs(10), async || open().await
+            >= CONNS as f64)
+        .await,
+        "open: {}",
+        open().await
+    );
+    assert_eq!(
+        call(http, post("/api/v1/endpoint/e/score", "{}"))
+            .await
+            .status,
+        200
+    );
+    // The drain closes the idle connections at once.
+    b.signal("TERM");
+    let (out, _) = tokio::task::spawn_blocking(move || b.finish())
+        .await
+        .unwrap();
+    assert!(!out.contains("accept failed"), "{out}");
+    assert!(out.contains("drained: all connections closed"), "{out}");
+    drop(held);
+}

@@ -23,8 +23,24 @@ impl Bin {
 
     /// Spawns with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Bin {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infergate"));
+        cmd.args(args);
+        Bin::start(cmd, env)
+    }
+
+    /// Spawns with the soft open-files limit set to `soft` (through `sh -c 'ulimit -Sn'`,
+    /// which then execs the binary: the child's pid is the binary's).
+    pub fn spawn_with_soft_nofile(soft: u64, args: &[&str]) -> Bin {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_infergate"))
+            .args(args);
+        Bin::start(cmd, &[])
+    }
+
+    fn start(mut cmd: Command, env: &[(&str, &str)]) -> Bin {
+        let mut child = cmd
             .current_dir(repo_root())
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())

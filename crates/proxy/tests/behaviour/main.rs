@@ -7,6 +7,7 @@ mod admission;
 mod auth;
 mod cancel;
 mod edge;
+mod edge_conn;
 mod errors;
 mod exposition;
 mod headers;
