@@ -692,24 +692,26 @@ async fn run(
     let result = match opened {
         // HTTP/1.1: the connection runs under the stream timers (one exchange at a time).
         Opened::Plain(io, Proto::H1) => {
-            let c = pin!(edge.h1.serve_connection(TokioIo::new(io), svc));
-            watched(
-                drive(c, |c| c.graceful_shutdown(), edge, state, stop),
-                &info,
-            )
-            .await
+            // The hyper connection lives inside the watched future: when a timer fires, the
+            // exchange is dropped under the watchdog, which records the timer on the request.
+            let conn = async move {
+                let c = pin!(edge.h1.serve_connection(TokioIo::new(io), svc));
+                drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
+            };
+            watched(conn, &info).await
         }
         Opened::Plain(io, Proto::H2) => {
             let c = pin!(edge.h2.serve_connection(TokioIo::new(io), svc));
             drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
         }
         Opened::Tls(io, Proto::H1) => {
-            let c = pin!(edge.h1.serve_connection(TokioIo::new(io), svc));
-            watched(
-                drive(c, |c| c.graceful_shutdown(), edge, state, stop),
-                &info,
-            )
-            .await
+            // The hyper connection lives inside the watched future: when a timer fires, the
+            // exchange is dropped under the watchdog, which records the timer on the request.
+            let conn = async move {
+                let c = pin!(edge.h1.serve_connection(TokioIo::new(io), svc));
+                drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
+            };
+            watched(conn, &info).await
         }
         Opened::Tls(io, Proto::H2) => {
             let c = pin!(edge.h2.serve_connection(TokioIo::new(io), svc));
