@@ -168,12 +168,16 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "is_default_autoscaler")]
     pub autoscaler: AutoscalerConfig,
     /// Connection-level limits at the edge (see README, "Edge limits").
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default_limits")]
     pub limits: Limits,
 }
 
 fn is_default_autoscaler(a: &AutoscalerConfig) -> bool {
     *a == AutoscalerConfig::default()
+}
+
+fn is_default_limits(l: &Limits) -> bool {
+    *l == Limits::default()
 }
 
 fn default_drain_timeout_ms() -> u64 {
