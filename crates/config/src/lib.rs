@@ -200,7 +200,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
     /// Connection-level limits at the edge (see README, "Edge limits").
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default_limits")]
     pub limits: Limits,
 }
 
@@ -210,6 +210,10 @@ fn is_default_ceilings(c: &RequestSettingsCeilings) -> bool {
 
 fn is_default_autoscaler(a: &AutoscalerConfig) -> bool {
     *a == AutoscalerConfig::default()
+}
+
+fn is_default_limits(l: &Limits) -> bool {
+    *l == Limits::default()
 }
 
 fn default_drain_timeout_ms() -> u64 {
