@@ -360,6 +360,25 @@ fn slice_of(
 }
 
 /// A ready endpoint on 127.0.0.1 whose targetRef is Pod `ns/pod`.
+/// An InferenceEndpoint `name` in `ml` with key auth from the Secret `<name>-keys`, and its
+/// Service `<name>-svc` backed by one pod on `port` (a slice of the EndpointSlice controller).
+fn keyed_endpoint(api: &FakeApiServer, name: &str, port: u16) {
+    api.apply(json!({
+        "apiVersion": "infergate.io/v1",
+        "kind": "InferenceEndpoint",
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": {"deployments": [{"name": "blue", "serviceName": format!("{name}-svc"), "port": "http"}],
+                 "auth": {"mode": "key", "secretName": format!("{name}-keys")}},
+    }));
+    api.apply(slice_of(
+        &format!("{name}-svc-x"),
+        &format!("{name}-svc"),
+        port,
+        Some(CONTROLLER),
+        pod_endpoint("ml", &format!("{name}-0")),
+    ));
+}
+
 fn pod_endpoint(ns: &str, pod: &str) -> serde_json::Value {
     json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
             "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}}])
@@ -516,20 +535,7 @@ async fn targetref_to_pod_in_other_namespace_is_refused() {
 async fn unlabelled_secret_is_never_read() {
     let api = FakeApiServer::start().await;
     let pod = mock("keyed-pod", 0).await;
-    api.apply(json!({
-        "apiVersion": "infergate.io/v1",
-        "kind": "InferenceEndpoint",
-        "metadata": {"name": "vault", "namespace": "ml"},
-        "spec": {"deployments": [{"name": "blue", "serviceName": "vault-svc", "port": "http"}],
-                 "auth": {"mode": "key", "secretName": "vault-keys"}},
-    }));
-    api.apply(slice_of(
-        "vault-svc-x",
-        "vault-svc",
-        pod.addr().port(),
-        Some(CONTROLLER),
-        pod_endpoint("ml", "vault-0"),
-    ));
+    keyed_endpoint(&api, "vault", pod.addr().port());
     // The Secret the endpoint names, not labelled yet, and an unrelated one of the namespace.
     api.apply(unlabelled_secret(
         "vault-keys",
@@ -633,20 +639,7 @@ async fn many_large_unrelated_secrets_do_not_grow_memory() {
     const RAW: usize = 384_000;
     let pod = mock("mem-pod", 0).await;
     let setup = |api: &FakeApiServer| {
-        api.apply(json!({
-            "apiVersion": "infergate.io/v1",
-            "kind": "InferenceEndpoint",
-            "metadata": {"name": "mem", "namespace": "ml"},
-            "spec": {"deployments": [{"name": "blue", "serviceName": "mem-svc", "port": "http"}],
-                     "auth": {"mode": "key", "secretName": "mem-keys"}},
-        }));
-        api.apply(slice_of(
-            "mem-svc-x",
-            "mem-svc",
-            pod.addr().port(),
-            Some(CONTROLLER),
-            pod_endpoint("ml", "mem-0"),
-        ));
+        keyed_endpoint(api, "mem", pod.addr().port());
         api.apply(secret("mem-keys", &[("primaryKey", "mem-key-0123456789")]));
     };
 
