@@ -200,16 +200,40 @@ impl Controller {
         }
     }
 
-    /// Runs the loop until the task is aborted.
-    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
+    /// Runs the loop until the task is aborted. Should the loop ever stop (a panic), the
+    /// `infergate_autoscaler_leader` gauge drops to 0, an ERROR log says why, and `on_stop` runs
+    /// (the binary gives the Lease up there, so that another replica's autoscaler takes over
+    /// instead of this replica holding the Lease while deciding nothing).
+    pub fn spawn_with(
+        mut self,
+        on_stop: impl FnOnce() + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.cfg.tick);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                self.round().await;
-            }
+            let gauge = self.leader_gauge.clone();
+            let identity = self.cfg.identity.clone();
+            let end = infergate_metrics::supervised(async {
+                let mut tick = tokio::time::interval(self.cfg.tick);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    self.round().await;
+                }
+            })
+            .await;
+            gauge.set(0.0);
+            tracing::error!(
+                %identity,
+                reason = %end,
+                "autoscaler: the decision loop stopped; this replica scales nothing from now on \
+                 and gives its leadership up (restart the pod)"
+            );
+            on_stop();
         })
+    }
+
+    /// [`Controller::spawn_with`] with nothing to do when the loop stops.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        self.spawn_with(|| {})
     }
 
     /// One look at every deployment.
@@ -623,5 +647,37 @@ mod tests {
             (r.group.as_str(), r.version.as_str(), r.plural.as_str()),
             ("apps", "v1", "statefulsets")
         );
+    }
+
+    /// A decision loop that breaks (here its view of the fleet panics) does not hold the
+    /// leadership while deciding nothing: the leader gauge drops to 0 and `on_stop` runs (the
+    /// binary gives the Lease up there).
+    #[tokio::test]
+    async fn a_decision_loop_that_panics_gives_its_leadership_up() {
+        let registry = Registry::new();
+        let fleet: Arc<dyn Fleet> =
+            Arc::new(|| -> Vec<AutoscaleTarget> { panic!("the fleet view broke") });
+        let c = Controller::new(
+            None,
+            fleet,
+            Arc::new(|| true),
+            None,
+            &registry,
+            ControllerConfig {
+                tick: Duration::from_millis(10),
+                ..ControllerConfig::default()
+            },
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = c.spawn_with(move || {
+            let _ = tx.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("on_stop ran")
+            .unwrap();
+        task.await.expect("the task itself ends cleanly");
+        let text = registry.render();
+        assert!(text.contains(&format!("{LEADER} 0")), "{text}");
     }
 }

@@ -433,7 +433,20 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Leadership {
             stopped: false,
         }),
     });
-    let task = tokio::spawn(run(inner.clone()));
+    let task = {
+        let (inner, identity) = (inner.clone(), inner.identity.clone());
+        tokio::spawn(async move {
+            // Leadership is checked against the clock: should the election stop, it lapses at
+            // the renew deadline by itself; say so, loudly.
+            let end = infergate_metrics::supervised(run(inner)).await;
+            tracing::error!(
+                %identity,
+                reason = %end,
+                "leader election stopped: this replica's leadership lapses at its renew deadline \
+                 and it never leads again (restart the pod)"
+            );
+        })
+    };
     Leadership {
         inner,
         guard: Arc::new(TaskGuard(task.abort_handle())),

@@ -189,6 +189,9 @@ pub struct Options {
     pub dead_after: Duration,
     /// What to do when the owner is unreachable.
     pub on_owner_unreachable: PartitionMode,
+    /// Whether `members` follows a watch (`cluster.kube`) whose end is a failure; `false`: a
+    /// fixed list (its sender may be gone from the start).
+    pub members_follow: bool,
 }
 
 /// Why no slot was had through the cluster.
@@ -261,6 +264,8 @@ struct Inner {
     /// When the clock last finished a round (ms): a process that was frozen or starved wakes
     /// with this stale and uses no slot before the clock has looked at its peers again.
     last_tick: AtomicU64,
+    /// Why a cluster task stopped (see [`Cluster::failed`]); `None` while all run.
+    failure: watch::Sender<Option<String>>,
 }
 
 /// A handle on this replica's place in the cluster. Cheap to clone.
@@ -406,6 +411,7 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
             poke: tokio::sync::Notify::new(),
             last_tick: AtomicU64::new(1),
+            failure: watch::Sender::new(None),
         });
         inner.set_members(&members);
         tracing::info!(
@@ -415,11 +421,37 @@ impl Cluster {
             members = members.len(),
             "cluster peer listener bound"
         );
-        let accept = tokio::spawn(accept_loop(inner.clone(), listener));
-        let clock = tokio::spawn(clock_loop(inner.clone()));
-        let membership = tokio::spawn(members_loop(inner.clone()));
+        let accept = tokio::spawn(watched(
+            inner.clone(),
+            "peer listener",
+            accept_loop(inner.clone(), listener),
+        ));
+        let clock = tokio::spawn(watched(inner.clone(), "clock", clock_loop(inner.clone())));
+        let membership = tokio::spawn(watched(
+            inner.clone(),
+            "member list",
+            members_loop(inner.clone()),
+        ));
         inner.tasks.lock().extend([accept, clock, membership]);
         Ok(Cluster { inner })
+    }
+
+    /// Completes when one of the cluster's own tasks (the peer listener, the clock, the member
+    /// list) has stopped for good (a panic, or the peer watch behind the member list ended),
+    /// with the reason. This replica then admits nothing reliably for its peers (the clock's
+    /// fencing refuses every grant once it stalls): the server turns `/readyz` to 503 so that
+    /// traffic goes to the other replicas. Never completes while all run.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.failure.subscribe();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            // The sender lives in `inner`, which `self` holds.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// This replica's node id.
@@ -946,6 +978,32 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 static PEER_REFUSED_LOG: infergate_metrics::LogLimiter =
     infergate_metrics::LogLimiter::new(5, Duration::from_secs(1));
 
+/// Runs one of the cluster's own tasks; if it ever stops (it should not: each loops for the
+/// life of the process), records why (see [`Cluster::failed`]) and logs it. An abort (the
+/// cluster stopping) says nothing.
+async fn watched(inner: Arc<Inner>, task: &'static str, fut: impl Future<Output = ()>) {
+    let end = infergate_metrics::supervised(fut).await;
+    let why = match (&end, task) {
+        (infergate_metrics::TaskEnd::Returned, "member list") => {
+            "the peer watch ended: the member list no longer follows the Service".to_string()
+        }
+        _ => format!("{task}: {end}"),
+    };
+    tracing::error!(
+        task,
+        reason = %why,
+        "cluster: a cluster task stopped; this replica can no longer take part reliably: \
+         /readyz answers 503 from now on (restart the pod)"
+    );
+    inner.failure.send_if_modified(|f| {
+        if f.is_some() {
+            return false;
+        }
+        *f = Some(why);
+        true
+    });
+}
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     loop {
         let Ok((s, remote)) = listener.accept().await else {
@@ -1003,7 +1061,11 @@ async fn members_loop(inner: Arc<Inner>) {
                 .or_insert_with(|| tokio::spawn(dial_loop(inner.clone(), a)));
         }
         if rx.changed().await.is_err() {
-            // The member list is fixed from now on.
+            if inner.opts.members_follow {
+                // The peer watch ended (or panicked): the list no longer follows the Service.
+                return;
+            }
+            // A fixed member list.
             std::future::pending::<()>().await;
         }
     }

@@ -73,8 +73,11 @@ pub fn start(
                 router.registry(),
                 ccfg,
             );
+            let give_up = l.clone();
             Some(Running {
-                controller: c.spawn(),
+                // A loop that stops stops renewing the Lease: another replica takes over when
+                // it expires.
+                controller: c.spawn_with(move || give_up.abort()),
                 leadership: Some(l),
             })
         }

@@ -24,7 +24,9 @@ use metrics::{CounterFn, GaugeFn, HistogramFn};
 use parking_lot::RwLock;
 
 mod log_limit;
+mod task;
 pub use log_limit::LogLimiter;
+pub use task::{TaskEnd, panic_message, supervised};
 
 /// Histogram buckets in seconds for every `_seconds` histogram: 0.5 ms to 60 s.
 pub const SECONDS_BUCKETS: &[f64] = &[

@@ -545,11 +545,23 @@ pub(crate) fn admit(
         Ok(a) => Some(a),
         Err(why) => {
             let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-            tracing::debug!(%remote, reason = ?why, "connection refused: connection cap reached");
+            // Anyone can cause these: a few lines a second, the next line says how many were
+            // left out (`infergate_connections_refused_total` counts them all).
+            if let Some(left_out) = REFUSED_LOG.allow() {
+                tracing::warn!(
+                    %remote, reason = ?why, left_out,
+                    "connection refused: connection cap reached (limits.maxConnections / \
+                     limits.maxConnectionsPerClient)"
+                );
+            }
             None
         }
     }
 }
+
+/// The log lines of refused connections (see [`admit`]).
+static REFUSED_LOG: infergate_metrics::LogLimiter =
+    infergate_metrics::LogLimiter::new(5, Duration::from_secs(1));
 
 /// Serves one admitted connection until it closes, times out, or the server stops.
 pub(crate) async fn serve(

@@ -159,6 +159,15 @@ impl Server {
         let ready = Arc::new(Readiness::default());
         // With Kubernetes discovery the table is published after the first full sync.
         ready.set_published(cfg.discovery.kube.is_none());
+        if let Some(c) = &cluster {
+            // A cluster task that stops (see `Cluster::failed`) takes this replica out of its
+            // Services: its peers admit for the deployments it owned.
+            let (c, ready) = (c.clone(), ready.clone());
+            tokio::spawn(async move {
+                let _why = c.failed().await;
+                ready.set_failed();
+            });
+        }
         Ok(Server {
             router,
             https,
@@ -409,6 +418,7 @@ async fn start_cluster(
 ) -> Result<infergate_cluster::Cluster, StartError> {
     let secret = c.read_secret()?;
     let advertise = c.advertised()?;
+    let follow = peers.is_some();
     let members = peers.unwrap_or_else(|| tokio::sync::watch::channel(c.peers.clone()).1);
     let opts = infergate_cluster::Options {
         listen: c.listen,
@@ -418,6 +428,7 @@ async fn start_cluster(
         heartbeat: Duration::from_millis(c.heartbeat_ms),
         dead_after: Duration::from_millis(c.dead_after_ms),
         on_owner_unreachable: c.on_owner_unreachable,
+        members_follow: follow,
     };
     let deployments = Arc::new(crate::router::RouterDeployments(Arc::downgrade(router)));
     infergate_cluster::Cluster::start(opts, deployments, registry)

@@ -105,3 +105,53 @@ async fn drain_turns_readiness_false_and_finishes_in_flight_requests() {
     assert_eq!(a.status, 200, "the in-flight request finished");
     stopping.await.unwrap();
 }
+
+/// A replica whose peer list stops following the Service (the peer watch task ended) can no
+/// longer take part in the cluster reliably: `/readyz` turns 503 (traffic goes to the other
+/// replicas) instead of the replica serving on with a member list frozen in the past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_peer_watch_dies_turns_unready() {
+    let pod = mock("p", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-long-enough-peer-secret").unwrap();
+    let yaml = format!(
+        "cluster:\n  listen: 127.0.0.1:0\n  advertise: 127.0.0.1:1\n  kube: {{service: infergate-peers}}\n  secretFile: {}\n{}",
+        secret.display(),
+        insecure(&format!(
+            "  - name: e\n    deployments: [{{name: d, pods: [\"{}\"]}}]",
+            pod.addr()
+        ))
+    );
+    let mut cfg = infergate_config::Config::from_yaml(&yaml, "<test>").expect("test config parses");
+    cfg.listen.http = "127.0.0.1:0".into();
+    cfg.listen.admin = "127.0.0.1:0".into();
+    let (peers_tx, peers_rx) = tokio::sync::watch::channel(Vec::new());
+    let server = infergate_proxy::Server::bind_with_peers(&cfg, Some(peers_rx))
+        .await
+        .expect("router starts");
+    let (http, admin) = (server.http_addr().unwrap(), server.admin_addr());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    assert_eq!(admin_get(admin, "/readyz").await.status, 200);
+    assert_eq!(
+        call(http, post("/api/v1/endpoint/e/score", "{}"))
+            .await
+            .status,
+        200
+    );
+
+    drop(peers_tx);
+    assert!(
+        eventually(Duration::from_secs(5), async || admin_get(admin, "/readyz")
+            .await
+            .status
+            == 503)
+        .await,
+        "readiness turns false once the peer list no longer follows the Service"
+    );
+    let _ = stop_tx.send(());
+    let _ = task.await;
+}
