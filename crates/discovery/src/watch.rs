@@ -251,12 +251,7 @@ impl Discovery {
             synced.set(0.0);
             match outcome {
                 Err(e) if e.is_panic() => {
-                    let p = e.into_panic();
-                    let why = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(no message)".into());
+                    let why = infergate_metrics::panic_message(e.into_panic().as_ref());
                     tracing::error!(
                         panic = %why,
                         "discovery: the discovery task panicked; the route table no longer follows \
