@@ -39,7 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use infergate_config::Limits;
 use infergate_metrics::{Counter, Gauge, Registry};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -702,32 +702,19 @@ async fn run(
     };
     let (edge, state, stop) = (&*edge, &*state, &mut stop);
     let result = match opened {
-        // HTTP/1.1: the connection runs under the stream timers (one exchange at a time).
-        Opened::Plain(io, Proto::H1) => {
-            // The hyper connection lives inside the watched future: when a timer fires, the
-            // exchange is dropped under the watchdog, which records the timer on the request.
-            let conn = async move {
-                let c = pin!(edge.h1.serve_connection(TokioIo::new(io), svc));
-                drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
-            };
-            watched(conn, &info).await
-        }
+        Opened::Plain(io, Proto::H1) => serve_h1(io, svc, &router, edge, state, stop, &info).await,
+        Opened::Tls(io, Proto::H1) => serve_h1(io, svc, &router, edge, state, stop, &info).await,
         Opened::Plain(io, Proto::H2) => {
             let c = pin!(edge.h2.serve_connection(TokioIo::new(io), svc));
-            drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
-        }
-        Opened::Tls(io, Proto::H1) => {
-            // The hyper connection lives inside the watched future: when a timer fires, the
-            // exchange is dropped under the watchdog, which records the timer on the request.
-            let conn = async move {
-                let c = pin!(edge.h1.serve_connection(TokioIo::new(io), svc));
-                drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
-            };
-            watched(conn, &info).await
+            drive(c, |c| c.graceful_shutdown(), edge, state, stop)
+                .await
+                .map(|_| ())
         }
         Opened::Tls(io, Proto::H2) => {
             let c = pin!(edge.h2.serve_connection(TokioIo::new(io), svc));
-            drive(c, |c| c.graceful_shutdown(), edge, state, stop).await
+            drive(c, |c| c.graceful_shutdown(), edge, state, stop)
+                .await
+                .map(|_| ())
         }
     };
     if let Err(e) = result {
@@ -737,6 +724,74 @@ async fn run(
         }
         tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
     }
+}
+
+/// An HTTP/1.1 connection. It runs under the stream timers (one exchange at a time): the hyper
+/// connection lives inside the watched future, so when a timer fires the exchange is dropped
+/// under the watchdog, which records the timer on the request. A head that began but did not
+/// complete in time gets the router's own `408` (as HAProxy answers `timeout http-request`);
+/// a connection that never began one closes silently (as with HAProxy's `http-ignore-probes`:
+/// browsers open spare connections they may never use).
+async fn serve_h1<T, S>(
+    io: EdgeIo<T>,
+    svc: S,
+    router: &Router,
+    edge: &Edge,
+    state: &ConnState,
+    stop: &mut watch::Receiver<bool>,
+    info: &ConnInfo,
+) -> hyper::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = ConnBody> + Unpin,
+{
+    let conn = async move {
+        let mut c = edge.h1.serve_connection(TokioIo::new(io), svc);
+        let ended = drive(
+            Pin::new(&mut c),
+            |c| c.graceful_shutdown(),
+            edge,
+            state,
+            stop,
+        )
+        .await?;
+        if ended == Ended::HeadTimeout {
+            let io = c.into_parts().io.into_inner();
+            router.count_unrouted(408);
+            late_408(io, edge.header_read).await;
+        }
+        Ok(())
+    };
+    watched(conn, info).await
+}
+
+/// Writes the router's `408` on a connection whose request head did not complete in time (the
+/// rest of the head is not read) and closes it; at most [`CLOSE_GRACE`] for the whole.
+async fn late_408<T: AsyncWrite + Unpin>(mut io: T, header_read: Duration) {
+    let err = ProxyError::HeaderReadTimeout {
+        ms: header_read.as_millis() as u64,
+    };
+    let id = crate::headers::new_request_id();
+    let (status, code) = err.status_and_code();
+    let body = serde_json::json!({
+        "error": {"code": code, "message": err.to_string()},
+        "requestId": id.to_str().unwrap_or(""),
+    })
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-request-id: {}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        id.to_str().unwrap_or(""),
+        body.len()
+    );
+    let write = async {
+        io.write_all(head.as_bytes()).await?;
+        io.write_all(body.as_bytes()).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, write).await;
 }
 
 /// An HTTP/1.1 connection under the stream timers: when one fires mid-exchange the connection
@@ -763,7 +818,7 @@ async fn drive<C>(
     edge: &Edge,
     state: &ConnState,
     stop: &mut watch::Receiver<bool>,
-) -> hyper::Result<()>
+) -> hyper::Result<Ended>
 where
     C: Future<Output = hyper::Result<()>>,
 {
@@ -773,10 +828,10 @@ where
     let expired = loop {
         tokio::select! {
             biased;
-            r = conn.as_mut() => return r,
+            r = conn.as_mut() => return r.map(|()| Ended::Closed),
             () = stop.as_mut(), if !draining => {
                 if !state.served.load(Ordering::Relaxed) {
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 draining = true;
                 graceful(conn.as_mut());
@@ -788,16 +843,26 @@ where
         // Mid-head (or no head yet): nothing to finish, the connection closes at once.
         Expiry::Head => {
             edge.header_timeouts.increment(1);
-            Ok(())
+            Ok(Ended::HeadTimeout)
         }
         // Idle: a graceful close (HTTP/2: GOAWAY, so the client retries elsewhere safely).
         Expiry::Idle => {
             edge.idle_timeouts.increment(1);
             graceful(conn.as_mut());
             let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
-            Ok(())
+            Ok(Ended::Closed)
         }
     }
+}
+
+/// How [`drive`] ended a connection that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Closed (by the client, the idle timeout or the server stopping).
+    Closed,
+    /// A request head did not complete within the header-read timeout: nothing was answered
+    /// yet.
+    HeadTimeout,
 }
 
 /// Completes with the connection's deadline that passed. Re-reads the state on every poll (the

@@ -28,6 +28,12 @@ pub enum ProxyError {
         /// The limit.
         limit: u64,
     },
+    /// An HTTP/1.1 request head began but did not complete within `limits.headerReadTimeoutMs`.
+    #[error("the request head did not arrive within limits.headerReadTimeoutMs ({ms} ms)")]
+    HeaderReadTimeout {
+        /// The setting in milliseconds.
+        ms: u64,
+    },
     /// No pod slot could be had.
     #[error("{0}")]
     Unavailable(#[from] AcquireError),
@@ -94,6 +100,9 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "RequestHeaderFieldsTooLarge",
             ),
+            ProxyError::HeaderReadTimeout { .. } => {
+                (StatusCode::REQUEST_TIMEOUT, "RequestHeaderTimeout")
+            }
             ProxyError::Unavailable(a) => match a {
                 AcquireError::NoPods => (StatusCode::SERVICE_UNAVAILABLE, "NoPodAvailable"),
                 AcquireError::QueueTimeout => (StatusCode::SERVICE_UNAVAILABLE, "QueueTimeout"),

@@ -288,6 +288,83 @@ async fn slow_head_on_a_keepalive_connection_is_cut_by_the_header_timeout() {
     assert_eq!(timeouts(&r, "idle").await, 0.0);
 }
 
+/// A head that began and stalled gets the router's own `408` with the JSON body and a request
+/// id (as HAProxy answers `timeout http-request`), on a first request and on a kept-alive
+/// connection; a connection that never began a head closes without a byte (browsers open
+/// spare connections they may never use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_head_gets_408_and_a_silent_connection_gets_nothing() {
+    let pod = mock("p", 0).await;
+    let r = Router::start(&edge_cfg(
+        pod.addr(),
+        "idleTimeoutMs: 60000, headerReadTimeoutMs: 300",
+        false,
+        "",
+    ))
+    .await;
+    async fn read_to_end(s: &mut TcpStream) -> String {
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+        String::from_utf8_lossy(&all).into_owned()
+    }
+    let check_408 = |text: &str| {
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(lower.contains("\r\nx-request-id: "), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(v["error"]["code"], "RequestHeaderTimeout", "{body}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("headerReadTimeoutMs")),
+            "{body}"
+        );
+        assert!(
+            v["requestId"].as_str().is_some_and(|id| !id.is_empty()),
+            "{body}"
+        );
+    };
+
+    // A first request whose head stops halfway.
+    let mut s = TcpStream::connect(r.http()).await.unwrap();
+    s.write_all(b"POST /api/v1/endpoint/e/score HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    check_408(&read_to_end(&mut s).await);
+
+    // The second head of a kept-alive connection.
+    let mut s = TcpStream::connect(r.http()).await.unwrap();
+    s.write_all(&head_with("")).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"POST /api/v1/end").await.unwrap();
+    check_408(&read_to_end(&mut s).await);
+
+    // Nothing sent: closed without a byte.
+    let mut s = TcpStream::connect(r.http()).await.unwrap();
+    assert_eq!(read_to_end(&mut s).await, "");
+
+    assert_eq!(timeouts(&r, "header_read").await, 3.0);
+    let m = admin_get(r.admin, "/metrics").await;
+    let t = String::from_utf8_lossy(&m.body);
+    assert_eq!(
+        metric(&t, "infergate_requests_total{status=\"408\"}"),
+        2.0,
+        "{t}"
+    );
+    assert_eq!(
+        pod.stats().served,
+        1,
+        "only the complete request reached the pod"
+    );
+}
+
 // === connection caps ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
