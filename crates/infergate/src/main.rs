@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -83,7 +84,9 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunOpts {
-    /// Worker threads (default: the number of CPU cores).
+    /// Connection workers: threads each running a single-threaded runtime; a connection stays
+    /// on one for its life (default: the CPUs available to the process, cgroup CPU quota
+    /// included). With 1, everything runs on one thread.
     #[arg(long, env = "INFERGATE_WORKERS")]
     workers: Option<usize>,
     /// Log format: one JSON object per line (default), or human-readable text.
@@ -115,9 +118,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The runtime for `--workers N`. One worker gets tokio's single-threaded scheduler: the same
-/// thread model, without the work-stealing machinery (atomics on every wake, a shared inject
-/// queue), which cost ~10% of the router's CPU per request in the one-worker benchmark.
+/// The demo's runtime (its routers and mock pods share one process): `--workers N` threads.
+/// One gets tokio's single-threaded scheduler.
+#[cfg(feature = "demo")]
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     if workers == Some(1) {
         return tokio::runtime::Builder::new_current_thread()
@@ -156,13 +159,29 @@ fn main() -> ExitCode {
             };
             init_logging(run.log_format);
             nofile::raise(cfg.limits.max_connections);
-            let rt = match runtime(run.workers) {
-                Ok(rt) => rt,
+            // The main runtime runs the accept loops, admin, discovery, the cluster and the
+            // autoscaler; with more than one worker, connections run on the workers.
+            let n = run
+                .workers
+                .unwrap_or_else(infergate_proxy::workers::default_workers)
+                .max(1);
+            let started = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    let w = (n > 1)
+                        .then(|| infergate_proxy::workers::Workers::start(n).map(Arc::new))
+                        .transpose()?;
+                    Ok((rt, w))
+                });
+            let (rt, workers) = match started {
+                Ok(x) => x,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            tracing::info!(workers = n, "connection workers");
             rt.block_on(async {
                 // With `discovery.kube`: the Kubernetes client, before any port is bound (kube's
                 // TLS is rustls: the process's crypto provider goes in first).
@@ -191,7 +210,10 @@ fn main() -> ExitCode {
                     _ => None,
                 };
                 let server = match infergate_proxy::Server::bind_with_peers(&cfg, peers).await {
-                    Ok(s) => s,
+                    Ok(s) => match &workers {
+                        Some(w) => s.with_workers(w.clone()),
+                        None => s,
+                    },
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::from(2);

@@ -16,6 +16,7 @@
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
 //! | a client that stalls: the stream timers, outside the request's own future | `watchdog.rs` |
+//! | which thread: per-core workers, a connection on one for its life | `workers.rs` |
 
 pub mod body;
 mod cancel;
@@ -33,6 +34,7 @@ mod server;
 pub mod trace;
 mod upstream;
 mod watchdog;
+pub mod workers;
 
 pub use conn::HeadLimits;
 pub use deployment::{DeploymentState, pool_settings};

@@ -64,6 +64,7 @@ pub struct Server {
     reload_interval: Duration,
     cluster: Option<infergate_cluster::Cluster>,
     edge: Arc<Edge>,
+    workers: Option<Arc<crate::workers::Workers>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -180,7 +181,15 @@ impl Server {
             reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
             cluster,
             edge,
+            workers: None,
         })
+    }
+
+    /// Serves client connections on these per-core workers (`--workers N`) instead of the
+    /// runtime that runs [`Server::run`] (which keeps the accept loops, admin and the rest).
+    pub fn with_workers(mut self, workers: Arc<crate::workers::Workers>) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     /// The bound HTTPS address, if TLS is configured.
@@ -225,7 +234,9 @@ impl Server {
             reload_interval,
             cluster,
             edge,
+            workers,
         } = self;
+        let workers = workers.as_deref();
         for (name, addr) in [
             (
                 "https",
@@ -258,12 +269,12 @@ impl Server {
             tokio::join!(
                 async {
                     if let Some((l, tls)) = https {
-                        accept_loop(l, Some(tls), &router, &edge, stop_rx.clone()).await;
+                        accept_loop(l, Some(tls), &router, &edge, workers, stop_rx.clone()).await;
                     }
                 },
                 async {
                     if let Some(l) = http {
-                        accept_loop(l, None, &router, &edge, stop_rx.clone()).await;
+                        accept_loop(l, None, &router, &edge, workers, stop_rx.clone()).await;
                     }
                 },
             )
@@ -303,6 +314,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     router: &Arc<Router>,
     edge: &Arc<Edge>,
+    workers: Option<&crate::workers::Workers>,
     mut stop: watch::Receiver<bool>,
 ) {
     let proto = if tls.is_some() { "https" } else { "http" };
@@ -326,15 +338,17 @@ async fn accept_loop(
             continue;
         };
         let info = ConnInfo { remote, proto };
-        tokio::spawn(crate::conn::serve(
-            tcp,
-            info,
-            tls.clone(),
-            router.clone(),
-            edge.clone(),
-            admitted,
-            stop.clone(),
-        ));
+        let (tls, router, edge, stop) = (tls.clone(), router.clone(), edge.clone(), stop.clone());
+        match workers {
+            Some(w) => w.dispatch(tcp, move |tcp| {
+                crate::conn::serve(tcp, info, tls, router, edge, admitted, stop)
+            }),
+            None => {
+                tokio::spawn(crate::conn::serve(
+                    tcp, info, tls, router, edge, admitted, stop,
+                ));
+            }
+        }
     }
     tracing::info!(listener = proto, "stopped accepting");
 }

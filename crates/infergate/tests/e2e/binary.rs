@@ -524,3 +524,82 @@ async fn the_open_files_limit_is_raised_to_the_hard_one_so_the_cap_decides() {
     assert!(out.contains("drained: all connections closed"), "{out}");
     drop(held);
 }
+
+/// Per-thread CPU time (utime + stime, clock ticks) of the binary's threads named `prefix*`.
+fn thread_ticks(pid: u32, prefix: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        out.push((comm, ticks));
+    }
+    out.sort();
+    out
+}
+
+/// `--workers 2`: two connection workers serve the clients' connections (both threads do work),
+/// and a pod limited to one request still never sees two at once: the slots are shared between
+/// the workers, exactly. The pod's own high-water mark is the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_connections_and_keep_a_one_slot_pod_exact() {
+    let pod = mock("one", 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = cfg_file(
+        dir.path(),
+        &format!(
+            "allowInsecureConnections: true\n{}endpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n      - name: d\n        pods: [\"{}\"]\n        requestSettings: {{maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: 30000}}\n",
+            listen_local(),
+            pod.addr()
+        ),
+    );
+    let mut b = Bin::spawn(&["serve", "--config", &f, "--workers", "2"]);
+    let http = b.listening("http");
+    let workers = thread_ticks(b.child.id(), "infergate-w");
+    assert_eq!(
+        workers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["infergate-w0", "infergate-w1"],
+        "two worker threads"
+    );
+    // 8 clients, each on its own keep-alive connection, 25 requests each.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Client::plain(http, Proto::H1).await;
+                let mut ok = 0;
+                for _ in 0..25 {
+                    if c.call(post("/api/v1/endpoint/e/score", "{}")).await.status == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for c in clients {
+        ok += c.await.unwrap();
+    }
+    assert_eq!(ok, 200, "every request served");
+    assert_eq!(
+        pod.stats().max_in_flight,
+        1,
+        "the pod never saw two requests"
+    );
+    let after = thread_ticks(b.child.id(), "infergate-w");
+    assert!(
+        after.iter().all(|(_, t)| *t > 0),
+        "both workers served connections: {after:?}"
+    );
+}
