@@ -38,12 +38,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use infergate_config::Limits;
 use infergate_metrics::{Counter, Gauge, Registry};
+use infergate_tls::stream::{TlsAcceptor, TlsStream};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use crate::error::ProxyError;
 use crate::forward::ConnInfo;
@@ -591,8 +591,9 @@ async fn detect(tcp: &mut TcpStream) -> Option<(Proto, [u8; 24], usize)> {
     }
 }
 
-/// A TLS session, boxed: a connection waiting for its client keeps a small task.
-type TlsIo = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+/// A TLS session, boxed: a connection waiting for its client keeps a small task. (The session
+/// holds no I/O buffer while it waits: see [`infergate_tls::stream`].)
+type TlsIo = Box<TlsStream>;
 
 /// A connection ready for hyper.
 enum Opened {
@@ -647,16 +648,13 @@ async fn open(
             }
         }
     };
-    let proto = match stream.get_ref().1.alpn_protocol() {
+    let proto = match stream.alpn_protocol() {
         Some(b"h2") => Proto::H2,
         _ => Proto::H1,
     };
     // Until the client sends something, hold only the TLS session, not hyper's buffers.
-    let buffered = stream.get_mut().1.process_new_packets().map_or(true, |s| {
-        s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
-    });
-    if !buffered
-        && tokio::time::timeout_at(first_head, stream.get_ref().0.readable())
+    if !stream.has_buffered_input()
+        && tokio::time::timeout_at(first_head, stream.tcp().readable())
             .await
             .is_err()
     {
