@@ -628,7 +628,7 @@ async fn open(
     let handshake_by = first_head.min(state.start + HANDSHAKE_TIMEOUT);
     // Boxed: the handshake's state is large and needed only for its duration. (The block
     // ends the result's life here: the session inside it is boxed before the next await.)
-    let mut stream: TlsIo = {
+    let stream: TlsIo = {
         let handshake = tokio::time::timeout_at(handshake_by, Box::pin(acceptor.accept(tcp))).await;
         match handshake {
             Ok(Ok(s)) => Box::new(s),

@@ -768,12 +768,9 @@ impl AsyncWrite for TlsStream {
         if !this.close_sent && !this.failed {
             // Pending records first, so that the close_notify is last.
             ready!(this.poll_flush_out(cx))?;
-            loop {
-                match this.turn(cx, None, Want::Close)? {
-                    Step::Again => {}
-                    Step::Wrote(_) | Step::Closed | Step::NeedInput => break,
-                }
-            }
+            // Turns until the close_notify is queued (Wrote), or cannot be (Closed: both sides
+            // closed already; NeedInput: no session to close).
+            while let Step::Again = this.turn(cx, None, Want::Close)? {}
             this.close_sent = true;
         }
         ready!(this.poll_flush_out(cx))?;
