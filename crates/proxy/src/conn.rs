@@ -653,10 +653,9 @@ async fn open(
         _ => Proto::H1,
     };
     // Until the client sends something, hold only the TLS session, not hyper's buffers.
-    if !stream.has_buffered_input()
-        && tokio::time::timeout_at(first_head, stream.tcp().readable())
-            .await
-            .is_err()
+    if tokio::time::timeout_at(first_head, stream.wait_for_input())
+        .await
+        .is_err()
     {
         return timed_out();
     }

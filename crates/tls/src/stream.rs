@@ -330,6 +330,18 @@ impl TlsStream {
         self.plain.is_some() || self.incoming.is_some() || self.peer_closed || self.tcp_eof
     }
 
+    /// Completes once the peer has sent something (or closed the connection): bytes already
+    /// held by the session, or at least one byte waiting on the socket. Takes no buffer. (Not
+    /// the socket's readiness alone: tokio keeps that set until a read would block, which the
+    /// handshake's last read need not have reached.)
+    pub async fn wait_for_input(&self) -> io::Result<()> {
+        if self.has_buffered_input() {
+            return Ok(());
+        }
+        // A peek of one byte: Ok(0) is the end of the stream, which is input too.
+        self.tcp.peek(&mut [0u8; 1]).await.map(|_| ())
+    }
+
     /// How many I/O buffers this session holds now (0 while it waits).
     pub fn held_buffers(&self) -> usize {
         usize::from(self.incoming.is_some())

@@ -320,6 +320,34 @@ async fn failed_handshake_sends_the_alert_and_reports_the_reason() {
     assert_eq!(acceptor.pool().held(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_input_waits_for_a_byte_from_the_client() {
+    let served = Served::new();
+    let acceptor = served.acceptor();
+    let l = Listener::new().await;
+    for tls12 in [false, true] {
+        let client = Client {
+            tls12,
+            ..Client::new()
+        };
+        let (mut s, mut c) = l.ok_pair(&acceptor, &client).await;
+        // The handshake's last read got bytes (so the socket still counts as readable to
+        // tokio), yet the client has sent nothing since.
+        let early = tokio::time::timeout(Duration::from_millis(300), s.wait_for_input()).await;
+        assert!(early.is_err(), "no input yet (TLS 1.2: {tls12})");
+        assert_eq!(s.held_buffers(), 0);
+        c.write_all(b"x").await.unwrap();
+        within(s.wait_for_input()).await.unwrap();
+        let mut got = [0u8; 1];
+        within(s.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"x");
+        // A client that closes is input too (the read that follows sees the end).
+        c.shutdown().await.unwrap();
+        within(s.wait_for_input()).await.unwrap();
+        assert_eq!(within(s.read(&mut got)).await.unwrap(), 0);
+    }
+}
+
 // === transfers ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
