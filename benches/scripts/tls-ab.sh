@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # A/B of infergate builds on plain HTTP and on TLS: layout A of ../shared/BENCHMARKING.md (router
-# + mock model on CPU 0, one worker each; `wrk -t1 -c64` keep-alive HTTP/1.1 with a 1 KiB JSON
-# POST on CPU 1; TLS 1.3 with the example RSA certificate), ROUNDS interleaved rounds of
-# DURATION seconds, the order of builds and protocols rotated each round. Per run: req/s and the
+# + mock model on CPU 0, one worker each; `wrk -t1 -c64` keep-alive HTTP/1.1 with a JSON POST of
+# BODY bytes, default 1 KiB, on CPU 1; TLS 1.3 with the example RSA certificate), ROUNDS
+# interleaved rounds of DURATION seconds, the order of builds and protocols rotated each round. Per run: req/s and the
 # router's CPU us/request (utime + stime from /proc). Then medians per build and protocol, each
 # build's TLS/plain ratio, and each build's figures relative to the first one named.
 #
 #   bash benches/scripts/tls-ab.sh NAME=path/to/infergate [NAME=path ...]
 #   ROUNDS=5 DURATION=5 bash benches/scripts/tls-ab.sh before=/tmp/a/infergate after=target/release/infergate
+#   BODY=262144 bash benches/scripts/tls-ab.sh ...     # 256 KiB request bodies (records of 16 KiB)
 #
 # Needs wrk and taskset (apt-get install wrk util-linux) and a release mock-model (MOCK=path, or
 # built here). Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[ $# -ge 1 ] || { sed -n 2,13p "$0"; exit 2; }
-ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-5}"
+[ $# -ge 1 ] || { sed -n 2,14p "$0"; exit 2; }
+ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-5}"; BODY="${BODY:-1024}"
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install wrk util-linux" >&2; exit 1; }
 done
@@ -27,7 +28,7 @@ trap cleanup EXIT
 
 MOCK_PORT=18951; HTTP=18960; HTTPS=18961; ADMIN=18969
 URL_PATH=/api/v1/endpoint/bench/score
-head -c 1000 /dev/zero | tr '\0' 'x' | sed 's/^/{"data":"/; s/$/"}/' > "$WORK/body.json"
+head -c "$((BODY - 12))" /dev/zero | tr '\0' 'x' | sed 's/^/{"data":"/; s/$/"}/' > "$WORK/body.json"
 cat > "$WORK/post.lua" <<LUA
 local f = io.open("$WORK/body.json", "rb")
 wrk.method = "POST"

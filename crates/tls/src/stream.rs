@@ -241,6 +241,7 @@ impl TlsAcceptor {
             peer_closed: false,
             close_sent: false,
             failed: false,
+            read_error: None,
         };
         poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
@@ -269,6 +270,8 @@ pub struct TlsStream {
     close_sent: bool,
     /// rustls reported an error: the session is unusable.
     failed: bool,
+    /// An error met by a read that returned bytes first: the next read reports it.
+    read_error: Option<io::Error>,
 }
 
 impl fmt::Debug for TlsStream {
@@ -682,41 +685,57 @@ impl AsyncRead for TlsStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
+        let start = buf.filled().len();
+        if let Some(e) = this.read_error.take() {
+            return Poll::Ready(Err(e));
         }
+        // As a socket read does: as much as has arrived, up to the caller's room (records are
+        // decrypted and the socket read until it has nothing more), waiting only while nothing
+        // has.
         loop {
             if let Some(p) = &mut this.plain {
-                let n = p.end.saturating_sub(p.start).min(buf.remaining());
+                let n = (p.end - p.start).min(buf.remaining());
                 buf.put_slice(&p.filled()[..n]);
                 p.consume(n);
                 this.release_empty();
+            }
+            let got = buf.filled().len() > start;
+            if buf.remaining() == 0 || this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            if this.peer_closed {
-                return Poll::Ready(Ok(()));
-            }
-            let before = buf.filled().len();
-            match this.turn(cx, Some(buf), Want::Nothing)? {
-                Step::Again | Step::Wrote(_) => {
-                    if buf.filled().len() > before {
+            let step = match this.turn(cx, Some(buf), Want::Nothing) {
+                Ok(s) => s,
+                // The bytes decrypted before the error first.
+                Err(e) if got => {
+                    this.read_error = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            if let Step::NeedInput = step {
+                // Records rustls queued meanwhile (a key update's answer) go out now if the
+                // socket takes them, or with the next write.
+                if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                if this.tcp_eof {
+                    if got {
                         return Poll::Ready(Ok(()));
                     }
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed connection without sending TLS close_notify",
+                    )));
                 }
-                Step::Closed => {}
-                Step::NeedInput => {
-                    // Records rustls queued meanwhile (a key update's answer) go out now if
-                    // the socket takes them, or with the next write.
-                    if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
-                        return Poll::Ready(Err(e));
+                match this.poll_fill(cx) {
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending if got => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) if got => {
+                        this.read_error = Some(e);
+                        return Poll::Ready(Ok(()));
                     }
-                    if this.tcp_eof {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "peer closed connection without sending TLS close_notify",
-                        )));
-                    }
-                    ready!(this.poll_fill(cx))?;
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
             }
         }
