@@ -15,6 +15,7 @@
 #
 #   bash benches/scripts/idle-conns.sh                  # needs: cargo, curl; ~6 minutes
 #   CONNS=2000 SCENARIOS="plain-silent" bash benches/scripts/idle-conns.sh
+#   BIN=DIR SKIP_BUILD=1 bash benches/scripts/idle-conns.sh   # binaries built elsewhere (A/B)
 #
 # Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
@@ -23,8 +24,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 CONNS="${CONNS:-10000}"
 SCENARIOS="${SCENARIOS:-tls-silent h2-silent plain-silent keepalive tls-keepalive}"
 HTTPS=18443; HTTP=18080; ADMIN=18090; POD=18201
-cargo build --release --quiet -p infergate -p mock-model -p infergate-loadtest
-BIN="${CARGO_TARGET_DIR:-target}/release"
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release --quiet -p infergate -p mock-model -p infergate-loadtest
+fi
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release}"
 # The client holds CONNS sockets: its soft open-files limit goes to the hard one.
 ulimit -Sn "$(ulimit -Hn)"
 WORK="$(mktemp -d)"

@@ -38,12 +38,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use infergate_config::Limits;
 use infergate_metrics::{Counter, Gauge, Registry};
+use infergate_tls::stream::{TlsAcceptor, TlsStream};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use crate::error::ProxyError;
 use crate::forward::ConnInfo;
@@ -603,8 +603,9 @@ async fn detect(tcp: &mut TcpStream) -> Option<(Proto, [u8; 24], usize)> {
     }
 }
 
-/// A TLS session, boxed: a connection waiting for its client keeps a small task.
-type TlsIo = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+/// A TLS session, boxed: a connection waiting for its client keeps a small task. (The session
+/// holds no I/O buffer while it waits: see [`infergate_tls::stream`].)
+type TlsIo = Box<TlsStream>;
 
 /// A connection ready for hyper.
 enum Opened {
@@ -639,7 +640,7 @@ async fn open(
     let handshake_by = first_head.min(state.start + HANDSHAKE_TIMEOUT);
     // Boxed: the handshake's state is large and needed only for its duration. (The block
     // ends the result's life here: the session inside it is boxed before the next await.)
-    let mut stream: TlsIo = {
+    let stream: TlsIo = {
         let handshake = tokio::time::timeout_at(handshake_by, Box::pin(acceptor.accept(tcp))).await;
         match handshake {
             Ok(Ok(s)) => Box::new(s),
@@ -659,18 +660,14 @@ async fn open(
             }
         }
     };
-    let proto = match stream.get_ref().1.alpn_protocol() {
+    let proto = match stream.alpn_protocol() {
         Some(b"h2") => Proto::H2,
         _ => Proto::H1,
     };
     // Until the client sends something, hold only the TLS session, not hyper's buffers.
-    let buffered = stream.get_mut().1.process_new_packets().map_or(true, |s| {
-        s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
-    });
-    if !buffered
-        && tokio::time::timeout_at(first_head, stream.get_ref().0.readable())
-            .await
-            .is_err()
+    if tokio::time::timeout_at(first_head, stream.wait_for_input())
+        .await
+        .is_err()
     {
         return timed_out();
     }

@@ -14,10 +14,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use infergate_config::Config;
 use infergate_metrics::Registry;
 use infergate_spec::{Readiness, specs_from_config};
+use infergate_tls::stream::TlsAcceptor;
 use infergate_tls::{ReloadingCert, TlsError};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::conn::{Edge, HeadLimits};
 use crate::forward::ConnInfo;

@@ -5,6 +5,10 @@
 //! handshakes get the new certificate, established connections are not affected. A broken
 //! replacement is rejected and logged once while the previous pair keeps serving.
 //!
+//! [`stream`] serves the TLS sessions themselves: an `AsyncRead + AsyncWrite` stream over
+//! rustls's unbuffered API whose I/O buffers are taken only while there are bytes to hold, so a
+//! waiting session keeps no buffer.
+//!
 //! Only the `ring` crypto provider is used (never aws-lc-rs).
 
 use std::fmt;
@@ -20,6 +24,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_cert::der::Decode;
+
+pub mod stream;
 
 /// Name of the counter of certificate reload attempts whose files had changed, labelled
 /// `result="ok"` (new pair serving) or `result="failed"` (new content rejected).

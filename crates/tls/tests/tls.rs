@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use infergate_metrics::Registry;
+use infergate_tls::stream::TlsAcceptor;
 use infergate_tls::{
     CERT_EXPIRY_TIMESTAMP_SECONDS, CERT_LAST_RELOAD_SUCCESSFUL, CERT_RELOADS_TOTAL, ReloadingCert,
     TlsError, install_crypto_provider, load_certified_key, not_after_unix_seconds, server_config,
@@ -15,8 +16,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -114,7 +115,8 @@ impl Files {
     }
 }
 
-/// A TLS echo server on 127.0.0.1:0 using `config`.
+/// A TLS echo server on 127.0.0.1:0 using `config` (the router's TLS stream, reading in
+/// 1 KiB steps).
 async fn echo_server(config: Arc<rustls::ServerConfig>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
