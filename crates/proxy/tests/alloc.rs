@@ -18,7 +18,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// Allocations per request this build may make; measured: see BENCHMARKS.md ("Tuning the data
 /// path", the lean upstream codec).
-const MAX_ALLOCATIONS_PER_REQUEST: f64 = 30.0;
+const MAX_ALLOCATIONS_PER_REQUEST: f64 = 8.0;
 
 const WARM_UP: usize = 200;
 const COUNTED: usize = 2_000;

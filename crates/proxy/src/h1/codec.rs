@@ -266,13 +266,20 @@ impl RequestKind {
     }
 }
 
+/// Header lines the router adds to a response (request id, deployment, client request id,
+/// trace context): room is kept for them so that the map does not grow.
+const ROUTER_RESPONSE_HEADERS: usize = 4;
+
 /// Parses the response head at the start of `buf`, taking its bytes out of `buf` (header
 /// values share them, no copy). Interim responses (100, 102..=199) are skipped, as hyper does.
 /// `Ok(None)`: the head is not complete yet (read more, unless `buf` already holds
-/// [`MAX_HEAD_BYTES`], which is an error).
+/// [`MAX_HEAD_BYTES`], which is an error). The headers go into `map` (emptied first, its
+/// allocation reused: the connection passes the request's map, done with once the request
+/// head is written), which moves into the returned head.
 pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     req: RequestKind,
+    map: &mut HeaderMap,
 ) -> Result<Option<ResponseHead>, ParseError> {
     loop {
         if buf.is_empty() {
@@ -320,7 +327,9 @@ pub(crate) fn parse_response_head(
         let canonical = status.canonical_reason().map(str::as_bytes);
         let reason =
             (canonical != Some(&head[reason.0..reason.1])).then(|| head.slice(reason.0..reason.1));
-        let mut headers = HeaderMap::with_capacity(n);
+        map.clear();
+        map.reserve(n + ROUTER_RESPONSE_HEADERS);
+        let mut headers = std::mem::take(map);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
         for &(ns, ne, vs, ve) in &at[..n] {
@@ -679,7 +688,7 @@ mod tests {
     use super::*;
 
     fn head(bytes: &[u8], req: RequestKind) -> Result<Option<ResponseHead>, ParseError> {
-        parse_response_head(&mut BytesMut::from(bytes), req)
+        parse_response_head(&mut BytesMut::from(bytes), req, &mut HeaderMap::new())
     }
 
     /// The whole body of `framing` from `input` (ending at end of input), trailers apart.

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::Request;
+use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -72,6 +72,10 @@ pub(crate) struct Conn<B> {
     /// Body bytes still to send for [`BodyFraming::Length`].
     remaining: u64,
     kind: RequestKind,
+    /// The request's header map, emptied once its head is written, to hold the response's
+    /// headers (hyper's server hands the response's map back as the next request's: one map
+    /// goes round, no header map is allocated per request).
+    headers: HeaderMap,
     /// The response body, once its head is read.
     decoder: Option<Decoder>,
     keep_alive: bool,
@@ -99,6 +103,7 @@ where
             framing: BodyFraming::Empty,
             remaining: 0,
             kind: RequestKind::Other,
+            headers: HeaderMap::new(),
             decoder: None,
             keep_alive: false,
         }
@@ -139,7 +144,7 @@ where
             return Poll::Ready(Err(HeadError::Failed(e)));
         }
         loop {
-            match parse_response_head(&mut self.rbuf, self.kind) {
+            match parse_response_head(&mut self.rbuf, self.kind, &mut self.headers) {
                 Ok(Some(head)) => {
                     self.keep_alive = head.keep_alive;
                     self.decoder = Some(Decoder::new(head.framing));
@@ -242,7 +247,7 @@ where
     /// Writes the request head into the write buffer; the body follows as [`Conn::poll_send`]
     /// gets it.
     fn begin(&mut self, req: Request<B>) {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let shape = BodyShape {
             end_stream: body.is_end_stream(),
             exact: body.size_hint().exact(),
@@ -251,6 +256,8 @@ where
         self.wbuf.clear();
         self.wpos = 0;
         self.framing = encode_request_head(&mut self.wbuf, &parts, shape);
+        parts.headers.clear();
+        self.headers = std::mem::take(&mut parts.headers);
         self.remaining = match self.framing {
             BodyFraming::Length(n) => n,
             _ => 0,

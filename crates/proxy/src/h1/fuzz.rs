@@ -17,7 +17,7 @@ fn read(pieces: &[&[u8]], req: RequestKind) -> Outcome {
     let mut buf = BytesMut::new();
     let mut next = pieces.iter();
     let head = loop {
-        if let Some(h) = parse_response_head(&mut buf, req)? {
+        if let Some(h) = parse_response_head(&mut buf, req, &mut HeaderMap::new())? {
             break h;
         }
         match next.next() {
