@@ -38,7 +38,9 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// A write buffer grown past this (a huge head) is given back when the request is done.
 const WRITE_KEEP: usize = 64 * 1024;
 
-/// How an exchange failed before its response head.
+/// How an exchange failed before its response head. The request given back is not boxed: it
+/// travels once, on the rare path (as in `upstream::SendError`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum HeadError<B> {
     /// The connection was found closed (or speaking out of turn) before anything was written:

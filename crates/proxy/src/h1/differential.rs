@@ -90,14 +90,17 @@ impl Send {
     }
 }
 
+/// A response head as a client sees it: status, reason phrase (when not the canonical one),
+/// version, headers.
+type SeenHead = (u16, Option<Vec<u8>>, http::Version, HeaderMap);
+
 /// What a client saw.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
     /// The request the pod got.
     received: Option<Received>,
-    /// Status, reason phrase (when not the canonical one), version and headers; or the
-    /// failure before the head.
-    head: Result<(u16, Option<Vec<u8>>, http::Version, HeaderMap), Failure>,
+    /// The head, or the failure before it.
+    head: Result<SeenHead, Failure>,
     /// The body bytes read, then whether the body ended or failed.
     body: (Vec<u8>, Result<(), Failure>),
     trailers: Option<HeaderMap>,
