@@ -9,6 +9,8 @@
 //! has at most [`MAX_CHUNK_SIZE_DIGITS`] hex digits (hyper counts no digits, only overflow, so a
 //! pod could send leading zeros forever).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
@@ -285,12 +287,19 @@ pub(crate) fn parse_response_head(
         if buf.is_empty() {
             return Ok(None);
         }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        // Offsets of each field's name and value in `buf`, kept past the parser's borrow.
-        let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        // Left uninitialised (httparse fills what it uses): no 3 KiB to clear per response.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        // Offsets of each field's name and value in `buf`, kept past the parser's borrow (u32:
+        // a head is at most `MAX_HEAD_BYTES` long).
+        let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let (len, code, version, reason, n) = {
-            let mut res = httparse::Response::new(&mut fields);
-            let len = match res.parse(buf) {
+            let mut res = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut res,
+                buf,
+                &mut fields,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                     return Err(ParseError::HeadTooLarge);
@@ -302,7 +311,13 @@ pub(crate) fn parse_response_head(
             for (i, f) in res.headers.iter().enumerate() {
                 let name = at_in_buf(f.name.as_bytes());
                 let value = at_in_buf(f.value);
-                at[i] = (name, name + f.name.len(), value, value + f.value.len());
+                let (name, value) = (name as u32, value as u32);
+                at[i] = (
+                    name,
+                    name + f.name.len() as u32,
+                    value,
+                    value + f.value.len() as u32,
+                );
             }
             let code = res.code.expect("a complete head has a status");
             let reason = res.reason.expect("a complete head has a reason");
@@ -333,6 +348,7 @@ pub(crate) fn parse_response_head(
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
         for &(ns, ne, vs, ve) in &at[..n] {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ParseError::Header)?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| ParseError::Header)?;
