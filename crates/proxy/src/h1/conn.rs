@@ -51,7 +51,6 @@ pub(crate) enum HeadError<B> {
 }
 
 /// A pod connection. `B`: the request body type.
-#[derive(Debug)]
 pub(crate) struct Conn<B> {
     io: TcpStream,
     rbuf: BytesMut,
@@ -81,6 +80,28 @@ pub(crate) struct Conn<B> {
     /// The response body, once its head is read.
     decoder: Option<Decoder>,
     keep_alive: bool,
+}
+
+impl<B> Conn<B> {
+    /// Bytes waiting to be written.
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.wpos + self.wdata.len() + self.wtail.len()
+    }
+}
+
+impl<B> std::fmt::Debug for Conn<B> {
+    // Not the buffers: what they hold is the pods' and the clients' data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("buffered", &self.rbuf.len())
+            .field("to_write", &self.pending())
+            .field("eof", &self.eof)
+            .field("write_failed", &self.write_failed)
+            .field("framing", &self.framing)
+            .field("decoder", &self.decoder)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B> Conn<B>
@@ -268,11 +289,6 @@ where
             BodyFraming::Empty | BodyFraming::Length(0) => None,
             _ => Some(body),
         };
-    }
-
-    /// Bytes waiting to be written.
-    fn pending(&self) -> usize {
-        self.wbuf.len() - self.wpos + self.wdata.len() + self.wtail.len()
     }
 
     /// Moves the request along: takes the body frames at hand, writes what waits. Returns
