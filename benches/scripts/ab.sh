@@ -9,18 +9,24 @@
 #   bash benches/scripts/ab.sh NAME=path/to/infergate [NAME=path ...]
 #   ROUNDS=5 DURATION=4 bash benches/scripts/ab.sh old=/tmp/infergate.old new=target/release/infergate
 #
+# RATE=5000 (open loop, layout C of BENCHMARKING.md): the proxy alone on CPU 0, the mock and
+# `infergate-loadtest -r RATE -c 64` on CPU 1 (LOADTEST=path, else built), and a direct run to the
+# mock each round; per run the p50 / p99 and what the proxy adds to the direct run's.
+#
 # Build variants with `cargo build --profile fastbench -p infergate` (no LTO, incremental) and
 # copy each binary aside. Needs haproxy and wrk (apt-get install haproxy wrk). Everything runs on
 # 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[ $# -ge 1 ] || { sed -n 2,14p "$0"; exit 2; }
-ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-4}"
+[ $# -ge 1 ] || { sed -n 2,18p "$0"; exit 2; }
+ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-4}"; RATE="${RATE:-}"
 for tool in haproxy wrk taskset; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install haproxy wrk" >&2; exit 1; }
 done
 MOCK="${MOCK:-${CARGO_TARGET_DIR:-target}/release/mock-model}"
 [ -x "$MOCK" ] || cargo build --release --quiet -p mock-model
+LOADTEST="${LOADTEST:-${CARGO_TARGET_DIR:-target}/release/infergate-loadtest}"
+[ -z "$RATE" ] || [ -x "$LOADTEST" ] || cargo build --release --quiet -p infergate-loadtest
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -69,6 +75,70 @@ backend b
 CFG
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# open NAME PORT [CMD...]: one open-loop run (no CMD: straight to the mock), one line on stdout.
+open_run() {
+    local name=$1 port=$2; shift 2
+    taskset -c 1 env TOKIO_WORKER_THREADS=1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --name mock >/dev/null 2>&1 &
+    local mock=$! px=""; PIDS+=("$mock")
+    if [ $# -gt 0 ]; then
+        taskset -c 0 "$@" >"$WORK/$name.log" 2>&1 &
+        px=$!; PIDS+=("$px")
+    fi
+    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    local path=$URL_PATH; [ -n "$px" ] || path=/score
+    local c0=0 c1=0
+    [ -z "$px" ] || c0=$(cpu "$px")
+    taskset -c 1 "$LOADTEST" "http://127.0.0.1:$port$path" -r "$RATE" -c 64 --threads 1 --warmup 2s \
+        --duration "${DURATION}s" --body "$WORK/body.json" --quiet --json "$WORK/lt.json" >/dev/null
+    [ -z "$px" ] || c1=$(cpu "$px")
+    kill $px "$mock" 2>/dev/null; wait $px "$mock" 2>/dev/null || true
+    python3 - "$name" "$WORK/lt.json" "$c0" "$c1" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
+import json, sys
+name, path, c0, c1, tck, dur = sys.argv[1:]
+r = json.load(open(path))["report"]
+# Proxy CPU over the warm-up and the measured run, per request of both.
+n = r["requests"] * (float(dur) + 2) / float(dur)
+us = (int(c1) - int(c0)) / int(tck) / n * 1e6
+print(f"{name} {r['throughput_rps']:.0f} {us:.1f} {r['latency_us']['p50_us']:.0f} {r['latency_us']['p99_us']:.0f} {r['errors']['total']}")
+PY
+}
+
+if [ -n "$RATE" ]; then
+    echo "target req/s proxy_us/req p50_us p99_us errors" | tee "$WORK/open.txt"
+    for r in $(seq "$ROUNDS"); do
+        open_run direct "$MOCK_PORT"
+        for v in "$@" haproxy; do
+            if [ "$v" = haproxy ]; then
+                open_run haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db
+            else
+                open_run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${v#*=}" serve --config "$WORK/infergate.yaml" --workers 1
+            fi
+        done
+    done | tee -a "$WORK/open.txt"
+    python3 - "$WORK/open.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
+rounds, cur = [], {}
+for name, rps, cpu, p50, p99, err in rows:
+    if name == "direct" and cur:
+        rounds.append(cur); cur = {}
+    cur[name] = (float(rps), float(cpu), float(p50), float(p99), int(err))
+rounds.append(cur)
+names = [n for n in rounds[0] if n != "direct"]
+print("\nmedians (added = the target's percentile minus the direct run's of the same round):")
+d = rounds[0]["direct"]
+print(f"  {'direct':12s} p50 {statistics.median(r['direct'][2] for r in rounds):6.0f} us  p99 {statistics.median(r['direct'][3] for r in rounds):8.0f} us")
+for n in names:
+    a50 = statistics.median(r[n][2] - r["direct"][2] for r in rounds)
+    a99 = statistics.median(r[n][3] - r["direct"][3] for r in rounds)
+    per = ", ".join(f"{r[n][3] / 1000:.1f}" for r in rounds)
+    cpu = statistics.median(r[n][1] for r in rounds)
+    err = sum(r[n][4] for r in rounds)
+    print(f"  {n:12s} added p50 {a50:+6.0f} us  added p99 {a99:+8.0f} us  (p99 per round, ms: {per})  {cpu:6.1f} proxy us/req  errors {err}")
+PY
+    exit 0
+fi
 switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v, n}'; }
 
 # run NAME PORT CMD...: one measured run, one line on stdout.

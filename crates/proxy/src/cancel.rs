@@ -13,8 +13,8 @@
 //! exchange hands it over the same way; the outcome is then the timer.
 //!
 //! Only a cancellation spawns or allocates: on the normal path the guard below is a few words
-//! on the request's own future, and hyper's response future waits in a box owned by the
-//! connection (made once per connection, see `upstream.rs`).
+//! on the request's own future (the exchange's state lives in the connection, boxed once per
+//! connection, see `upstream.rs`).
 
 use http_body_util::BodyExt;
 use infergate_balance::Outcome;

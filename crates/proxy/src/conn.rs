@@ -45,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::body::BoxError;
 use crate::error::ProxyError;
 use crate::forward::ConnInfo;
 use crate::metrics::{
@@ -418,12 +419,12 @@ pub(crate) struct ConnBody {
 
 impl Body for ConnBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {

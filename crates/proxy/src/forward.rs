@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::headers::{Forwarding, X_MS_CLIENT_REQUEST_ID, rewrite_request};
 use crate::mirror;
 use crate::response::RequestCtx;
-use crate::upstream::{ConnectError, SendError, UpstreamBody};
+use crate::upstream::{ConnectError, SendError, UpstreamBody, UpstreamError};
 use crate::watchdog;
 
 /// Where a connection came from and over what.
@@ -177,9 +177,9 @@ pub(crate) fn deadline_after(d: Duration) -> Instant {
 }
 
 /// Maps a failed exchange with a pod to the failure it stands for. A failure of the client's
-/// own body (too large, cut off by a stream timer: hyper's [`is_user`](hyper::Error::is_user))
-/// is not held against the pod.
-fn classify(e: &hyper::Error, settings: &infergate_config::ResolvedSettings) -> ProxyError {
+/// own body (too large, cut off by a stream timer: [`is_user`](UpstreamError::is_user)) is not
+/// held against the pod.
+fn classify(e: &UpstreamError, settings: &infergate_config::ResolvedSettings) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if s.downcast_ref::<BodyTooLarge>().is_some() {
@@ -195,10 +195,10 @@ fn classify(e: &hyper::Error, settings: &infergate_config::ResolvedSettings) -> 
         }
         src = s.source();
     }
-    if e.is_parse() || e.is_parse_status() {
+    if e.is_parse() {
         return ProxyError::UpstreamFailed("malformed response");
     }
-    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+    if e.is_incomplete_message() {
         return ProxyError::UpstreamFailed("connection closed before a response");
     }
     ProxyError::UpstreamFailed("connection error")
@@ -209,6 +209,5 @@ fn connect_error(e: &ConnectError) -> ProxyError {
     match e {
         ConnectError::Io(_) | ConnectError::Timeout(_) => ProxyError::UpstreamConnect,
         ConnectError::Deadline => ProxyError::UpstreamFailed("request deadline passed"),
-        ConnectError::Handshake(_) => ProxyError::UpstreamFailed("connection error"),
     }
 }

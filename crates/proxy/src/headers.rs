@@ -79,11 +79,14 @@ pub fn valid_client_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
 
-/// A new request id (UUID v4, lowercase hyphenated).
+/// A new request id (UUID v4, lowercase hyphenated). One allocation, shared by every copy (the
+/// request's header, the response's, the log): a value made from a `Vec` would allocate again
+/// at its first clone.
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).expect("a UUID is a valid header value")
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("a UUID is a valid header value")
 }
 
 /// An address as a header value, formatted on the stack (one allocation, not two).

@@ -11,7 +11,7 @@
 //! | authorize: the endpoint's key or token | `endpoint.rs` |
 //! | select and admit: the deployment, the body limit, a pod slot | `deployment.rs` |
 //! | prepare and forward: headers, the pod's URI, the body, the attempts | `forward.rs` (+ `body.rs`, `mirror.rs`) |
-//! | the pod connection | `upstream.rs` |
+//! | the pod connection: pooled, driven by the request | `upstream.rs` (+ `h1/`, the HTTP/1.1 codec) |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
@@ -25,6 +25,7 @@ mod deployment;
 mod endpoint;
 pub mod error;
 mod forward;
+mod h1;
 pub mod headers;
 pub mod metrics;
 mod mirror;

@@ -14,7 +14,7 @@ use infergate_balance::PodState;
 use infergate_metrics::Gauge;
 use tokio::time::Instant;
 
-use crate::body::RequestShared;
+use crate::body::{BoxError, RequestShared};
 use crate::deployment::{DeploymentState, Slot, StatusCounters};
 use crate::error::ProxyError;
 use crate::headers::{
@@ -403,12 +403,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { inner, ctx } => {
@@ -439,7 +439,7 @@ impl Body for ProxyBody {
                         }
                     }
                 }
-                Poll::Ready(r)
+                Poll::Ready(r.map(|r| r.map_err(Into::into)))
             }
         }
     }

@@ -1,12 +1,10 @@
 //! HTTP/1.1 connections to pods, driven by the request that uses them.
 //!
-//! hyper-util's pooled client runs every upstream connection in a task of its own, so each
-//! request crosses tasks twice (the request goes to the connection's task through a channel, the
-//! response comes back through another) and the scheduler runs three tasks per request. Here a
-//! connection is owned by the request using it, as in pingora: the request's own task polls the
-//! connection while it waits for the response head ([`Checkout::send`]), and the response body
-//! polls it while the answer streams ([`UpstreamBody`]). When the answer has ended the connection
-//! goes back to its pod's idle list; an idle connection belongs to no task.
+//! A connection is owned by the request using it, as in pingora: the request's own task drives
+//! the connection (the router's own codec, `h1/`) while it waits for the response head
+//! ([`Checkout::send`]), and the response body drives it while the answer streams
+//! ([`UpstreamBody`]); no task or channel per connection or request. When the answer has ended
+//! the connection goes back to its pod's idle list; an idle connection belongs to no task.
 //!
 //! Each deployment owns a [`ConnPool`]: the idle connections of each of its pods, keyed by the
 //! pod's address and published with the route table (one map lookup per request, no lock). A
@@ -28,21 +26,18 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use infergate_balance::PodSpec;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::h1::conn::{Conn, HeadError};
 
-type Conn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+pub use crate::h1::Error as UpstreamError;
 
 /// How connections to pods are opened and kept.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
-    builder: http1::Builder,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_pod: usize,
@@ -52,7 +47,6 @@ impl Upstream {
     /// Connect within 3 s, keep idle connections for 60 s, at most 1024 idle per pod.
     pub(crate) fn new() -> Self {
         Upstream {
-            builder: http1::Builder::new(),
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             max_idle_per_pod: 1024,
@@ -106,15 +100,8 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-        let (tx, conn) = self
-            .builder
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(ConnectError::Handshake)?;
         Ok(UpConn {
-            tx,
-            conn: Box::new(conn),
-            pending: pending_slot(),
+            conn: Box::new(Conn::new(tcp)),
             idle_since: Instant::now(),
         })
     }
@@ -211,9 +198,6 @@ pub(crate) enum ConnectError {
     /// The request's own deadline passed while connecting.
     #[error("the request deadline passed while connecting")]
     Deadline,
-    /// hyper refused the connection (does not happen for plain HTTP/1.1).
-    #[error("handshake: {0}")]
-    Handshake(hyper::Error),
 }
 
 /// Why a request failed on its connection. The request given back is not boxed: it travels once,
@@ -228,11 +212,11 @@ pub(crate) enum SendError {
         req: Request<RequestBody>,
         /// Whether the connection came from the idle list (a fresh one was never used).
         reused: bool,
-        /// hyper's error.
-        error: hyper::Error,
+        /// Why.
+        error: UpstreamError,
     },
     /// The request may have reached the pod, which did not answer properly.
-    Failed(hyper::Error),
+    Failed(UpstreamError),
 }
 
 /// One pod's idle connections and its `Host` value.
@@ -265,36 +249,18 @@ impl PodConns {
     }
 }
 
-/// One HTTP/1.1 connection: the sending half and the connection state machine that must be
-/// polled for anything to move.
+/// One HTTP/1.1 connection, boxed once per connection: the response body that carries it is
+/// moved several times per request.
+#[derive(Debug)]
 struct UpConn {
-    tx: http1::SendRequest<RequestBody>,
-    /// Boxed (once per connection): hyper's connection state is ~700 bytes, and the response
-    /// body that carries it is moved several times per request.
-    conn: Box<Conn>,
-    /// Where this connection's exchange in progress waits for its response head.
-    pending: Box<dyn PendingSlot>,
+    conn: Box<Conn<RequestBody>>,
     idle_since: Instant,
 }
 
-impl std::fmt::Debug for UpConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpConn")
-            .field("idle_since", &self.idle_since)
-            .finish_non_exhaustive()
-    }
-}
-
 impl UpConn {
-    /// Moves the connection along (reads, writes). Ready once it has ended (closed by either
-    /// side or failed); it must not be polled again after that.
-    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut *self.conn).poll(cx).map(|_| ())
-    }
-
-    /// Whether an idle connection can take a request now (still open and ready).
+    /// Whether an idle connection can take a request now (still open, nothing arrived).
     fn revive(&mut self, cx: &mut Context<'_>) -> bool {
-        self.poll_conn(cx).is_pending() && self.tx.is_ready()
+        self.conn.poll_idle(cx)
     }
 }
 
@@ -322,12 +288,8 @@ impl Checkout {
     /// response head, driving the connection from the task that polls it; the response body
     /// keeps driving it.
     pub(crate) fn send(mut self, req: Request<RequestBody>) -> Exchange {
-        let UpConn { tx, pending, .. } = &mut self.conn;
-        pending.start(tx, req);
-        Exchange {
-            conn: Some(self),
-            ended: false,
-        }
+        self.conn.conn.start(req);
+        Exchange { conn: Some(self) }
     }
 
     /// Gives the exchange up: the pod's connection is shut for writing (FIN) and read to its end
@@ -335,14 +297,15 @@ impl Checkout {
     /// before its slot is given to another; then the socket is closed for good. Only on the give-up
     /// path (a cancelled or timed-out request past its deadline).
     async fn close(self, grace: Duration) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = self.conn.conn.into_parts().io.into_inner();
-        let discard = async {
-            let _ = tcp.shutdown().await;
-            let mut buf = vec![0u8; 16 * 1024];
-            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-        };
-        let _ = tokio::time::timeout(grace, discard).await;
+        self.conn.conn.close(grace).await;
+    }
+
+    /// The exchange has ended: back to the pod's idle list (most recent last) when the
+    /// connection can take another request, else closed.
+    fn finish(mut self) {
+        if self.conn.conn.finish() {
+            self.put_back();
+        }
     }
 
     /// Back to the pod's idle list (most recent last).
@@ -358,59 +321,12 @@ impl Checkout {
     }
 }
 
-type Head = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>;
-
-/// The place where a connection's request waits for its response head: hyper's response future,
-/// which cannot move once polled, in a box made once per connection and reused by each of its
-/// requests. Owned by the connection, so an exchange in progress can change hands (to the task
-/// that finishes a cancelled request) without a move of the future or an allocation per request.
-trait PendingSlot: Send {
-    /// Hands `req` to the connection; its response future waits here.
-    fn start(&mut self, tx: &mut http1::SendRequest<RequestBody>, req: Request<RequestBody>);
-    /// The response head (or the failure), once; the slot is empty afterwards.
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Head>;
-}
-
-struct Slot<F, M> {
-    fut: Pin<Box<Option<F>>>,
-    make: M,
-}
-
-impl<F, M> PendingSlot for Slot<F, M>
-where
-    F: Future<Output = Head> + Send,
-    M: Fn(&mut http1::SendRequest<RequestBody>, Request<RequestBody>) -> F + Send,
-{
-    fn start(&mut self, tx: &mut http1::SendRequest<RequestBody>, req: Request<RequestBody>) {
-        self.fut.set(Some((self.make)(tx, req)));
-    }
-
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Head> {
-        let fut = self
-            .fut
-            .as_mut()
-            .as_pin_mut()
-            .expect("an exchange is in progress");
-        let head = ready!(fut.poll(cx));
-        self.fut.set(None);
-        Poll::Ready(head)
-    }
-}
-
-fn pending_slot() -> Box<dyn PendingSlot> {
-    Box::new(Slot {
-        fut: Box::pin(None),
-        make: |tx: &mut http1::SendRequest<RequestBody>, req| tx.try_send_request(req),
-    })
-}
-
 /// A request handed to its connection, until the response head: a future that drives the
 /// connection while it waits. It can move (it is [`Unpin`]): a cancelled request's exchange is
 /// handed to another task whole. Dropped before its end, it closes the connection.
 #[derive(Debug, Default)]
 pub(crate) struct Exchange {
     conn: Option<Checkout>,
-    ended: bool,
 }
 
 impl Exchange {
@@ -433,38 +349,46 @@ impl Future for Exchange {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let c = this.conn.as_mut().expect("polled after its end");
-        if !this.ended && c.conn.poll_conn(cx).is_ready() {
-            // The connection is over; the response future resolves (with an error when no
-            // response came) without more polling of the connection.
-            this.ended = true;
-        }
-        let res = ready!(c.conn.pending.poll_head(cx));
+        let res = ready!(c.conn.conn.poll_head(cx));
         let c = this.conn.take().expect("checked above");
         Poll::Ready(match res {
-            Ok(resp) => {
-                let (parts, inner) = resp.into_parts();
-                let conn = (!this.ended).then_some(c);
-                Ok(Response::from_parts(parts, UpstreamBody { inner, conn }))
+            Ok(head) => {
+                let mut resp = Response::new(UpstreamBody {
+                    conn: Some(c),
+                    ended: false,
+                });
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                if let Some(reason) = head.reason
+                    && let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason)
+                {
+                    // A reason phrase of the pod's own reaches the client, as through hyper.
+                    resp.extensions_mut().insert(r);
+                }
+                // No body to come (HEAD, 204, 304, `content-length: 0`): the connection is
+                // free at once.
+                resp.body_mut().release_if_ended();
+                Ok(resp)
             }
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent {
-                    req,
-                    reused: c.reused,
-                    error: e.into_error(),
-                }),
-                None => Err(SendError::Failed(e.into_error())),
-            },
+            Err(HeadError::NotSent(req, error)) => Err(SendError::NotSent {
+                req,
+                reused: c.reused,
+                error,
+            }),
+            Err(HeadError::Failed(e)) => Err(SendError::Failed(e)),
         })
     }
 }
 
-/// A pod's response body. Polling it also drives the connection it arrives on; once the body
-/// has ended, the connection goes back to the pod's idle list. Dropped before its end, it closes
-/// the connection (the only way to abandon an HTTP/1.1 response).
+/// A pod's response body. Polling it also drives the connection it arrives on (the rest of the
+/// request body keeps going out); once the body has ended, the connection goes back to the pod's
+/// idle list. Dropped before its end, it closes the connection (the only way to abandon an
+/// HTTP/1.1 response).
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
     conn: Option<Checkout>,
+    ended: bool,
 }
 
 impl UpstreamBody {
@@ -480,11 +404,16 @@ impl UpstreamBody {
         }
     }
 
-    fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some(mut c) = self.conn.take() {
-            // One more turn lets the connection settle into idle (and shows if it closed).
-            if c.conn.poll_conn(cx).is_pending() {
-                c.put_back();
+    /// At the end of the body, the connection is released (kept or closed).
+    fn release_if_ended(&mut self) {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.conn.conn.body_is_end())
+        {
+            self.ended = true;
+            if let Some(c) = self.conn.take() {
+                c.finish();
             }
         }
     }
@@ -492,52 +421,40 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
-        let r = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => {
-                let Some(c) = &mut this.conn else {
-                    return Poll::Pending;
-                };
-                // Read what has arrived into the body, then look again.
-                if c.conn.poll_conn(cx).is_ready() {
-                    this.conn = None;
-                }
-                ready!(Pin::new(&mut this.inner).poll_frame(cx))
-            }
+        let Some(c) = &mut this.conn else {
+            return Poll::Ready(None);
         };
+        let r = ready!(c.conn.conn.poll_body(cx));
         match &r {
-            None => this.release(cx),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(cx),
+            Some(Ok(_)) => this.release_if_ended(),
+            None => {
+                this.ended = true;
+                if let Some(c) = this.conn.take() {
+                    c.finish();
+                }
+            }
+            // The connection is closed.
             Some(Err(_)) => this.conn = None,
-            Some(Ok(_)) => {}
         }
         Poll::Ready(r)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // hyper drops a body it knows has ended (an empty one, say) without polling it: the
-        // connection is fine, and its next user polls it first.
-        if let Some(c) = self.conn.take()
-            && self.inner.is_end_stream()
-        {
-            c.put_back();
+        match &self.conn {
+            Some(c) => c.conn.conn.body_size_hint(),
+            None if self.ended => SizeHint::with_exact(0),
+            None => SizeHint::default(),
         }
     }
 }

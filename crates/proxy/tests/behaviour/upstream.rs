@@ -1,6 +1,7 @@
 //! Upstream connections: kept and reused per pod (also after a client abandons a response: the
 //! router reads it to its end), dropped when the pod closes them or an abandoned response outlasts
-//! its request timeout, never costing a request.
+//! its request timeout, never costing a request; full duplex (a pod may answer before the upload
+//! ends); answers framed both ways read as chunked and not trusted with the connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,4 +290,93 @@ async fn a_connect_that_hangs_past_the_request_timeout_is_504() {
         "answered after {took:?}: the request timeout, not the 3 s connect timeout, applies"
     );
     drop((l, fillers));
+}
+
+/// A pod that reads only the request head and answers `answer` at once, then reads (and drops)
+/// whatever comes until the router closes the connection; counts connections.
+async fn answering_pod(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let c = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Slowly, so that the upload is still under way when the answer is read.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_answering_before_the_upload_ends_is_heard_and_its_connection_not_reused() {
+    let (addr, connections) = answering_pod(
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\ncontent-type: text/plain\r\n\r\ntoo large",
+    )
+    .await;
+    let r = Router::start(&insecure(&format!(
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{addr}\"]}}]"
+    )))
+    .await;
+    // 8 MiB: more than the socket buffers hold while the pod reads slowly.
+    let big = vec![b'x'; 8 << 20];
+    let mut c = Client::plain(r.http(), Proto::H1).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.send(req("POST", "/api/v1/endpoint/e/score", full(big))),
+    )
+    .await
+    .expect("the pod's early answer arrives while the upload is under way")
+    .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"too large");
+    // The request was never fully written: that connection is not used again.
+    let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_sending_both_transfer_encoding_and_content_length_is_read_as_chunked() {
+    let (addr, connections) = answering_pod(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let r = Router::start(&insecure(&format!(
+        "  - name: e\n    deployments: [{{name: d, pods: [\"{addr}\"]}}]"
+    )))
+    .await;
+    for _ in 0..2 {
+        let a = call(r.http(), post("/api/v1/endpoint/e/score", "{}")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(&a.body[..], b"hello world");
+        assert!(
+            a.headers.get("content-length").is_none(),
+            "the pod's length is not the body's: {:?}",
+            a.headers
+        );
+    }
+    // Such an answer may be a smuggling attempt: its connection is not kept.
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
