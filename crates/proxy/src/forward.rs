@@ -52,9 +52,9 @@ pub(crate) fn prepare(
         fwd,
     );
     ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
-    let tee = mirror::tee(endpoint, action, &parts, ctx.uri.query(), roll, &shared);
+    let tee = mirror::tee(endpoint, action, &parts, &ctx.uri, roll, &shared);
     parts.uri = dep
-        .upstream_uri(action, ctx.uri.query())
+        .upstream_uri(action, ctx.uri.path(), ctx.uri.query())
         .ok_or(ProxyError::UpstreamFailed(
             "the upstream URI could not be built",
         ))?;
