@@ -14,6 +14,7 @@ mod headers;
 mod oip;
 mod routing;
 mod slow_clients;
+mod sse;
 mod stream_timers;
 mod streaming;
 mod support;
