@@ -5,7 +5,7 @@
 //! | Route | Behaviour |
 //! |---|---|
 //! | `POST /score` (or any path ending in `/score`) | streams and counts the request body, waits the service time, answers JSON |
-//! | `GET /swagger.json` | a small OpenAPI 3.0 document |
+//! | `GET /swagger.json` | a small OpenAPI 3.0 document (`?version=2`: the same as Swagger 2.0, as the Azure ML inference server offers) |
 //! | `GET /` | `Healthy` |
 //! | `GET /stats` | in-flight / high-water / served counters as JSON |
 //! | any method, path starting with `/echo` | echoes method, path, query, headers, body size and the peer address |
@@ -373,7 +373,18 @@ async fn handle(
             );
             resp
         }
-        "/swagger.json" => json_response(StatusCode::OK, &swagger(&shared.name), None),
+        "/swagger.json" => {
+            let v2 = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "version=2"));
+            let doc = if v2 {
+                swagger2(&shared.name)
+            } else {
+                swagger(&shared.name)
+            };
+            json_response(StatusCode::OK, &doc, None)
+        }
         "/stats" => {
             let s = shared.stats.snapshot();
             json_response(
@@ -690,6 +701,49 @@ fn swagger(name: &str) -> Value {
     })
 }
 
+/// The scoring API as a Swagger 2.0 document.
+fn swagger2(name: &str) -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": {
+            "title": format!("mock-model {name}"),
+            "description": "Mock scoring pod",
+            "version": "1.0.0",
+        },
+        "schemes": ["http"],
+        "consumes": ["application/json"],
+        "produces": ["application/json"],
+        "paths": {
+            "/score": {
+                "post": {
+                    "summary": "Score the request body",
+                    "operationId": "score",
+                    "parameters": [
+                        {"name": "body", "in": "body", "required": false,
+                         "schema": {"type": "object"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "Scoring result",
+                                "schema": {"$ref": "#/definitions/ScoreResult"}},
+                        "500": {"description": "Injected failure"},
+                    },
+                },
+            },
+        },
+        "definitions": {
+            "ScoreResult": {
+                "type": "object",
+                "properties": {
+                    "pod": {"type": "string"},
+                    "bytesReceived": {"type": "integer"},
+                    "query": {"type": "string"},
+                    "result": {"type": "array", "items": {"type": "number"}},
+                },
+            },
+        },
+    })
+}
+
 fn json_response(
     status: StatusCode,
     value: &Value,
@@ -907,6 +961,9 @@ mod tests {
         let doc = swagger("pod-a");
         assert_eq!(doc["openapi"], "3.0.1");
         assert!(doc["info"]["title"].as_str().unwrap().contains("pod-a"));
+        assert!(doc["paths"]["/score"]["post"].is_object());
+        let doc = swagger2("pod-a");
+        assert_eq!(doc["swagger"], "2.0");
         assert!(doc["paths"]["/score"]["post"].is_object());
     }
 }

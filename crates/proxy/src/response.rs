@@ -310,6 +310,32 @@ fn ms(d: Duration) -> f64 {
 /// the context rides along in the body and finishes when the body does.
 pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Response<ProxyBody> {
     let (mut rp, inner) = resp.into_parts();
+    client_head(&mut rp, &mut ctx);
+    watchdog::response_started();
+    Response::from_parts(
+        rp,
+        ProxyBody::Upstream {
+            inner: Some(inner),
+            ctx: Some(ctx),
+        },
+    )
+}
+
+/// The client's response from the pod's head and a body the router read whole (and changed:
+/// the swagger document); the request ends here.
+pub(crate) fn respond_full(
+    mut rp: http::response::Parts,
+    body: Bytes,
+    mut ctx: RequestCtx,
+) -> Response<ProxyBody> {
+    client_head(&mut rp, &mut ctx);
+    ctx.bytes_out = body.len() as u64;
+    ctx.finish("ok");
+    Response::from_parts(rp, ProxyBody::full(body))
+}
+
+/// The pod's response head made the client's: hop-by-hop headers removed, the router's set.
+fn client_head(rp: &mut http::response::Parts, ctx: &mut RequestCtx) {
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(d) = &ctx.dep {
@@ -323,14 +349,6 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
         rp.headers.insert(TRACEPARENT, tp);
     }
     ctx.status = rp.status.as_u16();
-    watchdog::response_started();
-    Response::from_parts(
-        rp,
-        ProxyBody::Upstream {
-            inner: Some(inner),
-            ctx: Some(ctx),
-        },
-    )
 }
 
 /// The router's own answer to a failure; the request ends here.

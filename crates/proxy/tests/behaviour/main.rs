@@ -18,6 +18,7 @@ mod sse;
 mod stream_timers;
 mod streaming;
 mod support;
+mod swagger;
 mod tls;
 mod trace;
 mod upstream;
