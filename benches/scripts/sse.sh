@@ -36,6 +36,7 @@ cat > "$WORK/infergate.yaml" <<YAML
 allowInsecureConnections: true
 listen: {http: "127.0.0.1:$HTTP", admin: "127.0.0.1:$ADMIN"}
 defaults: {maxConcurrentRequestsPerInstance: $(( STREAMS + 100 ))}
+requestSettingsCeilings: {maxConcurrentRequestsPerInstance: $(( STREAMS + 100 ))}
 endpoints:
   - name: e
     auth: {mode: none}

@@ -2,8 +2,11 @@
 //! connection, a retry on another pod when a connection never opened, the response head within
 //! `requestTimeoutMs`), and what a failed exchange stands for.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -20,8 +23,8 @@ use crate::error::ProxyError;
 use crate::headers::{Forwarding, X_MS_CLIENT_REQUEST_ID, rewrite_request};
 use crate::mirror;
 use crate::response::RequestCtx;
-use crate::upstream::{ConnectError, SendError, UpstreamBody};
-use crate::watchdog::{self, Side};
+use crate::upstream::{ConnectError, Exchange, SendError, UpstreamBody};
+use crate::watchdog::{self, Side, StreamTimer};
 
 /// Where a connection came from and over what.
 #[derive(Debug, Clone, Copy)]
@@ -188,16 +191,15 @@ pub(crate) async fn send(
 /// before it ends it). A timer that fired while the client's upload stalled is left to the body,
 /// which fails (the 408 path).
 async fn pod_or_stall(
-    exchange: &mut crate::upstream::Exchange,
-) -> Result<<crate::upstream::Exchange as std::future::Future>::Output, (watchdog::StreamTimer, Side)>
-{
+    exchange: &mut Exchange,
+) -> Result<Result<Response<UpstreamBody>, SendError>, (StreamTimer, Side)> {
     std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut *exchange).poll(cx) {
-            return std::task::Poll::Ready(Ok(r));
+        if let Poll::Ready(r) = Pin::new(&mut *exchange).poll(cx) {
+            return Poll::Ready(Ok(r));
         }
         match watchdog::fired_on() {
-            Some((timer, Side::Pod)) => std::task::Poll::Ready(Err((timer, Side::Pod))),
-            _ => std::task::Poll::Pending,
+            Some((timer, Side::Pod)) => Poll::Ready(Err((timer, Side::Pod))),
+            _ => Poll::Pending,
         }
     })
     .await

@@ -217,6 +217,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The process's CPU time (user + system, every thread) in seconds, from /proc (USER_HZ is 100
+/// on Linux whatever the kernel's tick).
+fn cpu_s(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, k): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((u + k) as f64 / 100.0)
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
@@ -287,6 +298,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         })
     });
     let t0 = Instant::now();
+    let cpu0 = cli.router_pid.and_then(cpu_s);
     let seen: Vec<_> = targets
         .iter()
         .map(|_| Arc::new(Mutex::new(Seen::new())))
@@ -328,6 +340,15 @@ async fn main() -> anyhow::Result<ExitCode> {
             rss_peak.load(Ordering::Relaxed) as f64 / 1024.0,
             rss_kib(pid).unwrap_or(0) as f64 / 1024.0
         );
+        if let (Some(a), Some(b)) = (cpu0, cpu_s(pid)) {
+            let events = seen.last().map_or(0, |s| s.lock().events).max(1);
+            println!(
+                "router CPU: {:.2} s over the run ({:.0}% of one core), {:.1} µs per routed event",
+                b - a,
+                (b - a) / t0.elapsed().as_secs_f64() * 100.0,
+                (b - a) * 1e6 / events as f64
+            );
+        }
     }
     Ok(if cut == 0 {
         ExitCode::SUCCESS
