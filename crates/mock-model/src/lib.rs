@@ -5,17 +5,24 @@
 //! | Route | Behaviour |
 //! |---|---|
 //! | `POST /score` (or any path ending in `/score`) | streams and counts the request body, waits the service time, answers JSON |
-//! | `GET /swagger.json` | a small OpenAPI 3.0 document |
+//! | `GET /swagger.json` | a small OpenAPI 3.0 document (`?version=2`: the same as Swagger 2.0, as the Azure ML inference server offers) |
 //! | `GET /` | `Healthy` |
 //! | `GET /stats` | in-flight / high-water / served counters as JSON |
 //! | any method, path starting with `/echo` | echoes method, path, query, headers, body size and the peer address |
 //! | `GET /status/{code}` | answers with that status code |
 //! | any method, `/reset` | drops the connection without a response |
+//! | `POST /gate/release?n=N` | lets gated streams (`gated=1`) send N more chunks |
+//! | `/v2/...` | a minimal Open Inference Protocol (KServe v2) REST server, see [`oip`] |
 //!
 //! Query parameters on `/score`: `latencyMs=N` (service time), `streamChunks=N` (stream the
 //! answer as N chunks spread over the service time; SSE when the client accepts
 //! `text/event-stream`, NDJSON otherwise) and `respondBytes=N` (answer with N bytes of
-//! `application/octet-stream`). `/echo` honours `latencyMs` too.
+//! `application/octet-stream`). `/echo` honours `latencyMs` too. For the router's stream
+//! timers: `stallAfterChunks=N` (a streamed answer stops after N chunks and never ends; the
+//! connection stays open), `stallReadAfterBytes=N` (the pod stops reading the request body
+//! after N bytes and never answers). For tests that must see each chunk arrive before the next
+//! is sent: `gated=1` (a streamed answer sends its first chunk at once and each later one only
+//! when `POST /gate/release` allows it).
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -69,6 +76,10 @@ pub struct MockConfig {
     /// the task yields until it): tokio's millisecond timer otherwise overshoots by up to a
     /// tick, which matters when a benchmark computes capacity from the nominal time. Costs CPU.
     pub precise_latency: bool,
+    /// A streamed `/score` answer stops after this many chunks and never ends, the connection
+    /// left open: a pod that stalls mid-answer (overridable per request with
+    /// `stallAfterChunks=N`).
+    pub stall_after_chunks: Option<u32>,
 }
 
 impl Default for MockConfig {
@@ -80,6 +91,7 @@ impl Default for MockConfig {
             stream_chunks: 0,
             work_survives_disconnect: false,
             precise_latency: false,
+            stall_after_chunks: None,
         }
     }
 }
@@ -152,6 +164,8 @@ struct Shared {
     config: MockConfig,
     name: Arc<str>,
     stats: Arc<Stats>,
+    /// Chunks that gated streams (`gated=1`) may still send (`POST /gate/release`).
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running mock pod. Dropping it (or calling [`MockHandle::shutdown`]) stops the server.
@@ -211,6 +225,7 @@ pub fn spawn(listener: TcpListener, config: MockConfig) -> MockHandle {
         name: Arc::from(config.name.as_str()),
         config,
         stats: Arc::clone(&stats),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
     });
     let (tx, rx) = watch::channel(());
     let task = tokio::spawn(accept_loop(listener, shared, rx));
@@ -316,6 +331,27 @@ async fn handle(
             Ok(method_not_allowed(&shared, "POST"))
         };
     }
+    if path == "/v2" || path.starts_with("/v2/") {
+        return oip::handle(&shared, req).await;
+    }
+    if path == "/gate/release" {
+        if method != Method::POST {
+            return Ok(method_not_allowed(&shared, "POST"));
+        }
+        let n = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("n="))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1)
+            .min(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        shared.gate.add_permits(n);
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"pod": &*shared.name, "released": n}),
+            None,
+        ));
+    }
     let is_get = method == Method::GET || method == Method::HEAD;
     let known = matches!(path, "/" | "/swagger.json" | "/stats") || path.starts_with("/status/");
     if !known {
@@ -337,7 +373,18 @@ async fn handle(
             );
             resp
         }
-        "/swagger.json" => json_response(StatusCode::OK, &swagger(&shared.name), None),
+        "/swagger.json" => {
+            let v2 = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "version=2"));
+            let doc = if v2 {
+                swagger2(&shared.name)
+            } else {
+                swagger(&shared.name)
+            };
+            json_response(StatusCode::OK, &doc, None)
+        }
         "/stats" => {
             let s = shared.stats.snapshot();
             json_response(
@@ -398,6 +445,9 @@ struct Params {
     latency_ms: Option<u64>,
     stream_chunks: Option<u32>,
     respond_bytes: Option<u64>,
+    stall_after_chunks: Option<u32>,
+    stall_read_after_bytes: Option<u64>,
+    gated: bool,
 }
 
 impl Params {
@@ -409,6 +459,9 @@ impl Params {
                 "latencyMs" => params.latency_ms = value.parse().ok(),
                 "streamChunks" => params.stream_chunks = value.parse().ok(),
                 "respondBytes" => params.respond_bytes = value.parse().ok(),
+                "stallAfterChunks" => params.stall_after_chunks = value.parse().ok(),
+                "stallReadAfterBytes" => params.stall_read_after_bytes = value.parse().ok(),
+                "gated" => params.gated = value == "1" || value == "true",
                 _ => {}
             }
         }
@@ -446,6 +499,22 @@ async fn score(
         .get_all(header::ACCEPT)
         .iter()
         .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("text/event-stream"));
+    if let Some(n) = params.stall_read_after_bytes {
+        // A pod that stops reading the upload: hold the request (and its count) until the
+        // caller gives up and the connection closes.
+        let mut body = req.into_body();
+        let mut received = 0u64;
+        while received < n {
+            match body.frame().await {
+                Some(Ok(f)) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(e)) => return Err(Box::new(e)),
+                None => break,
+            }
+        }
+        let _held = guard;
+        let never = std::future::pending::<Infallible>().await;
+        match never {}
+    }
     let received = drain(req.into_body()).await?;
 
     let config = &shared.config;
@@ -497,6 +566,9 @@ async fn score(
                 start: Instant::now(),
                 latency,
                 sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                stall_after: params.stall_after_chunks.or(config.stall_after_chunks),
+                gate: params.gated.then(|| Arc::clone(&shared.gate)),
+                permit: None,
             })),
             _guard: Some(guard),
         });
@@ -629,6 +701,49 @@ fn swagger(name: &str) -> Value {
     })
 }
 
+/// The scoring API as a Swagger 2.0 document.
+fn swagger2(name: &str) -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": {
+            "title": format!("mock-model {name}"),
+            "description": "Mock scoring pod",
+            "version": "1.0.0",
+        },
+        "schemes": ["http"],
+        "consumes": ["application/json"],
+        "produces": ["application/json"],
+        "paths": {
+            "/score": {
+                "post": {
+                    "summary": "Score the request body",
+                    "operationId": "score",
+                    "parameters": [
+                        {"name": "body", "in": "body", "required": false,
+                         "schema": {"type": "object"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "Scoring result",
+                                "schema": {"$ref": "#/definitions/ScoreResult"}},
+                        "500": {"description": "Injected failure"},
+                    },
+                },
+            },
+        },
+        "definitions": {
+            "ScoreResult": {
+                "type": "object",
+                "properties": {
+                    "pod": {"type": "string"},
+                    "bytesReceived": {"type": "integer"},
+                    "query": {"type": "string"},
+                    "result": {"type": "array", "items": {"type": "number"}},
+                },
+            },
+        },
+    })
+}
+
 fn json_response(
     status: StatusCode,
     value: &Value,
@@ -680,7 +795,16 @@ struct ChunkStream {
     start: Instant,
     latency: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// Stop (stay pending for good) once this many chunks are out.
+    stall_after: Option<u32>,
+    /// Gated: every chunk after the first waits for a permit of the pod's gate.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    permit: Option<Pin<Box<PermitFuture>>>,
 }
+
+type PermitFuture = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>
+    + Send
+    + Sync;
 
 impl ChunkStream {
     fn is_done(&self) -> bool {
@@ -690,6 +814,24 @@ impl ChunkStream {
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.is_done() {
             return Poll::Ready(None);
+        }
+        if self.stall_after.is_some_and(|n| self.next >= n) && self.next < self.total {
+            // Stalled: nothing more, ever (the connection's own wake-ups still come).
+            return Poll::Pending;
+        }
+        if let Some(gate) = &self.gate
+            && self.next > 0
+            && self.next < self.total
+        {
+            let gate = Arc::clone(gate);
+            let permit = self
+                .permit
+                .get_or_insert_with(|| Box::pin(gate.acquire_owned()));
+            let got = ready!(permit.as_mut().poll(cx));
+            self.permit = None;
+            if let Ok(p) = got {
+                p.forget();
+            }
         }
         let offset = self
             .latency
@@ -758,6 +900,8 @@ impl Body for MockBody {
     }
 }
 
+pub mod oip;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,6 +961,9 @@ mod tests {
         let doc = swagger("pod-a");
         assert_eq!(doc["openapi"], "3.0.1");
         assert!(doc["info"]["title"].as_str().unwrap().contains("pod-a"));
+        assert!(doc["paths"]["/score"]["post"].is_object());
+        let doc = swagger2("pod-a");
+        assert_eq!(doc["swagger"], "2.0");
         assert!(doc["paths"]["/score"]["post"].is_object());
     }
 }

@@ -414,3 +414,180 @@ async fn shutdown_stops_listener_and_connections() {
         }
     }
 }
+
+#[tokio::test]
+async fn open_inference_protocol_v2_paths() {
+    let pod = spawn_local(named("oip")).await.unwrap();
+    let c = client();
+    let base = format!("http://{}", pod.addr());
+    for path in [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/iris/ready",
+        "/v2/models/iris/versions/2/ready",
+    ] {
+        let (status, _, body) = send(&c, "GET", &format!("{base}{path}"), empty()).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.is_empty(), "{path}: health answers have no body");
+    }
+    let (status, _, body) = send(&c, "GET", &format!("{base}/v2"), empty()).await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["name"], "mock-model");
+    let (status, _, body) = send(
+        &c,
+        "GET",
+        &format!("{base}/v2/models/iris/versions/2"),
+        empty(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let meta = json(&body);
+    assert_eq!(meta["name"], "iris");
+    assert_eq!(meta["versions"], serde_json::json!(["2"]));
+    assert_eq!(meta["parameters"]["pod"], "oip");
+
+    let infer = r#"{"id": "req-1", "inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [0.5, 1.5]}]}"#;
+    let (status, headers, body) = send(
+        &c,
+        "POST",
+        &format!("{base}/v2/models/iris/versions/2/infer"),
+        full(infer),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    let a = json(&body);
+    assert_eq!(a["model_name"], "iris");
+    assert_eq!(a["model_version"], "2");
+    assert_eq!(a["id"], "req-1");
+    assert_eq!(
+        a["outputs"],
+        serde_json::json!([{"name": "x", "shape": [2], "datatype": "FP32", "data": [0.5, 1.5]}])
+    );
+    assert_eq!(pod.stats().served, 1);
+
+    // The protocol's errors: `{"error": ...}`.
+    let (status, _, body) = send(
+        &c,
+        "POST",
+        &format!("{base}/v2/models/iris/infer"),
+        full("nope"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"].as_str().unwrap().contains("not JSON"));
+    let (status, _, body) = send(
+        &c,
+        "POST",
+        &format!("{base}/v2/models/iris/infer"),
+        full("{}"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"].as_str().unwrap().contains("inputs"));
+    let (status, _, body) = send(&c, "GET", &format!("{base}/v2/nothing"), empty()).await;
+    assert_eq!(status, 404);
+    assert!(json(&body)["error"].is_string());
+    let (status, headers, _) =
+        send(&c, "GET", &format!("{base}/v2/models/iris/infer"), empty()).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
+}
+
+#[tokio::test]
+async fn stall_after_chunks_keeps_the_stream_open_and_counted() {
+    for (config, query) in [
+        (named("stall-q"), "streamChunks=10&stallAfterChunks=2"),
+        (
+            MockConfig {
+                stall_after_chunks: Some(2),
+                ..named("stall-cfg")
+            },
+            "streamChunks=10",
+        ),
+    ] {
+        let pod = spawn_local(config).await.unwrap();
+        let c = client();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/score?{query}", pod.addr()))
+            .body(empty())
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let f = body.frame().await.unwrap().unwrap();
+            if let Ok(d) = f.into_data() {
+                got.extend(std::str::from_utf8(&d).unwrap().lines().map(str::to_owned));
+            }
+        }
+        assert_eq!(got.len(), 2, "{query}: {got:?}");
+        // Nothing more comes, and the stream does not end.
+        let next = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
+        assert!(next.is_err(), "{query}: stalled, got {next:?}");
+        assert_eq!(
+            pod.stats().in_flight,
+            1,
+            "{query}: still counted while stalled"
+        );
+        drop(body);
+        wait_idle(&pod).await;
+    }
+}
+
+#[tokio::test]
+async fn stall_read_after_bytes_stops_reading_the_upload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pod = spawn_local(named("noread")).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(pod.addr()).await.unwrap();
+    s.write_all(b"POST /score?stallReadAfterBytes=1 HTTP/1.1\r\nhost: pod\r\ncontent-length: 10\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+    assert!(read.is_err(), "no answer: {read:?}");
+    assert_eq!(pod.stats().in_flight, 1, "held");
+    assert_eq!(pod.stats().served, 0);
+    // The caller gives up (its connection closes): the request is gone.
+    drop(s);
+    wait_idle(&pod).await;
+}
+
+#[tokio::test]
+async fn gated_stream_sends_each_chunk_when_released() {
+    let pod = spawn_local(named("gated")).await.unwrap();
+    let c = client();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/score?streamChunks=3&gated=1",
+            pod.addr()
+        ))
+        .header("accept", "text/event-stream")
+        .body(empty())
+        .unwrap();
+    let mut body = c.request(req).await.unwrap().into_body();
+    let mut next = async || {
+        let f = tokio::time::timeout(Duration::from_millis(300), body.frame()).await;
+        f.ok().flatten().map(|f| f.unwrap().into_data().unwrap())
+    };
+    assert_eq!(
+        &next().await.unwrap()[..],
+        b"data: {\"chunk\":0,\"pod\":\"gated\"}\n\n"
+    );
+    assert!(next().await.is_none(), "chunk 1 waits for the gate");
+    let release = format!("http://{}/gate/release?n=1", pod.addr());
+    let (status, _, _) = send(&c, "POST", &release, empty()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        &next().await.unwrap()[..],
+        b"data: {\"chunk\":1,\"pod\":\"gated\"}\n\n"
+    );
+    assert!(next().await.is_none(), "chunk 2 waits for the gate");
+    send(&c, "POST", &release, empty()).await;
+    assert_eq!(
+        &next().await.unwrap()[..],
+        b"data: {\"chunk\":2,\"pod\":\"gated\"}\n\n"
+    );
+}

@@ -5,13 +5,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::watchdog::{self, StreamTimer};
+use crate::watchdog::{self, Side, StreamTimer};
 
 /// Errors from bodies, as hyper takes them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -237,11 +237,19 @@ impl Body for RequestBody {
         }
         let next = match this.first.take() {
             Some(f) => Some(f),
-            None => ready!(Pin::new(&mut *inner).poll_frame(cx)),
+            None => match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    // Waiting on the client's upload.
+                    watchdog::waiting(Side::Client);
+                    return Poll::Pending;
+                }
+            },
         };
         match next {
             Some(Ok(frame)) => {
-                watchdog::progress();
+                // Handed on: the pod must take it before hyper asks for more.
+                watchdog::progress(Side::Pod);
                 if inner.is_end_stream() {
                     watchdog::request_body_ended();
                 }

@@ -82,6 +82,23 @@ pub(crate) fn drain_body(body: UpstreamBody, mut ctx: RequestCtx) {
     });
 }
 
+/// The idle timer found the pod stalled mid-answer: there is nothing to wait for, so the pod's
+/// connection is closed now (shut for writing, read for at most [`CLOSE_GRACE`] for the pod to
+/// close too), the pod's health learns of the failure, and the slot is freed after that.
+pub(crate) fn close_stalled(body: UpstreamBody, mut ctx: RequestCtx) {
+    if let (Some(dep), Some(lease)) = (&ctx.dep, &ctx.lease) {
+        dep.report(lease, Outcome::Failure);
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    ctx.cancelled_at = Some(Instant::now());
+    rt.spawn(async move {
+        body.close(CLOSE_GRACE).await;
+        drop(ctx);
+    });
+}
+
 /// Waits for the pod's response head, then its body, within the request's deadline.
 async fn drain_exchange(mut exchange: Exchange, mut ctx: RequestCtx, sent: Instant) {
     let deadline = ctx.deadline.expect("set before the exchange");

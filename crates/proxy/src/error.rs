@@ -6,7 +6,7 @@ use infergate_auth::AuthFailure;
 use infergate_balance::AcquireError;
 use infergate_routing::RouteError;
 
-use crate::watchdog::StreamTimer;
+use crate::watchdog::{Side, StreamTimer};
 
 /// A failure answered by the router rather than by a pod.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +61,20 @@ pub enum ProxyError {
         /// The header name (cut to 64 characters).
         name: String,
     },
-    /// A stream timer ended the exchange while the request body was still coming (the client's
-    /// upload stalled, or the exchange outlived `maxStreamDurationMs`).
-    #[error("the request did not complete: {} ({ms} ms) passed", timer.key())]
+    /// A stream timer ended the exchange before the response head: the client's upload stalled
+    /// (408), the pod stopped reading it (504), or the exchange outlived `maxStreamDurationMs`.
+    #[error(
+        "the request did not complete: {} ({ms} ms) passed{}",
+        timer.key(),
+        if *side == Side::Pod { " while the model pod was not reading the request body" } else { "" }
+    )]
     StreamTimeout {
         /// The timer that fired.
         timer: StreamTimer,
         /// Its setting in milliseconds.
         ms: u64,
+        /// The side the exchange was waiting on.
+        side: Side,
     },
     /// The endpoint's authentication refused the request (no key or token in the message).
     #[error("{reason}")]
@@ -115,8 +121,11 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "UpstreamConnectFailed"),
             ProxyError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UpstreamFailed"),
-            ProxyError::StreamTimeout { timer, .. } => (
-                StatusCode::REQUEST_TIMEOUT,
+            ProxyError::StreamTimeout { timer, side, .. } => (
+                match side {
+                    Side::Client => StatusCode::REQUEST_TIMEOUT,
+                    Side::Pod => StatusCode::GATEWAY_TIMEOUT,
+                },
                 match timer {
                     StreamTimer::Idle => "StreamIdleTimeout",
                     StreamTimer::MaxDuration => "MaxStreamDuration",

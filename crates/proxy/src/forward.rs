@@ -2,8 +2,11 @@
 //! connection, a retry on another pod when a connection never opened, the response head within
 //! `requestTimeoutMs`), and what a failed exchange stands for.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -20,8 +23,8 @@ use crate::error::ProxyError;
 use crate::headers::{Forwarding, X_MS_CLIENT_REQUEST_ID, rewrite_request};
 use crate::mirror;
 use crate::response::RequestCtx;
-use crate::upstream::{ConnectError, SendError, UpstreamBody, UpstreamError};
-use crate::watchdog;
+use crate::upstream::{ConnectError, Exchange, SendError, UpstreamBody, UpstreamError};
+use crate::watchdog::{self, Side, StreamTimer};
 
 /// Where a connection came from and over what.
 #[derive(Debug, Clone, Copy)]
@@ -52,9 +55,9 @@ pub(crate) fn prepare(
         fwd,
     );
     ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
-    let tee = mirror::tee(endpoint, action, &parts, ctx.uri.query(), roll, &shared);
+    let tee = mirror::tee(endpoint, action, &parts, &ctx.uri, roll, &shared);
     parts.uri = dep
-        .upstream_uri(action, ctx.uri.query())
+        .upstream_uri(action, ctx.uri.path(), ctx.uri.query())
         .ok_or(ProxyError::UpstreamFailed(
             "the upstream URI could not be built",
         ))?;
@@ -126,13 +129,28 @@ pub(crate) async fn send(
         // slot until the pod is done (the guard hands the exchange on, see `cancel.rs`).
         let res = {
             let mut in_flight = InFlight::new(conn.send(req), ctx, sent);
-            let res = tokio::time::timeout_at(deadline, &mut in_flight.exchange).await;
-            if res.is_err() {
+            let res =
+                tokio::time::timeout_at(deadline, pod_or_stall(&mut in_flight.exchange)).await;
+            if !matches!(res, Ok(Ok(_))) {
                 in_flight.abandon();
             }
             res
         };
         let lease = ctx.lease.as_ref().expect("admitted before forwarding");
+        let res = match res {
+            Ok(Ok(r)) => Ok(r),
+            // A stream timer fired while the pod was not taking the request body: the
+            // connection is closed (above), the pod held to account, the client told (504).
+            Ok(Err((timer, side))) => {
+                state.report(lease, Outcome::Failure);
+                return Err(ProxyError::StreamTimeout {
+                    timer,
+                    ms: timer.ms(settings),
+                    side,
+                });
+            }
+            Err(e) => Err(e),
+        };
         match res {
             Ok(Ok(resp)) => {
                 let head_at = Instant::now();
@@ -168,6 +186,25 @@ pub(crate) async fn send(
     }
 }
 
+/// The exchange's response head, or the stream timer that fired while the exchange was waiting
+/// on the pod to take the request body (seen during the turn the watchdog gives the exchange
+/// before it ends it). A timer that fired while the client's upload stalled is left to the body,
+/// which fails (the 408 path).
+async fn pod_or_stall(
+    exchange: &mut Exchange,
+) -> Result<Result<Response<UpstreamBody>, SendError>, (StreamTimer, Side)> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = Pin::new(&mut *exchange).poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        match watchdog::fired_on() {
+            Some((timer, Side::Pod)) => Poll::Ready(Err((timer, Side::Pod))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// Now + `d`, or a time far in the future when that does not fit the clock (a setting near
 /// 2^64 ms must not panic a request).
 pub(crate) fn deadline_after(d: Duration) -> Instant {
@@ -188,9 +225,11 @@ fn classify(e: &UpstreamError, settings: &infergate_config::ResolvedSettings) ->
             };
         }
         if let Some(BodyTimedOut(timer)) = s.downcast_ref::<BodyTimedOut>() {
+            // The body was polled and cut off: the pod was reading, the client was not sending.
             return ProxyError::StreamTimeout {
                 timer: *timer,
                 ms: timer.ms(settings),
+                side: Side::Client,
             };
         }
         src = s.source();

@@ -13,6 +13,7 @@
 //! | prepare and forward: headers, the pod's URI, the body, the attempts | `forward.rs` (+ `body.rs`, `mirror.rs`) |
 //! | the pod connection: pooled, driven by the request | `upstream.rs` (+ `h1/`, the HTTP/1.1 codec) |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
+//! | the swagger document, rewritten to name the router as its server | `swagger.rs` |
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
 //! | a client that stalls: the stream timers, outside the request's own future | `watchdog.rs` |
@@ -32,6 +33,7 @@ mod mirror;
 mod response;
 mod router;
 mod server;
+mod swagger;
 pub mod trace;
 mod upstream;
 mod watchdog;

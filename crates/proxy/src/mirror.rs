@@ -22,7 +22,7 @@ pub(crate) fn tee(
     endpoint: &Endpoint,
     action: Action,
     parts: &Parts,
-    query: Option<&str>,
+    client_uri: &Uri,
     roll: u64,
     shared: &RequestShared,
 ) -> Option<Tee> {
@@ -43,7 +43,7 @@ pub(crate) fn tee(
     let mirror = MirrorRequest {
         state,
         method: parts.method.clone(),
-        uri: target.upstream_uri(action, query),
+        uri: target.upstream_uri(action, client_uri.path(), client_uri.query()),
         headers: parts.headers.clone(),
         timeout: Duration::from_millis(target.settings.request_timeout_ms),
     };

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use crate::headers::{
 };
 use crate::trace::TRACEPARENT;
 use crate::upstream::UpstreamBody;
-use crate::watchdog::{self, StreamTimer};
+use crate::watchdog::{self, Side, StreamTimer};
 
 /// What every request reports to, whatever it became: the in-flight gauge, and the status
 /// counters of requests that never reached a deployment.
@@ -87,6 +87,8 @@ pub struct RequestCtx {
     outcome: &'static str,
     /// The stream timer that ended the request, if one did.
     timer: Option<StreamTimer>,
+    /// When the idle timer ended it: the side that stalled.
+    pub(crate) stalled: Option<Side>,
     /// False for the empty shell left behind by [`RequestCtx::detach`]: it reports nothing.
     live: bool,
 }
@@ -127,6 +129,7 @@ impl RequestCtx {
             // Until an answer is made and its body ends, the request counts as cancelled.
             outcome: CLIENT_CANCELLED,
             timer: None,
+            stalled: None,
             live: true,
         }
     }
@@ -164,23 +167,25 @@ impl RequestCtx {
             bytes_out: 0,
             outcome: "",
             timer: None,
+            stalled: None,
             live: false,
         };
         let mut ctx = std::mem::replace(self, shell);
         ctx.cancelled_at = Some(Instant::now());
         ctx.outcome = CLIENT_CANCELLED;
         // Handed over because a stream timer ended the exchange, or because the client left.
-        if let Some(t) = watchdog::fired() {
-            ctx.timed_out(t);
+        if let Some((t, side)) = watchdog::fired_on() {
+            ctx.timed_out(t, side);
         }
         watchdog::end();
         ctx
     }
 
-    /// A stream timer ended the request: that is its outcome, and the client's body (if still
-    /// on its way to the pod) is cut off.
-    pub(crate) fn timed_out(&mut self, timer: StreamTimer) {
+    /// A stream timer ended the request, waiting on `side`: that is its outcome, and the
+    /// client's body (if still on its way to the pod) is cut off.
+    pub(crate) fn timed_out(&mut self, timer: StreamTimer, side: Side) {
         self.timer = Some(timer);
+        self.stalled = (timer == StreamTimer::Idle).then_some(side);
         self.outcome = timer.outcome();
         if let Some(s) = &self.shared {
             s.cut(timer);
@@ -207,20 +212,20 @@ impl Drop for RequestCtx {
         let elapsed = end - self.start;
         let stream = self.head_at.map(|h| end - h);
         if self.outcome == CLIENT_CANCELLED
-            && let Some(t) = watchdog::fired()
+            && let Some((t, side)) = watchdog::fired_on()
         {
-            self.timed_out(t);
+            self.timed_out(t, side);
         }
         let cancelled = self.outcome == CLIENT_CANCELLED;
         if self.status == 0 {
             // No response head went out: what the client's side of it stands for.
-            match self.timer {
+            match (self.timer, self.stalled) {
                 _ if cancelled => self.status = STATUS_CLIENT_CLOSED,
-                Some(StreamTimer::Idle) => self.status = StatusCode::REQUEST_TIMEOUT.as_u16(),
-                Some(StreamTimer::MaxDuration) => {
-                    self.status = StatusCode::GATEWAY_TIMEOUT.as_u16();
+                (Some(StreamTimer::Idle), Some(Side::Client)) => {
+                    self.status = StatusCode::REQUEST_TIMEOUT.as_u16();
                 }
-                None => {}
+                (Some(_), _) => self.status = StatusCode::GATEWAY_TIMEOUT.as_u16(),
+                (None, _) => {}
             }
         }
         match &self.dep {
@@ -271,6 +276,7 @@ impl Drop for RequestCtx {
             bytes_in = self.shared.as_ref().map_or(0, |s| s.bytes_in()),
             bytes_out = self.bytes_out,
             outcome = self.outcome,
+            stalled = self.stalled.map(Side::as_str),
             held_ms = self.cancelled_at.map(|c| ms(end - c)),
             "request"
         );
@@ -304,6 +310,32 @@ fn ms(d: Duration) -> f64 {
 /// the context rides along in the body and finishes when the body does.
 pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Response<ProxyBody> {
     let (mut rp, inner) = resp.into_parts();
+    client_head(&mut rp, &mut ctx);
+    watchdog::response_started();
+    Response::from_parts(
+        rp,
+        ProxyBody::Upstream {
+            inner: Some(inner),
+            ctx: Some(ctx),
+        },
+    )
+}
+
+/// The client's response from the pod's head and a body the router read whole (and changed:
+/// the swagger document); the request ends here.
+pub(crate) fn respond_full(
+    mut rp: http::response::Parts,
+    body: Bytes,
+    mut ctx: RequestCtx,
+) -> Response<ProxyBody> {
+    client_head(&mut rp, &mut ctx);
+    ctx.bytes_out = body.len() as u64;
+    ctx.finish("ok");
+    Response::from_parts(rp, ProxyBody::full(body))
+}
+
+/// The pod's response head made the client's: hop-by-hop headers removed, the router's set.
+fn client_head(rp: &mut http::response::Parts, ctx: &mut RequestCtx) {
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(d) = &ctx.dep {
@@ -317,14 +349,6 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
         rp.headers.insert(TRACEPARENT, tp);
     }
     ctx.status = rp.status.as_u16();
-    watchdog::response_started();
-    Response::from_parts(
-        rp,
-        ProxyBody::Upstream {
-            inner: Some(inner),
-            ctx: Some(ctx),
-        },
-    )
 }
 
 /// The router's own answer to a failure; the request ends here.
@@ -336,8 +360,8 @@ pub(crate) fn rescue(err: &ProxyError, mut ctx: RequestCtx) -> Response<ProxyBod
     ctx.status = resp.status().as_u16();
     ctx.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
     ctx.outcome = err.status_and_code().1;
-    if let ProxyError::StreamTimeout { timer, .. } = err {
-        ctx.timed_out(*timer);
+    if let ProxyError::StreamTimeout { timer, side, .. } = err {
+        ctx.timed_out(*timer, *side);
     }
     resp
 }
@@ -415,10 +439,15 @@ impl Body for ProxyBody {
                 let Some(inner) = inner else {
                     return Poll::Ready(None);
                 };
-                let r = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                let Poll::Ready(r) = Pin::new(&mut *inner).poll_frame(cx) else {
+                    // Waiting on the pod's answer.
+                    watchdog::waiting(Side::Pod);
+                    return Poll::Pending;
+                };
                 match &r {
                     Some(Ok(f)) => {
-                        watchdog::progress();
+                        // Handed on: the client must take it before hyper asks for more.
+                        watchdog::progress(Side::Client);
                         if let Some(c) = ctx.as_mut() {
                             if let Some(d) = f.data_ref() {
                                 c.bytes_out += d.len() as u64;
@@ -471,16 +500,20 @@ impl Drop for ProxyBody {
             return;
         };
         // Dropped because a stream timer ended the exchange (the client stopped reading or
-        // sending), rather than because the client left or the body ended.
-        let timer = watchdog::fired();
-        if let Some(t) = timer {
-            c.timed_out(t);
+        // sending, or the pod stalled), rather than because the client left or the body ended.
+        let fired = watchdog::fired_on();
+        if let Some((t, side)) = fired {
+            c.timed_out(t, side);
         }
         match inner.take() {
             // hyper drops a body it knows has ended without polling it again: a normal end
             // (unless a timer caught its last bytes on their way to the client).
-            Some(body) if body.is_end_stream() && timer.is_none() => c.finish("ok"),
+            Some(body) if body.is_end_stream() && fired.is_none() => c.finish("ok"),
             Some(body) if body.is_end_stream() => drop(c),
+            // The pod stalled mid-answer: nothing to wait for; its connection closes now.
+            Some(body) if body.is_live() && c.stalled == Some(Side::Pod) => {
+                crate::cancel::close_stalled(body, c)
+            }
             // The client left (or stalled) mid-body while the pod is still sending: the slot
             // stays taken until the pod's body ends (read and discarded) or the request's
             // deadline.

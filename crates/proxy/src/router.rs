@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use infergate_metrics::Registry;
-use infergate_routing::{Deployment, Endpoint, RouteTable};
+use infergate_routing::{Action, Deployment, Endpoint, RouteTable};
 
 use crate::body::{RequestShared, admit_watching};
 use crate::conn::HeadLimits;
@@ -24,6 +24,7 @@ use crate::headers::{
 };
 use crate::metrics::REQUESTS_IN_FLIGHT;
 use crate::response::{ProxyBody, RequestCtx, RequestMetrics, rescue, respond};
+use crate::swagger;
 use crate::trace::TraceSettings;
 use crate::upstream::{Upstream, UpstreamBody};
 use infergate_config::{DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, HeadersWithUnderscores};
@@ -124,7 +125,11 @@ impl Router {
         }
         ctx.trace = crate::trace::start(&mut parts.headers, self.tracing.get());
         match self.forward(&mut ctx, parts, body, conn).await {
-            Ok(resp) => respond(resp, ctx),
+            Ok((resp, None)) => respond(resp, ctx),
+            Ok((resp, Some(base))) => {
+                let head_only = ctx.method == http::Method::HEAD;
+                crate::swagger::respond_rewritten(resp, ctx, &base, head_only).await
+            }
             Err(err) => rescue(&err, ctx),
         }
     }
@@ -140,7 +145,7 @@ impl Router {
         mut parts: Parts,
         mut body: Incoming,
         conn: ConnInfo,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<(Response<UpstreamBody>, Option<swagger::Base>), ProxyError> {
         let roll: u64 = rand::random();
         // The head: header names with `_` (aliases of `-` names behind WSGI/CGI gateways).
         self.check_header_names(&mut parts.headers)?;
@@ -174,8 +179,19 @@ impl Router {
             xff_trusted_hops: self.edge.xff_trusted_hops.load(Ordering::Relaxed),
             pass_authorization: endpoint.state.pass_authorization,
         };
+        // The swagger document will name the router as its server, as this client reached it.
+        let swagger = (action == Action::Swagger)
+            .then(|| {
+                swagger::Base::of(
+                    &parts.headers,
+                    &ctx.uri,
+                    (conn.proto, fwd.xff_trusted_hops > 0),
+                    (&dep.scoring_path, dep.settings.request_timeout_ms),
+                )
+            })
+            .flatten();
         let req = forward::prepare(ctx, (endpoint, dep, action), parts, body, (conn, fwd), roll)?;
-        forward::send(dep, ctx, req, roll).await
+        Ok((forward::send(dep, ctx, req, roll).await?, swagger))
     }
 
     /// `headersWithUnderscores`: refuses (400), drops or lets through header names with `_`.

@@ -15,6 +15,14 @@
 //! waiting for its response head first gets one more turn, in which the request body fails with
 //! the timer, so that a client whose upload stalled gets a 408 rather than a reset.
 //!
+//! The idle timer watches both sides: a client that stops sending or reading, and a pod that stops
+//! reading the upload or stalls mid-answer. Which side the exchange was waiting on when it fired
+//! ([`Side`]) is what the last body event says: a body poll that found nothing waits on the side
+//! that sends it (the client's upload, the pod's answer), a frame handed on waits on the side that
+//! must take it (hyper polls the body again only once that side has taken it). A pod that stalled
+//! is treated as failing (its connection closed at once, the pod's health told); a pod that
+//! stopped reading the upload before its answer started gets the client a 504.
+//!
 //! The request path tells the watchdog what happens (an exchange starts, a body frame moves, the
 //! request body ends, the response starts, the exchange ends) through a thread-local cell that
 //! holds the watchdog's state only while the watchdog polls its future: no allocation, atomic or
@@ -84,6 +92,26 @@ impl StreamTimer {
     }
 }
 
+/// The side of an exchange that a stream timer found it waiting on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Side {
+    /// The client: its upload stalled, or it stopped reading the answer.
+    #[default]
+    Client,
+    /// The pod: it stopped reading the upload, or its answer stalled.
+    Pod,
+}
+
+impl Side {
+    /// The access log's `stalled` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Pod => "pod",
+        }
+    }
+}
+
 /// One exchange as its watchdog sees it.
 #[derive(Debug, Clone, Copy)]
 struct Exchange {
@@ -106,6 +134,8 @@ struct Shared {
     progress: u32,
     /// The exchange under watch, if any.
     exchange: Option<Exchange>,
+    /// The side the exchange waits on, as the last body event tells.
+    waiting_on: Side,
     /// Set while the watchdog ends its future: which timer fired.
     fired: Option<StreamTimer>,
 }
@@ -137,12 +167,22 @@ pub(crate) fn begin(settings: &ResolvedSettings, start: Instant, request_body: b
     update(|s| {
         s.progress = s.progress.wrapping_add(1);
         s.exchange = Some(exchange);
+        s.waiting_on = Side::Client;
     });
 }
 
-/// A body frame moved (either direction).
-pub(crate) fn progress() {
-    update(|s| s.progress = s.progress.wrapping_add(1));
+/// A body frame moved (either direction) and was handed on: the exchange now waits on `to`,
+/// the side that must take it.
+pub(crate) fn progress(to: Side) {
+    update(|s| {
+        s.progress = s.progress.wrapping_add(1);
+        s.waiting_on = to;
+    });
+}
+
+/// A body was polled and had nothing: the exchange waits on `from`, the side that sends it.
+pub(crate) fn waiting(from: Side) {
+    update(|s| s.waiting_on = from);
 }
 
 /// The client's body has been sent whole: until the response starts, `requestTimeoutMs` alone
@@ -159,6 +199,7 @@ pub(crate) fn request_body_ended() {
 pub(crate) fn response_started() {
     update(|s| {
         s.progress = s.progress.wrapping_add(1);
+        s.waiting_on = Side::Pod;
         if let Some(e) = &mut s.exchange {
             e.response_open = true;
         }
@@ -174,6 +215,14 @@ pub(crate) fn end() {
 /// The timer that fired, while the watchdog ends (or gives a last turn to) its future.
 pub(crate) fn fired() -> Option<StreamTimer> {
     CURRENT.try_with(|c| c.get()?.fired).ok().flatten()
+}
+
+/// The timer that fired and the side the exchange was waiting on (see [`fired`]).
+pub(crate) fn fired_on() -> Option<(StreamTimer, Side)> {
+    CURRENT
+        .try_with(|c| c.get().and_then(|s| Some((s.fired?, s.waiting_on))))
+        .ok()
+        .flatten()
 }
 
 /// Runs `f` with `shared` in the thread-local cell, then takes it back (also if `f` panics).
@@ -406,12 +455,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_side_waited_on_is_what_the_last_body_event_says() {
+        // (last event, side seen when the timer fires)
+        let cases: [(fn(), Side); 4] = [
+            // The upload was polled and had nothing: the client stopped sending.
+            (|| waiting(Side::Client), Side::Client),
+            // An upload frame was handed on and never asked for again: the pod stopped reading.
+            (|| progress(Side::Pod), Side::Pod),
+            // The answer was polled and had nothing: the pod stalled.
+            (|| waiting(Side::Pod), Side::Pod),
+            // An answer frame was handed on: the client stopped reading.
+            (|| progress(Side::Client), Side::Client),
+        ];
+        for (event, want) in cases {
+            let seen = Arc::new(Mutex::new(None));
+            let s2 = seen.clone();
+            let mut done = false;
+            let (s, _) = stream(settings(1_000, 0), move |_: &mut Context<'_>| {
+                if !done {
+                    done = true;
+                    event();
+                }
+                if let Some(f) = fired_on() {
+                    *s2.lock() = Some(f);
+                }
+                Poll::Pending
+            });
+            assert!(Watchdog::new(s).await.is_none());
+            assert_eq!(*seen.lock(), Some((StreamTimer::Idle, want)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn progress_keeps_an_exchange_alive_until_the_max_duration() {
         // A frame every 500 ms (under the 1 s idle timeout), forever.
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let (s, dropped) = stream(settings(1_000, 3_200), move |cx: &mut Context<'_>| {
             while tick.poll_tick(cx).is_ready() {
-                progress();
+                progress(Side::Client);
             }
             Poll::Pending
         });

@@ -23,13 +23,18 @@ pub enum Action {
     Score,
     /// `.../swagger.json`: forwarded to the deployment's swagger path.
     Swagger,
+    /// `.../v2` and `.../v2/...`: the Open Inference Protocol (KServe v2) REST API, forwarded to
+    /// the same `/v2/...` path on the pod (see [`model_path`]). Any method.
+    Oip,
 }
 
 /// Why a request has no route. Each maps to one HTTP status in the proxy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// The path is not one of the URL shapes.
-    #[error("no route for this path; scoring URLs look like /api/v1/endpoint/<name>/score")]
+    #[error(
+        "no route for this path; scoring URLs look like /api/v1/endpoint/<name>/score (or /api/v1/endpoint/<name>/v2/... for the Open Inference Protocol)"
+    )]
     NoRoute,
     /// The URL shape is right but no endpoint has that name.
     #[error("no endpoint named '{0}'")]
@@ -153,15 +158,25 @@ fn origin_uri(path: &str) -> Option<http::Uri> {
 }
 
 impl<B> Deployment<B> {
-    /// The origin-form URI for `action` on a pod: the deployment's path plus the client's query.
-    /// None when the result is not a valid URI.
-    pub fn upstream_uri(&self, action: Action, query: Option<&str>) -> Option<http::Uri> {
+    /// The origin-form URI for `action` on a pod: the deployment's path (for
+    /// [`Action::Oip`], the `/v2/...` part of `client_path`, the client's own path) plus the
+    /// client's query. None when the result is not a valid URI.
+    pub fn upstream_uri(
+        &self,
+        action: Action,
+        client_path: &str,
+        query: Option<&str>,
+    ) -> Option<http::Uri> {
         let (cached, path) = match action {
             Action::Score => (&self.uris[0], &*self.scoring_path),
             Action::Swagger => (&self.uris[1], &*self.swagger_path),
+            Action::Oip => (&None, model_path(client_path)?),
         };
         let Some(q) = query else {
-            return cached.clone();
+            return match cached {
+                Some(u) => Some(u.clone()),
+                None => http::Uri::try_from(path).ok(),
+            };
         };
         let mut s = String::with_capacity(path.len() + 1 + q.len());
         s.push_str(path);
@@ -293,8 +308,21 @@ fn clip_name(name: &str) -> String {
     }
 }
 
-/// Splits `/api/v1/{service|endpoint}/{name}/{score|swagger.json}` into the raw name and the action.
+/// Splits `/api/v1/{service|endpoint}/{name}/{score|swagger.json|v2[/...]}` into the raw name
+/// and the action.
 pub fn parse_path(path: &str) -> Option<(&str, Action)> {
+    let (name, tail) = split_path(path)?;
+    let action = match tail {
+        "score" => Action::Score,
+        "swagger.json" => Action::Swagger,
+        _ if is_model_path(tail) => Action::Oip,
+        _ => return None,
+    };
+    Some((name, action))
+}
+
+/// `/api/v1/{service|endpoint}/{name}/{tail}` as the raw name and the tail.
+fn split_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/api/v1/")?;
     let rest = rest
         .strip_prefix("endpoint/")
@@ -303,12 +331,40 @@ pub fn parse_path(path: &str) -> Option<(&str, Action)> {
     if name.is_empty() {
         return None;
     }
-    let action = match tail {
-        "score" => Action::Score,
-        "swagger.json" => Action::Swagger,
-        _ => return None,
+    Some((name, tail))
+}
+
+/// The pod path of an [`Action::Oip`] request: `/v2/...` as the client wrote it after the
+/// endpoint's name (`/api/v1/endpoint/demo/v2/models/m/infer` -> `/v2/models/m/infer`).
+pub fn model_path(path: &str) -> Option<&str> {
+    let (_, tail) = split_path(path)?;
+    if !is_model_path(tail) {
+        return None;
+    }
+    // The tail's leading `/` is the one before it in `path`.
+    Some(&path[path.len() - tail.len() - 1..])
+}
+
+/// Whether a tail is an Open Inference Protocol path: `v2`, or `v2/` and segments none of which
+/// is a dot segment or holds a slash or backslash, percent-encoded or not (the pod would
+/// resolve those to a path outside `/v2/`).
+fn is_model_path(tail: &str) -> bool {
+    let Some(rest) = tail.strip_prefix("v2") else {
+        return false;
     };
-    Some((name, action))
+    if rest.is_empty() {
+        return true;
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return false;
+    };
+    rest.split('/').all(|seg| {
+        if !seg.contains(['%', '.', '\\']) {
+            return true;
+        }
+        let decoded = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
+        decoded != b"." && decoded != b".." && !decoded.contains(&b'/') && !decoded.contains(&b'\\')
+    })
 }
 
 #[cfg(test)]

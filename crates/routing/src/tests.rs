@@ -11,8 +11,10 @@ struct Target<'a, B, E = ()> {
     endpoint: &'a Endpoint<B, E>,
     /// The deployment chosen (pinned or by weight).
     deployment: &'a Deployment<B>,
-    /// Score or swagger.
+    /// Score, swagger or the Open Inference Protocol.
     action: Action,
+    /// The client's path.
+    path: &'a str,
 }
 
 impl<B, E> Target<'_, B, E> {
@@ -21,6 +23,7 @@ impl<B, E> Target<'_, B, E> {
         match self.action {
             Action::Score => &self.deployment.scoring_path,
             Action::Swagger => &self.deployment.swagger_path,
+            Action::Oip => model_path(self.path).expect("an OIP path"),
         }
     }
 }
@@ -58,19 +61,20 @@ impl<B, E> RouteTable<B, E> {
     /// [`RouteTable::lookup`] then [`Endpoint::select`]. `path` is the URI path without the
     /// query; `pinned` is the `azureml-model-deployment` header, if any; `roll` is a random
     /// number for the weighted split.
-    fn resolve(
-        &self,
+    fn resolve<'a>(
+        &'a self,
         method: &Method,
-        path: &str,
+        path: &'a str,
         pinned: Option<&HeaderValue>,
         roll: u32,
-    ) -> Result<Target<'_, B, E>, RouteError> {
+    ) -> Result<Target<'a, B, E>, RouteError> {
         let (endpoint, action) = self.lookup(method, path)?;
         let deployment = endpoint.select(pinned, roll)?;
         Ok(Target {
             endpoint,
             deployment,
             action,
+            path,
         })
     }
 }
@@ -132,6 +136,127 @@ fn url_shapes_resolve() {
         .resolve(&Method::POST, "/api/v1/endpoint/demo/score", None, 95)
         .unwrap();
     assert_eq!(r.upstream_path(), "/v2/predict");
+}
+
+#[test]
+fn open_inference_protocol_paths_reach_the_same_path_on_the_pod() {
+    let t = mk_table();
+    let cases = [
+        (
+            "POST",
+            "/api/v1/endpoint/demo/v2/models/iris/infer",
+            "/v2/models/iris/infer",
+        ),
+        (
+            "POST",
+            "/api/v1/service/demo/v2/models/iris/versions/3/infer",
+            "/v2/models/iris/versions/3/infer",
+        ),
+        (
+            "GET",
+            "/api/v1/endpoint/demo/v2/models/iris/ready",
+            "/v2/models/iris/ready",
+        ),
+        (
+            "GET",
+            "/api/v1/endpoint/demo/v2/models/iris",
+            "/v2/models/iris",
+        ),
+        (
+            "GET",
+            "/api/v1/endpoint/demo/v2/health/live",
+            "/v2/health/live",
+        ),
+        (
+            "GET",
+            "/api/v1/endpoint/demo/v2/health/ready",
+            "/v2/health/ready",
+        ),
+        ("GET", "/api/v1/endpoint/demo/v2", "/v2"),
+        (
+            "GET",
+            "/api/v1/endpoint/%64emo/v2/models/a%20b",
+            "/v2/models/a%20b",
+        ),
+        (
+            "POST",
+            "/api/v1/endpoint/demo/v2/models/m/generate_stream",
+            "/v2/models/m/generate_stream",
+        ),
+    ];
+    for (method, path, pod) in cases {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        // Whichever deployment serves: the pod path is the client's, not the scoring path.
+        for roll in [0, 95] {
+            let r = t.resolve(&method, path, None, roll).unwrap();
+            assert_eq!(&*r.endpoint.name, "demo", "{path}");
+            assert_eq!(r.action, Action::Oip, "{path}");
+            assert_eq!(r.upstream_path(), pod, "{path}");
+        }
+    }
+    // The query follows; the URI is built from the client's path.
+    let r = t
+        .resolve(
+            &Method::POST,
+            "/api/v1/endpoint/demo/v2/models/m/infer",
+            None,
+            0,
+        )
+        .unwrap();
+    let uri = r
+        .deployment
+        .upstream_uri(r.action, r.path, Some("a=1"))
+        .unwrap();
+    assert_eq!(uri, "/v2/models/m/infer?a=1");
+    let uri = r.deployment.upstream_uri(r.action, r.path, None).unwrap();
+    assert_eq!(uri, "/v2/models/m/infer");
+}
+
+#[test]
+fn open_inference_protocol_paths_cannot_leave_v2() {
+    let t = mk_table();
+    for p in [
+        "/api/v1/endpoint/demo/v2/../stats",
+        "/api/v1/endpoint/demo/v2/models/../../stats",
+        "/api/v1/endpoint/demo/v2/./health/live",
+        "/api/v1/endpoint/demo/v2/%2e%2E/stats",
+        "/api/v1/endpoint/demo/v2/%2E/x",
+        "/api/v1/endpoint/demo/v2/models/a%2F..%2F..%2Fstats",
+        "/api/v1/endpoint/demo/v2/models/a%5c..",
+        "/api/v1/endpoint/demo/v2/models/a\\b",
+        "/api/v1/endpoint/demo/v2x/models",
+        "/api/v1/endpoint/demo/v3/models/m/infer",
+        "/api/v1/endpoint/demo/V2/health/live",
+        "/api/v1/endpoint/demo/stats",
+        "/api/v1/endpoint/demo/",
+    ] {
+        assert_eq!(
+            t.resolve(&Method::GET, p, None, 0).unwrap_err(),
+            RouteError::NoRoute,
+            "{p}"
+        );
+        assert_eq!(model_path(p), None, "{p}");
+    }
+    // Dots inside a segment are names, not dot segments.
+    let r = t
+        .resolve(
+            &Method::GET,
+            "/api/v1/endpoint/demo/v2/models/a.b..c/ready",
+            None,
+            0,
+        )
+        .unwrap();
+    assert_eq!(r.upstream_path(), "/v2/models/a.b..c/ready");
+    assert_eq!(
+        t.resolve(
+            &Method::GET,
+            "/api/v1/endpoint/nope/v2/health/live",
+            None,
+            0
+        )
+        .unwrap_err(),
+        RouteError::EndpointNotFound("nope".into())
+    );
 }
 
 #[test]
@@ -313,11 +438,12 @@ mod fuzz {
 
     use super::*;
 
-    /// The route a path names, computed another way: split on `/`, six segments exactly,
-    /// the name percent-decoded (`None` when that is not UTF-8).
+    /// The route a path names, computed another way: split on `/`, six segments exactly
+    /// (or more under `v2`, none of them a dot segment or an encoded slash), the name
+    /// percent-decoded (`None` when that is not UTF-8).
     fn reference(path: &str) -> Option<(Option<String>, Action)> {
         let seg: Vec<&str> = path.split('/').collect();
-        let [first, api, v1, kind, name, action] = seg.as_slice() else {
+        let [first, api, v1, kind, name, action, more @ ..] = seg.as_slice() else {
             return None;
         };
         if !first.is_empty() || *api != "api" || *v1 != "v1" {
@@ -326,9 +452,14 @@ mod fuzz {
         if *kind != "endpoint" && *kind != "service" {
             return None;
         }
-        let action = match *action {
-            "score" => Action::Score,
-            "swagger.json" => Action::Swagger,
+        let safe = |s: &&str| {
+            let d = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+            d != "." && d != ".." && !d.contains('/') && !d.contains('\\')
+        };
+        let action = match (*action, more) {
+            ("score", []) => Action::Score,
+            ("swagger.json", []) => Action::Swagger,
+            ("v2", more) if more.iter().all(safe) => Action::Oip,
             _ => return None,
         };
         if name.is_empty() {
@@ -355,11 +486,15 @@ mod fuzz {
         ];
         let kind = prop_oneof![Just("endpoint"), Just("service"), Just("models"), Just("")];
         let action = prop_oneof![
-            Just("score"),
-            Just("swagger.json"),
-            Just("score/"),
-            Just("Score"),
-            Just("")
+            Just("score".to_string()),
+            Just("swagger.json".to_string()),
+            Just("score/".to_string()),
+            Just("Score".to_string()),
+            Just(String::new()),
+            Just("v2".to_string()),
+            Just("v2/models/m/infer".to_string()),
+            Just("v2/health/live".to_string()),
+            "v2[a-z0-9._%/\\\\-]{0,16}",
         ];
         prop_oneof![
             4 => (kind, name, action).prop_map(|(k, n, a)| format!("/api/v1/{k}/{n}/{a}")),

@@ -213,6 +213,7 @@ async fn a_client_that_stops_reading_is_logged_and_counted_with_the_stream_timer
     let line = b.wait_line(|l| l.contains("infergate::access"));
     let j: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(j["outcome"], "stream_idle_timeout", "{line}");
+    assert_eq!(j["stalled"], "client", "{line}");
     assert_eq!(j["status"], 200, "the head had gone out: {line}");
     assert_eq!(
         (&j["endpoint"], &j["deployment"]),
@@ -229,6 +230,38 @@ async fn a_client_that_stops_reading_is_logged_and_counted_with_the_stream_timer
         1.0
     );
     drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_stalls_mid_answer_is_logged_with_the_timer_and_the_side() {
+    let pod = mock("stalls", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = one_pod_config(dir.path(), &pod);
+    let mut b = Bin::spawn(&[
+        "serve",
+        "--config",
+        &f,
+        "--set",
+        "defaults.streamIdleTimeoutMs=500",
+    ]);
+    let http = b.listening("http");
+    let mut c = Client::plain(http, Proto::H1).await;
+    let resp = c
+        .send(post(
+            "/api/v1/endpoint/e/score?streamChunks=10&latencyMs=1000&stallAfterChunks=2",
+            "{}",
+        ))
+        .await
+        .unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the stream was cut: {body:?}");
+    let line = b.wait_line(|l| l.contains(&rid));
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["outcome"], "stream_idle_timeout", "{line}");
+    assert_eq!(j["stalled"], "pod", "{line}");
+    assert_eq!(j["status"], 200, "{line}");
+    assert!(j["bytes_out"].as_u64().unwrap() > 0, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use clap::Parser;
 use mock_model::MockConfig;
 
 /// A scoring-pod stand-in: answers POST /score, GET /swagger.json, GET / (liveness), GET /stats,
-/// ANY /echo, GET /status/{code} and ANY /reset over HTTP/1.1 and h2c.
+/// ANY /echo, GET /status/{code}, ANY /reset and the Open Inference Protocol's /v2/... over
+/// HTTP/1.1 and h2c.
 #[derive(Debug, Parser)]
 #[command(name = "mock-model", version)]
 struct Args {
@@ -42,6 +43,11 @@ struct Args {
     /// the last millisecond is spent yielding).
     #[arg(long)]
     precise_latency: bool,
+
+    /// A streamed /score answer stops after N chunks and never ends, its connection left open:
+    /// a pod that stalls mid-answer (per-request override: ?stallAfterChunks=N).
+    #[arg(long, value_name = "N")]
+    stall_after_chunks: Option<u32>,
 }
 
 fn parse_fail_rate(s: &str) -> Result<f64, String> {
@@ -72,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         stream_chunks: args.stream_chunks,
         work_survives_disconnect: args.work_survives_disconnect,
         precise_latency: args.precise_latency,
+        stall_after_chunks: args.stall_after_chunks,
     };
     let handle = mock_model::spawn(listener, config);
     {
