@@ -14,6 +14,7 @@
 //! | the pod connection | `upstream.rs` |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
+//! | span export (`tracing.otlp`): the request's span and its phases, batched off the request path | `otlp.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
 //! | a client that stalls: the stream timers, outside the request's own future | `watchdog.rs` |
 
@@ -27,6 +28,7 @@ mod forward;
 pub mod headers;
 pub mod metrics;
 mod mirror;
+mod otlp;
 mod response;
 mod router;
 mod server;

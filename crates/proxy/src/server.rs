@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::conn::{Edge, HeadLimits};
 use crate::forward::ConnInfo;
 use crate::metrics::CONNECTIONS_OPEN;
+use crate::otlp::Exporter;
 use crate::response::ProxyBody;
 use crate::router::Router;
 
@@ -64,6 +65,8 @@ pub struct Server {
     reload_interval: Duration,
     cluster: Option<infergate_cluster::Cluster>,
     edge: Arc<Edge>,
+    /// With `tracing.otlp`: the span export, flushed at the end of the drain.
+    otlp: Option<Exporter>,
 }
 
 impl std::fmt::Debug for Server {
@@ -122,10 +125,23 @@ impl Server {
         };
         let router = Router::with_head_limits(&registry, HeadLimits::from_limits(&cfg.limits));
         router.apply_edge_config(cfg);
+        let mut otlp = None;
         if let Some(t) = &cfg.tracing {
             router.set_tracing(crate::trace::TraceSettings {
                 sampling_ratio: t.sampling_ratio,
             });
+            if let Some(o) = &t.otlp {
+                let exporter = Exporter::start(o, &registry).await.map_err(|e| {
+                    infergate_config::ConfigError::invalid(
+                        "tracing.otlp.endpoint",
+                        &o.endpoint,
+                        format!("the span exporter cannot be built: {e}"),
+                        "use the collector's base URL, e.g. http://otel-collector.monitoring:4318 (http/protobuf) or :4317 (grpc); check the OTEL_EXPORTER_OTLP_* environment variables, which the exporter also reads",
+                    )
+                })?;
+                router.set_span_sink(exporter.sink());
+                otlp = Some(exporter);
+            }
         }
         let edge = Arc::new(Edge::new(&cfg.limits, &registry));
         let cluster = match &cfg.cluster {
@@ -171,6 +187,7 @@ impl Server {
             reload_interval: Duration::from_millis(cfg.cert_reload_interval_ms),
             cluster,
             edge,
+            otlp,
         })
     }
 
@@ -216,6 +233,7 @@ impl Server {
             reload_interval,
             cluster,
             edge,
+            otlp,
         } = self;
         for (name, addr) in [
             (
@@ -285,6 +303,10 @@ impl Server {
         }
         if let Some(w) = watcher_task {
             w.abort();
+        }
+        // The spans of the requests served until now, within a bounded time.
+        if let Some(o) = otlp {
+            o.shutdown().await;
         }
     }
 }

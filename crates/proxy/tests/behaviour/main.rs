@@ -11,6 +11,7 @@ mod edge_conn;
 mod errors;
 mod exposition;
 mod headers;
+mod otlp;
 mod routing;
 mod slow_clients;
 mod streaming;
