@@ -7,42 +7,42 @@
 //! shared with the route table) is pushed onto a bounded queue under a short lock and never waits:
 //! a full queue drops the record and counts its spans (`infergate_otlp_spans_dropped_total
 //! {reason="queue_full"}`). A thread of its own (a single-threaded runtime, so that encoding and a
-//! slow or absent collector touch no request's task) takes batches, turns each record into the
-//! SDK's `SpanData` and hands them to the `opentelemetry-otlp` exporter (encoding, the HTTP or
-//! gRPC transport, retries with backoff), within `exportTimeoutMs`; the spans of a failed export
-//! are dropped and counted (`reason="export_failed"`). Memory is bounded by `maxQueueSize`
-//! records waiting plus one batch in flight.
+//! slow or absent collector touch no request's task) takes batches, writes them as one OTLP
+//! export request (`wire.rs`) and sends it (`transport.rs`: hyper, retries with backoff), within
+//! `exportTimeoutMs`; the spans of a failed export are dropped and counted
+//! (`reason="export_failed"`). Memory is bounded by `maxQueueSize` records waiting plus one batch
+//! in flight.
 //!
-//! The SDK's own `BatchSpanProcessor` is not used: its drop count cannot be read (it is logged
-//! once, at shutdown), spans lost to a failed export are not counted, and its span ids come
-//! from its tracer, while the router's span id is already in the `traceparent` sent to the pod.
+//! The OpenTelemetry SDK is not used. Its `BatchSpanProcessor`'s drop count cannot be read
+//! (it is logged once, at shutdown), spans lost to a failed export are not counted, and its span
+//! ids come from its tracer while the router's is already in the `traceparent` sent to the pod;
+//! and a first version that built the SDK's `SpanData` and exported it with `opentelemetry-otlp`
+//! cost 13 µs of CPU per request (+32%) against a target of 10% (see BENCHMARKS.md, "Tracing
+//! cost"): every attribute was allocated twice, converted, grouped and encoded.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Uri, Version, header};
 use infergate_config::{OtlpConfig, OtlpProtocol};
 use infergate_metrics::{Counter, LogLimiter, Registry};
 use infergate_routing::Action;
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_otlp::{
-    Protocol, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::forward::ConnInfo;
 use crate::metrics::{OTLP_SPANS_DROPPED_TOTAL, OTLP_SPANS_EXPORTED_TOTAL};
+
+mod transport;
+mod wire;
+
+use transport::Transport;
+use wire::{Batch, KIND_INTERNAL, KIND_SERVER, SpanFields, Val};
 
 /// The instrumentation scope of the router's spans.
 const SCOPE: &str = "infergate";
@@ -149,121 +149,85 @@ impl SpanRecord {
         1 + self.phases().count() as u64
     }
 
-    /// An instant of this request on the wall clock.
-    fn wall(&self, t: Instant) -> SystemTime {
-        self.end_wall
+    /// An instant of this request on the wall clock, in nanoseconds since the Unix epoch.
+    fn unix_ns(&self, t: Instant) -> u64 {
+        let at = self
+            .end_wall
             .checked_sub(self.end.saturating_duration_since(t))
-            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     }
 
-    /// The request's SERVER span and its phases' INTERNAL spans, appended to `out`; `new_id`
+    /// Writes the request's phase spans (INTERNAL) and its SERVER span into `batch`; `new_id`
     /// gives the phase spans' ids.
-    fn into_spans(
-        self,
-        scope: &InstrumentationScope,
-        new_id: &mut impl FnMut() -> [u8; 8],
-        out: &mut Vec<SpanData>,
-    ) {
-        let trace_id = TraceId::from_bytes(self.trace_id);
-        let context = |id: [u8; 8]| {
-            SpanContext::new(
-                trace_id,
-                SpanId::from_bytes(id),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            )
-        };
+    fn encode(&self, batch: &mut Batch, new_id: &mut impl FnMut() -> [u8; 8]) {
         for (name, from, to) in self.phases() {
-            let mut attributes = Vec::new();
+            let id = new_id();
+            let f = SpanFields {
+                trace_id: &self.trace_id,
+                span_id: &id,
+                parent_id: Some(&self.span_id),
+                parent_is_remote: false,
+                name: (name, None),
+                kind: KIND_INTERNAL,
+                start_ns: self.unix_ns(from),
+                end_ns: self.unix_ns(to),
+                error: None,
+            };
+            batch.begin_span(&f);
             if name == "connect" {
                 if let Some(p) = self.pooled {
-                    attributes.push(KeyValue::new("infergate.pooled", p));
+                    batch.attr("infergate.pooled", Val::Bool(p));
                 }
-                attributes.push(KeyValue::new(
-                    "infergate.attempts",
-                    i64::from(self.attempts),
-                ));
+                batch.attr("infergate.attempts", Val::Int(i64::from(self.attempts)));
             }
-            out.push(SpanData {
-                span_context: context(new_id()),
-                parent_span_id: SpanId::from_bytes(self.span_id),
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Internal,
-                name: Cow::Borrowed(name),
-                start_time: self.wall(from),
-                end_time: self.wall(to),
-                attributes,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
-                status: Status::Unset,
-                instrumentation_scope: scope.clone(),
-            });
+            batch.end_span(&f);
         }
         let route = self
             .endpoint
             .as_ref()
             .and_then(|_| route_template(self.uri.path()));
         let method = known_method(&self.method);
-        let name = match (method, route) {
-            (Some(m), Some(r)) => Cow::Owned(format!("{m} {r}")),
-            (Some(m), None) => Cow::Borrowed(m),
-            (None, Some(r)) => Cow::Owned(format!("HTTP {r}")),
-            (None, None) => Cow::Borrowed("HTTP"),
+        let f = SpanFields {
+            trace_id: &self.trace_id,
+            span_id: &self.span_id,
+            parent_id: self.parent_id.as_ref(),
+            parent_is_remote: self.parent_id.is_some(),
+            name: (method.unwrap_or("HTTP"), route),
+            kind: KIND_SERVER,
+            start_ns: self.unix_ns(self.began),
+            end_ns: self.unix_ns(self.end),
+            error: (self.status >= 500).then_some(self.outcome),
         };
-        let status = if self.status >= 500 {
-            Status::Error {
-                description: Cow::Borrowed(self.outcome),
-            }
-        } else {
-            Status::Unset
-        };
-        out.push(SpanData {
-            span_context: context(self.span_id),
-            parent_span_id: self.parent_id.map_or(SpanId::INVALID, SpanId::from_bytes),
-            parent_span_is_remote: self.parent_id.is_some(),
-            span_kind: SpanKind::Server,
-            name,
-            start_time: self.wall(self.began),
-            end_time: self.end_wall,
-            attributes: self.attributes(method, route),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: scope.clone(),
-        });
+        batch.begin_span(&f);
+        self.attributes(batch, method, route);
+        batch.end_span(&f);
     }
 
     /// The SERVER span's attributes: HTTP semantic conventions, then the router's own.
-    fn attributes(
-        &self,
-        method: Option<&'static str>,
-        route: Option<&'static str>,
-    ) -> Vec<KeyValue> {
+    fn attributes(&self, b: &mut Batch, method: Option<&'static str>, route: Option<&'static str>) {
         let h = &self.head;
-        let mut a = Vec::with_capacity(20);
         match method {
-            Some(m) => a.push(KeyValue::new("http.request.method", m)),
+            Some(m) => b.attr("http.request.method", Val::Str(m)),
             None => {
-                a.push(KeyValue::new("http.request.method", "_OTHER"));
-                a.push(KeyValue::new(
+                b.attr("http.request.method", Val::Str("_OTHER"));
+                b.attr(
                     "http.request.method_original",
-                    self.method.as_str().to_string(),
-                ));
+                    Val::Str(self.method.as_str()),
+                );
             }
         }
-        a.push(KeyValue::new("url.scheme", h.scheme));
-        a.push(KeyValue::new("url.path", self.uri.path().to_string()));
+        b.attr("url.scheme", Val::Str(h.scheme));
+        b.attr("url.path", Val::Str(self.uri.path()));
         if let Some(r) = route {
-            a.push(KeyValue::new("http.route", r));
+            b.attr("http.route", Val::Str(r));
         }
         if self.status != 0 {
-            a.push(KeyValue::new(
+            b.attr(
                 "http.response.status_code",
-                i64::from(self.status),
-            ));
+                Val::Int(i64::from(self.status)),
+            );
         }
         let authority = h
             .host
@@ -271,62 +235,46 @@ impl SpanRecord {
             .and_then(|v| v.to_str().ok())
             .or_else(|| self.uri.authority().map(|a| a.as_str()));
         if let Some((host, port)) = authority.and_then(split_authority) {
-            a.push(KeyValue::new("server.address", host.to_string()));
+            b.attr("server.address", Val::Str(host));
             if let Some(p) = port {
-                a.push(KeyValue::new("server.port", i64::from(p)));
+                b.attr("server.port", Val::Int(i64::from(p)));
             }
         }
-        a.push(KeyValue::new(
+        b.attr(
             "network.protocol.version",
-            protocol_version(h.version),
-        ));
-        a.push(KeyValue::new(
-            "network.peer.address",
-            h.peer.ip().to_string(),
-        ));
-        a.push(KeyValue::new("network.peer.port", i64::from(h.peer.port())));
+            Val::Str(protocol_version(h.version)),
+        );
+        b.attr_display("network.peer.address", h.peer.ip());
+        b.attr("network.peer.port", Val::Int(i64::from(h.peer.port())));
         if let Some(ua) = h.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            a.push(KeyValue::new("user_agent.original", ua.to_string()));
+            b.attr("user_agent.original", Val::Str(ua));
         }
-        a.push(KeyValue::new(
-            "http.request.body.size",
-            self.bytes_in as i64,
-        ));
-        a.push(KeyValue::new(
-            "http.response.body.size",
-            self.bytes_out as i64,
-        ));
+        b.attr("http.request.body.size", Val::Int(self.bytes_in as i64));
+        b.attr("http.response.body.size", Val::Int(self.bytes_out as i64));
         if self.outcome != "ok" {
-            a.push(KeyValue::new("error.type", self.outcome));
+            b.attr("error.type", Val::Str(self.outcome));
         } else if self.status >= 500 {
-            a.push(KeyValue::new("error.type", self.status.to_string()));
+            b.attr_display("error.type", self.status);
         }
         if let Ok(id) = self.request_id.to_str() {
-            a.push(KeyValue::new("infergate.request_id", id.to_string()));
+            b.attr("infergate.request_id", Val::Str(id));
         }
         if let Some(e) = &self.endpoint {
-            a.push(KeyValue::new("infergate.endpoint", Value::from(e.clone())));
+            b.attr("infergate.endpoint", Val::Str(e));
         }
         if let Some(d) = &self.deployment {
-            a.push(KeyValue::new(
-                "infergate.deployment",
-                Value::from(d.clone()),
-            ));
+            b.attr("infergate.deployment", Val::Str(d));
         }
         if let Some(p) = self.pod {
-            a.push(KeyValue::new("infergate.pod", p.to_string()));
+            b.attr_display("infergate.pod", p);
         }
         if let Some(n) = &self.pod_name {
-            a.push(KeyValue::new("infergate.pod.name", Value::from(n.clone())));
+            b.attr("infergate.pod.name", Val::Str(n));
         }
         if self.attempts > 0 {
-            a.push(KeyValue::new(
-                "infergate.attempts",
-                i64::from(self.attempts),
-            ));
+            b.attr("infergate.attempts", Val::Int(i64::from(self.attempts)));
         }
-        a.push(KeyValue::new("infergate.outcome", self.outcome));
-        a
+        b.attr("infergate.outcome", Val::Str(self.outcome));
     }
 }
 
@@ -447,11 +395,46 @@ impl SpanSink {
 
 // === impl Exporter ===
 
-/// How the export thread runs (from `tracing.otlp`).
-#[derive(Debug, Clone)]
-struct Settings {
+/// The `service.instance.id` of this process: the pod's name (`POD_NAME`, the downward API's
+/// `metadata.name`), else the host name, else a random id.
+fn instance_id() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The `Resource` of the router's spans, encoded once.
+fn resource() -> Vec<u8> {
+    let instance = instance_id();
+    let mut attrs = vec![
+        ("service.name", "infergate".to_string()),
+        ("service.version", env!("CARGO_PKG_VERSION").to_string()),
+        ("service.instance.id", instance),
+    ];
+    for (var, key) in [
+        ("POD_NAME", "k8s.pod.name"),
+        ("POD_NAMESPACE", "k8s.namespace.name"),
+    ] {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            attrs.push((key, v));
+        }
+    }
+    let pairs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    wire::resource(&pairs)
+}
+
+/// The export thread's part: where spans go and how.
+#[derive(Debug)]
+struct Export {
+    transport: Transport,
+    grpc: bool,
     interval: Duration,
     timeout: Duration,
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    exported: Counter,
+    failed: Counter,
 }
 
 /// The running export: the queue requests push to, and the thread behind it.
@@ -469,127 +452,38 @@ impl Drop for Exporter {
     }
 }
 
-/// The `service.instance.id` of this process: the pod's name (`POD_NAME`, the downward API's
-/// `metadata.name`), else the host name, else a random id.
-fn instance_id() -> String {
-    ["POD_NAME", "HOSTNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-fn resource() -> Resource {
-    let mut attrs = vec![
-        KeyValue::new("service.name", "infergate"),
-        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("service.instance.id", instance_id()),
-    ];
-    for (var, key) in [
-        ("POD_NAME", "k8s.pod.name"),
-        ("POD_NAMESPACE", "k8s.namespace.name"),
-    ] {
-        if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
-            attrs.push(KeyValue::new(key, v));
-        }
-    }
-    Resource::builder_empty().with_attributes(attrs).build()
-}
-
-/// The `opentelemetry-otlp` exporter for `o` (built inside the export thread's runtime: the
-/// gRPC channel starts a task of its own).
-fn build_exporter(o: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let timeout = Duration::from_millis(o.export_timeout_ms);
-    let base = o.endpoint.trim_end_matches('/');
-    // Retries with backoff (100 ms doubling to 1.6 s, jittered) stay within the timeout.
-    let retry = RetryPolicy::recommended();
-    let built = match o.protocol {
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(format!("{base}/v1/traces"))
-            .with_timeout(timeout)
-            .with_headers(o.headers.clone().into_iter().collect())
-            .with_retry_policy(retry)
-            .build(),
-        OtlpProtocol::Grpc => {
-            let metadata = grpc_metadata(&o.headers)?;
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(base)
-                .with_timeout(timeout)
-                .with_metadata(metadata)
-                .with_retry_policy(retry)
-                .build()
-        }
-    };
-    let mut exporter = built.map_err(|e| e.to_string())?;
-    exporter.set_resource(&resource());
-    Ok(exporter)
-}
-
-fn grpc_metadata(
-    headers: &BTreeMap<String, String>,
-) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, String> {
-    let mut map = http::HeaderMap::new();
-    for (k, v) in headers {
-        let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("{k}: {e}"))?;
-        let value = HeaderValue::from_str(v).map_err(|e| format!("{k}: {e}"))?;
-        map.insert(name, value);
-    }
-    Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map))
-}
-
 impl Exporter {
-    /// Starts the export thread for `o`, counting in `registry`. Fails when the exporter cannot
-    /// be built from the configuration (the message says why).
-    pub(crate) async fn start(o: &OtlpConfig, registry: &Registry) -> Result<Exporter, String> {
+    /// Starts the export thread for `o`, counting in `registry`. Fails when the collector's
+    /// address cannot be used (the message says why).
+    pub(crate) fn start(o: &OtlpConfig, registry: &Registry) -> Result<Exporter, String> {
+        let export = Export {
+            transport: Transport::new(o)?,
+            grpc: o.protocol == OtlpProtocol::Grpc,
+            interval: Duration::from_millis(o.export_interval_ms),
+            timeout: Duration::from_millis(o.export_timeout_ms),
+            resource: resource(),
+            scope: wire::scope(SCOPE, env!("CARGO_PKG_VERSION")),
+            exported: registry.counter(OTLP_SPANS_EXPORTED_TOTAL, &[]),
+            failed: registry.counter(OTLP_SPANS_DROPPED_TOTAL, &[("reason", "export_failed")]),
+        };
         let sink = Arc::new(SpanSink::new(
             o.max_queue_size,
             o.max_export_batch_size,
             registry,
         ));
-        let exported = registry.counter(OTLP_SPANS_EXPORTED_TOTAL, &[]);
-        let failed = registry.counter(OTLP_SPANS_DROPPED_TOTAL, &[("reason", "export_failed")]);
-        let settings = Settings {
-            interval: Duration::from_millis(o.export_interval_ms),
-            timeout: Duration::from_millis(o.export_timeout_ms),
-        };
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the export runtime: {e}"))?;
         let (done_tx, done_rx) = oneshot::channel();
-        let config = o.clone();
         let thread_sink = sink.clone();
         std::thread::Builder::new()
             .name("infergate-otlp".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let exporter = match build_exporter(&config) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    let counters = Counters { exported, failed };
-                    run(&exporter, &thread_sink, &settings, &counters).await;
-                    let _ = exporter.shutdown();
-                });
+                rt.block_on(run(export, &thread_sink));
                 let _ = done_tx.send(());
             })
             .map_err(|e| format!("cannot start the export thread: {e}"))?;
-        ready_rx
-            .await
-            .map_err(|_| "the export thread ended".to_string())??;
         Ok(Exporter {
             sink,
             done: Some(done_rx),
@@ -617,20 +511,11 @@ impl Exporter {
     }
 }
 
-#[derive(Debug)]
-struct Counters {
-    exported: Counter,
-    failed: Counter,
-}
-
 /// The export loop: a batch when one is complete or every `interval`, until the sink closes
 /// (then what is left is exported).
-async fn run<E: SpanExporter>(exporter: &E, sink: &SpanSink, s: &Settings, c: &Counters) {
+async fn run(mut x: Export, sink: &SpanSink) {
     static FAILED: LogLimiter = LogLimiter::new(1, Duration::from_secs(10));
     static FULL: LogLimiter = LogLimiter::new(1, Duration::from_secs(10));
-    let scope = InstrumentationScope::builder(SCOPE)
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
     let mut new_id = || loop {
         let id: [u8; 8] = rand::random();
         if id != [0; 8] {
@@ -638,11 +523,12 @@ async fn run<E: SpanExporter>(exporter: &E, sink: &SpanSink, s: &Settings, c: &C
         }
     };
     let mut records = Vec::with_capacity(sink.batch);
+    let mut batch = Batch::default();
     loop {
         if !sink.closed.load(Ordering::Acquire) {
             tokio::select! {
                 _ = sink.ready.notified() => {}
-                _ = tokio::time::sleep(s.interval) => {}
+                _ = tokio::time::sleep(x.interval) => {}
             }
         }
         let closing = sink.closed.load(Ordering::Acquire);
@@ -652,22 +538,23 @@ async fn run<E: SpanExporter>(exporter: &E, sink: &SpanSink, s: &Settings, c: &C
                 break;
             }
             let complete = records.len() == sink.batch;
-            let mut batch = Vec::with_capacity(records.len() * 5);
             for r in records.drain(..) {
-                r.into_spans(&scope, &mut new_id, &mut batch);
+                r.encode(&mut batch, &mut new_id);
             }
-            let n = batch.len() as u64;
-            let error = match tokio::time::timeout(s.timeout, exporter.export(batch)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {} ms", s.timeout.as_millis())),
-            };
-            match error {
-                None => c.exported.increment(n),
-                Some(error) => {
-                    c.failed.increment(n);
+            let n = batch.len();
+            let body = Bytes::from(batch.finish(&x.resource, &x.scope, x.grpc));
+            let deadline = Instant::now() + x.timeout;
+            match x.transport.export(body, deadline).await {
+                Ok(()) => x.exported.increment(n),
+                Err(failure) => {
+                    x.failed.increment(n);
                     if let Some(suppressed) = FAILED.allow() {
-                        tracing::warn!(spans = n, %error, suppressed, "OTLP export failed; the spans are dropped");
+                        tracing::warn!(
+                            spans = n,
+                            error = %failure.reason,
+                            suppressed,
+                            "OTLP export failed; the spans are dropped"
+                        );
                     }
                 }
             }
@@ -694,6 +581,10 @@ async fn run<E: SpanExporter>(exporter: &E, sink: &SpanSink, s: &Settings, c: &C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
 
     fn mk_record() -> SpanRecord {
         let began = Instant::now();
@@ -739,26 +630,40 @@ mod tests {
         }
     }
 
-    fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
-        s.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| &kv.value)
+    /// The record's spans as the reference types decode them.
+    fn spans(r: SpanRecord) -> Vec<Span> {
+        let mut n = 0u8;
+        let mut batch = Batch::default();
+        r.encode(&mut batch, &mut || {
+            n += 1;
+            [0, 0, 0, 0, 0, 0, 9, n]
+        });
+        let body = batch.finish(&resource(), &wire::scope(SCOPE, "1"), false);
+        let mut req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        std::mem::take(&mut req.resource_spans[0].scope_spans[0].spans)
     }
 
-    fn spans(r: SpanRecord) -> Vec<SpanData> {
-        let scope = InstrumentationScope::builder(SCOPE).build();
-        let mut n = 0u8;
-        let mut out = Vec::new();
-        r.into_spans(
-            &scope,
-            &mut || {
-                n += 1;
-                [0, 0, 0, 0, 0, 0, 9, n]
-            },
-            &mut out,
-        );
-        out
+    fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a any_value::Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .as_ref()?
+            .value
+            .as_ref()
+    }
+
+    fn text(s: &Span, key: &str) -> Option<String> {
+        match attr(s, key)? {
+            any_value::Value::StringValue(v) => Some(v.clone()),
+            any_value::Value::IntValue(i) => Some(i.to_string()),
+            any_value::Value::BoolValue(b) => Some(b.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+
+    fn ns(t: SystemTime) -> u64 {
+        t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64
     }
 
     #[test]
@@ -779,52 +684,62 @@ mod tests {
             ]
         );
         let server = out.last().unwrap();
-        assert_eq!(server.span_kind, SpanKind::Server);
-        assert_eq!(server.span_context.span_id(), SpanId::from_bytes([2; 8]));
-        assert_eq!(server.span_context.trace_id(), TraceId::from_bytes([1; 16]));
-        assert_eq!(server.parent_span_id, SpanId::from_bytes([3; 8]));
-        assert!(server.parent_span_is_remote);
-        assert_eq!(server.end_time, end_wall);
+        assert_eq!(server.kind, 2, "SERVER");
+        assert_eq!(server.span_id, [2; 8]);
+        assert_eq!(server.trace_id, [1; 16]);
+        assert_eq!(server.parent_span_id, [3; 8]);
+        assert_eq!(server.flags, 0x301, "sampled, the parent is remote");
+        assert_eq!(server.end_time_unix_nano, ns(end_wall));
         assert_eq!(
-            end_wall.duration_since(server.start_time).unwrap(),
-            Duration::from_millis(30)
+            server.end_time_unix_nano - server.start_time_unix_nano,
+            30_000_000
         );
-        let s = |k| attr(server, k).map(|v| v.as_str().into_owned());
-        assert_eq!(s("http.request.method").as_deref(), Some("POST"));
-        assert_eq!(
-            s("url.path").as_deref(),
-            Some("/api/v1/endpoint/demo/score")
-        );
-        assert_eq!(s("url.scheme").as_deref(), Some("https"));
-        assert_eq!(s("server.address").as_deref(), Some("ml.example.com"));
-        assert_eq!(attr(server, "server.port"), Some(&Value::I64(8443)));
-        assert_eq!(s("network.protocol.version").as_deref(), Some("2"));
-        assert_eq!(s("user_agent.original").as_deref(), Some("curl/8"));
-        assert_eq!(
+        let t = |k| text(server, k);
+        for (key, want) in [
+            ("http.request.method", "POST"),
+            ("url.path", "/api/v1/endpoint/demo/score"),
+            ("url.scheme", "https"),
+            ("http.route", "/api/v1/endpoint/{endpoint}/score"),
+            ("server.address", "ml.example.com"),
+            ("server.port", "8443"),
+            ("network.protocol.version", "2"),
+            ("network.peer.address", "10.0.0.9"),
+            ("network.peer.port", "40000"),
+            ("user_agent.original", "curl/8"),
+            ("http.response.status_code", "200"),
+            ("http.request.body.size", "16"),
+            ("http.response.body.size", "65"),
+            ("infergate.endpoint", "demo"),
+            ("infergate.deployment", "blue"),
+            ("infergate.pod", "10.0.0.12:5001"),
+            ("infergate.pod.name", "blue-0"),
+            ("infergate.attempts", "1"),
+            ("infergate.request_id", "rid-1"),
+            ("infergate.outcome", "ok"),
+        ] {
+            assert_eq!(t(key).as_deref(), Some(want), "{key}");
+        }
+        assert!(matches!(
             attr(server, "http.response.status_code"),
-            Some(&Value::I64(200))
-        );
-        assert_eq!(s("infergate.endpoint").as_deref(), Some("demo"));
-        assert_eq!(s("infergate.deployment").as_deref(), Some("blue"));
-        assert_eq!(s("infergate.pod").as_deref(), Some("10.0.0.12:5001"));
-        assert_eq!(s("infergate.pod.name").as_deref(), Some("blue-0"));
-        assert_eq!(attr(server, "error.type"), None);
-        assert_eq!(server.status, Status::Unset);
+            Some(any_value::Value::IntValue(200))
+        ));
+        assert_eq!(t("error.type"), None);
+        assert!(server.status.is_none());
         // The phases: children of the router's span, on the same clock as the access log's.
         for child in &out[..4] {
-            assert_eq!(child.parent_span_id, SpanId::from_bytes([2; 8]));
-            assert_eq!(child.span_kind, SpanKind::Internal);
-            assert_eq!(child.span_context.trace_id(), TraceId::from_bytes([1; 16]));
+            assert_eq!(child.parent_span_id, [2; 8]);
+            assert_eq!(child.kind, 1, "INTERNAL");
+            assert_eq!(child.trace_id, [1; 16]);
+            assert_eq!(child.flags, 0x101);
         }
-        let dur = |s: &SpanData| s.end_time.duration_since(s.start_time).unwrap();
-        let ms = Duration::from_millis;
+        let dur = |s: &Span| s.end_time_unix_nano - s.start_time_unix_nano;
         assert_eq!(
             out[..4].iter().map(dur).collect::<Vec<_>>(),
-            [ms(2), ms(1), ms(20), ms(5)]
+            [2_000_000, 1_000_000, 20_000_000, 5_000_000]
         );
         // Connect ends when the request went out, where the head phase starts.
-        assert_eq!(out[1].end_time, out[2].start_time);
-        assert_eq!(attr(&out[1], "infergate.pooled"), Some(&Value::Bool(true)));
+        assert_eq!(out[1].end_time_unix_nano, out[2].start_time_unix_nano);
+        assert_eq!(text(&out[1], "infergate.pooled").as_deref(), Some("true"));
     }
 
     #[test]
@@ -842,21 +757,16 @@ mod tests {
         assert_eq!(out.len(), 2, "queue and the request");
         let server = &out[1];
         assert_eq!(server.name, "HTTP /api/v1/endpoint/{endpoint}/score");
+        let status = server.status.as_ref().unwrap();
+        assert_eq!((status.code, &*status.message), (2, "QueueTimeout"));
+        assert_eq!(text(server, "error.type").as_deref(), Some("QueueTimeout"));
         assert_eq!(
-            server.status,
-            Status::Error {
-                description: "QueueTimeout".into()
-            }
-        );
-        assert_eq!(
-            attr(server, "error.type").map(Value::as_str).as_deref(),
-            Some("QueueTimeout")
-        );
-        assert_eq!(
-            attr(server, "http.request.method")
-                .map(Value::as_str)
-                .as_deref(),
+            text(server, "http.request.method").as_deref(),
             Some("_OTHER")
+        );
+        assert_eq!(
+            text(server, "http.request.method_original").as_deref(),
+            Some("BREW")
         );
         assert!(attr(server, "infergate.pod").is_none());
 
@@ -868,7 +778,8 @@ mod tests {
         let out = spans(r);
         let server = out.last().unwrap();
         assert_eq!(server.name, "POST");
-        assert_eq!(server.parent_span_id, SpanId::INVALID);
+        assert!(server.parent_span_id.is_empty());
+        assert_eq!(server.flags, 0x101);
         assert!(attr(server, "http.route").is_none());
 
         // A connection that never opened: the connect phase lasts what connecting took.
@@ -879,10 +790,13 @@ mod tests {
         r.outcome = "UpstreamConnectFailed";
         let out = spans(r);
         let names: Vec<_> = out.iter().map(|s| &*s.name).collect();
-        assert_eq!(names[..2], ["queue", "connect"]);
         assert_eq!(
-            out[1].end_time.duration_since(out[1].start_time).unwrap(),
-            Duration::from_millis(1)
+            names,
+            ["queue", "connect", "POST /api/v1/endpoint/{endpoint}/score"]
+        );
+        assert_eq!(
+            out[1].end_time_unix_nano - out[1].start_time_unix_nano,
+            1_000_000
         );
     }
 

@@ -131,12 +131,12 @@ impl Server {
                 sampling_ratio: t.sampling_ratio,
             });
             if let Some(o) = &t.otlp {
-                let exporter = Exporter::start(o, &registry).await.map_err(|e| {
+                let exporter = Exporter::start(o, &registry).map_err(|e| {
                     infergate_config::ConfigError::invalid(
                         "tracing.otlp.endpoint",
                         &o.endpoint,
-                        format!("the span exporter cannot be built: {e}"),
-                        "use the collector's base URL, e.g. http://otel-collector.monitoring:4318 (http/protobuf) or :4317 (grpc); check the OTEL_EXPORTER_OTLP_* environment variables, which the exporter also reads",
+                        format!("the span exporter cannot start: {e}"),
+                        "use the collector's base URL, e.g. http://otel-collector.monitoring:4318 (http/protobuf) or http://otel-collector.monitoring:4317 (grpc)",
                     )
                 })?;
                 router.set_span_sink(exporter.sink());
