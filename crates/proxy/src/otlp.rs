@@ -50,15 +50,19 @@ const SCOPE: &str = "infergate";
 // === impl SpanStart ===
 
 /// What a sampled request's span needs beyond what its context holds anyway: read from the
-/// request head, and the start of two phases. Boxed in the context only for requests that are
+/// request head, and the start of three phases. Boxed in the context only for requests that are
 /// exported, so that the others carry one empty pointer.
 #[derive(Debug)]
 pub(crate) struct SpanStart {
     scheme: &'static str,
     version: Version,
     peer: SocketAddr,
-    host: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
+    /// The host (the `Host` header, else the URI's authority), the user agent, the path and the
+    /// request id, copied out of the request head in one allocation: the connection's read
+    /// buffer, which header values and the URI share, is not held until the export.
+    text: String,
+    /// Where each of those ends in `text` (an absent one is empty).
+    ends: [u32; 4],
     /// When the request began to wait for a pod slot (the queue phase's start).
     pub(crate) queued_at: Option<Instant>,
     /// When the first attempt began to get a connection (the connect phase's start).
@@ -68,27 +72,97 @@ pub(crate) struct SpanStart {
     pub(crate) sent_at: Option<Instant>,
 }
 
+/// A header value as text ("" when absent or not visible ASCII).
+fn text_of(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
 impl SpanStart {
-    /// The request head's part of the span (header values are shared, not copied).
-    pub(crate) fn capture(parts: &http::request::Parts, conn: &ConnInfo) -> Box<SpanStart> {
+    /// The request head's part of the span.
+    pub(crate) fn capture(
+        parts: &http::request::Parts,
+        uri: &Uri,
+        request_id: &HeaderValue,
+        conn: &ConnInfo,
+    ) -> Box<SpanStart> {
+        let host = match parts.headers.get(header::HOST) {
+            Some(h) => text_of(Some(h)),
+            None => uri.authority().map_or("", |a| a.as_str()),
+        };
+        let pieces = [
+            host,
+            text_of(parts.headers.get(header::USER_AGENT)),
+            uri.path(),
+            text_of(Some(request_id)),
+        ];
+        let mut text = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 4];
+        for (end, piece) in ends.iter_mut().zip(pieces) {
+            text.push_str(piece);
+            *end = text.len() as u32;
+        }
         Box::new(SpanStart {
             scheme: conn.proto,
             version: parts.version,
             peer: conn.remote,
-            host: parts.headers.get(header::HOST).cloned(),
-            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            text,
+            ends,
             queued_at: None,
             connect_at: None,
             sent_at: None,
         })
+    }
+
+    fn piece(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        &self.text[start..self.ends[i] as usize]
+    }
+    fn host(&self) -> Option<&str> {
+        Some(self.piece(0)).filter(|s| !s.is_empty())
+    }
+    fn user_agent(&self) -> Option<&str> {
+        Some(self.piece(1)).filter(|s| !s.is_empty())
+    }
+    fn path(&self) -> &str {
+        self.piece(2)
+    }
+    fn request_id(&self) -> &str {
+        self.piece(3)
+    }
+}
+
+/// The wall clock at one instant of the monotonic clock: places the records of a batch in time
+/// (one clock read per batch, none per request).
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    at: Instant,
+    unix_ns: u64,
+}
+
+impl Anchor {
+    fn now() -> Anchor {
+        let unix_ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Anchor {
+            at: Instant::now(),
+            unix_ns,
+        }
+    }
+
+    /// `t` in nanoseconds since the Unix epoch.
+    fn unix_ns(&self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.at) {
+            Some(after) => self.unix_ns + after.as_nanos() as u64,
+            None => self.unix_ns.saturating_sub((self.at - t).as_nanos() as u64),
+        }
     }
 }
 
 // === impl SpanRecord ===
 
 /// One finished, sampled request as it waits for export: built when its context is dropped,
-/// from what the context measured (no clock is read for it but the wall clock at the end, which
-/// places the monotonic instants in time).
+/// from what the context measured (no clock is read for it).
 #[derive(Debug)]
 pub(crate) struct SpanRecord {
     pub(crate) trace_id: [u8; 16],
@@ -96,8 +170,6 @@ pub(crate) struct SpanRecord {
     pub(crate) parent_id: Option<[u8; 8]>,
     pub(crate) head: Box<SpanStart>,
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) request_id: HeaderValue,
     pub(crate) endpoint: Option<Arc<str>>,
     pub(crate) deployment: Option<Arc<str>>,
     pub(crate) pod: Option<SocketAddr>,
@@ -114,8 +186,6 @@ pub(crate) struct SpanRecord {
     pub(crate) connect: Option<Duration>,
     pub(crate) head_at: Option<Instant>,
     pub(crate) end: Instant,
-    /// The wall clock at `end`.
-    pub(crate) end_wall: SystemTime,
 }
 
 /// A phase of a request: its child span's name and interval.
@@ -149,19 +219,9 @@ impl SpanRecord {
         1 + self.phases().count() as u64
     }
 
-    /// An instant of this request on the wall clock, in nanoseconds since the Unix epoch.
-    fn unix_ns(&self, t: Instant) -> u64 {
-        let at = self
-            .end_wall
-            .checked_sub(self.end.saturating_duration_since(t))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        at.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    }
-
     /// Writes the request's phase spans (INTERNAL) and its SERVER span into `batch`; `new_id`
     /// gives the phase spans' ids.
-    fn encode(&self, batch: &mut Batch, new_id: &mut impl FnMut() -> [u8; 8]) {
+    fn encode(&self, batch: &mut Batch, clock: &Anchor, new_id: &mut impl FnMut() -> [u8; 8]) {
         for (name, from, to) in self.phases() {
             let id = new_id();
             let f = SpanFields {
@@ -171,8 +231,8 @@ impl SpanRecord {
                 parent_is_remote: false,
                 name: (name, None),
                 kind: KIND_INTERNAL,
-                start_ns: self.unix_ns(from),
-                end_ns: self.unix_ns(to),
+                start_ns: clock.unix_ns(from),
+                end_ns: clock.unix_ns(to),
                 error: None,
             };
             batch.begin_span(&f);
@@ -187,7 +247,7 @@ impl SpanRecord {
         let route = self
             .endpoint
             .as_ref()
-            .and_then(|_| route_template(self.uri.path()));
+            .and_then(|_| route_template(self.head.path()));
         let method = known_method(&self.method);
         let f = SpanFields {
             trace_id: &self.trace_id,
@@ -196,8 +256,8 @@ impl SpanRecord {
             parent_is_remote: self.parent_id.is_some(),
             name: (method.unwrap_or("HTTP"), route),
             kind: KIND_SERVER,
-            start_ns: self.unix_ns(self.began),
-            end_ns: self.unix_ns(self.end),
+            start_ns: clock.unix_ns(self.began),
+            end_ns: clock.unix_ns(self.end),
             error: (self.status >= 500).then_some(self.outcome),
         };
         batch.begin_span(&f);
@@ -219,7 +279,7 @@ impl SpanRecord {
             }
         }
         b.attr("url.scheme", Val::Str(h.scheme));
-        b.attr("url.path", Val::Str(self.uri.path()));
+        b.attr("url.path", Val::Str(h.path()));
         if let Some(r) = route {
             b.attr("http.route", Val::Str(r));
         }
@@ -229,12 +289,7 @@ impl SpanRecord {
                 Val::Int(i64::from(self.status)),
             );
         }
-        let authority = h
-            .host
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| self.uri.authority().map(|a| a.as_str()));
-        if let Some((host, port)) = authority.and_then(split_authority) {
+        if let Some((host, port)) = h.host().and_then(split_authority) {
             b.attr("server.address", Val::Str(host));
             if let Some(p) = port {
                 b.attr("server.port", Val::Int(i64::from(p)));
@@ -246,7 +301,7 @@ impl SpanRecord {
         );
         b.attr_display("network.peer.address", h.peer.ip());
         b.attr("network.peer.port", Val::Int(i64::from(h.peer.port())));
-        if let Some(ua) = h.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+        if let Some(ua) = h.user_agent() {
             b.attr("user_agent.original", Val::Str(ua));
         }
         b.attr("http.request.body.size", Val::Int(self.bytes_in as i64));
@@ -256,8 +311,8 @@ impl SpanRecord {
         } else if self.status >= 500 {
             b.attr_display("error.type", self.status);
         }
-        if let Ok(id) = self.request_id.to_str() {
-            b.attr("infergate.request_id", Val::Str(id));
+        if !h.request_id().is_empty() {
+            b.attr("infergate.request_id", Val::Str(h.request_id()));
         }
         if let Some(e) = &self.endpoint {
             b.attr("infergate.endpoint", Val::Str(e));
@@ -538,8 +593,9 @@ async fn run(mut x: Export, sink: &SpanSink) {
                 break;
             }
             let complete = records.len() == sink.batch;
+            let clock = Anchor::now();
             for r in records.drain(..) {
-                r.encode(&mut batch, &mut new_id);
+                r.encode(&mut batch, &clock, &mut new_id);
             }
             let n = batch.len();
             let body = Bytes::from(batch.finish(&x.resource, &x.scope, x.grpc));
@@ -586,31 +642,38 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
 
+    /// 1e15 ns after the epoch, the wall clock when a test record ends.
+    const END_NS: u64 = 1_000_000_000_000_000;
+
     fn mk_record() -> SpanRecord {
         let began = Instant::now();
         let queued_at = began + Duration::from_millis(1);
         let sent_at = began + Duration::from_millis(5);
         let head_at = began + Duration::from_millis(25);
         let end = began + Duration::from_millis(30);
+        let mut parts =
+            http::Request::post("https://ml.example.com:8443/api/v1/endpoint/demo/score?x=1")
+                .header("user-agent", "curl/8")
+                .version(Version::HTTP_2)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+        let uri = std::mem::take(&mut parts.uri);
+        let conn = ConnInfo {
+            remote: "10.0.0.9:40000".parse().unwrap(),
+            proto: "https",
+        };
+        let mut head = SpanStart::capture(&parts, &uri, &HeaderValue::from_static("rid-1"), &conn);
+        head.queued_at = Some(queued_at);
+        head.connect_at = Some(sent_at - Duration::from_millis(1));
+        head.sent_at = Some(sent_at);
         SpanRecord {
             trace_id: [1; 16],
             span_id: [2; 8],
             parent_id: Some([3; 8]),
-            head: Box::new(SpanStart {
-                scheme: "https",
-                version: Version::HTTP_2,
-                peer: "10.0.0.9:40000".parse().unwrap(),
-                host: None,
-                user_agent: Some(HeaderValue::from_static("curl/8")),
-                queued_at: Some(queued_at),
-                connect_at: Some(sent_at - Duration::from_millis(1)),
-                sent_at: Some(sent_at),
-            }),
+            head,
             method: Method::POST,
-            uri: "https://ml.example.com:8443/api/v1/endpoint/demo/score?x=1"
-                .parse()
-                .unwrap(),
-            request_id: HeaderValue::from_static("rid-1"),
             endpoint: Some("demo".into()),
             deployment: Some("blue".into()),
             pod: Some("10.0.0.12:5001".parse().unwrap()),
@@ -626,7 +689,6 @@ mod tests {
             connect: Some(Duration::from_millis(1)),
             head_at: Some(head_at),
             end,
-            end_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
         }
     }
 
@@ -634,7 +696,11 @@ mod tests {
     fn spans(r: SpanRecord) -> Vec<Span> {
         let mut n = 0u8;
         let mut batch = Batch::default();
-        r.encode(&mut batch, &mut || {
+        let clock = Anchor {
+            at: r.end,
+            unix_ns: END_NS,
+        };
+        r.encode(&mut batch, &clock, &mut || {
             n += 1;
             [0, 0, 0, 0, 0, 0, 9, n]
         });
@@ -662,15 +728,10 @@ mod tests {
         }
     }
 
-    fn ns(t: SystemTime) -> u64 {
-        t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64
-    }
-
     #[test]
     fn a_request_becomes_a_server_span_with_its_phases_as_children() {
         let r = mk_record();
         assert_eq!(r.span_count(), 5);
-        let end_wall = r.end_wall;
         let out = spans(r);
         let names: Vec<_> = out.iter().map(|s| &*s.name).collect();
         assert_eq!(
@@ -689,7 +750,7 @@ mod tests {
         assert_eq!(server.trace_id, [1; 16]);
         assert_eq!(server.parent_span_id, [3; 8]);
         assert_eq!(server.flags, 0x301, "sampled, the parent is remote");
-        assert_eq!(server.end_time_unix_nano, ns(end_wall));
+        assert_eq!(server.end_time_unix_nano, END_NS);
         assert_eq!(
             server.end_time_unix_nano - server.start_time_unix_nano,
             30_000_000
@@ -774,13 +835,22 @@ mod tests {
         let mut r = mk_record();
         r.endpoint = None;
         r.parent_id = None;
-        r.uri = "/nope".parse().unwrap();
+        let parts = http::Request::get("/nope").body(()).unwrap().into_parts().0;
+        let conn = ConnInfo {
+            remote: "10.0.0.9:40000".parse().unwrap(),
+            proto: "http",
+        };
+        r.head = SpanStart::capture(&parts, &parts.uri, &HeaderValue::from_static(""), &conn);
         let out = spans(r);
         let server = out.last().unwrap();
         assert_eq!(server.name, "POST");
         assert!(server.parent_span_id.is_empty());
         assert_eq!(server.flags, 0x101);
         assert!(attr(server, "http.route").is_none());
+        assert!(attr(server, "server.address").is_none());
+        assert!(attr(server, "user_agent.original").is_none());
+        assert!(attr(server, "infergate.request_id").is_none());
+        assert_eq!(text(server, "url.path").as_deref(), Some("/nope"));
 
         // A connection that never opened: the connect phase lasts what connecting took.
         let mut r = mk_record();

@@ -287,7 +287,7 @@ impl Drop for RequestCtx {
             && let Some(trace) = &self.trace
             && let Some(span_id) = trace.span_id
         {
-            // After the log line: the names and the URI move into the record.
+            // After the log line: the method and the names move into the record.
             let pod = self.lease.as_ref().map(Slot::pod).or(self.pod.as_ref());
             sink.push(SpanRecord {
                 trace_id: trace.trace_id,
@@ -295,8 +295,6 @@ impl Drop for RequestCtx {
                 parent_id: trace.parent_id,
                 head,
                 method: std::mem::replace(&mut self.method, Method::GET),
-                uri: std::mem::take(&mut self.uri),
-                request_id: self.request_id.clone(),
                 endpoint: self.endpoint.take(),
                 deployment: self.dep.as_ref().map(|d| d.deployment.clone()),
                 pod: pod.map(|p| p.addr()),
@@ -312,7 +310,6 @@ impl Drop for RequestCtx {
                 connect: self.connect,
                 head_at: self.head_at,
                 end,
-                end_wall: std::time::SystemTime::now(),
             });
         }
         // The lease drops after this: the slot goes back to the pool (or the next waiter).

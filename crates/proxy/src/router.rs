@@ -130,7 +130,12 @@ impl Router {
             .is_some_and(|t| t.sampled && t.span_id.is_some())
             && self.metrics.spans.get().is_some()
         {
-            ctx.span = Some(crate::otlp::SpanStart::capture(&parts, &conn));
+            ctx.span = Some(crate::otlp::SpanStart::capture(
+                &parts,
+                &ctx.uri,
+                &ctx.request_id,
+                &conn,
+            ));
         }
         match self.forward(&mut ctx, parts, body, conn).await {
             Ok(resp) => respond(resp, ctx),

@@ -279,3 +279,39 @@ async fn a_collector_that_never_answers_holds_no_request_and_the_overflow_is_cou
     );
     assert_eq!(metric(&m, "infergate_otlp_spans_exported_total"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_answers_errors_counts_the_failed_batches_and_later_ones_arrive() {
+    let collector = FakeCollector::start().await;
+    // 400 is not retryable: each batch fails at once.
+    collector.fail_with(Some(http::StatusCode::BAD_REQUEST));
+    let otlp = format!(
+        "{{endpoint: \"{}\", maxExportBatchSize: 1, exportIntervalMs: 10}}",
+        collector.url()
+    );
+    let (r, _pod) = traced_router("1", &otlp).await;
+    serve_while_down(&r, 3).await;
+    let failed = eventually(WAIT, async || {
+        let m = metrics_text(&r).await;
+        metric(
+            &m,
+            "infergate_otlp_spans_dropped_total{reason=\"export_failed\"}",
+        ) == 15.0
+    })
+    .await;
+    assert!(failed, "{}", metrics_text(&r).await);
+    assert!(collector.requests() >= 3);
+    assert!(collector.spans().is_empty());
+    // The collector recovers: the next requests' spans arrive, on the same exporter.
+    collector.fail_with(None);
+    let a = call(r.http(), traced(CLIENT)).await;
+    assert_eq!(a.status, 200);
+    let spans = collector
+        .wait_for(WAIT, |s| {
+            of_trace(s, "4bf92f3577b34da6a3ce929d0e0e4736").len() == 5
+        })
+        .await;
+    assert_eq!(spans.len(), 5);
+    let m = metrics_text(&r).await;
+    assert_eq!(metric(&m, "infergate_otlp_spans_exported_total"), 5.0);
+}
