@@ -15,7 +15,7 @@
 #
 # `+extra.yaml` appends that file to the target's configuration (the same binary can run twice,
 # with and without a section). With OTLP=1 a fake OpenTelemetry collector (crates/testkit's
-# `fake-otlp-collector`, decoding every export) listens on 127.0.0.1:18940 on CPU 1 for the whole
+# `fake-otlp-collector`, decoding every export) listens on 127.0.0.1:18970 on CPU 1 for the whole
 # run, for targets with `+benches/scripts/otlp.yaml` (every request's spans exported to it):
 #   OTLP=1 bash benches/scripts/ab.sh off=/tmp/ig otlp=/tmp/ig+benches/scripts/otlp.yaml
 set -euo pipefail
@@ -110,7 +110,7 @@ PY
 
 COLLECTOR_PID=
 if [ "${OTLP:-0}" = 1 ]; then
-    taskset -c 1 "$COLLECTOR" 127.0.0.1:18940 >"$WORK/collector.log" 2>&1 &
+    taskset -c 1 "$COLLECTOR" 127.0.0.1:18970 >"$WORK/collector.log" 2>&1 &
     COLLECTOR_PID=$!; PIDS+=("$COLLECTOR_PID")
 fi
 # Each target's configuration: the common one, plus its `+extra.yaml`.

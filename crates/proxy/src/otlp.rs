@@ -32,6 +32,7 @@ use infergate_config::{OtlpConfig, OtlpProtocol};
 use infergate_metrics::{Counter, LogLimiter, Registry};
 use infergate_routing::Action;
 use parking_lot::Mutex;
+use rand::{RngCore as _, SeedableRng as _};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -78,12 +79,14 @@ fn text_of(v: Option<&HeaderValue>) -> &str {
 }
 
 impl SpanStart {
-    /// The request head's part of the span.
+    /// The request head's part of the span; the text's buffer is one the export has used
+    /// before, when `sink` has one to spare.
     pub(crate) fn capture(
         parts: &http::request::Parts,
         uri: &Uri,
         request_id: &HeaderValue,
         conn: &ConnInfo,
+        sink: Option<&SpanSink>,
     ) -> Box<SpanStart> {
         let host = match parts.headers.get(header::HOST) {
             Some(h) => text_of(Some(h)),
@@ -95,7 +98,8 @@ impl SpanStart {
             uri.path(),
             text_of(Some(request_id)),
         ];
-        let mut text = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+        let mut text = sink.and_then(SpanSink::spare_text).unwrap_or_default();
+        text.reserve(pieces.iter().map(|p| p.len()).sum());
         let mut ends = [0; 4];
         for (end, piece) in ends.iter_mut().zip(pieces) {
             text.push_str(piece);
@@ -168,7 +172,7 @@ pub(crate) struct SpanRecord {
     pub(crate) trace_id: [u8; 16],
     pub(crate) span_id: [u8; 8],
     pub(crate) parent_id: Option<[u8; 8]>,
-    pub(crate) head: Box<SpanStart>,
+    pub(crate) head: SpanStart,
     pub(crate) method: Method,
     pub(crate) endpoint: Option<Arc<str>>,
     pub(crate) deployment: Option<Arc<str>>,
@@ -178,8 +182,6 @@ pub(crate) struct SpanRecord {
     pub(crate) outcome: &'static str,
     pub(crate) attempts: u8,
     pub(crate) pooled: Option<bool>,
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
     /// The request head's arrival.
     pub(crate) began: Instant,
     pub(crate) queue: Option<Duration>,
@@ -236,11 +238,10 @@ impl SpanRecord {
                 error: None,
             };
             batch.begin_span(&f);
-            if name == "connect" {
-                if let Some(p) = self.pooled {
-                    batch.attr("infergate.pooled", Val::Bool(p));
-                }
-                batch.attr("infergate.attempts", Val::Int(i64::from(self.attempts)));
+            if name == "connect"
+                && let Some(p) = self.pooled
+            {
+                batch.attr("infergate.pooled", Val::Bool(p));
             }
             batch.end_span(&f);
         }
@@ -265,7 +266,9 @@ impl SpanRecord {
         batch.end_span(&f);
     }
 
-    /// The SERVER span's attributes: HTTP semantic conventions, then the router's own.
+    /// The SERVER span's attributes: HTTP semantic conventions (the required and recommended
+    /// ones; the opt-in body sizes are in the access log), then the router's own. The outcome
+    /// is `error.type` when it is not `ok`.
     fn attributes(&self, b: &mut Batch, method: Option<&'static str>, route: Option<&'static str>) {
         let h = &self.head;
         match method {
@@ -300,12 +303,9 @@ impl SpanRecord {
             Val::Str(protocol_version(h.version)),
         );
         b.attr_display("network.peer.address", h.peer.ip());
-        b.attr("network.peer.port", Val::Int(i64::from(h.peer.port())));
         if let Some(ua) = h.user_agent() {
             b.attr("user_agent.original", Val::Str(ua));
         }
-        b.attr("http.request.body.size", Val::Int(self.bytes_in as i64));
-        b.attr("http.response.body.size", Val::Int(self.bytes_out as i64));
         if self.outcome != "ok" {
             b.attr("error.type", Val::Str(self.outcome));
         } else if self.status >= 500 {
@@ -329,7 +329,6 @@ impl SpanRecord {
         if self.attempts > 0 {
             b.attr("infergate.attempts", Val::Int(i64::from(self.attempts)));
         }
-        b.attr("infergate.outcome", Val::Str(self.outcome));
     }
 }
 
@@ -401,7 +400,13 @@ pub(crate) struct SpanSink {
     dropped_full: Counter,
     /// Spans dropped because the queue was full, not yet reported in a log line.
     unlogged_full: AtomicU64,
+    /// Text buffers of exported records, for the next requests (a buffer is allocated and freed
+    /// by one thread, not made by the requests' and freed by the export's).
+    spare: Mutex<Vec<String>>,
 }
+
+/// A record's text buffer is kept for reuse when at most this large.
+const SPARE_TEXT_BYTES: usize = 1024;
 
 impl SpanSink {
     fn new(max_queue: usize, batch: usize, registry: &Registry) -> SpanSink {
@@ -413,6 +418,7 @@ impl SpanSink {
             closed: AtomicBool::new(false),
             dropped_full: registry.counter(OTLP_SPANS_DROPPED_TOTAL, &[("reason", "queue_full")]),
             unlogged_full: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
         }
     }
 
@@ -440,6 +446,18 @@ impl SpanSink {
         let mut q = self.queue.lock();
         let n = q.len().min(self.batch);
         out.extend(q.drain(..n));
+    }
+
+    /// An empty text buffer used before, if one is spare.
+    fn spare_text(&self) -> Option<String> {
+        self.spare.lock().pop()
+    }
+
+    /// Keeps the exported records' text buffers for reuse (as many as the queue holds).
+    fn recycle(&self, texts: &mut Vec<String>) {
+        let mut spare = self.spare.lock();
+        let room = self.max_queue.saturating_sub(spare.len());
+        spare.extend(texts.drain(..).take(room));
     }
 
     fn close(&self) {
@@ -571,12 +589,16 @@ impl Exporter {
 async fn run(mut x: Export, sink: &SpanSink) {
     static FAILED: LogLimiter = LogLimiter::new(1, Duration::from_secs(10));
     static FULL: LogLimiter = LogLimiter::new(1, Duration::from_secs(10));
+    // Phase span ids: a fast generator seeded from the thread's (ids need to be unique, not
+    // unpredictable).
+    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     let mut new_id = || loop {
-        let id: [u8; 8] = rand::random();
+        let id = rng.next_u64().to_ne_bytes();
         if id != [0; 8] {
             return id;
         }
     };
+    let mut texts = Vec::with_capacity(sink.batch);
     let mut records = Vec::with_capacity(sink.batch);
     let mut batch = Batch::default();
     loop {
@@ -596,7 +618,13 @@ async fn run(mut x: Export, sink: &SpanSink) {
             let clock = Anchor::now();
             for r in records.drain(..) {
                 r.encode(&mut batch, &clock, &mut new_id);
+                let mut text = r.head.text;
+                if text.capacity() <= SPARE_TEXT_BYTES {
+                    text.clear();
+                    texts.push(text);
+                }
             }
+            sink.recycle(&mut texts);
             let n = batch.len();
             let body = Bytes::from(batch.finish(&x.resource, &x.scope, x.grpc));
             let deadline = Instant::now() + x.timeout;
@@ -664,7 +692,13 @@ mod tests {
             remote: "10.0.0.9:40000".parse().unwrap(),
             proto: "https",
         };
-        let mut head = SpanStart::capture(&parts, &uri, &HeaderValue::from_static("rid-1"), &conn);
+        let mut head = *SpanStart::capture(
+            &parts,
+            &uri,
+            &HeaderValue::from_static("rid-1"),
+            &conn,
+            None,
+        );
         head.queued_at = Some(queued_at);
         head.connect_at = Some(sent_at - Duration::from_millis(1));
         head.sent_at = Some(sent_at);
@@ -682,8 +716,6 @@ mod tests {
             outcome: "ok",
             attempts: 1,
             pooled: Some(true),
-            bytes_in: 16,
-            bytes_out: 65,
             began,
             queue: Some(Duration::from_millis(2)),
             connect: Some(Duration::from_millis(1)),
@@ -765,18 +797,14 @@ mod tests {
             ("server.port", "8443"),
             ("network.protocol.version", "2"),
             ("network.peer.address", "10.0.0.9"),
-            ("network.peer.port", "40000"),
             ("user_agent.original", "curl/8"),
             ("http.response.status_code", "200"),
-            ("http.request.body.size", "16"),
-            ("http.response.body.size", "65"),
             ("infergate.endpoint", "demo"),
             ("infergate.deployment", "blue"),
             ("infergate.pod", "10.0.0.12:5001"),
             ("infergate.pod.name", "blue-0"),
             ("infergate.attempts", "1"),
             ("infergate.request_id", "rid-1"),
-            ("infergate.outcome", "ok"),
         ] {
             assert_eq!(t(key).as_deref(), Some(want), "{key}");
         }
@@ -840,7 +868,13 @@ mod tests {
             remote: "10.0.0.9:40000".parse().unwrap(),
             proto: "http",
         };
-        r.head = SpanStart::capture(&parts, &parts.uri, &HeaderValue::from_static(""), &conn);
+        r.head = *SpanStart::capture(
+            &parts,
+            &parts.uri,
+            &HeaderValue::from_static(""),
+            &conn,
+            None,
+        );
         let out = spans(r);
         let server = out.last().unwrap();
         assert_eq!(server.name, "POST");

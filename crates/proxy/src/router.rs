@@ -128,13 +128,14 @@ impl Router {
             .trace
             .as_ref()
             .is_some_and(|t| t.sampled && t.span_id.is_some())
-            && self.metrics.spans.get().is_some()
+            && let Some(sink) = self.metrics.spans.get()
         {
             ctx.span = Some(crate::otlp::SpanStart::capture(
                 &parts,
                 &ctx.uri,
                 &ctx.request_id,
                 &conn,
+                Some(sink),
             ));
         }
         match self.forward(&mut ctx, parts, body, conn).await {
