@@ -143,6 +143,11 @@ first = rows[0][0]
 print("\nmedians:")
 for k, (rps, cpu, mock, inv) in med.items():
     print(f"  {k:12s} {rps:8.0f} req/s  {cpu:6.1f} proxy us/req ({cpu / ha:.2f}x HAProxy, {cpu / med[first][1]:.3f}x {first})  mock {mock:5.1f} us/req  {inv:.2f} preemptions/req")
+# Paired: each round's CPU per request against the first target's in the same round.
+print(f"\nCPU per request / {first}'s in the same round (median, range):")
+for k, v in by.items():
+    r = sorted(x[1] / y[1] for x, y in zip(v, by[first]))
+    print(f"  {k:12s} {statistics.median(r):.3f}  ({r[0]:.3f} to {r[-1]:.3f})")
 PY
 if [ -n "$COLLECTOR_PID" ]; then
     kill -TERM "$COLLECTOR_PID" 2>/dev/null || true

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Uri, Version, header};
 use infergate_config::{OtlpConfig, OtlpProtocol};
 use infergate_metrics::{Counter, LogLimiter, Registry};
@@ -302,7 +301,7 @@ impl SpanRecord {
             "network.protocol.version",
             Val::Str(protocol_version(h.version)),
         );
-        b.attr_display("network.peer.address", h.peer.ip());
+        b.attr_addr("network.peer.address", h.peer.ip(), None);
         if let Some(ua) = h.user_agent() {
             b.attr("user_agent.original", Val::Str(ua));
         }
@@ -321,7 +320,7 @@ impl SpanRecord {
             b.attr("infergate.deployment", Val::Str(d));
         }
         if let Some(p) = self.pod {
-            b.attr_display("infergate.pod", p);
+            b.attr_addr("infergate.pod", p.ip(), Some(p.port()));
         }
         if let Some(n) = &self.pod_name {
             b.attr("infergate.pod.name", Val::Str(n));
@@ -626,9 +625,13 @@ async fn run(mut x: Export, sink: &SpanSink) {
             }
             sink.recycle(&mut texts);
             let n = batch.len();
-            let body = Bytes::from(batch.finish(&x.resource, &x.scope, x.grpc));
+            let (head, spans) = batch.finish(&x.resource, &x.scope, x.grpc);
             let deadline = Instant::now() + x.timeout;
-            match x.transport.export(body, deadline).await {
+            match x
+                .transport
+                .export((head.into(), spans.into()), deadline)
+                .await
+            {
                 Ok(()) => x.exported.increment(n),
                 Err(failure) => {
                     x.failed.increment(n);
@@ -736,7 +739,8 @@ mod tests {
             n += 1;
             [0, 0, 0, 0, 0, 0, 9, n]
         });
-        let body = batch.finish(&resource(), &wire::scope(SCOPE, "1"), false);
+        let (head, spans) = batch.finish(&resource(), &wire::scope(SCOPE, "1"), false);
+        let body = [head, spans].concat();
         let mut req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         std::mem::take(&mut req.resource_spans[0].scope_spans[0].spans)
     }

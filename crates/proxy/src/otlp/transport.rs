@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::buf::Chain;
+use bytes::{Buf as _, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
@@ -46,9 +47,12 @@ impl Failure {
     }
 }
 
+/// An export request's body: the message's beginning, then its spans (written as they are).
+type Body = Full<Chain<Bytes, Bytes>>;
+
 enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2(http2::SendRequest<Full<Bytes>>),
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
 }
 
 /// A connection: its request half, and the task that drives it (stopped when the connection is
@@ -134,7 +138,11 @@ impl Transport {
 
     /// Sends `body` (an encoded `ExportTraceServiceRequest`, framed for gRPC) until the
     /// collector accepts it, a failure is not retryable, or `deadline` passes.
-    pub(crate) async fn export(&mut self, body: Bytes, deadline: Instant) -> Result<(), Failure> {
+    pub(crate) async fn export(
+        &mut self,
+        body: (Bytes, Bytes),
+        deadline: Instant,
+    ) -> Result<(), Failure> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let attempt = tokio::time::timeout_at(deadline, self.send(body.clone())).await;
@@ -163,8 +171,8 @@ impl Transport {
         }
     }
 
-    async fn send(&mut self, body: Bytes) -> Result<(), Failure> {
-        let mut req = Request::new(Full::new(body));
+    async fn send(&mut self, (head, spans): (Bytes, Bytes)) -> Result<(), Failure> {
+        let mut req = Request::new(Full::new(head.chain(spans)));
         *req.method_mut() = Method::POST;
         *req.headers_mut() = self.headers.clone();
         if self.grpc {

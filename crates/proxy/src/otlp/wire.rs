@@ -202,6 +202,33 @@ impl Batch {
         self.count += 1;
     }
 
+    /// An address attribute (`IP`, or `IP:PORT` with a port), written without `fmt` for IPv4.
+    pub(crate) fn attr_addr(&mut self, k: &str, ip: std::net::IpAddr, port: Option<u16>) {
+        let t = &mut self.text;
+        t.clear();
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push('.');
+                    }
+                    push_decimal(t, u16::from(o));
+                }
+            }
+            std::net::IpAddr::V6(v6) if port.is_some() => {
+                let _ = write!(t, "[{v6}]");
+            }
+            std::net::IpAddr::V6(v6) => {
+                let _ = write!(t, "{v6}");
+            }
+        }
+        if let Some(p) = port {
+            t.push(':');
+            push_decimal(t, p);
+        }
+        attr(9, k, Val::Str(&self.text), &mut self.span);
+    }
+
     /// Spans in the batch.
     pub(crate) fn len(&self) -> u64 {
         self.count
@@ -209,12 +236,18 @@ impl Batch {
 
     /// The `ExportTraceServiceRequest` of the spans so far, under `resource` (a `Resource`
     /// message) and `scope` (an `InstrumentationScope` message); with `grpc`, behind the
-    /// 5-byte gRPC message prefix. The batch is empty afterwards.
-    pub(crate) fn finish(&mut self, resource: &[u8], scope: &[u8], grpc: bool) -> Vec<u8> {
+    /// 5-byte gRPC message prefix. In two pieces, to be sent one after the other: the message's
+    /// beginning, and the spans (not copied again). The batch is empty afterwards.
+    pub(crate) fn finish(
+        &mut self,
+        resource: &[u8],
+        scope: &[u8],
+        grpc: bool,
+    ) -> (Vec<u8>, Vec<u8>) {
         let scope_spans = len_field_len(1, scope.len()) + self.spans.len();
         let resource_spans = len_field_len(1, resource.len()) + len_field_len(2, scope_spans);
         let request = len_field_len(1, resource_spans);
-        let mut out = Vec::with_capacity(request + 5);
+        let mut out = Vec::with_capacity(32 + resource.len() + scope.len());
         if grpc {
             out.push(0); // not compressed
             out.extend_from_slice(&(request as u32).to_be_bytes());
@@ -225,11 +258,26 @@ impl Batch {
         key(2, LEN, &mut out);
         varint(scope_spans as u64, &mut out);
         bytes_field(1, scope, &mut out);
-        out.extend_from_slice(&self.spans);
-        self.spans.clear();
+        let capacity = self.spans.capacity();
+        let spans = std::mem::replace(&mut self.spans, Vec::with_capacity(capacity));
         self.count = 0;
-        out
+        (out, spans)
     }
+}
+
+/// `v` in decimal.
+fn push_decimal(out: &mut String, mut v: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
 /// A `Resource` message with these string attributes.
@@ -299,13 +347,16 @@ mod tests {
             batch.attr("b", Val::Bool(true));
             let long = "x".repeat(300);
             batch.attr("long", Val::Str(&long));
-            batch.attr_display("addr", std::net::SocketAddr::from(([10, 0, 0, 1], 80)));
+            batch.attr_addr("addr", [10, 0, 0, 1].into(), Some(80));
+            batch.attr_addr("ip", [0, 255, 9, 10].into(), None);
+            batch.attr_addr("v6", "::1".parse().unwrap(), Some(65535));
             batch.end_span(&f);
         }
         assert_eq!(batch.len(), 2);
         let resource = resource(&[("service.name", "infergate")]);
         let scope = scope("infergate", "0.1.0");
-        let body = batch.finish(&resource, &scope, false);
+        let (head, spans) = batch.finish(&resource, &scope, false);
+        let body = [head, spans].concat();
         let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         let rs = &req.resource_spans[0];
         let res = rs.resource.as_ref().unwrap();
@@ -338,6 +389,8 @@ mod tests {
         assert_eq!(v(3), Value::BoolValue(true));
         assert_eq!(v(4), Value::StringValue("x".repeat(300)));
         assert_eq!(v(5), Value::StringValue("10.0.0.1:80".into()));
+        assert_eq!(v(6), Value::StringValue("0.255.9.10".into()));
+        assert_eq!(v(7), Value::StringValue("[::1]:65535".into()));
         let status = ss.spans[1].status.as_ref().unwrap();
         assert_eq!((status.code, &*status.message), (2, "QueueTimeout"));
         // gRPC: the same message behind its 5-byte prefix; the batch starts empty again.
@@ -356,6 +409,7 @@ mod tests {
         batch.begin_span(&f);
         batch.end_span(&f);
         let framed = batch.finish(&resource, &scope, true);
+        let framed = [framed.0, framed.1].concat();
         assert_eq!(framed[0], 0);
         let n = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
         assert_eq!(n, framed.len() - 5);
