@@ -6,7 +6,7 @@
 # voluntary / involuntary context switches per request; then medians per target and each
 # target's CPU per request as a multiple of HAProxy's in the same rounds.
 #
-#   bash benches/scripts/ab.sh NAME=path/to/infergate [NAME=path ...]
+#   bash benches/scripts/ab.sh NAME=path/to/infergate[+extra.yaml] [NAME=path ...]
 #   ROUNDS=5 DURATION=4 bash benches/scripts/ab.sh old=/tmp/infergate.old new=target/release/infergate
 #
 # RATE=5000 (open loop, layout C of BENCHMARKING.md): the proxy alone on CPU 0, the mock and
@@ -16,9 +16,15 @@
 # Build variants with `cargo build --profile fastbench -p infergate` (no LTO, incremental) and
 # copy each binary aside. Needs haproxy and wrk (apt-get install haproxy wrk). Everything runs on
 # 127.0.0.1 and stops by itself.
+#
+# `+extra.yaml` appends that file to the target's configuration (the same binary can run twice,
+# with and without a section). With OTLP=1 a fake OpenTelemetry collector (crates/testkit's
+# `fake-otlp-collector`, decoding every export) listens on 127.0.0.1:18970 on CPU 1 for the whole
+# run, for targets with `+benches/scripts/otlp.yaml` (every request's spans exported to it):
+#   OTLP=1 bash benches/scripts/ab.sh off=/tmp/ig otlp=/tmp/ig+benches/scripts/otlp.yaml
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[ $# -ge 1 ] || { sed -n 2,18p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,24p "$0"; exit 2; }
 ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-4}"; RATE="${RATE:-}"
 for tool in haproxy wrk taskset; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install haproxy wrk" >&2; exit 1; }
@@ -27,6 +33,10 @@ MOCK="${MOCK:-${CARGO_TARGET_DIR:-target}/release/mock-model}"
 [ -x "$MOCK" ] || cargo build --release --quiet -p mock-model
 LOADTEST="${LOADTEST:-${CARGO_TARGET_DIR:-target}/release/infergate-loadtest}"
 [ -z "$RATE" ] || [ -x "$LOADTEST" ] || cargo build --release --quiet -p infergate-loadtest
+COLLECTOR="${COLLECTOR:-${CARGO_TARGET_DIR:-target}/release/fake-otlp-collector}"
+if [ "${OTLP:-0}" = 1 ] && [ ! -x "$COLLECTOR" ]; then
+    cargo build --release --quiet -p infergate-testkit --bin fake-otlp-collector
+fi
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -104,6 +114,18 @@ print(f"{name} {r['throughput_rps']:.0f} {us:.1f} {r['latency_us']['p50_us']:.0f
 PY
 }
 
+COLLECTOR_PID=
+if [ "${OTLP:-0}" = 1 ]; then
+    taskset -c 1 "$COLLECTOR" 127.0.0.1:18970 >"$WORK/collector.log" 2>&1 &
+    COLLECTOR_PID=$!; PIDS+=("$COLLECTOR_PID")
+fi
+# Each target's configuration: the common one, plus its `+extra.yaml`.
+for v in "$@"; do
+    spec="${v#*=}"
+    cp "$WORK/infergate.yaml" "$WORK/${v%%=*}.yaml"
+    [ "$spec" = "${spec#*+}" ] || cat "${spec#*+}" >> "$WORK/${v%%=*}.yaml"
+done
+
 if [ -n "$RATE" ]; then
     echo "target req/s proxy_us/req p50_us p99_us errors" | tee "$WORK/open.txt"
     for r in $(seq "$ROUNDS"); do
@@ -112,7 +134,8 @@ if [ -n "$RATE" ]; then
             if [ "$v" = haproxy ]; then
                 open_run haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db
             else
-                open_run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${v#*=}" serve --config "$WORK/infergate.yaml" --workers 1
+                spec="${v#*=}"
+                open_run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${spec%%+*}" serve --config "$WORK/${v%%=*}.yaml" --workers 1
             fi
         done
     done | tee -a "$WORK/open.txt"
@@ -174,7 +197,8 @@ for r in $(seq "$ROUNDS"); do
         if [ "$v" = haproxy ]; then
             run haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db
         else
-            run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${v#*=}" serve --config "$WORK/infergate.yaml" --workers 1
+            spec="${v#*=}"
+            run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${spec%%+*}" serve --config "$WORK/${v%%=*}.yaml" --workers 1
         fi
     done | tee -a "$WORK/runs.txt"
 done
@@ -186,7 +210,18 @@ for name, rps, cpu, mock, vol, inv, bad in rows:
     by.setdefault(name, []).append((float(rps), float(cpu), float(mock), float(inv)))
 med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in by.items()}
 ha = med["haproxy"][1]
+first = rows[0][0]
 print("\nmedians:")
 for k, (rps, cpu, mock, inv) in med.items():
-    print(f"  {k:12s} {rps:8.0f} req/s  {cpu:6.1f} proxy us/req ({cpu / ha:.2f}x HAProxy)  mock {mock:5.1f} us/req  {inv:.2f} preemptions/req")
+    print(f"  {k:12s} {rps:8.0f} req/s  {cpu:6.1f} proxy us/req ({cpu / ha:.2f}x HAProxy, {cpu / med[first][1]:.3f}x {first})  mock {mock:5.1f} us/req  {inv:.2f} preemptions/req")
+# Paired: each round's CPU per request against the first target's in the same round.
+print(f"\nCPU per request / {first}'s in the same round (median, range):")
+for k, v in by.items():
+    r = sorted(x[1] / y[1] for x, y in zip(v, by[first]))
+    print(f"  {k:12s} {statistics.median(r):.3f}  ({r[0]:.3f} to {r[-1]:.3f})")
 PY
+if [ -n "$COLLECTOR_PID" ]; then
+    kill -TERM "$COLLECTOR_PID" 2>/dev/null || true
+    wait "$COLLECTOR_PID" 2>/dev/null || true
+    echo "collector: $(grep received "$WORK/collector.log" || echo 'no summary')"
+fi

@@ -6,8 +6,9 @@
 #      model pods) under a load run from infergate-loadtest that makes every panel move: traffic
 #      split, 401s, queue timeouts, retries and ejections (a pod whose port is closed), a
 #      deployment with no ready pod, a certificate reload that works and one that fails, a
-#      configuration reload, failed TLS handshakes, discovery publishes; then the API server is
-#      stopped, so the discovery watches go down;
+#      configuration reload, failed TLS handshakes, discovery publishes, spans exported to the
+#      fake OpenTelemetry collector of crates/testkit; then the API server is stopped, so the
+#      discovery watches go down;
 #   3. Prometheus (scrape and rule evaluation every 1 s, the rules loaded) scraping it; every
 #      dashboard panel query and template variable, and every alert expression, is evaluated
 #      through Prometheus's HTTP API and must succeed and return data (a panel: at least one
@@ -23,7 +24,8 @@
 #
 #   bash deploy/observability/check.sh      # needs prometheus, promtool, python3, openssl, curl
 #
-# Binaries: $CARGO_TARGET_DIR/debug/{infergate,mock-model,infergate-loadtest,fake-apiserver}
+# Binaries: $CARGO_TARGET_DIR/debug/{infergate,mock-model,infergate-loadtest,fake-apiserver,
+# fake-otlp-collector}
 # (`cargo test --workspace` builds them; built here when missing). Everything listens on
 # 127.0.0.1 only (port 0, or a free port for Prometheus), and stops on exit; the whole run is
 # bounded (CHECK_TIMEOUT, default 100 s). CHECK_KEEP=1 keeps the work directory (logs) after exit.
@@ -95,7 +97,7 @@ promtool check rules "$WORK/rules.yml"
 
 # --- binaries -------------------------------------------------------------------------------
 BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug"
-for b in infergate mock-model infergate-loadtest fake-apiserver; do
+for b in infergate mock-model infergate-loadtest fake-apiserver fake-otlp-collector; do
     if [ ! -x "$BIN/$b" ]; then
         echo "== building the binaries ($b is missing in $BIN)"
         cargo build --quiet -p infergate -p mock-model -p infergate-loadtest -p infergate-testkit --bins
@@ -175,6 +177,11 @@ slice flaky-ok flaky "${POD[flaky]}" true
 slice flaky-dead flaky "$DEAD_PORT" true
 slice empty empty "${POD[notready]}" false
 
+# --- the OpenTelemetry collector the router exports its spans to ---------------------------
+run collector "$BIN/fake-otlp-collector" 127.0.0.1:0
+wait_line collector 'listening on http://'
+OTLP="$(grep -Eo 'http://127\.0\.0\.1:[0-9]+' "$WORK/collector.log" | head -n1)"
+
 # --- the router -----------------------------------------------------------------------------
 cat >"$WORK/infergate.yaml" <<EOF
 sslCertPemFile: $WORK/tls/tls.crt
@@ -184,6 +191,7 @@ drainTimeoutMs: 1000
 certReloadIntervalMs: 200
 configReloadIntervalMs: 0
 discovery: {kube: {namespaces: [ml]}}
+tracing: {samplingRatio: 1, otlp: {endpoint: "$OTLP", exportIntervalMs: 200}}
 EOF
 run router env KUBECONFIG="$WORK/kubeconfig" "$BIN/infergate" serve --config "$WORK/infergate.yaml" --log-format json --workers 2
 ROUTER_PID="${pids[-1]}"
@@ -285,6 +293,7 @@ SCENARIO = {
     "configuration reloaded": 'sum(increase(infergate_config_reloads_total{result="applied"}[5m])) > 0',
     "route tables published": "sum(increase(infergate_discovery_publishes_total[5m])) > 0",
     "watch errors": "sum(increase(infergate_discovery_watch_errors_total[5m])) > 0",
+    "spans exported": "sum(increase(infergate_otlp_spans_exported_total[5m])) > 0",
 }
 
 

@@ -102,6 +102,10 @@ impl PodState {
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+    /// The pod's name, shared (for records that outlive the request, e.g. an exported span).
+    pub fn shared_name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
     /// Requests holding a slot on this pod now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)

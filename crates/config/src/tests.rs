@@ -748,9 +748,7 @@ fn tracing_section_parses_and_bad_values_name_the_key() {
     let yaml = format!(
         "{base}tracing:\n  samplingRatio: 0.25\n  otlp: {{endpoint: \"http://otel:4317\", protocol: grpc, headers: {{x-api-key: s3cret}}}}\n"
     );
-    // Parsed and checked, then refused while no exporter is built.
-    assert!(err_text(&yaml).contains("`tracing.otlp`"));
-    let c = Config::from_yaml(&yaml, "<test>").unwrap();
+    let c = mk(&yaml).unwrap();
     let t = c.tracing.unwrap();
     assert_eq!(t.sampling_ratio, 0.25);
     let o = t.otlp.unwrap();
@@ -777,9 +775,46 @@ fn tracing_section_parses_and_bad_values_name_the_key() {
             "{otlp: {endpoint: \"http://o:1\", maxQueueSize: 0}}",
             "tracing.otlp.maxQueueSize",
         ),
+        (
+            "{otlp: {endpoint: \"http://o:1\", exportTimeoutMs: 0}}",
+            "tracing.otlp.exportTimeoutMs",
+        ),
+        ("{samplingRatio: -0.1}", "tracing.samplingRatio"),
     ] {
         let e = err_text(&format!("{base}tracing: {yaml}\n"));
         assert!(e.contains(&format!("`{key}`")), "{yaml}: {e}");
+    }
+    // A bad endpoint: the key, the value, what is wrong and the fix.
+    for (url, problem) in [
+        ("otel:4318", "not an http:// URL"),
+        ("https://otel:4318", "https is not supported"),
+        ("http://", "no host"),
+        ("http://otel:43x8", "`43x8` is not a port"),
+        ("http://otel:0", "`0` is not a port"),
+        ("http://ot el:4318", "is not a host name"),
+        ("http://[::1:4318", "closing `]`"),
+        ("http://[zz]:4318", "not an IPv6 address"),
+        ("http://otel:4318/v1?x=1", "a query"),
+    ] {
+        let e = err_text(&format!(
+            "{base}tracing: {{otlp: {{endpoint: \"{url}\"}}}}\n"
+        ));
+        assert!(
+            e.contains("`tracing.otlp.endpoint`") && e.contains(url) && e.contains(problem),
+            "{url}: {e}"
+        );
+        assert!(e.contains("fix: use the collector's base URL"), "{e}");
+    }
+    for url in [
+        "http://otel-collector.monitoring:4318",
+        "http://10.0.0.1:4317/",
+        "http://[::1]:4318/otlp",
+        "http://localhost",
+    ] {
+        mk(&format!(
+            "{base}tracing: {{otlp: {{endpoint: \"{url}\"}}}}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
     }
     assert!(
         err_text(&format!(

@@ -91,18 +91,12 @@ impl TracingConfig {
         let Some(o) = &self.otlp else {
             return Ok(());
         };
-        let host = o.endpoint.strip_prefix("http://").unwrap_or("");
-        let host = host.split('/').next().unwrap_or("");
-        let ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b".-_:[]".contains(&c));
-        if !ok {
+        if let Err(problem) = check_endpoint(&o.endpoint) {
             return Err(ConfigError::invalid(
                 "tracing.otlp.endpoint",
                 &o.endpoint,
-                "not an http:// URL with a host",
-                "use the collector's address, e.g. http://otel-collector.monitoring:4318 (http/protobuf) or :4317 (grpc)",
+                problem,
+                "use the collector's base URL, e.g. http://otel-collector.monitoring:4318 (http/protobuf; /v1/traces is added) or http://otel-collector.monitoring:4317 (grpc)",
             ));
         }
         for (k, v) in &o.headers {
@@ -140,13 +134,63 @@ impl TracingConfig {
                 ));
             }
         }
-        // The settings above are checked so that a file written for the exporter stays valid
-        // when it arrives; until then a configured exporter must not silently export nothing.
-        Err(ConfigError::invalid(
-            "tracing.otlp",
-            &o.endpoint,
-            "span export (OTLP) is not available in this version yet",
-            "remove tracing.otlp; trace context (traceparent) works without it",
-        ))
+        Ok(())
     }
+}
+
+/// Whether `url` is a collector address the exporter can use: `http://`, a host (a name, an IPv4
+/// address or a bracketed IPv6 one), an optional port, an optional path; nothing else.
+fn check_endpoint(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(
+            "https is not supported: spans go to the collector over plain http (a collector or agent inside the cluster)"
+                .into(),
+        );
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("not an http:// URL".into());
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, tail) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host without its closing `]`")?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("`{host}` is not an IPv6 address"));
+            }
+            match tail {
+                "" => (host, None),
+                _ => match tail.strip_prefix(':') {
+                    Some(p) => (host, Some(p)),
+                    None => return Err(format!("`{tail}` after the IPv6 host")),
+                },
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if !host
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b".-_:".contains(&c))
+    {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(format!("`{p}` is not a port (1-65535)"));
+    }
+    if !path
+        .bytes()
+        .all(|c| c.is_ascii_graphic() && !b"?#".contains(&c))
+    {
+        return Err("the path holds a query, a fragment, spaces or non-ASCII characters".into());
+    }
+    Ok(())
 }

@@ -88,6 +88,9 @@ pub(crate) async fn send(
     loop {
         let lease = ctx.lease.as_ref().expect("admitted before forwarding");
         let checkout_at = Instant::now();
+        if let Some(s) = &mut ctx.span {
+            s.connect_at.get_or_insert(checkout_at);
+        }
         let deadline = deadline_after(timeout);
         ctx.attempts += 1;
         // No timer here: a pooled connection is at hand at once, and a connect is bounded by
@@ -119,6 +122,9 @@ pub(crate) async fn send(
         };
         req.headers_mut().insert(header::HOST, conn.host());
         ctx.deadline = Some(deadline);
+        if let Some(s) = &mut ctx.span {
+            s.sent_at = Some(sent);
+        }
         // The stream timers watch the exchange from here (see `watchdog.rs`).
         watchdog::begin(
             settings,

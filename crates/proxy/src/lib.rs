@@ -15,6 +15,7 @@
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 //! | the swagger document, rewritten to name the router as its server | `swagger.rs` |
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
+//! | span export (`tracing.otlp`): the request's span and its phases, batched off the request path | `otlp.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
 //! | a client that stalls: the stream timers, outside the request's own future | `watchdog.rs` |
 //! | which thread: per-core workers, a connection on one for its life | `workers.rs` |
@@ -30,6 +31,7 @@ mod h1;
 pub mod headers;
 pub mod metrics;
 mod mirror;
+mod otlp;
 mod response;
 mod router;
 mod server;

@@ -64,6 +64,15 @@ pub const REQUESTS_CANCELLED_TOTAL: &str = "infergate_requests_cancelled_total";
 /// Requests ended by a stream timer, by `endpoint`, `deployment` and `timer`
 /// (`stream_idle_timeout`, `max_stream_duration`).
 pub const STREAM_TIMEOUTS_TOTAL: &str = "infergate_stream_timeouts_total";
+/// Spans the OpenTelemetry collector accepted (`tracing.otlp`): each request's span and its
+/// phase spans.
+pub const OTLP_SPANS_EXPORTED_TOTAL: &str = "infergate_otlp_spans_exported_total";
+/// Spans never exported, by `reason` ([`OTLP_DROP_REASONS`]).
+pub const OTLP_SPANS_DROPPED_TOTAL: &str = "infergate_otlp_spans_dropped_total";
+/// The `reason` label values of [`OTLP_SPANS_DROPPED_TOTAL`]: `queue_full` (the export queue
+/// held `maxQueueSize` requests' spans: the collector is slow or down), `export_failed` (the
+/// collector refused the batch, or did not answer within `exportTimeoutMs`, retries included).
+pub const OTLP_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
 /// Certificate reload attempts, by `result` (`ok` / `failed`).
 pub use infergate_tls::CERT_RELOADS_TOTAL;
 
@@ -173,6 +182,16 @@ pub const FAMILIES: &[Describe] = &[
         STREAM_TIMEOUTS_TOTAL,
         Kind::Counter,
         "Requests ended by a stream timer (the client stopped reading or sending), by endpoint, deployment and timer (stream_idle_timeout: streamIdleTimeoutMs without a body frame; max_stream_duration: the exchange outlived maxStreamDurationMs).",
+    ),
+    Describe::new(
+        OTLP_SPANS_EXPORTED_TOTAL,
+        Kind::Counter,
+        "Spans accepted by the OpenTelemetry collector (tracing.otlp): each sampled request's span and its phase spans.",
+    ),
+    Describe::new(
+        OTLP_SPANS_DROPPED_TOTAL,
+        Kind::Counter,
+        "Spans never exported (tracing.otlp), by reason (queue_full: maxQueueSize requests' spans were waiting, the collector is slow or down; export_failed: the collector refused the batch or did not answer within exportTimeoutMs, retries included).",
     ),
     Describe::new(
         MIRROR_REQUESTS_TOTAL,

@@ -20,6 +20,7 @@ use crate::error::ProxyError;
 use crate::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID, strip_hop_by_hop,
 };
+use crate::otlp::{SpanRecord, SpanSink, SpanStart};
 use crate::trace::TRACEPARENT;
 use crate::upstream::UpstreamBody;
 use crate::watchdog::{self, Side, StreamTimer};
@@ -30,6 +31,8 @@ use crate::watchdog::{self, Side, StreamTimer};
 pub(crate) struct RequestMetrics {
     pub(crate) in_flight: Gauge,
     pub(crate) unrouted: StatusCounters,
+    /// With `tracing.otlp`: where sampled requests' spans go for export.
+    pub(crate) spans: std::sync::OnceLock<Arc<SpanSink>>,
 }
 
 /// One request's context, from its head to the end of its response body. Each phase fills in
@@ -62,6 +65,9 @@ pub struct RequestCtx {
     pub(crate) shared: Option<Arc<RequestShared>>,
     /// The request's trace (W3C trace context), when the client sent one or `tracing` is on.
     pub(crate) trace: Option<crate::trace::RequestTrace>,
+    /// With `tracing.otlp`, for a sampled request: what its exported span needs beyond this
+    /// context (see `otlp.rs`).
+    pub(crate) span: Option<Box<SpanStart>>,
     /// The client's own request id, echoed back when well formed.
     pub(crate) client_request_id: Option<HeaderValue>,
     /// Waiting for a pod slot (admission), once admission ran.
@@ -115,6 +121,7 @@ impl RequestCtx {
             pod: None,
             shared: None,
             trace: None,
+            span: None,
             client_request_id: None,
             queue: None,
             connect: None,
@@ -154,6 +161,7 @@ impl RequestCtx {
             pod: None,
             shared: None,
             trace: None,
+            span: None,
             client_request_id: None,
             queue: None,
             connect: None,
@@ -280,6 +288,34 @@ impl Drop for RequestCtx {
             held_ms = self.cancelled_at.map(|c| ms(end - c)),
             "request"
         );
+        if let Some(head) = self.span.take()
+            && let Some(sink) = self.metrics.spans.get()
+            && let Some(trace) = &self.trace
+            && let Some(span_id) = trace.span_id
+        {
+            // After the log line: the method and the names move into the record.
+            let pod = self.lease.as_ref().map(Slot::pod).or(self.pod.as_ref());
+            sink.push(SpanRecord {
+                trace_id: trace.trace_id,
+                span_id,
+                parent_id: trace.parent_id,
+                head: *head,
+                method: std::mem::replace(&mut self.method, Method::GET),
+                endpoint: self.endpoint.take(),
+                deployment: self.dep.as_ref().map(|d| d.deployment.clone()),
+                pod: pod.map(|p| p.addr()),
+                pod_name: pod.and_then(|p| p.shared_name().cloned()),
+                status: self.status,
+                outcome: self.outcome,
+                attempts: self.attempts,
+                pooled: self.pooled,
+                began: self.start,
+                queue: self.queue,
+                connect: self.connect,
+                head_at: self.head_at,
+                end,
+            });
+        }
         // The lease drops after this: the slot goes back to the pool (or the next waiter).
     }
 }

@@ -100,6 +100,7 @@ impl Router {
             metrics: Arc::new(RequestMetrics {
                 in_flight: registry.gauge(REQUESTS_IN_FLIGHT, &[]),
                 unrouted: StatusCounters::new(registry, "", ""),
+                spans: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -124,6 +125,20 @@ impl Router {
             return resp;
         }
         ctx.trace = crate::trace::start(&mut parts.headers, self.tracing.get());
+        if ctx
+            .trace
+            .as_ref()
+            .is_some_and(|t| t.sampled && t.span_id.is_some())
+            && let Some(sink) = self.metrics.spans.get()
+        {
+            ctx.span = Some(crate::otlp::SpanStart::capture(
+                &parts,
+                &ctx.uri,
+                &ctx.request_id,
+                &conn,
+                Some(sink),
+            ));
+        }
         match self.forward(&mut ctx, parts, body, conn).await {
             Ok((resp, None)) => respond(resp, ctx),
             Ok((resp, Some(base))) => {
@@ -172,6 +187,9 @@ impl Router {
         let queued_at = tokio::time::Instant::now();
         let slot = admit_watching(admit, &mut body, &mut first).await;
         ctx.queue = Some(queued_at.elapsed());
+        if let Some(s) = &mut ctx.span {
+            s.queued_at = Some(queued_at);
+        }
         ctx.lease = Some(slot?);
         // Forward: the request rebuilt for the pod, then the attempts.
         let body = (body, first, shared);
@@ -302,6 +320,12 @@ impl Router {
     /// Makes the router take part in its requests' traces (see `trace.rs`). Set before serving.
     pub fn set_tracing(&self, settings: TraceSettings) {
         let _ = self.tracing.set(settings);
+    }
+
+    /// Sends the spans of sampled requests to `sink` for export (`tracing.otlp`; with
+    /// [`Router::set_tracing`]). Set before serving.
+    pub(crate) fn set_span_sink(&self, sink: Arc<crate::otlp::SpanSink>) {
+        let _ = self.metrics.spans.set(sink);
     }
 
     /// The cluster this router is a replica of, if any.

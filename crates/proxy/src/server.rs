@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::conn::{Edge, HeadLimits};
 use crate::forward::ConnInfo;
 use crate::metrics::CONNECTIONS_OPEN;
+use crate::otlp::Exporter;
 use crate::response::ProxyBody;
 use crate::router::Router;
 
@@ -65,6 +66,8 @@ pub struct Server {
     cluster: Option<infergate_cluster::Cluster>,
     edge: Arc<Edge>,
     workers: Option<Arc<crate::workers::Workers>>,
+    /// With `tracing.otlp`: the span export, flushed at the end of the drain.
+    otlp: Option<Exporter>,
 }
 
 impl std::fmt::Debug for Server {
@@ -123,10 +126,23 @@ impl Server {
         };
         let router = Router::with_head_limits(&registry, HeadLimits::from_limits(&cfg.limits));
         router.apply_edge_config(cfg);
+        let mut otlp = None;
         if let Some(t) = &cfg.tracing {
             router.set_tracing(crate::trace::TraceSettings {
                 sampling_ratio: t.sampling_ratio,
             });
+            if let Some(o) = &t.otlp {
+                let exporter = Exporter::start(o, &registry).map_err(|e| {
+                    infergate_config::ConfigError::invalid(
+                        "tracing.otlp.endpoint",
+                        &o.endpoint,
+                        format!("the span exporter cannot start: {e}"),
+                        "use the collector's base URL, e.g. http://otel-collector.monitoring:4318 (http/protobuf) or http://otel-collector.monitoring:4317 (grpc)",
+                    )
+                })?;
+                router.set_span_sink(exporter.sink());
+                otlp = Some(exporter);
+            }
         }
         let edge = Arc::new(Edge::new(&cfg.limits, &registry));
         let cluster = match &cfg.cluster {
@@ -182,6 +198,7 @@ impl Server {
             cluster,
             edge,
             workers: None,
+            otlp,
         })
     }
 
@@ -235,6 +252,7 @@ impl Server {
             cluster,
             edge,
             workers,
+            otlp,
         } = self;
         let workers = workers.as_deref();
         for (name, addr) in [
@@ -305,6 +323,10 @@ impl Server {
         }
         if let Some(w) = watcher_task {
             w.abort();
+        }
+        // The spans of the requests served until now, within a bounded time.
+        if let Some(o) = otlp {
+            o.shutdown().await;
         }
     }
 }

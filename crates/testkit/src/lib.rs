@@ -1,5 +1,7 @@
 //! Test support for infergate: a fake Kubernetes API server on 127.0.0.1 that speaks the real list/watch wire protocol.
 //!
+//! [`otlp`] holds a fake OpenTelemetry collector that decodes the spans it receives.
+//!
 //! [`FakeApiServer`] holds objects as JSON and serves them the way kube-apiserver does to
 //! the real `kube` client:
 //!
@@ -45,6 +47,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+pub mod otlp;
 mod selector;
 pub use selector::Selector;
 

@@ -90,3 +90,38 @@ async fn every_metric_family_has_help_and_type_and_no_empty_labels() {
     let problems = convention_problems(&t);
     assert!(problems.is_empty(), "{}\n---\n{t}", problems.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_export_families_follow_the_conventions() {
+    let collector = infergate_testkit::otlp::FakeCollector::start().await;
+    let pod = mock("p", 0).await;
+    let mut yaml = insecure(&format!(
+        "  - name: m\n    deployments: [{{name: d, pods: [\"{}\"]}}]",
+        pod.addr()
+    ));
+    yaml.push_str(&format!(
+        "tracing: {{otlp: {{endpoint: \"{}\", exportIntervalMs: 20}}}}\n",
+        collector.url()
+    ));
+    let r = Router::start(&yaml).await;
+    assert_eq!(
+        call(r.http(), post("/api/v1/endpoint/m/score", "{}"))
+            .await
+            .status,
+        200
+    );
+    collector
+        .wait_for(std::time::Duration::from_secs(20), |s| !s.is_empty())
+        .await;
+    let t = metrics_text(&r).await;
+    // Present from the start (0 until something is dropped), by reason.
+    for series in [
+        "infergate_otlp_spans_exported_total ",
+        "infergate_otlp_spans_dropped_total{reason=\"queue_full\"} 0",
+        "infergate_otlp_spans_dropped_total{reason=\"export_failed\"} 0",
+    ] {
+        assert!(t.contains(series), "{series}\n---\n{t}");
+    }
+    let problems = convention_problems(&t);
+    assert!(problems.is_empty(), "{}\n---\n{t}", problems.join("\n"));
+}

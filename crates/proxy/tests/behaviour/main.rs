@@ -12,6 +12,7 @@ mod errors;
 mod exposition;
 mod headers;
 mod oip;
+mod otlp;
 mod routing;
 mod slow_clients;
 mod sse;
