@@ -38,7 +38,7 @@ fn varint(mut v: u64, buf: &mut Vec<u8>) {
 
 fn varint_len(v: u64) -> usize {
     // 7 bits a byte; 0 takes one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn key(tag: u32, wire: u32, buf: &mut Vec<u8>) {
