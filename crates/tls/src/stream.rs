@@ -571,33 +571,39 @@ impl TlsStream {
     /// Waits until the socket is readable, then reads into `incoming` (taken now). `Ok(0)`:
     /// the socket's read half ended.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            let buf = self.incoming.get_or_insert_with(|| self.pool.take());
-            let spare = buf.spare(MAX_INCOMING);
-            if spare.is_empty() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "TLS handshake message too large",
-                )));
+        // Readiness first (tokio's cached flag, no system call): no buffer while none is due.
+        ready!(self.tcp.poll_read_ready(cx))?;
+        let buf = self.incoming.get_or_insert_with(|| self.pool.take());
+        let spare = buf.spare(MAX_INCOMING);
+        if spare.is_empty() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS handshake message too large",
+            )));
+        }
+        // Through `AsyncRead`: a read shorter than the room clears the readiness (the socket
+        // is drained), so the next read waits without a system call; a spurious readiness
+        // (would block) registers the waker.
+        let mut rb = ReadBuf::new(spare);
+        let read = Pin::new(&mut self.tcp).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        match read {
+            Poll::Ready(Ok(())) if n == 0 => {
+                self.tcp_eof = true;
+                self.release_empty();
+                Poll::Ready(Ok(0))
             }
-            // `try_read` clears the readiness on WouldBlock: the next poll waits again.
-            let read = self.tcp.try_read(spare);
-            match read {
-                Ok(0) => {
-                    self.tcp_eof = true;
-                    self.release_empty();
-                    return Poll::Ready(Ok(0));
-                }
-                Ok(n) => {
-                    buf.end += n;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release_empty(),
-                Err(e) => {
-                    self.release_empty();
-                    return Poll::Ready(Err(e));
-                }
+            Poll::Ready(Ok(())) => {
+                buf.end += n;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => {
+                self.release_empty();
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                self.release_empty();
+                Poll::Pending
             }
         }
     }

@@ -232,10 +232,12 @@ async fn handshake_passes_sni_to_the_resolver_and_agrees_on_alpn() {
         assert_eq!(c.get_ref().1.alpn_protocol(), want);
         assert_eq!(s.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
         c.write_all(b"ping").await.unwrap();
+        c.flush().await.unwrap();
         let mut got = [0u8; 4];
         within(s.read_exact(&mut got)).await.unwrap();
         assert_eq!(&got, b"ping");
         s.write_all(b"pong").await.unwrap();
+        s.flush().await.unwrap();
         within(c.read_exact(&mut got)).await.unwrap();
         assert_eq!(&got, b"pong");
     }
@@ -337,6 +339,7 @@ async fn wait_for_input_waits_for_a_byte_from_the_client() {
         assert!(early.is_err(), "no input yet (TLS 1.2: {tls12})");
         assert_eq!(s.held_buffers(), 0);
         c.write_all(b"x").await.unwrap();
+        c.flush().await.unwrap();
         within(s.wait_for_input()).await.unwrap();
         let mut got = [0u8; 1];
         within(s.read_exact(&mut got)).await.unwrap();
@@ -491,6 +494,7 @@ async fn abrupt_client_close_is_an_unexpected_eof() {
     let l = Listener::new().await;
     let (mut s, mut c) = l.ok_pair(&acceptor, &Client::new()).await;
     s.write_all(b"hello").await.unwrap();
+    s.flush().await.unwrap();
     within(c.read_exact(&mut [0u8; 5])).await.unwrap();
     // The client sends half a record and ends the connection (FIN, no close_notify).
     let (mut tcp, _) = c.into_inner();
@@ -579,10 +583,12 @@ async fn cert_reload_serves_new_handshakes_and_keeps_open_sessions() {
     // Both open sessions keep working.
     for (s, c) in [(&mut old_s, &mut old_c), (&mut new_s, &mut new_c)] {
         c.write_all(b"still here").await.unwrap();
+        c.flush().await.unwrap();
         let mut got = [0u8; 10];
         within(s.read_exact(&mut got)).await.unwrap();
         assert_eq!(&got, b"still here");
         s.write_all(b"yes").await.unwrap();
+        s.flush().await.unwrap();
         let mut back = [0u8; 3];
         within(c.read_exact(&mut back)).await.unwrap();
         assert_eq!(&back, b"yes");
@@ -617,6 +623,7 @@ async fn waiting_sessions_hold_no_io_buffer() {
     let body = pattern(40_000, 9);
     for (s, c) in &mut sessions {
         c.write_all(&body).await.unwrap();
+        c.flush().await.unwrap();
         let mut got = vec![0u8; body.len()];
         within(s.read_exact(&mut got)).await.unwrap();
         assert!(got == body);
@@ -646,6 +653,7 @@ async fn waiting_sessions_hold_no_io_buffer() {
 
     for c in &mut clients {
         c.write_all(b"next").await.unwrap();
+        c.flush().await.unwrap();
     }
     for w in waiting {
         let (got, s) = within(w).await.unwrap();
