@@ -207,7 +207,8 @@ async fn max_in_flight_high_water_mark() {
         StatsSnapshot {
             in_flight: 0,
             max_in_flight: 6,
-            served: 6
+            served: 6,
+            connections: pod.stats().connections,
         }
     );
 
