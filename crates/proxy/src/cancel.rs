@@ -16,6 +16,10 @@
 //! on the request's own future, and hyper's response future waits in a box owned by the
 //! connection (made once per connection, see `upstream.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
+
+use http::Response;
 use http_body_util::BodyExt;
 use infergate_balance::Outcome;
 use tokio::time::Instant;
@@ -44,6 +48,17 @@ impl<'a> InFlight<'a> {
             ctx,
             sent,
         }
+    }
+
+    /// The response head (the exchange polled from the request's task, which also learns how
+    /// an upload carried by another task moves: see `RequestCtx::report_upload`).
+    pub(crate) fn head(
+        &mut self,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.ctx.report_upload(cx);
+            Pin::new(&mut self.exchange).poll(cx)
+        })
     }
 
     /// The request's deadline passed: the exchange is dropped (its connection closed) and the

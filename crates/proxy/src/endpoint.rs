@@ -60,8 +60,9 @@ impl EndpointState {
         }
     }
 
-    /// Checks the request against the endpoint's policy: scoring always (unless the mode is
-    /// `none`), swagger only with `swaggerAuth`; a token lives at most `max_token_lifetime`.
+    /// Checks the request against the endpoint's policy: scoring and gRPC calls always (unless
+    /// the mode is `none`), swagger only with `swaggerAuth`; a token lives at most
+    /// `max_token_lifetime`.
     /// (The `Authorization` header is removed before forwarding, in every mode, unless the
     /// endpoint sets `passAuthorization`: see `headers::rewrite_request`.)
     pub(crate) fn authorize(
@@ -73,7 +74,7 @@ impl EndpointState {
         if matches!(self.auth, AuthPolicy::None) {
             return Ok(());
         }
-        if action == Action::Score || self.swagger_auth {
+        if action != Action::Swagger || self.swagger_auth {
             let checked = self.auth.check_with(
                 headers.get(header::AUTHORIZATION),
                 &self.name,

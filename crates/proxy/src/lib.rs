@@ -11,7 +11,8 @@
 //! | authorize: the endpoint's key or token | `endpoint.rs` |
 //! | select and admit: the deployment, the body limit, a pod slot | `deployment.rs` |
 //! | prepare and forward: headers, the pod's URI, the body, the attempts | `forward.rs` (+ `body.rs`, `mirror.rs`) |
-//! | the pod connection | `upstream.rs` |
+//! | the pod connection: HTTP/1.1, or HTTP/2 multiplexed per pod | `upstream.rs` (+ `upstream/h2.rs`, `upstream/frames.rs`) |
+//! | gRPC calls: detection, `grpc-timeout`, the router's answers as gRPC statuses | `grpc.rs` |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
 //! | a client that leaves: the slot kept until the pod is done | `cancel.rs` |
@@ -24,6 +25,7 @@ mod deployment;
 mod endpoint;
 pub mod error;
 mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod metrics;
 mod mirror;

@@ -1,4 +1,5 @@
-//! HTTP/1.1 connections to pods, driven by the request that uses them.
+//! Connections to pods: HTTP/1.1 driven by the request that uses them (here), HTTP/2 multiplexed
+//! per pod (`h2.rs`, for deployments with `protocol: h2c` or `h2`).
 //!
 //! hyper-util's pooled client runs every upstream connection in a task of its own, so each
 //! request crosses tasks twice (the request goes to the connection's task through a channel, the
@@ -14,6 +15,13 @@
 //! use close when their request is done. A pooled connection is checked before use (a closed one
 //! is dropped); a request that a pooled connection never started writing is sent again on a
 //! fresh connection to the same pod.
+//!
+//! A deployment's `protocol` picks the kind: [`Checkout`], [`Exchange`] and [`UpstreamBody`] are
+//! the same to the request path whichever it is; how a request is addressed to the pod (`Host`
+//! and origin-form for HTTP/1.1, `:authority` and `:scheme` for HTTP/2) is done here too.
+
+mod frames;
+mod h2;
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -26,16 +34,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use infergate_balance::PodSpec;
+use infergate_spec::PodTransport;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+
+pub(crate) use h2::Wire;
 
 type Conn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 
@@ -43,6 +54,7 @@ type Conn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
     builder: http1::Builder,
+    h2: h2::Builder,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_pod: usize,
@@ -53,19 +65,32 @@ impl Upstream {
     pub(crate) fn new() -> Self {
         Upstream {
             builder: http1::Builder::new(),
+            h2: h2::Builder::new(),
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             max_idle_per_pod: 1024,
         }
     }
 
-    /// A connection to `pod`: its most recently used live idle connection, or a new one opened
-    /// before `deadline` (the request's) and within the connect timeout.
+    /// A connection (HTTP/1.1) or a stream on one (HTTP/2) to `pod`.
     pub(crate) async fn checkout(
         &self,
         pod: Arc<PodConns>,
         deadline: Instant,
     ) -> Result<Checkout, ConnectError> {
+        match &*pod.wire {
+            Wire::Http1 => self.checkout_h1(pod, deadline).await.map(Checkout::H1),
+            _ => h2::checkout(self, pod, deadline).await.map(Checkout::H2),
+        }
+    }
+
+    /// An HTTP/1.1 connection to `pod`: its most recently used live idle connection, or a new
+    /// one opened before `deadline` (the request's) and within the connect timeout.
+    async fn checkout_h1(
+        &self,
+        pod: Arc<PodConns>,
+        deadline: Instant,
+    ) -> Result<H1Checkout, ConnectError> {
         loop {
             let Some(mut c) = pod.idle.lock().pop() else {
                 break;
@@ -78,7 +103,7 @@ impl Upstream {
                 break;
             }
             if poll_fn(|cx| Poll::Ready(c.revive(cx))).await {
-                return Ok(Checkout {
+                return Ok(H1Checkout {
                     conn: c,
                     pod,
                     reused: true,
@@ -87,7 +112,7 @@ impl Upstream {
             }
         }
         let conn = self.connect(pod.addr, deadline).await?;
-        Ok(Checkout {
+        Ok(H1Checkout {
             conn,
             pod,
             reused: false,
@@ -95,7 +120,8 @@ impl Upstream {
         })
     }
 
-    async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<UpConn, ConnectError> {
+    /// A TCP connection to `addr`, opened before `deadline` and within the connect timeout.
+    async fn tcp(&self, addr: SocketAddr, deadline: Instant) -> Result<TcpStream, ConnectError> {
         let own = Instant::now() + self.connect_timeout;
         let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(addr)).await {
             Ok(Ok(t)) => t,
@@ -106,6 +132,11 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        Ok(tcp)
+    }
+
+    async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<UpConn, ConnectError> {
+        let tcp = self.tcp(addr, deadline).await?;
         let (tx, conn) = self
             .builder
             .handshake(TokioIo::new(tcp))
@@ -132,6 +163,7 @@ impl Upstream {
         };
         // Closed outside the lock.
         drop(expired);
+        h2::sweep(pod, self.idle_timeout);
     }
 }
 
@@ -140,31 +172,52 @@ impl Upstream {
 #[derive(Debug)]
 pub(crate) struct ConnPool {
     upstream: Upstream,
+    /// What the pods speak (the deployment's `protocol`) and the spec it was built from.
+    wire: ArcSwap<(PodTransport, Arc<Wire>)>,
     pods: ArcSwap<HashMap<SocketAddr, Arc<PodConns>>>,
 }
 
 impl ConnPool {
-    /// A pool for these pods, opening connections as `upstream` says.
-    pub(crate) fn new(upstream: &Upstream, pods: &[PodSpec]) -> Self {
+    /// A pool for these pods, speaking `transport`, opening connections as `upstream` says.
+    pub(crate) fn new(upstream: &Upstream, pods: &[PodSpec], transport: &PodTransport) -> Self {
         let pool = ConnPool {
             upstream: upstream.clone(),
+            wire: ArcSwap::from_pointee((transport.clone(), Arc::new(Wire::new(transport)))),
             pods: ArcSwap::default(),
         };
         pool.set_pods(pods);
         pool
     }
 
+    /// The deployment's `protocol` (or its TLS settings) changed: every connection is closed (those
+    /// in use when their request ends) and new ones speak the new way.
+    pub(crate) fn set_transport(&self, transport: &PodTransport, pods: &[PodSpec]) {
+        if self.wire.load().0 == *transport {
+            return;
+        }
+        self.wire.store(Arc::new((
+            transport.clone(),
+            Arc::new(Wire::new(transport)),
+        )));
+        let old = self.pods.swap(Arc::default());
+        for conns in old.values() {
+            conns.retire();
+        }
+        self.set_pods(pods);
+    }
+
     /// The deployment's pods changed: new pods get an entry, pods that left are retired (idle
     /// connections closed now, those in use when their request ends).
     pub(crate) fn set_pods(&self, pods: &[PodSpec]) {
         let old = self.pods.load_full();
+        let wire = self.wire.load().1.clone();
         let next: HashMap<SocketAddr, Arc<PodConns>> = pods
             .iter()
             .map(|p| {
                 let conns = old
                     .get(&p.addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr)));
+                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr, wire.clone())));
                 (p.addr, conns)
             })
             .collect();
@@ -184,7 +237,7 @@ impl ConnPool {
         deadline: Instant,
     ) -> Result<Checkout, ConnectError> {
         let pod = self.pods.load().get(&addr).cloned().unwrap_or_else(|| {
-            let p = PodConns::new(addr);
+            let p = PodConns::new(addr, self.wire.load().1.clone());
             p.retire();
             Arc::new(p)
         });
@@ -214,6 +267,10 @@ pub(crate) enum ConnectError {
     /// hyper refused the connection (does not happen for plain HTTP/1.1).
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
+    /// The TLS handshake with the pod failed (`protocol: h2`): its certificate is not trusted,
+    /// does not hold the name, or it does not speak HTTP/2 (ALPN).
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
 }
 
 /// Why a request failed on its connection. The request given back is not boxed: it travels once,
@@ -235,22 +292,28 @@ pub(crate) enum SendError {
     Failed(hyper::Error),
 }
 
-/// One pod's idle connections and its `Host` value.
+/// One pod's connections: idle HTTP/1.1 ones, or its HTTP/2 ones; and how it is addressed.
 #[derive(Debug)]
 pub(crate) struct PodConns {
     addr: SocketAddr,
     /// Oldest first; taken and returned at the end.
     idle: parking_lot::Mutex<Vec<UpConn>>,
+    /// HTTP/2: the open connections, shared by the streams.
+    h2: h2::PodH2,
+    /// What the pod speaks.
+    wire: Arc<Wire>,
     host: HeaderValue,
     /// The pod left its deployment: connections are closed, not kept.
     retired: AtomicBool,
 }
 
 impl PodConns {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, wire: Arc<Wire>) -> Self {
         PodConns {
             addr,
             idle: parking_lot::Mutex::new(Vec::new()),
+            h2: h2::PodH2::new(addr, &wire),
+            wire,
             host: HeaderValue::try_from(addr.to_string())
                 .expect("a socket address is a valid header value"),
             retired: AtomicBool::new(false),
@@ -262,6 +325,11 @@ impl PodConns {
         // Closed outside the lock.
         let idle = std::mem::take(&mut *self.idle.lock());
         drop(idle);
+        self.h2.retire();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 }
 
@@ -298,36 +366,58 @@ impl UpConn {
     }
 }
 
-/// A connection taken for one request.
+/// A way to a pod taken for one request: an HTTP/1.1 connection of its own, or a stream on a
+/// shared HTTP/2 connection.
 #[derive(Debug)]
-pub(crate) struct Checkout {
+pub(crate) enum Checkout {
+    /// A connection of its own.
+    H1(H1Checkout),
+    /// A stream slot on a multiplexed connection.
+    H2(h2::H2Checkout),
+}
+
+impl Checkout {
+    /// Whether the connection was open before this request (not opened for it).
+    pub(crate) fn reused(&self) -> bool {
+        match self {
+            Checkout::H1(c) => c.reused,
+            Checkout::H2(c) => c.reused(),
+        }
+    }
+
+    /// Sends `req` (origin-form URI; addressed here to the pod: `Host` for HTTP/1.1,
+    /// `:scheme` and `:authority` for HTTP/2). The returned [`Exchange`] resolves to the
+    /// response head.
+    pub(crate) fn send(self, req: Request<RequestBody>) -> Exchange {
+        match self {
+            Checkout::H1(c) => c.send(req),
+            Checkout::H2(c) => c.send(req),
+        }
+    }
+}
+
+/// An HTTP/1.1 connection taken for one request.
+#[derive(Debug)]
+pub(crate) struct H1Checkout {
     conn: UpConn,
     pod: Arc<PodConns>,
     reused: bool,
     max_idle: usize,
 }
 
-impl Checkout {
-    /// The `Host` value for requests to this pod.
-    pub(crate) fn host(&self) -> HeaderValue {
-        self.pod.host.clone()
-    }
-
-    /// Whether the connection came from the pod's idle list (not opened for this request).
-    pub(crate) fn reused(&self) -> bool {
-        self.reused
-    }
-
-    /// Sends `req` (origin-form URI, `Host` set). The returned [`Exchange`] resolves to the
-    /// response head, driving the connection from the task that polls it; the response body
-    /// keeps driving it.
-    pub(crate) fn send(mut self, req: Request<RequestBody>) -> Exchange {
+impl H1Checkout {
+    /// Sends `req`: the returned [`Exchange`] resolves to the response head, driving the
+    /// connection from the task that polls it; the response body keeps driving it.
+    fn send(mut self, mut req: Request<RequestBody>) -> Exchange {
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut()
+            .insert(header::HOST, self.pod.host.clone());
         let UpConn { tx, pending, .. } = &mut self.conn;
         pending.start(tx, req);
-        Exchange {
+        Exchange(Inner::H1 {
             conn: Some(self),
             ended: false,
-        }
+        })
     }
 
     /// Gives the exchange up: the pod's connection is shut for writing (FIN) and read to its end
@@ -347,7 +437,7 @@ impl Checkout {
 
     /// Back to the pod's idle list (most recent last).
     fn put_back(mut self) {
-        if self.pod.retired.load(Ordering::Acquire) {
+        if self.pod.is_retired() {
             return;
         }
         self.conn.idle_since = Instant::now();
@@ -404,24 +494,40 @@ fn pending_slot() -> Box<dyn PendingSlot> {
     })
 }
 
-/// A request handed to its connection, until the response head: a future that drives the
-/// connection while it waits. It can move (it is [`Unpin`]): a cancelled request's exchange is
-/// handed to another task whole. Dropped before its end, it closes the connection.
+/// A request handed to its connection, until the response head: a future (driving the
+/// HTTP/1.1 connection while it waits). It can move (it is [`Unpin`]): a cancelled request's
+/// exchange is handed to another task whole. Dropped before its end, it closes the HTTP/1.1
+/// connection, or resets the HTTP/2 stream.
 #[derive(Debug, Default)]
-pub(crate) struct Exchange {
-    conn: Option<Checkout>,
-    ended: bool,
+pub(crate) struct Exchange(Inner);
+
+#[derive(Debug, Default)]
+enum Inner {
+    /// Over (or never started).
+    #[default]
+    Done,
+    H1 {
+        conn: Option<H1Checkout>,
+        ended: bool,
+    },
+    H2(h2::Pending),
 }
 
 impl Exchange {
     /// Whether the response head is still awaited.
     pub(crate) fn is_pending(&self) -> bool {
-        self.conn.is_some()
+        match &self.0 {
+            Inner::Done => false,
+            Inner::H1 { conn, .. } => conn.is_some(),
+            Inner::H2(_) => true,
+        }
     }
 
-    /// Gives the exchange up (see [`Checkout::close`]).
+    /// Gives the exchange up (see [`H1Checkout::close`]; an HTTP/2 stream is reset).
     pub(crate) async fn close(mut self, grace: Duration) {
-        if let Some(c) = self.conn.take() {
+        if let Inner::H1 { conn, .. } = &mut self.0
+            && let Some(c) = conn.take()
+        {
             c.close(grace).await;
         }
     }
@@ -432,19 +538,33 @@ impl Future for Exchange {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let c = this.conn.as_mut().expect("polled after its end");
-        if !this.ended && c.conn.poll_conn(cx).is_ready() {
+        let (conn, ended) = match &mut this.0 {
+            Inner::Done => panic!("polled after its end"),
+            Inner::H2(p) => {
+                let r = ready!(Pin::new(p).poll(cx));
+                this.0 = Inner::Done;
+                return Poll::Ready(r);
+            }
+            Inner::H1 { conn, ended } => (conn, ended),
+        };
+        let c = conn.as_mut().expect("polled after its end");
+        if !*ended && c.conn.poll_conn(cx).is_ready() {
             // The connection is over; the response future resolves (with an error when no
             // response came) without more polling of the connection.
-            this.ended = true;
+            *ended = true;
         }
         let res = ready!(c.conn.pending.poll_head(cx));
-        let c = this.conn.take().expect("checked above");
+        let c = conn.take().expect("checked above");
+        let ended = *ended;
+        this.0 = Inner::Done;
         Poll::Ready(match res {
             Ok(resp) => {
                 let (parts, inner) = resp.into_parts();
-                let conn = (!this.ended).then_some(c);
-                Ok(Response::from_parts(parts, UpstreamBody { inner, conn }))
+                let link = match ended {
+                    true => Link::None,
+                    false => Link::H1(c),
+                };
+                Ok(Response::from_parts(parts, UpstreamBody { inner, link }))
             }
             Err(mut e) => match e.take_message() {
                 Some(req) => Err(SendError::NotSent {
@@ -458,34 +578,50 @@ impl Future for Exchange {
     }
 }
 
-/// A pod's response body. Polling it also drives the connection it arrives on; once the body
-/// has ended, the connection goes back to the pod's idle list. Dropped before its end, it closes
-/// the connection (the only way to abandon an HTTP/1.1 response).
+/// What a pod's response body holds on to while it streams.
+#[derive(Debug)]
+enum Link {
+    /// Nothing (the body has ended, or its connection closed).
+    None,
+    /// Its HTTP/1.1 connection, which the body drives and then puts back.
+    H1(H1Checkout),
+    /// Its HTTP/2 stream's place on the connection, given back when the body ends.
+    H2 { _stream: h2::StreamGuard },
+}
+
+/// A pod's response body. Over HTTP/1.1, polling it also drives the connection it arrives on;
+/// once the body has ended, the connection goes back to the pod's idle list. Dropped before its
+/// end, it closes the HTTP/1.1 connection (the only way to abandon such a response) or resets
+/// the HTTP/2 stream.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    conn: Option<Checkout>,
+    link: Link,
 }
 
 impl UpstreamBody {
-    /// Whether its connection is still open (the pod may still be sending).
+    /// Whether the pod may still be sending (its connection or stream is still open).
     pub(crate) fn is_live(&self) -> bool {
-        self.conn.is_some()
+        !matches!(self.link, Link::None)
     }
 
-    /// Gives the answer up (see [`Checkout::close`]).
+    /// Gives the answer up (see [`H1Checkout::close`]; an HTTP/2 stream is reset).
     pub(crate) async fn close(mut self, grace: Duration) {
-        if let Some(c) = self.conn.take() {
+        if let Link::H1(c) = std::mem::replace(&mut self.link, Link::None) {
             c.close(grace).await;
         }
     }
 
     fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some(mut c) = self.conn.take() {
-            // One more turn lets the connection settle into idle (and shows if it closed).
-            if c.conn.poll_conn(cx).is_pending() {
-                c.put_back();
+        match std::mem::replace(&mut self.link, Link::None) {
+            Link::H1(mut c) => {
+                // One more turn lets the connection settle into idle (and shows if it closed).
+                if c.conn.poll_conn(cx).is_pending() {
+                    c.put_back();
+                }
             }
+            // The stream's place goes back to the connection.
+            Link::H2 { .. } | Link::None => {}
         }
     }
 }
@@ -502,12 +638,12 @@ impl Body for UpstreamBody {
         let r = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => r,
             Poll::Pending => {
-                let Some(c) = &mut this.conn else {
+                let Link::H1(c) = &mut this.link else {
                     return Poll::Pending;
                 };
                 // Read what has arrived into the body, then look again.
                 if c.conn.poll_conn(cx).is_ready() {
-                    this.conn = None;
+                    this.link = Link::None;
                 }
                 ready!(Pin::new(&mut this.inner).poll_frame(cx))
             }
@@ -515,7 +651,7 @@ impl Body for UpstreamBody {
         match &r {
             None => this.release(cx),
             Some(Ok(_)) if this.inner.is_end_stream() => this.release(cx),
-            Some(Err(_)) => this.conn = None,
+            Some(Err(_)) => this.link = Link::None,
             Some(Ok(_)) => {}
         }
         Poll::Ready(r)
@@ -534,7 +670,7 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // hyper drops a body it knows has ended (an empty one, say) without polling it: the
         // connection is fine, and its next user polls it first.
-        if let Some(c) = self.conn.take()
+        if let Link::H1(c) = std::mem::replace(&mut self.link, Link::None)
             && self.inner.is_end_stream()
         {
             c.put_back();
@@ -591,7 +727,6 @@ mod tests {
             .unwrap();
         let mut req = Request::new(RequestBody::buffered(Vec::new()));
         *req.uri_mut() = http::Uri::from_static("/score");
-        req.headers_mut().insert(http::header::HOST, c.host());
         let resp = c.send(req).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
@@ -614,7 +749,7 @@ mod tests {
             idle_timeout: Duration::from_millis(100),
             ..Upstream::new()
         };
-        let pool = ConnPool::new(&up, &[addr.into()]);
+        let pool = ConnPool::new(&up, &[addr.into()], &PodTransport::HTTP1);
         for _ in 0..3 {
             exchange(&pool, addr).await;
         }
@@ -643,7 +778,7 @@ mod tests {
     #[tokio::test]
     async fn a_pods_connections_close_when_the_pod_leaves_and_its_last_user_is_done() {
         let (addr, opened, closed) = pod().await;
-        let pool = ConnPool::new(&Upstream::new(), &[addr.into()]);
+        let pool = ConnPool::new(&Upstream::new(), &[addr.into()], &PodTransport::HTTP1);
         // One connection in use and one idle when the pod leaves.
         let in_use = pool
             .checkout(addr, Instant::now() + Duration::from_secs(5))
@@ -656,6 +791,9 @@ mod tests {
             closed.load(Ordering::SeqCst) == 1
         })
         .await;
+        let Checkout::H1(in_use) = in_use else {
+            panic!("an HTTP/1.1 pool")
+        };
         in_use.put_back();
         eventually("the connection in use closed after its request", || {
             closed.load(Ordering::SeqCst) == 2
@@ -673,7 +811,7 @@ mod tests {
     async fn a_pod_that_stays_keeps_its_connections_across_pod_changes() {
         let (addr, opened, _) = pod().await;
         let (other, _, _) = pod().await;
-        let pool = ConnPool::new(&Upstream::new(), &[addr.into()]);
+        let pool = ConnPool::new(&Upstream::new(), &[addr.into()], &PodTransport::HTTP1);
         exchange(&pool, addr).await;
         pool.set_pods(&[addr.into(), other.into()]);
         exchange(&pool, addr).await;
