@@ -172,7 +172,10 @@ impl GrpcInferenceService for MockInference {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let req = req.into_inner();
-        crate::service_time(self.latency(&req), self.shared.config.precise_latency).await;
+        let latency = self.latency(&req);
+        if !latency.is_zero() {
+            crate::service_time(latency, self.shared.config.precise_latency).await;
+        }
         self.shared.stats.served.fetch_add(1, Ordering::SeqCst);
         if let Some(s) = self.refusal(&req) {
             return Err(s);
@@ -207,7 +210,9 @@ impl GrpcInferenceService for MockInference {
                     if *done < *total {
                         *done += 1;
                         let at = *start + latency.mul_f64(f64::from(*done) / f64::from(*total));
-                        tokio::time::sleep_until(at).await;
+                        if !latency.is_zero() {
+                            tokio::time::sleep_until(at).await;
+                        }
                         let item = match st.svc.refusal(req) {
                             Some(s) => ModelStreamInferResponse {
                                 error_message: s.message().to_string(),

@@ -100,6 +100,10 @@ impl RequestShared {
     pub(crate) fn cut_by(&self) -> Option<StreamTimer> {
         self.is_cut()
     }
+    /// Whether the client's body is still coming.
+    pub(crate) fn upload_open(&self) -> bool {
+        !self.ended.load(Ordering::Acquire)
+    }
     /// Whether the body was refused for growing past the deployment's limit.
     pub(crate) fn too_large(&self) -> bool {
         self.too_large.load(Ordering::Relaxed)

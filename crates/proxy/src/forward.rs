@@ -180,6 +180,10 @@ pub(crate) async fn send(
                 reused: true,
                 ..
             })) => req = back,
+            Ok(Err(SendError::BodyCut)) => {
+                let cut = ctx.shared.as_ref().and_then(|s| client_fault(s, settings));
+                return Err(cut.unwrap_or(ProxyError::UpstreamFailed("request body cut off")));
+            }
             Ok(Err(SendError::NotSent { error: e, .. } | SendError::Failed(e))) => {
                 // The client's own body at fault (an HTTP/2 pod's connection carries it in
                 // another task, whose error reaches here as a reset stream).
@@ -258,5 +262,8 @@ fn connect_error(e: &ConnectError) -> ProxyError {
         }
         ConnectError::Deadline => ProxyError::UpstreamFailed("request deadline passed"),
         ConnectError::Handshake(_) => ProxyError::UpstreamFailed("connection error"),
+        ConnectError::NotHttp2 => ProxyError::UpstreamFailed(
+            "the pod does not speak HTTP/2 (check the deployment's protocol)",
+        ),
     }
 }

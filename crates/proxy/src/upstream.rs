@@ -271,6 +271,10 @@ pub(crate) enum ConnectError {
     /// does not hold the name, or it does not speak HTTP/2 (ALPN).
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// The pod closed a new HTTP/2 connection before its SETTINGS: it does not speak HTTP/2
+    /// (the deployment's `protocol` says it does).
+    #[error("the pod closed the connection at once: it does not seem to speak HTTP/2")]
+    NotHttp2,
 }
 
 /// Why a request failed on its connection. The request given back is not boxed: it travels once,
@@ -290,6 +294,8 @@ pub(crate) enum SendError {
     },
     /// The request may have reached the pod, which did not answer properly.
     Failed(hyper::Error),
+    /// A stream timer cut the client's upload off (an HTTP/2 pod's: the stream is reset).
+    BodyCut,
 }
 
 /// One pod's connections: idle HTTP/1.1 ones, or its HTTP/2 ones; and how it is addressed.

@@ -149,15 +149,22 @@ impl PeerState {
     /// No new streams on this connection.
     pub(crate) fn set_closing(&self) {
         self.closing.store(true, Ordering::Release);
+        self.settings.notify_waiters();
     }
 
-    /// Resolves once the pod's first SETTINGS frame has been read.
-    pub(crate) async fn settings_seen(&self) {
-        let notified = self.settings.notified();
-        if self.settings_seen.load(Ordering::Acquire) {
-            return;
+    /// Resolves once the pod's first SETTINGS frame has been read (true), or the connection is
+    /// closing before it was (false: not an HTTP/2 server, most likely).
+    pub(crate) async fn settings_seen(&self) -> bool {
+        loop {
+            let notified = self.settings.notified();
+            if self.settings_seen.load(Ordering::Acquire) {
+                return true;
+            }
+            if self.is_closing() {
+                return false;
+            }
+            notified.await;
         }
-        notified.await;
     }
 
     fn on(&self, e: Event) {

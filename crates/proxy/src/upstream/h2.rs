@@ -400,8 +400,10 @@ async fn connect(
         _ => handshake(&up.h2, tcp, &peer).await?,
     };
     // The pod's SETTINGS are the first thing it sends; a pod that sends none in time is used
-    // with the default limit.
-    let _ = tokio::time::timeout_at(within, peer.settings_seen()).await;
+    // with the default limit, one that closes the connection instead does not speak HTTP/2.
+    if let Ok(false) = tokio::time::timeout_at(within, peer.settings_seen()).await {
+        return Err(ConnectError::NotHttp2);
+    }
     Ok(Arc::new(H2Conn {
         tx,
         active: AtomicU32::new(0),

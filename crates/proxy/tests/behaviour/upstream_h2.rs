@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use mock_model::{MockConfig, MockHandle, MockProtocol, MockTls};
 
 use crate::support::*;
@@ -195,4 +197,45 @@ async fn an_answer_from_an_h2c_pod_streams_to_h1_and_h2_clients() {
         let a = c.call(post("/api/v1/endpoint/e/score", &big)).await;
         assert_eq!(a.json()["bytesReceived"], 300_000, "{proto:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_idle_timer_follows_an_upload_that_hyper_carries_to_an_h2_pod() {
+    // The upload to an HTTP/2 pod moves in the connection's own task; the request's stream timers
+    // still learn when it ends, so a pod computing longer than streamIdleTimeoutMs is not cut
+    // off (as over HTTP/1.1: only requestTimeoutMs bounds the wait for the head).
+    let pod = h2c_pod("p", 900, None).await;
+    let r = Router::start(&format!(
+        "defaults: {{streamIdleTimeoutMs: 300}}\n{}",
+        insecure(&format!(
+            "  - name: e\n    deployments: [{{name: d, protocol: h2c, pods: [\"{}\"]}}]",
+            pod.addr()
+        ))
+    ))
+    .await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = Client::plain(r.http(), proto).await;
+        let a = c
+            .call(post("/api/v1/endpoint/e/score", &"y".repeat(50_000)))
+            .await;
+        assert_eq!(a.status, 200, "{proto:?}: {:?}", a.body);
+        assert_eq!(a.json()["bytesReceived"], 50_000);
+    }
+    // An upload that stalls is still cut off by the timer, with the same answer.
+    let mut c = Client::plain(r.http(), Proto::H2).await;
+    let frames = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
+        bytes::Bytes::from("{\"a\":"),
+    ))])
+    .chain(futures_util::stream::pending());
+    let q = req(
+        "POST",
+        "/api/v1/endpoint/e/score",
+        http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+    );
+    let a = tokio::time::timeout(Duration::from_secs(10), c.call(q))
+        .await
+        .expect("answered");
+    a.assert_error(408, "StreamIdleTimeout");
+    // The pod's stream was reset: it is not left holding the request.
+    assert!(eventually(Duration::from_secs(3), async || pod.stats().in_flight == 0).await);
 }

@@ -290,3 +290,32 @@ fn h2_without_a_usable_ca_trusts_nothing() {
     ));
     assert_eq!(w.scheme(), Scheme::HTTPS);
 }
+
+#[tokio::test]
+async fn a_pod_that_does_not_speak_http2_is_a_connect_failure() {
+    // An HTTP/1.1-only server: it answers the HTTP/2 preface with a 400 and closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let t = PodTransport {
+        protocol: UpstreamProtocol::H2c,
+        tls: None,
+    };
+    let pool = ConnPool::new(&Upstream::new(), &[addr.into()], &t);
+    // Refused at connect, not taken for an HTTP/2 pod that sent no SETTINGS.
+    let r = pool
+        .checkout(addr, Instant::now() + Duration::from_secs(60))
+        .await;
+    assert!(matches!(r, Err(ConnectError::NotHttp2)), "{r:?}");
+}
