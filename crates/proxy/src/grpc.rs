@@ -49,12 +49,15 @@ impl Code {
     }
 }
 
-/// Whether the request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`,
-/// `application/grpc-web...`).
+/// Whether the request is a gRPC call: `content-type: application/grpc`, or with a subtype or
+/// parameters (`application/grpc+proto`, `application/grpc+json`, `application/grpc;...`).
+/// gRPC-Web (`application/grpc-web...`) is another protocol (trailers inside the body, HTTP/1.1
+/// too) and is treated as plain HTTP.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let rest = v.as_bytes().strip_prefix(b"application/grpc");
+        rest.is_some_and(|r| r.is_empty() || r[0] == b'+' || r[0] == b';')
+    })
 }
 
 /// The longest `grpc-timeout` value (8 digits of hours) as a duration is about 11,400 years; the
@@ -217,7 +220,9 @@ mod tests {
         };
         assert!(is_grpc(&h("application/grpc")));
         assert!(is_grpc(&h("application/grpc+proto")));
-        assert!(is_grpc(&h("application/grpc-web+proto")));
+        assert!(is_grpc(&h("application/grpc;charset=utf-8")));
+        assert!(!is_grpc(&h("application/grpc-web+proto")));
+        assert!(!is_grpc(&h("application/grpcx")));
         assert!(!is_grpc(&h("application/json")));
         assert!(!is_grpc(&HeaderMap::new()));
     }
