@@ -23,6 +23,8 @@ fn mk_table(endpoints: usize) -> RouteTable<()> {
                     swagger_path: "/swagger.json".into(),
                     request_settings: Default::default(),
                     scale_settings: None,
+                    protocol: Default::default(),
+                    upstream_tls: None,
                 })
                 .collect(),
             mirror: None,

@@ -22,6 +22,7 @@ mod set;
 mod limits;
 mod settings;
 mod trace;
+mod upstream;
 pub use auth::{
     AuthConfig, AuthMode, KeyString, MIN_KEY_BYTES, MIN_SIGNING_KEY_BYTES, read_signing_key_file,
 };
@@ -40,6 +41,7 @@ pub use settings::{
     Defaults, MirrorConfig, RequestSettings, RequestSettingsCeilings, ResolvedSettings,
 };
 pub use trace::{OtlpConfig, OtlpProtocol, TracingConfig};
+pub use upstream::{GrpcConfig, UpstreamProtocol, UpstreamTls, load_ca_pem, validate_upstream};
 
 /// A configuration error: which key, which value, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +204,10 @@ pub struct Config {
     /// Connection-level limits at the edge (see README, "Edge limits").
     #[serde(default, skip_serializing_if = "is_default_limits")]
     pub limits: Limits,
+    /// How gRPC calls name their endpoint besides the `azureml-endpoint` metadata key (see
+    /// README, "gRPC").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcConfig>,
 }
 
 fn is_default_ceilings(c: &RequestSettingsCeilings) -> bool {
@@ -313,6 +319,13 @@ pub struct DeploymentConfig {
     /// Autoscaling: without Kubernetes the decisions are only logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_settings: Option<ScaleSettings>,
+    /// What the router speaks to the pods: `http1` (the default), `h2c` (HTTP/2 without TLS)
+    /// or `h2` (HTTP/2 over TLS, with `upstreamTls`). gRPC calls need `h2c` or `h2`.
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+    /// With `protocol: h2`: the CA that signs the pods' certificates and the name they hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 /// Default path of the scoring route on a pod.
@@ -399,6 +412,9 @@ impl Config {
             t.validate()?;
         }
         self.limits.validate()?;
+        if let Some(g) = &self.grpc {
+            g.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}]");
@@ -650,6 +666,7 @@ impl DeploymentConfig {
         if let Some(s) = &self.scale_settings {
             s.validate(&format!("{key}.scaleSettings"))?;
         }
+        validate_upstream(key, self.protocol, self.upstream_tls.as_ref())?;
         let skey = format!("{key}.requestSettings");
         ceilings.check(&skey, &self.request_settings)?;
         validate_settings(&skey, &self.request_settings.over(*defaults))

@@ -913,3 +913,57 @@ fn limits_have_edge_defaults_and_name_the_key_value_and_fix() {
     c.apply_set("limits.maxConnections=50000").unwrap();
     assert_eq!(c.limits.max_connections, 50_000);
 }
+
+#[test]
+fn deployment_protocols_and_grpc_keys_are_checked_in_place() {
+    let dep = |extra: &str| {
+        format!(
+            "allowInsecureConnections: true\nendpoints:\n  - name: e\n    auth: {{mode: none}}\n    deployments:\n      - {{name: d, pods: [\"127.0.0.1:5001\"]{extra}}}\n"
+        )
+    };
+    let c = mk(&dep(", protocol: h2c")).unwrap();
+    assert_eq!(
+        c.endpoints[0].deployments[0].protocol,
+        UpstreamProtocol::H2c
+    );
+    assert_eq!(
+        mk(&dep("")).unwrap().endpoints[0].deployments[0].protocol,
+        UpstreamProtocol::Http1
+    );
+    let e = err_text(&dep(", protocol: http2"));
+    assert!(e.contains("http2") && e.contains("http1, h2c, h2"), "{e}");
+    let e = err_text(&dep(", protocol: h2"));
+    assert!(
+        e.contains("`endpoints[0].deployments[0].upstreamTls`"),
+        "{e}"
+    );
+    let e = err_text(&dep(
+        ", protocol: h2, upstreamTls: {caPemFile: /nonexistent.pem}",
+    ));
+    assert!(
+        e.contains("`endpoints[0].deployments[0].upstreamTls.caPemFile`")
+            && e.contains("/nonexistent.pem"),
+        "{e}"
+    );
+    let e = err_text(&dep(", upstreamTls: {caPemFile: x.pem}"));
+    assert!(e.contains("applies only to protocol h2"), "{e}");
+    let e = err_text(&dep(
+        ", protocol: h2, upstreamTls: {caPemFile: x.pem, sni: y}",
+    ));
+    assert!(e.contains("sni"), "{e}");
+    // Defaults are not written out.
+    let text = serde_saphyr::to_string(&mk(&dep("")).unwrap()).unwrap();
+    assert!(
+        !text.contains("protocol") && !text.contains("grpc"),
+        "{text}"
+    );
+
+    let with_grpc = |g: &str| format!("{}grpc: {g}\n", dep(", protocol: h2c"));
+    let c = mk(&with_grpc("{hostSuffix: models.example.com}")).unwrap();
+    assert_eq!(
+        c.grpc.unwrap().host_suffix.as_deref(),
+        Some("models.example.com")
+    );
+    let e = err_text(&with_grpc("{hostSuffix: \"*.example.com\"}"));
+    assert!(e.contains("`grpc.hostSuffix`"), "{e}");
+}

@@ -81,6 +81,37 @@ pub struct InferenceDeployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "scale_settings_schema")]
     pub scale_settings: Option<serde_json::Value>,
+    /// What the router speaks to the pods: `http1` (default), `h2c` (HTTP/2 without TLS) or
+    /// `h2` (HTTP/2 over TLS, with `upstreamTls`). gRPC calls go only to `h2c` and `h2`
+    /// deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "protocol_schema")]
+    pub protocol: Option<String>,
+    /// With `protocol: h2`: how the pods' certificates are checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsRef>,
+}
+
+/// `upstreamTls` of a deployment with `protocol: h2`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTlsRef {
+    /// A PEM file of the CA certificate(s) that sign the pods' certificates, as a path on the
+    /// router's own filesystem (the router's operator mounts it, e.g. from a ConfigMap); only
+    /// these CAs are trusted. Read when the InferenceEndpoint is (re)applied.
+    pub ca_pem_file: String,
+    /// The name the pods' certificates hold (a DNS name or an IP address), also sent as SNI.
+    /// Omitted: each pod's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+fn protocol_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "What the router speaks to the pods: http1 (default), h2c (HTTP/2 without TLS) or h2 (HTTP/2 over TLS, with upstreamTls). gRPC calls go only to h2c and h2 deployments.",
+        "type": "string",
+        "enum": ["http1", "h2c", "h2"],
+    })
 }
 
 fn is_default_settings(s: &RequestSettings) -> bool {

@@ -26,9 +26,9 @@ use infergate_auth::{
 };
 use infergate_config::{
     ConfigError, Defaults, EndpointConfig, RequestSettingsCeilings, ResolvedSettings,
-    ScaleSettings, is_valid_name,
+    ScaleSettings, UpstreamProtocol, is_valid_name,
 };
-use infergate_spec::{AutoscaleSpec, DeploymentSpec, EndpointSpec, PodSpec};
+use infergate_spec::{AutoscaleSpec, DeploymentSpec, EndpointSpec, PodSpec, PodTransport};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -190,6 +190,8 @@ struct Plan {
     weight: u32,
     /// `scaleSettings`: none, valid, or why not (reported in status; routing is unaffected).
     scale: Result<Option<ScaleSettings>, String>,
+    /// `protocol` and `upstreamTls` (its CA file read when the spec was parsed).
+    transport: PodTransport,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1207,6 +1209,7 @@ fn build(url: &str, ns: &str, p: &Parsed, auth: AuthPolicy, pods: Vec<Pods>) -> 
                         settings,
                         namespace: Some(ns.to_string()),
                     }),
+                transport: d.transport.clone(),
             })
             .collect(),
         // Mirroring is not part of the InferenceEndpoint spec yet.
@@ -1349,6 +1352,16 @@ pub(crate) fn parse_spec(
             }
             _ => {}
         }
+        if let Some(p) = &d.protocol
+            && UpstreamProtocol::from_name(p).is_none()
+        {
+            return Err(Problem::new(
+                format!("{key}.protocol"),
+                short(p),
+                "not a protocol",
+                format!("use one of {}", UpstreamProtocol::NAMES.join(", ")),
+            ));
+        }
     }
     // The static file's rules (names, traffic sums, paths, settings), through its own validator.
     let as_config = json!({
@@ -1361,6 +1374,8 @@ pub(crate) fn parse_spec(
             });
             if let Some(p) = &d.scoring_path { v["scoringPath"] = json!(p); }
             if let Some(p) = &d.swagger_path { v["swaggerPath"] = json!(p); }
+            if let Some(p) = &d.protocol { v["protocol"] = json!(p); }
+            if let Some(t) = &d.upstream_tls { v["upstreamTls"] = json!(t); }
             v
         }).collect::<Vec<_>>(),
         "auth": {"mode": "none"},
@@ -1374,20 +1389,27 @@ pub(crate) fn parse_spec(
         .zip(&ep.deployments)
         .zip(ep.weights())
         .enumerate()
-        .map(|(i, ((d, c), weight))| Plan {
-            name: d.name.clone(),
-            service: d.service_name.clone(),
-            port: d.port.clone(),
-            scoring_path: c.scoring_path.clone(),
-            swagger_path: c.swagger_path.clone(),
-            settings: c.request_settings.over(*defaults),
-            weight,
-            scale: parse_scale(
-                &format!("spec.deployments[{i}].scaleSettings"),
-                d.scale_settings.as_ref(),
-            ),
+        .map(|(i, ((d, c), weight))| {
+            Ok(Plan {
+                name: d.name.clone(),
+                service: d.service_name.clone(),
+                port: d.port.clone(),
+                scoring_path: c.scoring_path.clone(),
+                swagger_path: c.swagger_path.clone(),
+                settings: c.request_settings.over(*defaults),
+                weight,
+                scale: parse_scale(
+                    &format!("spec.deployments[{i}].scaleSettings"),
+                    d.scale_settings.as_ref(),
+                ),
+                transport: PodTransport::load(
+                    &format!("spec.deployments[{i}]"),
+                    c.protocol,
+                    c.upstream_tls.as_ref(),
+                )?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<Plan>, Problem>>()?;
     Ok(Parsed {
         deployments,
         pass_authorization: spec.pass_authorization.unwrap_or(false),

@@ -35,6 +35,8 @@ fn deployment(name: &str, pods: Vec<String>) -> DeploymentConfig {
         swagger_path: infergate_config::default_swagger_path(),
         request_settings: Default::default(),
         scale_settings: None,
+        protocol: Default::default(),
+        upstream_tls: None,
     }
 }
 

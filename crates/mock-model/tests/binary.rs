@@ -21,6 +21,9 @@ fn help_documents_options() {
         "--latency-ms",
         "--fail-rate",
         "--stream-chunks",
+        "--protocol",
+        "--tls-cert",
+        "--h2-max-concurrent-streams",
     ] {
         assert!(text.contains(opt), "--help misses {opt}:\n{text}");
     }
@@ -35,6 +38,30 @@ fn invalid_fail_rate_is_rejected() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("fail rate must be between 0 and 1"), "{err}");
+}
+
+#[test]
+fn protocol_h2_needs_a_certificate_and_only_it_takes_one() {
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--protocol", "h2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--tls-cert and --tls-key"), "{err}");
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../certs-example/");
+    let (cert, key) = (
+        format!("{certs}server.pem"),
+        format!("{certs}server-key.pem"),
+    );
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--protocol", "h2c"])
+        .args(["--tls-cert", &cert, "--tls-key", &key])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("go with --protocol h2"), "{err}");
 }
 
 /// Kills the child even when the test fails.

@@ -4,10 +4,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -36,6 +37,15 @@ pub struct RequestShared {
     bytes_in: AtomicU64,
     /// [`StreamTimer::code`] of the timer that ended the exchange, else 0.
     cut: AtomicU8,
+    /// The body grew past the deployment's limit (and was refused).
+    too_large: AtomicBool,
+    /// Frames passed on so far, and whether the body has ended: what the request's own task
+    /// (and its stream timers) learns of an upload that another task carries (hyper's, for an
+    /// HTTP/2 pod), see [`RequestShared::report_upload`].
+    frames: AtomicU32,
+    ended: AtomicBool,
+    /// The request's task, woken when the upload moves (while it watches one).
+    watcher: AtomicWaker,
 }
 
 impl RequestShared {
@@ -46,7 +56,38 @@ impl RequestShared {
             empty: body.is_end_stream(),
             bytes_in: AtomicU64::new(0),
             cut: AtomicU8::new(0),
+            too_large: AtomicBool::new(false),
+            frames: AtomicU32::new(0),
+            ended: AtomicBool::new(body.is_end_stream()),
+            watcher: AtomicWaker::new(),
         })
+    }
+    /// For an upload carried by another task (to an HTTP/2 pod): tells the stream timers of the
+    /// task polling this (the request's) that the body moved since `seen` or ended, and has it
+    /// woken on the next move.
+    pub(crate) fn report_upload(&self, seen: &mut u32, cx: &Context<'_>) {
+        if *seen == u32::MAX {
+            return;
+        }
+        self.watcher.register(cx.waker());
+        // (u32::MAX marks the end in `seen`.)
+        let n = self.frames.load(Ordering::Acquire).min(u32::MAX - 1);
+        if n != *seen {
+            *seen = n;
+            // Handed on by hyper's task toward the pod.
+            watchdog::progress(Side::Pod);
+        }
+        if self.ended.load(Ordering::Acquire) {
+            *seen = u32::MAX;
+            watchdog::request_body_ended();
+        }
+    }
+    fn moved(&self, ended: bool) {
+        self.frames.fetch_add(1, Ordering::Release);
+        if ended {
+            self.ended.store(true, Ordering::Release);
+        }
+        self.watcher.wake();
     }
     /// A stream timer ended the exchange: the rest of the body is refused (the upload to the pod
     /// fails), wherever it is polled from.
@@ -55,6 +96,18 @@ impl RequestShared {
     }
     fn is_cut(&self) -> Option<StreamTimer> {
         StreamTimer::from_code(self.cut.load(Ordering::Relaxed))
+    }
+    /// The stream timer that cut the body off, if one did.
+    pub(crate) fn cut_by(&self) -> Option<StreamTimer> {
+        self.is_cut()
+    }
+    /// Whether the client's body is still coming.
+    pub(crate) fn upload_open(&self) -> bool {
+        !self.ended.load(Ordering::Acquire)
+    }
+    /// Whether the body was refused for growing past the deployment's limit.
+    pub(crate) fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
     }
     /// Bytes of the client's body read so far.
     pub fn bytes_in(&self) -> u64 {
@@ -253,12 +306,18 @@ impl Body for RequestBody {
                 if inner.is_end_stream() {
                     watchdog::request_body_ended();
                 }
+                if let Some(s) = &this.shared {
+                    s.moved(inner.is_end_stream());
+                }
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
                     if let Some(s) = &this.shared {
                         s.bytes_in.store(this.seen, Ordering::Relaxed);
                     }
                     if this.seen > this.limit {
+                        if let Some(s) = &this.shared {
+                            s.too_large.store(true, Ordering::Relaxed);
+                        }
                         this.tee = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
@@ -281,6 +340,9 @@ impl Body for RequestBody {
             }
             None => {
                 watchdog::request_body_ended();
+                if let Some(s) = &this.shared {
+                    s.moved(true);
+                }
                 if let Some(t) = this.tee.take() {
                     t.finish();
                 }

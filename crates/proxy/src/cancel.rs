@@ -12,16 +12,25 @@
 //! written then, and the slot freed after it. A stream timer (`watchdog.rs`) that ends an
 //! exchange hands it over the same way; the outcome is then the timer.
 //!
+//! An HTTP/2 pod is given up by resetting the stream (its connection serves other requests);
+//! the slot is freed then.
+//!
 //! Only a cancellation spawns or allocates: on the normal path the guard below is a few words
 //! on the request's own future (the exchange's state lives in the connection, boxed once per
 //! connection, see `upstream.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use http::Response;
 use http_body_util::BodyExt;
 use infergate_balance::Outcome;
 use tokio::time::Instant;
 
 use crate::response::RequestCtx;
 use crate::upstream::{Exchange, SendError, UpstreamBody};
+use crate::watchdog;
 
 /// How long a given-up pod connection is read after it was shut for writing, waiting for the pod
 /// to close its side (see `Checkout::close`).
@@ -44,6 +53,28 @@ impl<'a> InFlight<'a> {
             ctx,
             sent,
         }
+    }
+
+    /// The response head (the exchange polled from the request's task, which also learns how
+    /// an upload carried by another task moves: see `RequestCtx::report_upload`).
+    pub(crate) fn head(
+        &mut self,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
+        std::future::poll_fn(move |cx| {
+            // A stream timer fired while an upload another task carries was still open: the
+            // upload ends here (the pod's stream is reset) and the request fails with the timer,
+            // as over HTTP/1.1, where the body itself fails in this turn.
+            if self.ctx.remote_upload
+                && let Some(t) = watchdog::fired()
+                && let Some(s) = self.ctx.shared.as_ref().filter(|s| s.upload_open())
+            {
+                s.cut(t);
+                self.abandon();
+                return Poll::Ready(Err(SendError::BodyCut));
+            }
+            self.ctx.report_upload(cx);
+            Pin::new(&mut self.exchange).poll(cx)
+        })
     }
 
     /// The request's deadline passed: the exchange is dropped (its connection closed) and the
@@ -108,6 +139,7 @@ async fn drain_exchange(mut exchange: Exchange, mut ctx: RequestCtx, sent: Insta
     let outcome = match &head {
         Ok(Ok(resp)) if !resp.status().is_server_error() => Some(Outcome::Success(sent.elapsed())),
         Ok(Err(SendError::Failed(e) | SendError::NotSent { error: e, .. })) if e.is_user() => None,
+        Ok(Err(SendError::BodyCut)) => None,
         _ => Some(Outcome::Failure),
     };
     if let (Some(dep), Some(lease), Some(outcome)) = (&ctx.dep, &ctx.lease, outcome) {

@@ -12,7 +12,7 @@ use infergate_cluster::{Cluster, ClusterError, ClusterLease};
 use infergate_config::PartitionMode;
 use infergate_config::ResolvedSettings;
 use infergate_metrics::{Counter, Gauge, Histogram, LogLimiter, Registry};
-use infergate_spec::DeploymentLoad;
+use infergate_spec::{DeploymentLoad, PodTransport};
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
@@ -97,17 +97,15 @@ impl Slot {
 }
 
 impl DeploymentState {
-    /// State for a deployment of `endpoint` with these pods and settings (`cold_start_wait`: see
-    /// [`pool_settings`]); connections are opened as `upstream` says and metrics registered in
-    /// `registry`.
-    #[allow(clippy::too_many_arguments)]
+    /// State for deployment `deployment` of `endpoint` with these pods and settings
+    /// (`cold_start_wait`: see [`pool_settings`]); connections are opened as `upstream` says,
+    /// speaking `transport`, and metrics registered in `registry`.
     pub(crate) fn new(
-        endpoint: &str,
-        deployment: &str,
+        (endpoint, deployment): (&str, &str),
         pods: &[PodSpec],
         settings: &ResolvedSettings,
         cold_start_wait: Option<Duration>,
-        upstream: &Upstream,
+        (upstream, transport): (&Upstream, &PodTransport),
         registry: &Registry,
         cluster: Option<&Cluster>,
     ) -> Self {
@@ -128,22 +126,25 @@ impl DeploymentState {
             deployment: deployment.into(),
             header: HeaderValue::from_str(deployment)
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
-            conns: ConnPool::new(upstream, pods),
+            conns: ConnPool::new(upstream, pods, transport),
             retry_budget: RetryBudget::new(),
             metrics: DeploymentMetrics::new(registry, endpoint, deployment),
         }
     }
 
     /// The deployment's pods or settings changed: in place, so in-flight counts, waiters,
-    /// per-pod state and connections of the pods that stay carry over.
+    /// per-pod state and connections of the pods that stay carry over (connections only while
+    /// the `transport` stays the same).
     /// Requests queued while the deployment had no pods are served here, oldest first.
     pub(crate) fn update(
         &self,
         pods: &[PodSpec],
         settings: &ResolvedSettings,
         cold_start_wait: Option<Duration>,
+        transport: &PodTransport,
     ) {
         // Connections first: a waiter the pool serves goes straight to its pod.
+        self.conns.set_transport(transport, pods);
         self.conns.set_pods(pods);
         self.pool
             .set_pods(pods, pool_settings(settings, cold_start_wait));

@@ -60,8 +60,9 @@ impl EndpointState {
         }
     }
 
-    /// Checks the request against the endpoint's policy: scoring and the Open Inference
-    /// Protocol paths always (unless the mode is `none`), swagger only with `swaggerAuth`; a token lives at most `max_token_lifetime`.
+    /// Checks the request against the endpoint's policy: scoring, the Open Inference Protocol
+    /// paths and gRPC calls always (unless the mode is `none`), swagger only with `swaggerAuth`;
+    /// a token lives at most `max_token_lifetime`.
     /// (The `Authorization` header is removed before forwarding, in every mode, unless the
     /// endpoint sets `passAuthorization`: see `headers::rewrite_request`.)
     pub(crate) fn authorize(

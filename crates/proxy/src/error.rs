@@ -6,6 +6,7 @@ use infergate_auth::AuthFailure;
 use infergate_balance::AcquireError;
 use infergate_routing::RouteError;
 
+use crate::grpc::Code;
 use crate::watchdog::{Side, StreamTimer};
 
 /// A failure answered by the router rather than by a pod.
@@ -82,6 +83,16 @@ pub enum ProxyError {
         /// Why.
         reason: AuthFailure,
     },
+    /// A gRPC call's deadline (its `grpc-timeout`, at most the deployment's limits) passed
+    /// before the pod answered.
+    #[error("the call's deadline of {ms} ms (grpc-timeout) passed before the model pod answered")]
+    DeadlineExceeded {
+        /// The call's timeout in milliseconds.
+        ms: u64,
+    },
+    /// A gRPC call's `grpc-timeout` is not 1-8 digits and a unit.
+    #[error("grpc-timeout is not 1 to 8 digits followed by a unit (H, M, S, m, u or n), e.g. 500m")]
+    InvalidGrpcTimeout,
 }
 
 impl ProxyError {
@@ -97,6 +108,10 @@ impl ProxyError {
                 RouteError::NoTrafficAllocated(_) => (StatusCode::NOT_FOUND, "NoTrafficAllocated"),
                 RouteError::MethodNotAllowed => {
                     (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+                }
+                RouteError::NoGrpcEndpoint => (StatusCode::NOT_FOUND, "NoGrpcEndpoint"),
+                RouteError::NoHttp2Deployment { .. } => {
+                    (StatusCode::NOT_FOUND, "NoHttp2Deployment")
                 }
             },
             ProxyError::PayloadTooLarge { .. } => {
@@ -133,6 +148,42 @@ impl ProxyError {
             ),
             ProxyError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ProxyError::InvalidHeaderName { .. } => (StatusCode::BAD_REQUEST, "InvalidHeaderName"),
+            ProxyError::DeadlineExceeded { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "DeadlineExceeded")
+            }
+            ProxyError::InvalidGrpcTimeout => (StatusCode::BAD_REQUEST, "InvalidGrpcTimeout"),
+        }
+    }
+
+    /// The gRPC status code a gRPC call gets for this failure (see `grpc.rs`): UNAUTHENTICATED
+    /// for 401, RESOURCE_EXHAUSTED for 413, 431 and a full queue, DEADLINE_EXCEEDED for a
+    /// deadline or a timer, NOT_FOUND for an unknown endpoint or deployment, UNIMPLEMENTED when
+    /// no deployment speaks HTTP/2, INVALID_ARGUMENT for a malformed call, UNAVAILABLE for the
+    /// rest (no slot in time, no pod, the pod unreachable or failing).
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ProxyError::Unauthorized { .. } => Code::Unauthenticated,
+            ProxyError::PayloadTooLarge { .. }
+            | ProxyError::HeadTooLarge { .. }
+            | ProxyError::Unavailable(AcquireError::QueueFull) => Code::ResourceExhausted,
+            ProxyError::DeadlineExceeded { .. }
+            | ProxyError::HeaderReadTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::StreamTimeout { .. } => Code::DeadlineExceeded,
+            ProxyError::Route(
+                RouteError::EndpointNotFound(_) | RouteError::DeploymentNotFound { .. },
+            ) => Code::NotFound,
+            ProxyError::Route(RouteError::NoHttp2Deployment { .. }) => Code::Unimplemented,
+            ProxyError::Route(
+                RouteError::NoRoute | RouteError::NoGrpcEndpoint | RouteError::MethodNotAllowed,
+            )
+            | ProxyError::InvalidHeaderName { .. }
+            | ProxyError::InvalidGrpcTimeout => Code::InvalidArgument,
+            ProxyError::Route(RouteError::NoTrafficAllocated(_))
+            | ProxyError::Unavailable(_)
+            | ProxyError::OwnerUnavailable
+            | ProxyError::UpstreamConnect
+            | ProxyError::UpstreamFailed(_) => Code::Unavailable,
         }
     }
 }

@@ -4,13 +4,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{Request, Response, Version, header};
+use http::{Request, Response, header};
 use hyper::body::Incoming;
 use infergate_balance::Outcome;
 use infergate_routing::Action;
@@ -23,7 +22,7 @@ use crate::error::ProxyError;
 use crate::headers::{Forwarding, X_MS_CLIENT_REQUEST_ID, rewrite_request};
 use crate::mirror;
 use crate::response::RequestCtx;
-use crate::upstream::{ConnectError, Exchange, SendError, UpstreamBody, UpstreamError};
+use crate::upstream::{Checkout, ConnectError, SendError, UpstreamBody, UpstreamError};
 use crate::watchdog::{self, Side, StreamTimer};
 
 /// Where a connection came from and over what.
@@ -56,12 +55,26 @@ pub(crate) fn prepare(
     );
     ctx.client_request_id = parts.headers.get(X_MS_CLIENT_REQUEST_ID).cloned();
     let tee = mirror::tee(endpoint, action, &parts, &ctx.uri, roll, &shared);
-    parts.uri = dep
-        .upstream_uri(action, ctx.uri.path(), ctx.uri.query())
-        .ok_or(ProxyError::UpstreamFailed(
-            "the upstream URI could not be built",
-        ))?;
-    parts.version = Version::HTTP_11;
+    let uri = match action {
+        // A gRPC call keeps its path (`/package.Service/Method`).
+        Action::Grpc => ctx.uri.path_and_query().cloned().map(|pq| {
+            let mut p = http::uri::Parts::default();
+            p.path_and_query = Some(pq);
+            http::Uri::from_parts(p)
+        }),
+        _ => dep
+            .upstream_uri(action, ctx.uri.path(), ctx.uri.query())
+            .map(Ok),
+    };
+    parts.uri = uri.and_then(Result::ok).ok_or(ProxyError::UpstreamFailed(
+        "the upstream URI could not be built",
+    ))?;
+    if ctx.grpc {
+        // gRPC servers expect it (hop-by-hop, so removed above with the rest).
+        parts
+            .headers
+            .insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
     ctx.shared = Some(shared.clone());
     let limit = dep.settings.max_request_body_bytes;
     Ok(Request::from_parts(
@@ -81,9 +94,6 @@ pub(crate) async fn send(
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     let (state, settings) = (&dep.balancer, &dep.settings);
     let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let timed_out = ProxyError::UpstreamTimeout {
-        ms: settings.request_timeout_ms,
-    };
     let mut may_retry = true;
     loop {
         let lease = ctx.lease.as_ref().expect("admitted before forwarding");
@@ -91,7 +101,17 @@ pub(crate) async fn send(
         if let Some(s) = &mut ctx.span {
             s.connect_at.get_or_insert(checkout_at);
         }
-        let deadline = deadline_after(timeout);
+        let mut deadline = deadline_after(timeout);
+        // A gRPC call's own deadline, when sooner, bounds the wait for the head too.
+        let mut timed_out = ProxyError::UpstreamTimeout {
+            ms: settings.request_timeout_ms,
+        };
+        if let Some((call, ms)) = ctx.call_deadline
+            && call <= deadline
+        {
+            deadline = call;
+            timed_out = ProxyError::DeadlineExceeded { ms };
+        }
         ctx.attempts += 1;
         // No timer here: a pooled connection is at hand at once, and a connect is bounded by
         // the deadline inside `checkout`.
@@ -120,7 +140,14 @@ pub(crate) async fn send(
                 return Err(connect_error(&e));
             }
         };
-        req.headers_mut().insert(header::HOST, conn.host());
+        if let Some((call, _)) = ctx.call_deadline {
+            // The pod gets what is left of the call's time.
+            let left = call.saturating_duration_since(Instant::now());
+            req.headers_mut()
+                .insert(crate::grpc::GRPC_TIMEOUT, crate::grpc::encode_timeout(left));
+        }
+        // An HTTP/2 pod's connection carries the upload in a task of its own.
+        ctx.remote_upload = matches!(conn, Checkout::H2(_));
         ctx.deadline = Some(deadline);
         if let Some(s) = &mut ctx.span {
             s.sent_at = Some(sent);
@@ -135,8 +162,7 @@ pub(crate) async fn send(
         // slot until the pod is done (the guard hands the exchange on, see `cancel.rs`).
         let res = {
             let mut in_flight = InFlight::new(conn.send(req), ctx, sent);
-            let res =
-                tokio::time::timeout_at(deadline, pod_or_stall(&mut in_flight.exchange)).await;
+            let res = tokio::time::timeout_at(deadline, pod_or_stall(in_flight.head())).await;
             if !matches!(res, Ok(Ok(_))) {
                 in_flight.abandon();
             }
@@ -178,11 +204,18 @@ pub(crate) async fn send(
                 reused: true,
                 ..
             })) => req = back,
+            Ok(Err(SendError::BodyCut)) => {
+                let cut = ctx.shared.as_ref().and_then(|s| client_fault(s, settings));
+                return Err(cut.unwrap_or(ProxyError::UpstreamFailed("request body cut off")));
+            }
             Ok(Err(SendError::NotSent { error: e, .. } | SendError::Failed(e))) => {
-                if !e.is_user() {
+                // The client's own body at fault (an HTTP/2 pod's connection carries it in
+                // another task, whose error reaches here as a reset stream).
+                let fault = ctx.shared.as_ref().and_then(|s| client_fault(s, settings));
+                if !e.is_user() && fault.is_none() {
                     state.report(lease, Outcome::Failure);
                 }
-                return Err(classify(&e, settings));
+                return Err(fault.unwrap_or_else(|| classify(&e, settings)));
             }
             Err(_) => {
                 state.report(lease, Outcome::Failure);
@@ -196,11 +229,10 @@ pub(crate) async fn send(
 /// on the pod to take the request body (seen during the turn the watchdog gives the exchange
 /// before it ends it). A timer that fired while the client's upload stalled is left to the body,
 /// which fails (the 408 path).
-async fn pod_or_stall(
-    exchange: &mut Exchange,
-) -> Result<Result<Response<UpstreamBody>, SendError>, (StreamTimer, Side)> {
+async fn pod_or_stall<F: Future>(head: F) -> Result<F::Output, (StreamTimer, Side)> {
+    let mut head = std::pin::pin!(head);
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = Pin::new(&mut *exchange).poll(cx) {
+        if let Poll::Ready(r) = head.as_mut().poll(cx) {
             return Poll::Ready(Ok(r));
         }
         match watchdog::fired_on() {
@@ -249,10 +281,36 @@ fn classify(e: &UpstreamError, settings: &infergate_config::ResolvedSettings) ->
     ProxyError::UpstreamFailed("connection error")
 }
 
+/// The failure of the client's body itself, as its shared state recorded it: over the limit,
+/// or cut off by a stream timer.
+fn client_fault(
+    shared: &RequestShared,
+    settings: &infergate_config::ResolvedSettings,
+) -> Option<ProxyError> {
+    if shared.too_large() {
+        return Some(ProxyError::PayloadTooLarge {
+            limit: settings.max_request_body_bytes,
+        });
+    }
+    // (An upload carried by hyper's task to an HTTP/2 pod: which side stalled is not seen from
+    // the request's task; the client's, whose body it is, is named.)
+    shared.cut_by().map(|timer| ProxyError::StreamTimeout {
+        timer,
+        ms: timer.ms(settings),
+        side: Side::Client,
+    })
+}
+
 /// Maps a failed connect to the failure it stands for.
 fn connect_error(e: &ConnectError) -> ProxyError {
     match e {
-        ConnectError::Io(_) | ConnectError::Timeout(_) => ProxyError::UpstreamConnect,
+        ConnectError::Io(_) | ConnectError::Timeout(_) | ConnectError::Tls(_) => {
+            ProxyError::UpstreamConnect
+        }
         ConnectError::Deadline => ProxyError::UpstreamFailed("request deadline passed"),
+        ConnectError::Handshake(_) => ProxyError::UpstreamFailed("connection error"),
+        ConnectError::NotHttp2 => ProxyError::UpstreamFailed(
+            "the pod does not speak HTTP/2 (check the deployment's protocol)",
+        ),
     }
 }

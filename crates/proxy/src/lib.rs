@@ -11,7 +11,8 @@
 //! | authorize: the endpoint's key or token | `endpoint.rs` |
 //! | select and admit: the deployment, the body limit, a pod slot | `deployment.rs` |
 //! | prepare and forward: headers, the pod's URI, the body, the attempts | `forward.rs` (+ `body.rs`, `mirror.rs`) |
-//! | the pod connection: pooled, driven by the request | `upstream.rs` (+ `h1/`, the HTTP/1.1 codec) |
+//! | the pod connection: pooled, driven by the request; HTTP/1.1, or HTTP/2 multiplexed per pod | `upstream.rs` (+ `h1/`, the HTTP/1.1 codec; `upstream/h2.rs`, `upstream/frames.rs`) |
+//! | gRPC calls: detection, `grpc-timeout`, the router's answers as gRPC statuses | `grpc.rs` |
 //! | respond or rescue: the answer, or the one error-to-response conversion | `response.rs` |
 //! | the swagger document, rewritten to name the router as its server | `swagger.rs` |
 //! | trace context: the client's `traceparent`, the router's span | `trace.rs` |
@@ -27,6 +28,7 @@ mod deployment;
 mod endpoint;
 pub mod error;
 mod forward;
+pub mod grpc;
 mod h1;
 pub mod headers;
 pub mod metrics;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Uri, Version, header};
+use http::{HeaderMap, Method, Request, Uri};
 use infergate_balance::Outcome;
 use infergate_routing::Action;
 use tokio::time::Instant;
@@ -27,7 +27,8 @@ pub(crate) fn tee(
     shared: &RequestShared,
 ) -> Option<Tee> {
     let m = endpoint.state.mirror.as_ref()?;
-    if ((roll >> 40) % 100) as u32 >= m.percent {
+    // A gRPC call is not copied: its frames and trailers stream both ways.
+    if action == Action::Grpc || ((roll >> 40) % 100) as u32 >= m.percent {
         return None;
     }
     let target = endpoint.deployment(m.deployment.as_bytes())?;
@@ -85,7 +86,6 @@ impl MirrorRequest {
         *req.method_mut() = self.method;
         *req.uri_mut() = uri;
         *req.headers_mut() = self.headers;
-        *req.version_mut() = Version::HTTP_11;
         let addr = lease.pod().addr();
         let send = async move {
             let conn = state
@@ -93,7 +93,6 @@ impl MirrorRequest {
                 .checkout(addr, crate::forward::deadline_after(self.timeout))
                 .await
                 .ok()?;
-            req.headers_mut().insert(header::HOST, conn.host());
             conn.send(req).await.ok()
         };
         let sent = Instant::now();

@@ -358,6 +358,8 @@ fn route_template(path: &str) -> Option<&'static str> {
         (true, Action::Swagger) => "/api/v1/service/{endpoint}/swagger.json",
         (false, Action::Oip) => "/api/v1/endpoint/{endpoint}/v2/*",
         (true, Action::Oip) => "/api/v1/service/{endpoint}/v2/*",
+        // Told by its content-type, never by its path.
+        (_, Action::Grpc) => return None,
     })
 }
 

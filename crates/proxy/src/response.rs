@@ -2,9 +2,10 @@
 //! once, on drop: counted, timed, logged, slot freed), the body the router answers with, and the
 //! edge where a pod's answer or a [`ProxyError`] becomes the client's response.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body::{Body, Frame, SizeHint};
 use infergate_balance::PodState;
 use infergate_metrics::Gauge;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{BoxError, RequestShared};
 use crate::deployment::{DeploymentState, Slot, StatusCounters};
@@ -97,6 +98,15 @@ pub struct RequestCtx {
     pub(crate) stalled: Option<Side>,
     /// False for the empty shell left behind by [`RequestCtx::detach`]: it reports nothing.
     live: bool,
+    /// A gRPC call: the router's own answers are gRPC statuses (see `grpc.rs`).
+    pub(crate) grpc: bool,
+    /// A gRPC call's deadline (from its `grpc-timeout`, at most `maxStreamDurationMs`) and the
+    /// timeout it stands for, in milliseconds.
+    pub(crate) call_deadline: Option<(Instant, u64)>,
+    /// The client's body goes to the pod from another task (HTTP/2 pods): its moves reach the
+    /// stream timers through [`RequestShared::report_upload`].
+    pub(crate) remote_upload: bool,
+    upload_seen: u32,
 }
 
 /// The outcome of a request whose client went away before its answer ended.
@@ -138,6 +148,19 @@ impl RequestCtx {
             timer: None,
             stalled: None,
             live: true,
+            grpc: false,
+            call_deadline: None,
+            remote_upload: false,
+            upload_seen: 0,
+        }
+    }
+
+    /// For an upload another task carries: reports its moves to this task's stream timers.
+    pub(crate) fn report_upload(&mut self, cx: &Context<'_>) {
+        if self.remote_upload
+            && let Some(s) = &self.shared
+        {
+            s.report_upload(&mut self.upload_seen, cx);
         }
     }
 
@@ -177,6 +200,10 @@ impl RequestCtx {
             timer: None,
             stalled: None,
             live: false,
+            grpc: false,
+            call_deadline: None,
+            remote_upload: false,
+            upload_seen: 0,
         };
         let mut ctx = std::mem::replace(self, shell);
         ctx.cancelled_at = Some(Instant::now());
@@ -348,11 +375,17 @@ pub(crate) fn respond(resp: Response<UpstreamBody>, mut ctx: RequestCtx) -> Resp
     let (mut rp, inner) = resp.into_parts();
     client_head(&mut rp, &mut ctx);
     watchdog::response_started();
+    // A gRPC call's answer ends at its deadline, with DEADLINE_EXCEEDED (see `ProxyBody`).
+    let deadline = ctx
+        .call_deadline
+        .filter(|_| ctx.grpc)
+        .map(|(at, ms)| (Box::pin(tokio::time::sleep_until(at)), ms));
     Response::from_parts(
         rp,
         ProxyBody::Upstream {
             inner: Some(inner),
             ctx: Some(ctx),
+            deadline,
         },
     )
 }
@@ -389,11 +422,16 @@ fn client_head(rp: &mut http::response::Parts, ctx: &mut RequestCtx) {
 
 /// The router's own answer to a failure; the request ends here.
 pub(crate) fn rescue(err: &ProxyError, mut ctx: RequestCtx) -> Response<ProxyBody> {
-    let mut resp = error_response(err, &ctx.request_id);
+    let mut resp = match ctx.grpc {
+        true => crate::grpc::error_response(err, &ctx.request_id),
+        false => error_response(err, &ctx.request_id),
+    };
     if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.header.clone()) {
         resp.headers_mut().insert(TRACEPARENT, tp);
     }
-    ctx.status = resp.status().as_u16();
+    // Counted and logged with the HTTP status the failure stands for (a gRPC answer goes out as
+    // 200 with its grpc-status).
+    ctx.status = err.status_and_code().0.as_u16();
     ctx.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
     ctx.outcome = err.status_and_code().1;
     if let ProxyError::StreamTimeout { timer, side, .. } = err {
@@ -451,6 +489,9 @@ pub enum ProxyBody {
         inner: Option<UpstreamBody>,
         /// The request's context, finished exactly once.
         ctx: Option<RequestCtx>,
+        /// A gRPC call's deadline and its timeout in ms: when it passes first, the pod's stream
+        /// is reset and the answer ends with `grpc-status: 4` (DEADLINE_EXCEEDED) trailers.
+        deadline: Option<(Pin<Box<Sleep>>, u64)>,
     },
 }
 
@@ -471,14 +512,37 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { inner, ctx } => {
-                let Some(inner) = inner else {
+            ProxyBody::Upstream {
+                inner: slot,
+                ctx,
+                deadline,
+            } => {
+                let Some(inner) = slot else {
                     return Poll::Ready(None);
                 };
-                let Poll::Ready(r) = Pin::new(&mut *inner).poll_frame(cx) else {
-                    // Waiting on the pod's answer.
-                    watchdog::waiting(Side::Pod);
-                    return Poll::Pending;
+                if let Some(c) = ctx.as_mut() {
+                    c.report_upload(cx);
+                }
+                let r = match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => {
+                        // Waiting on the pod's answer.
+                        watchdog::waiting(Side::Pod);
+                        let Some((sleep, ms)) = deadline else {
+                            return Poll::Pending;
+                        };
+                        ready!(sleep.as_mut().poll(cx));
+                        // The deadline passed first: the pod's stream is reset (its slot freed
+                        // with the context), and the client gets the call's status.
+                        let ms = *ms;
+                        *slot = None;
+                        *deadline = None;
+                        if let Some(c) = ctx.take() {
+                            c.finish("deadline_exceeded");
+                        }
+                        let trailers = crate::grpc::deadline_trailers(ms);
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
                 };
                 match &r {
                     Some(Ok(f)) => {
@@ -529,7 +593,7 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        let ProxyBody::Upstream { inner, ctx } = self else {
+        let ProxyBody::Upstream { inner, ctx, .. } = self else {
             return;
         };
         let Some(mut c) = ctx.take() else {

@@ -27,7 +27,9 @@ use crate::response::{ProxyBody, RequestCtx, RequestMetrics, rescue, respond};
 use crate::swagger;
 use crate::trace::TraceSettings;
 use crate::upstream::{Upstream, UpstreamBody};
+use infergate_balance::AcquireError;
 use infergate_config::{DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, HeadersWithUnderscores};
+use infergate_routing::AZUREML_ENDPOINT;
 use infergate_spec::EndpointSpec;
 
 /// The router: the current route table, how pods are reached, and where it counts.
@@ -56,6 +58,8 @@ struct EdgeRules {
     xff_trusted_hops: AtomicU32,
     /// `maxTokenLifetimeSeconds`.
     max_token_lifetime_s: AtomicU64,
+    /// `grpc.hostSuffix`.
+    grpc_host_suffix: arc_swap::ArcSwapOption<String>,
 }
 
 impl Default for EdgeRules {
@@ -64,6 +68,7 @@ impl Default for EdgeRules {
             underscores: AtomicU8::new(HeadersWithUnderscores::default() as u8),
             xff_trusted_hops: AtomicU32::new(0),
             max_token_lifetime_s: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
+            grpc_host_suffix: arc_swap::ArcSwapOption::empty(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl Router {
         let checked = self.head.check(&parts);
         let uri = std::mem::take(&mut parts.uri);
         let mut ctx = RequestCtx::start(&self.metrics, parts.method.clone(), uri);
+        ctx.grpc = crate::grpc::is_grpc(&parts.headers);
         if let Err(err) = checked {
             let mut resp = rescue(&err, ctx);
             // HTTP/1.1: the rest of such a request is not read; the connection closes.
@@ -166,7 +172,19 @@ impl Router {
         self.check_header_names(&mut parts.headers)?;
         // Route: one snapshot per request, held (as an Arc, not a lock) until the response head.
         let table = self.table.load_full();
-        let (endpoint, action) = table.lookup(&ctx.method, ctx.uri.path())?;
+        // A gRPC call (not to a scoring URL) names its endpoint in metadata or its authority.
+        let (endpoint, action) = if ctx.grpc && !ctx.uri.path().starts_with("/api/v1/") {
+            let suffix = self.edge.grpc_host_suffix.load();
+            let authority = ctx.uri.authority().map(|a| a.as_str()).or_else(|| {
+                let host = parts.headers.get(http::header::HOST)?;
+                host.to_str().ok()
+            });
+            let named = parts.headers.get(AZUREML_ENDPOINT);
+            let ep = table.lookup_grpc(named, authority, suffix.as_deref().map(String::as_str))?;
+            (ep, Action::Grpc)
+        } else {
+            table.lookup(&ctx.method, ctx.uri.path())?
+        };
         ctx.endpoint = Some(endpoint.state.name.clone());
         // Authorize: before a deployment is chosen, a pod contacted or a slot taken.
         let max_token_lifetime =
@@ -174,23 +192,46 @@ impl Router {
         endpoint
             .state
             .authorize(action, &parts.headers, max_token_lifetime)?;
-        // Select the deployment: pinned by header, or by the traffic weights.
-        let dep = endpoint.select(parts.headers.get(AZUREML_MODEL_DEPLOYMENT), roll as u32)?;
+        // Select the deployment: pinned by header, or by the traffic weights (a gRPC call: among
+        // the deployments that speak HTTP/2).
+        let pinned = parts.headers.get(AZUREML_MODEL_DEPLOYMENT);
+        let dep = match action {
+            Action::Grpc => endpoint.select_grpc(pinned, roll as u32)?,
+            _ => endpoint.select(pinned, roll as u32)?,
+        };
         let state = &dep.balancer;
         ctx.dep = Some(state.clone());
+        // A gRPC call's deadline: its grpc-timeout, at most maxStreamDurationMs.
+        let mut settings = dep.settings;
+        if ctx.grpc {
+            ctx.call_deadline = call_deadline(ctx.start, &parts.headers, &settings)?;
+        }
+        if let Some((at, _)) = ctx.call_deadline {
+            // No longer in the queue than the call may last.
+            let left = at.saturating_duration_since(tokio::time::Instant::now());
+            let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            settings.max_queue_wait_ms = settings.max_queue_wait_ms.min(left_ms);
+        }
         // Admit: the body's announced size, then a pod slot (FIFO wait, bounded).
-        state.check_body(&dep.settings, &parts.headers, &body)?;
+        state.check_body(&settings, &parts.headers, &body)?;
         // (What the body announces, before any of it is read.)
         let shared = RequestShared::new(&body);
         let mut first = None;
-        let admit = state.admit(&dep.settings, roll);
+        let admit = state.admit(&settings, roll);
         let queued_at = tokio::time::Instant::now();
         let slot = admit_watching(admit, &mut body, &mut first).await;
         ctx.queue = Some(queued_at.elapsed());
         if let Some(s) = &mut ctx.span {
             s.queued_at = Some(queued_at);
         }
-        ctx.lease = Some(slot?);
+        ctx.lease = Some(match (slot, ctx.call_deadline) {
+            (Err(ProxyError::Unavailable(AcquireError::QueueTimeout)), Some((at, ms)))
+                if at <= tokio::time::Instant::now() =>
+            {
+                return Err(ProxyError::DeadlineExceeded { ms });
+            }
+            (slot, _) => slot?,
+        });
         // Forward: the request rebuilt for the pod, then the attempts.
         let body = (body, first, shared);
         let fwd = Forwarding {
@@ -233,7 +274,8 @@ impl Router {
     }
 
     /// Takes the configuration's edge keys (`headersWithUnderscores`, `xffTrustedHops`,
-    /// `maxTokenLifetimeSeconds`); the next request uses them. At start and at every reload.
+    /// `maxTokenLifetimeSeconds`, `grpc.hostSuffix`); the next request uses them. At start and
+    /// at every reload.
     pub fn apply_edge_config(&self, cfg: &infergate_config::Config) {
         let e = &self.edge;
         e.underscores
@@ -242,6 +284,9 @@ impl Router {
             .store(cfg.xff_trusted_hops, Ordering::Relaxed);
         e.max_token_lifetime_s
             .store(cfg.max_token_lifetime_seconds, Ordering::Relaxed);
+        let suffix = cfg.grpc.as_ref().and_then(|g| g.host_suffix.as_deref());
+        e.grpc_host_suffix
+            .store(suffix.map(|s| Arc::new(s.to_ascii_lowercase())));
     }
 
     /// Builds a table from `specs` and publishes it with one atomic swap.
@@ -272,16 +317,16 @@ impl Router {
                         });
                         let state = match prev.and_then(|e| e.deployment(d.name.as_bytes())) {
                             Some(p) => {
-                                p.balancer.update(&d.pods, &d.settings, cold_start);
+                                p.balancer
+                                    .update(&d.pods, &d.settings, cold_start, &d.transport);
                                 p.balancer.clone()
                             }
                             None => Arc::new(DeploymentState::new(
-                                &ep.name,
-                                &d.name,
+                                (&ep.name, &d.name),
                                 &d.pods,
                                 &d.settings,
                                 cold_start,
-                                &self.upstream,
+                                (&self.upstream, &d.transport),
                                 &self.registry,
                                 self.cluster.get(),
                             )),
@@ -294,7 +339,8 @@ impl Router {
                             d.settings,
                             pods,
                             state,
-                        );
+                        )
+                        .with_http2(d.transport.protocol.is_http2());
                         (dep, d.weight)
                     })
                     .collect();
@@ -390,6 +436,26 @@ impl Router {
             }
         }
     }
+}
+
+/// A gRPC call's deadline: now + its `grpc-timeout` (from the request's start), at most
+/// `maxStreamDurationMs` when that is on; with the timeout it stands for, in ms. No
+/// `grpc-timeout`: the deployment's limits alone.
+fn call_deadline(
+    start: tokio::time::Instant,
+    headers: &http::HeaderMap,
+    settings: &infergate_config::ResolvedSettings,
+) -> Result<Option<(tokio::time::Instant, u64)>, ProxyError> {
+    let Some(v) = headers.get(crate::grpc::GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    let mut timeout =
+        crate::grpc::parse_timeout(v.as_bytes()).ok_or(ProxyError::InvalidGrpcTimeout)?;
+    if settings.max_stream_duration_ms > 0 {
+        timeout = timeout.min(Duration::from_millis(settings.max_stream_duration_ms));
+    }
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    Ok(Some((start + timeout, ms)))
 }
 
 /// What a table swap stops publishing: whole endpoints, and deployments of endpoints that stay.

@@ -18,6 +18,7 @@ fn mk_spec(name: &str, pods: &[u16]) -> EndpointSpec {
             settings: Defaults::default(),
             weight: 100,
             autoscale: None,
+            transport: Default::default(),
         }],
         auth: infergate_auth::AuthPolicy::None,
         swagger_auth: false,

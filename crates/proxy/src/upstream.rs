@@ -1,4 +1,5 @@
-//! HTTP/1.1 connections to pods, driven by the request that uses them.
+//! Connections to pods: HTTP/1.1 driven by the request that uses them (here), HTTP/2 multiplexed
+//! per pod (`h2.rs`, for deployments with `protocol: h2c` or `h2`).
 //!
 //! A connection is owned by the request using it, as in pingora: the request's own task drives
 //! the connection (the router's own codec, `h1/`) while it waits for the response head
@@ -12,6 +13,13 @@
 //! use close when their request is done. A pooled connection is checked before use (a closed one
 //! is dropped); a request that a pooled connection never started writing is sent again on a
 //! fresh connection to the same pod.
+//!
+//! A deployment's `protocol` picks the kind: [`Checkout`], [`Exchange`] and [`UpstreamBody`] are
+//! the same to the request path whichever it is; how a request is addressed to the pod (`Host`
+//! and origin-form for HTTP/1.1, `:authority` and `:scheme` for HTTP/2) is done here too.
+
+mod frames;
+mod h2;
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -24,9 +32,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use infergate_balance::PodSpec;
+use infergate_spec::PodTransport;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -34,10 +44,12 @@ use crate::body::RequestBody;
 use crate::h1::conn::{Conn, HeadError};
 
 pub use crate::h1::Error as UpstreamError;
+pub(crate) use h2::Wire;
 
 /// How connections to pods are opened and kept.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
+    h2: h2::Builder,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_pod: usize,
@@ -47,19 +59,32 @@ impl Upstream {
     /// Connect within 3 s, keep idle connections for 60 s, at most 1024 idle per pod.
     pub(crate) fn new() -> Self {
         Upstream {
+            h2: h2::Builder::new(),
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             max_idle_per_pod: 1024,
         }
     }
 
-    /// A connection to `pod`: its most recently used live idle connection, or a new one opened
-    /// before `deadline` (the request's) and within the connect timeout.
+    /// A connection (HTTP/1.1) or a stream on one (HTTP/2) to `pod`.
     pub(crate) async fn checkout(
         &self,
         pod: Arc<PodConns>,
         deadline: Instant,
     ) -> Result<Checkout, ConnectError> {
+        match &*pod.wire {
+            Wire::Http1 => self.checkout_h1(pod, deadline).await.map(Checkout::H1),
+            _ => h2::checkout(self, pod, deadline).await.map(Checkout::H2),
+        }
+    }
+
+    /// An HTTP/1.1 connection to `pod`: its most recently used live idle connection, or a new
+    /// one opened before `deadline` (the request's) and within the connect timeout.
+    async fn checkout_h1(
+        &self,
+        pod: Arc<PodConns>,
+        deadline: Instant,
+    ) -> Result<H1Checkout, ConnectError> {
         loop {
             let Some(mut c) = pod.idle.lock().pop() else {
                 break;
@@ -72,7 +97,7 @@ impl Upstream {
                 break;
             }
             if poll_fn(|cx| Poll::Ready(c.revive(cx))).await {
-                return Ok(Checkout {
+                return Ok(H1Checkout {
                     conn: c,
                     pod,
                     reused: true,
@@ -81,7 +106,7 @@ impl Upstream {
             }
         }
         let conn = self.connect(pod.addr, deadline).await?;
-        Ok(Checkout {
+        Ok(H1Checkout {
             conn,
             pod,
             reused: false,
@@ -89,7 +114,8 @@ impl Upstream {
         })
     }
 
-    async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<UpConn, ConnectError> {
+    /// A TCP connection to `addr`, opened before `deadline` and within the connect timeout.
+    async fn tcp(&self, addr: SocketAddr, deadline: Instant) -> Result<TcpStream, ConnectError> {
         let own = Instant::now() + self.connect_timeout;
         let tcp = match tokio::time::timeout_at(own.min(deadline), TcpStream::connect(addr)).await {
             Ok(Ok(t)) => t,
@@ -100,6 +126,11 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        Ok(tcp)
+    }
+
+    async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<UpConn, ConnectError> {
+        let tcp = self.tcp(addr, deadline).await?;
         Ok(UpConn {
             conn: Box::new(Conn::new(tcp)),
             idle_since: Instant::now(),
@@ -119,6 +150,7 @@ impl Upstream {
         };
         // Closed outside the lock.
         drop(expired);
+        h2::sweep(pod, self.idle_timeout);
     }
 }
 
@@ -127,31 +159,52 @@ impl Upstream {
 #[derive(Debug)]
 pub(crate) struct ConnPool {
     upstream: Upstream,
+    /// What the pods speak (the deployment's `protocol`) and the spec it was built from.
+    wire: ArcSwap<(PodTransport, Arc<Wire>)>,
     pods: ArcSwap<HashMap<SocketAddr, Arc<PodConns>>>,
 }
 
 impl ConnPool {
-    /// A pool for these pods, opening connections as `upstream` says.
-    pub(crate) fn new(upstream: &Upstream, pods: &[PodSpec]) -> Self {
+    /// A pool for these pods, speaking `transport`, opening connections as `upstream` says.
+    pub(crate) fn new(upstream: &Upstream, pods: &[PodSpec], transport: &PodTransport) -> Self {
         let pool = ConnPool {
             upstream: upstream.clone(),
+            wire: ArcSwap::from_pointee((transport.clone(), Arc::new(Wire::new(transport)))),
             pods: ArcSwap::default(),
         };
         pool.set_pods(pods);
         pool
     }
 
+    /// The deployment's `protocol` (or its TLS settings) changed: every connection is closed
+    /// (those in use when their request ends) and new ones speak the new way.
+    pub(crate) fn set_transport(&self, transport: &PodTransport, pods: &[PodSpec]) {
+        if self.wire.load().0 == *transport {
+            return;
+        }
+        self.wire.store(Arc::new((
+            transport.clone(),
+            Arc::new(Wire::new(transport)),
+        )));
+        let old = self.pods.swap(Arc::default());
+        for conns in old.values() {
+            conns.retire();
+        }
+        self.set_pods(pods);
+    }
+
     /// The deployment's pods changed: new pods get an entry, pods that left are retired (idle
     /// connections closed now, those in use when their request ends).
     pub(crate) fn set_pods(&self, pods: &[PodSpec]) {
         let old = self.pods.load_full();
+        let wire = self.wire.load().1.clone();
         let next: HashMap<SocketAddr, Arc<PodConns>> = pods
             .iter()
             .map(|p| {
                 let conns = old
                     .get(&p.addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr)));
+                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr, wire.clone())));
                 (p.addr, conns)
             })
             .collect();
@@ -171,7 +224,7 @@ impl ConnPool {
         deadline: Instant,
     ) -> Result<Checkout, ConnectError> {
         let pod = self.pods.load().get(&addr).cloned().unwrap_or_else(|| {
-            let p = PodConns::new(addr);
+            let p = PodConns::new(addr, self.wire.load().1.clone());
             p.retire();
             Arc::new(p)
         });
@@ -198,6 +251,17 @@ pub(crate) enum ConnectError {
     /// The request's own deadline passed while connecting.
     #[error("the request deadline passed while connecting")]
     Deadline,
+    /// hyper refused the HTTP/2 connection (its handshake failed).
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+    /// The TLS handshake with the pod failed (`protocol: h2`): its certificate is not trusted,
+    /// does not hold the name, or it does not speak HTTP/2 (ALPN).
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    /// The pod closed a new HTTP/2 connection before its SETTINGS: it does not speak HTTP/2
+    /// (the deployment's `protocol` says it does).
+    #[error("the pod closed the connection at once: it does not seem to speak HTTP/2")]
+    NotHttp2,
 }
 
 /// Why a request failed on its connection. The request given back is not boxed: it travels once,
@@ -217,24 +281,32 @@ pub(crate) enum SendError {
     },
     /// The request may have reached the pod, which did not answer properly.
     Failed(UpstreamError),
+    /// A stream timer cut the client's upload off (an HTTP/2 pod's: the stream is reset).
+    BodyCut,
 }
 
-/// One pod's idle connections and its `Host` value.
+/// One pod's connections: idle HTTP/1.1 ones, or its HTTP/2 ones; and how it is addressed.
 #[derive(Debug)]
 pub(crate) struct PodConns {
     addr: SocketAddr,
     /// Oldest first; taken and returned at the end.
     idle: parking_lot::Mutex<Vec<UpConn>>,
+    /// HTTP/2: the open connections, shared by the streams.
+    h2: h2::PodH2,
+    /// What the pod speaks.
+    wire: Arc<Wire>,
     host: HeaderValue,
     /// The pod left its deployment: connections are closed, not kept.
     retired: AtomicBool,
 }
 
 impl PodConns {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, wire: Arc<Wire>) -> Self {
         PodConns {
             addr,
             idle: parking_lot::Mutex::new(Vec::new()),
+            h2: h2::PodH2::new(addr, &wire),
+            wire,
             host: HeaderValue::try_from(addr.to_string())
                 .expect("a socket address is a valid header value"),
             retired: AtomicBool::new(false),
@@ -246,6 +318,11 @@ impl PodConns {
         // Closed outside the lock.
         let idle = std::mem::take(&mut *self.idle.lock());
         drop(idle);
+        self.h2.retire();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 }
 
@@ -264,32 +341,54 @@ impl UpConn {
     }
 }
 
-/// A connection taken for one request.
+/// A way to a pod taken for one request: an HTTP/1.1 connection of its own, or a stream on a
+/// shared HTTP/2 connection.
 #[derive(Debug)]
-pub(crate) struct Checkout {
+pub(crate) enum Checkout {
+    /// A connection of its own.
+    H1(H1Checkout),
+    /// A stream slot on a multiplexed connection.
+    H2(h2::H2Checkout),
+}
+
+impl Checkout {
+    /// Whether the connection was open before this request (not opened for it).
+    pub(crate) fn reused(&self) -> bool {
+        match self {
+            Checkout::H1(c) => c.reused,
+            Checkout::H2(c) => c.reused(),
+        }
+    }
+
+    /// Sends `req` (origin-form URI; addressed here to the pod: `Host` for HTTP/1.1,
+    /// `:scheme` and `:authority` for HTTP/2). The returned [`Exchange`] resolves to the
+    /// response head.
+    pub(crate) fn send(self, req: Request<RequestBody>) -> Exchange {
+        match self {
+            Checkout::H1(c) => c.send(req),
+            Checkout::H2(c) => c.send(req),
+        }
+    }
+}
+
+/// An HTTP/1.1 connection taken for one request.
+#[derive(Debug)]
+pub(crate) struct H1Checkout {
     conn: UpConn,
     pod: Arc<PodConns>,
     reused: bool,
     max_idle: usize,
 }
 
-impl Checkout {
-    /// The `Host` value for requests to this pod.
-    pub(crate) fn host(&self) -> HeaderValue {
-        self.pod.host.clone()
-    }
-
-    /// Whether the connection came from the pod's idle list (not opened for this request).
-    pub(crate) fn reused(&self) -> bool {
-        self.reused
-    }
-
-    /// Sends `req` (origin-form URI, `Host` set). The returned [`Exchange`] resolves to the
-    /// response head, driving the connection from the task that polls it; the response body
-    /// keeps driving it.
-    pub(crate) fn send(mut self, req: Request<RequestBody>) -> Exchange {
+impl H1Checkout {
+    /// Sends `req`: the returned [`Exchange`] resolves to the response head, driving the
+    /// connection from the task that polls it; the response body keeps driving it.
+    fn send(mut self, mut req: Request<RequestBody>) -> Exchange {
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut()
+            .insert(header::HOST, self.pod.host.clone());
         self.conn.conn.start(req);
-        Exchange { conn: Some(self) }
+        Exchange(Inner::H1(Some(self)))
     }
 
     /// Gives the exchange up: the pod's connection is shut for writing (FIN) and read to its end
@@ -310,7 +409,7 @@ impl Checkout {
 
     /// Back to the pod's idle list (most recent last).
     fn put_back(mut self) {
-        if self.pod.retired.load(Ordering::Acquire) {
+        if self.pod.is_retired() {
             return;
         }
         self.conn.idle_since = Instant::now();
@@ -321,23 +420,37 @@ impl Checkout {
     }
 }
 
-/// A request handed to its connection, until the response head: a future that drives the
-/// connection while it waits. It can move (it is [`Unpin`]): a cancelled request's exchange is
-/// handed to another task whole. Dropped before its end, it closes the connection.
+/// A request handed to its connection, until the response head: a future (driving the
+/// HTTP/1.1 connection from the task that polls it while it waits). It can move (it is
+/// [`Unpin`]): a cancelled request's exchange is handed to another task whole. Dropped before
+/// its end, it closes the HTTP/1.1 connection, or resets the HTTP/2 stream.
 #[derive(Debug, Default)]
-pub(crate) struct Exchange {
-    conn: Option<Checkout>,
+pub(crate) struct Exchange(Inner);
+
+#[derive(Debug, Default)]
+enum Inner {
+    /// Over (or never started).
+    #[default]
+    Done,
+    H1(Option<H1Checkout>),
+    H2(h2::Pending),
 }
 
 impl Exchange {
     /// Whether the response head is still awaited.
     pub(crate) fn is_pending(&self) -> bool {
-        self.conn.is_some()
+        match &self.0 {
+            Inner::Done => false,
+            Inner::H1(conn) => conn.is_some(),
+            Inner::H2(_) => true,
+        }
     }
 
-    /// Gives the exchange up (see [`Checkout::close`]).
+    /// Gives the exchange up (see [`H1Checkout::close`]; an HTTP/2 stream is reset).
     pub(crate) async fn close(mut self, grace: Duration) {
-        if let Some(c) = self.conn.take() {
+        if let Inner::H1(conn) = &mut self.0
+            && let Some(c) = conn.take()
+        {
             c.close(grace).await;
         }
     }
@@ -348,15 +461,25 @@ impl Future for Exchange {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let c = this.conn.as_mut().expect("polled after its end");
+        let conn = match &mut this.0 {
+            Inner::Done => panic!("polled after its end"),
+            Inner::H2(p) => {
+                let r = ready!(Pin::new(p).poll(cx));
+                this.0 = Inner::Done;
+                return Poll::Ready(r);
+            }
+            Inner::H1(conn) => conn,
+        };
+        let c = conn.as_mut().expect("polled after its end");
         let res = ready!(c.conn.conn.poll_head(cx));
-        let c = this.conn.take().expect("checked above");
+        let c = conn.take().expect("checked above");
+        this.0 = Inner::Done;
         Poll::Ready(match res {
             Ok(head) => {
-                let mut resp = Response::new(UpstreamBody {
+                let mut resp = Response::new(UpstreamBody(BodyInner::H1 {
                     conn: Some(c),
                     ended: false,
-                });
+                }));
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
                 *resp.headers_mut() = head.headers;
@@ -381,38 +504,62 @@ impl Future for Exchange {
     }
 }
 
-/// A pod's response body. Polling it also drives the connection it arrives on (the rest of the
-/// request body keeps going out); once the body has ended, the connection goes back to the pod's
-/// idle list. Dropped before its end, it closes the connection (the only way to abandon an
-/// HTTP/1.1 response).
+/// A pod's response body. Over HTTP/1.1, polling it also drives the connection it arrives on
+/// (the rest of the request body keeps going out); once the body has ended, the connection goes
+/// back to the pod's idle list. Dropped before its end, it closes the HTTP/1.1 connection (the
+/// only way to abandon such a response) or resets the HTTP/2 stream.
 #[derive(Debug)]
-pub struct UpstreamBody {
-    conn: Option<Checkout>,
-    ended: bool,
+pub struct UpstreamBody(BodyInner);
+
+#[derive(Debug)]
+enum BodyInner {
+    /// The HTTP/1.1 connection, which the body drives and then puts back (`None` once the body
+    /// has ended or the connection closed).
+    H1 {
+        conn: Option<H1Checkout>,
+        ended: bool,
+    },
+    /// hyper's HTTP/2 stream, and its place on the connection, given back when the body ends.
+    H2 {
+        inner: Incoming,
+        stream: Option<h2::StreamGuard>,
+    },
 }
 
 impl UpstreamBody {
-    /// Whether its connection is still open (the pod may still be sending).
-    pub(crate) fn is_live(&self) -> bool {
-        self.conn.is_some()
+    /// An HTTP/2 stream's body, holding its place on the connection until it ends.
+    pub(crate) fn h2(inner: Incoming, stream: h2::StreamGuard) -> Self {
+        UpstreamBody(BodyInner::H2 {
+            inner,
+            stream: Some(stream),
+        })
     }
 
-    /// Gives the answer up (see [`Checkout::close`]).
+    /// Whether the pod may still be sending (its connection or stream is still open).
+    pub(crate) fn is_live(&self) -> bool {
+        match &self.0 {
+            BodyInner::H1 { conn, .. } => conn.is_some(),
+            BodyInner::H2 { stream, .. } => stream.is_some(),
+        }
+    }
+
+    /// Gives the answer up (see [`H1Checkout::close`]; an HTTP/2 stream is reset when the body
+    /// is dropped).
     pub(crate) async fn close(mut self, grace: Duration) {
-        if let Some(c) = self.conn.take() {
+        if let BodyInner::H1 { conn, .. } = &mut self.0
+            && let Some(c) = conn.take()
+        {
             c.close(grace).await;
         }
     }
 
-    /// At the end of the body, the connection is released (kept or closed).
+    /// At the end of an HTTP/1.1 body, the connection is released (kept or closed).
     fn release_if_ended(&mut self) {
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.conn.conn.body_is_end())
+        if let BodyInner::H1 { conn, ended } = &mut self.0
+            && conn.as_ref().is_some_and(|c| c.conn.conn.body_is_end())
         {
-            self.ended = true;
-            if let Some(c) = self.conn.take() {
+            *ended = true;
+            if let Some(c) = conn.take() {
                 c.finish();
             }
         }
@@ -427,34 +574,52 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        let this = &mut *self;
-        let Some(c) = &mut this.conn else {
-            return Poll::Ready(None);
-        };
-        let r = ready!(c.conn.conn.poll_body(cx));
-        match &r {
-            Some(Ok(_)) => this.release_if_ended(),
-            None => {
-                this.ended = true;
-                if let Some(c) = this.conn.take() {
-                    c.finish();
+        match &mut self.0 {
+            BodyInner::H1 { conn, ended } => {
+                let Some(c) = conn else {
+                    return Poll::Ready(None);
+                };
+                let r = ready!(c.conn.conn.poll_body(cx));
+                match &r {
+                    Some(Ok(_)) if !c.conn.conn.body_is_end() => {}
+                    // The end: the connection is released (kept or closed).
+                    Some(Ok(_)) | None => {
+                        *ended = true;
+                        if let Some(c) = conn.take() {
+                            c.finish();
+                        }
+                    }
+                    // The connection is closed.
+                    Some(Err(_)) => *conn = None,
                 }
+                Poll::Ready(r)
             }
-            // The connection is closed.
-            Some(Err(_)) => this.conn = None,
+            BodyInner::H2 { inner, stream } => {
+                let r = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                let r = r.map(|f| f.map_err(UpstreamError::http2));
+                match &r {
+                    Some(Ok(_)) if !inner.is_end_stream() => {}
+                    // Ended or failed: the stream's place goes back to the connection.
+                    _ => *stream = None,
+                }
+                Poll::Ready(r)
+            }
         }
-        Poll::Ready(r)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        match &self.0 {
+            BodyInner::H1 { ended, .. } => *ended,
+            BodyInner::H2 { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.conn {
-            Some(c) => c.conn.conn.body_size_hint(),
-            None if self.ended => SizeHint::with_exact(0),
-            None => SizeHint::default(),
+        match &self.0 {
+            BodyInner::H1 { conn: Some(c), .. } => c.conn.conn.body_size_hint(),
+            BodyInner::H1 { ended: true, .. } => SizeHint::with_exact(0),
+            BodyInner::H1 { .. } => SizeHint::default(),
+            BodyInner::H2 { inner, .. } => inner.size_hint(),
         }
     }
 }
@@ -508,7 +673,6 @@ mod tests {
             .unwrap();
         let mut req = Request::new(RequestBody::buffered(Vec::new()));
         *req.uri_mut() = http::Uri::from_static("/score");
-        req.headers_mut().insert(http::header::HOST, c.host());
         let resp = c.send(req).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
@@ -531,7 +695,7 @@ mod tests {
             idle_timeout: Duration::from_millis(100),
             ..Upstream::new()
         };
-        let pool = ConnPool::new(&up, &[addr.into()]);
+        let pool = ConnPool::new(&up, &[addr.into()], &PodTransport::HTTP1);
         for _ in 0..3 {
             exchange(&pool, addr).await;
         }
@@ -560,7 +724,7 @@ mod tests {
     #[tokio::test]
     async fn a_pods_connections_close_when_the_pod_leaves_and_its_last_user_is_done() {
         let (addr, opened, closed) = pod().await;
-        let pool = ConnPool::new(&Upstream::new(), &[addr.into()]);
+        let pool = ConnPool::new(&Upstream::new(), &[addr.into()], &PodTransport::HTTP1);
         // One connection in use and one idle when the pod leaves.
         let in_use = pool
             .checkout(addr, Instant::now() + Duration::from_secs(5))
@@ -573,6 +737,9 @@ mod tests {
             closed.load(Ordering::SeqCst) == 1
         })
         .await;
+        let Checkout::H1(in_use) = in_use else {
+            panic!("an HTTP/1.1 pool")
+        };
         in_use.put_back();
         eventually("the connection in use closed after its request", || {
             closed.load(Ordering::SeqCst) == 2
@@ -590,7 +757,7 @@ mod tests {
     async fn a_pod_that_stays_keeps_its_connections_across_pod_changes() {
         let (addr, opened, _) = pod().await;
         let (other, _, _) = pod().await;
-        let pool = ConnPool::new(&Upstream::new(), &[addr.into()]);
+        let pool = ConnPool::new(&Upstream::new(), &[addr.into()], &PodTransport::HTTP1);
         exchange(&pool, addr).await;
         pool.set_pods(&[addr.into(), other.into()]);
         exchange(&pool, addr).await;

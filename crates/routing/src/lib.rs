@@ -16,6 +16,9 @@ use infergate_config::ResolvedSettings;
 pub const AZUREML_MODEL_DEPLOYMENT: HeaderName =
     HeaderName::from_static("azureml-model-deployment");
 
+/// The gRPC metadata key (request header) that names a gRPC call's endpoint.
+pub const AZUREML_ENDPOINT: HeaderName = HeaderName::from_static("azureml-endpoint");
+
 /// What the request asks of the deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -26,6 +29,9 @@ pub enum Action {
     /// `.../v2` and `.../v2/...`: the Open Inference Protocol (KServe v2) REST API, forwarded to
     /// the same `/v2/...` path on the pod (see [`model_path`]). Any method.
     Oip,
+    /// A gRPC call (`/package.Service/Method`): forwarded with its own path, to a deployment
+    /// whose pods speak HTTP/2.
+    Grpc,
 }
 
 /// Why a request has no route. Each maps to one HTTP status in the proxy.
@@ -55,6 +61,30 @@ pub enum RouteError {
     /// The method is not allowed on this route (swagger is GET/HEAD only).
     #[error("method not allowed; swagger.json answers GET and HEAD")]
     MethodNotAllowed,
+    /// A gRPC call that names no endpoint.
+    #[error(
+        "a gRPC call names its endpoint in the metadata key azureml-endpoint (or in :authority as <endpoint>.<grpc.hostSuffix>)"
+    )]
+    NoGrpcEndpoint,
+    /// A gRPC call to an endpoint (or a pinned deployment) whose pods do not speak HTTP/2.
+    #[error("{}", no_http2(.endpoint, .deployment.as_deref()))]
+    NoHttp2Deployment {
+        /// The endpoint.
+        endpoint: String,
+        /// The deployment pinned, if one was.
+        deployment: Option<String>,
+    },
+}
+
+fn no_http2(endpoint: &str, deployment: Option<&str>) -> String {
+    match deployment {
+        Some(d) => format!(
+            "deployment '{d}' of endpoint '{endpoint}' speaks HTTP/1.1 (protocol http1); gRPC calls need protocol h2c or h2"
+        ),
+        None => format!(
+            "endpoint '{endpoint}' has no deployment speaking HTTP/2 with traffic; gRPC calls go to deployments with protocol h2c or h2"
+        ),
+    }
 }
 
 /// One deployment: its pods, paths, settings and the caller's payload.
@@ -75,6 +105,8 @@ pub struct Deployment<B> {
     pub settings: ResolvedSettings,
     /// Pod addresses.
     pub pods: Box<[SocketAddr]>,
+    /// Whether the pods speak HTTP/2 (`protocol: h2c` or `h2`): only those take gRPC calls.
+    pub http2: bool,
     /// The caller's payload (the proxy's balancer for these pods).
     pub balancer: B,
 }
@@ -90,17 +122,24 @@ pub struct Endpoint<B, E = ()> {
     pub deployments: Box<[Deployment<B>]>,
     /// `cumulative[i]` = sum of weights of deployments `0..=i`.
     cumulative: Box<[u32]>,
+    /// The same, counting only deployments whose pods speak HTTP/2 (gRPC calls).
+    cumulative_http2: Box<[u32]>,
 }
 
 impl<B, E> Endpoint<B, E> {
     /// Builds an endpoint from its payload, deployments and their weights (same order).
     pub fn new(name: &str, state: E, deployments: Vec<(Deployment<B>, u32)>) -> Self {
-        let mut acc = 0u32;
+        let (mut acc, mut acc_http2) = (0u32, 0u32);
         let mut cumulative = Vec::with_capacity(deployments.len());
+        let mut cumulative_http2 = Vec::with_capacity(deployments.len());
         let mut deps = Vec::with_capacity(deployments.len());
         for (d, w) in deployments {
             acc = acc.saturating_add(w);
+            if d.http2 {
+                acc_http2 = acc_http2.saturating_add(w);
+            }
             cumulative.push(acc);
+            cumulative_http2.push(acc_http2);
             deps.push(d);
         }
         Endpoint {
@@ -108,12 +147,48 @@ impl<B, E> Endpoint<B, E> {
             state,
             deployments: deps.into(),
             cumulative: cumulative.into(),
+            cumulative_http2: cumulative_http2.into(),
         }
     }
 
     /// Sum of the traffic weights (100, or 0 when only pinned requests are served).
     pub fn total_weight(&self) -> u32 {
         self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The deployment a gRPC call goes to: the pinned one, which must speak HTTP/2, else one of
+    /// those speaking HTTP/2 by their traffic weights (deployments speaking HTTP/1.1 are left
+    /// out of the split).
+    pub fn select_grpc(
+        &self,
+        pinned: Option<&HeaderValue>,
+        roll: u32,
+    ) -> Result<&Deployment<B>, RouteError> {
+        if pinned.is_some() {
+            let d = self.select(pinned, roll)?;
+            if !d.http2 {
+                return Err(RouteError::NoHttp2Deployment {
+                    endpoint: self.name.to_string(),
+                    deployment: Some(d.name.to_string()),
+                });
+            }
+            return Ok(d);
+        }
+        let total = self.cumulative_http2.last().copied().unwrap_or(0);
+        if total == 0 {
+            return Err(RouteError::NoHttp2Deployment {
+                endpoint: self.name.to_string(),
+                deployment: None,
+            });
+        }
+        let r = roll % total;
+        let i = self.cumulative_http2.partition_point(|&c| c <= r);
+        self.deployments
+            .get(i)
+            .ok_or(RouteError::NoHttp2Deployment {
+                endpoint: self.name.to_string(),
+                deployment: None,
+            })
     }
 
     /// The deployment named `name`.
@@ -171,6 +246,8 @@ impl<B> Deployment<B> {
             Action::Score => (&self.uris[0], &*self.scoring_path),
             Action::Swagger => (&self.uris[1], &*self.swagger_path),
             Action::Oip => (&None, model_path(client_path)?),
+            // A gRPC call keeps its own path (the caller passes it on).
+            Action::Grpc => return None,
         };
         let Some(q) = query else {
             return match cached {
@@ -203,8 +280,15 @@ impl<B> Deployment<B> {
             swagger_path: swagger_path.into(),
             settings,
             pods: pods.into(),
+            http2: false,
             balancer,
         }
+    }
+
+    /// Marks whether the pods speak HTTP/2 (and so take gRPC calls).
+    pub fn with_http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
     }
 }
 
@@ -275,6 +359,20 @@ impl<B, E> RouteTable<B, E> {
         Ok((self.find(raw_name)?, action))
     }
 
+    /// The endpoint a gRPC call names: the `azureml-endpoint` metadata value, else (with a
+    /// `host_suffix`) the `authority` `<endpoint>.<host_suffix>` (any port, any case).
+    pub fn lookup_grpc(
+        &self,
+        metadata: Option<&HeaderValue>,
+        authority: Option<&str>,
+        host_suffix: Option<&str>,
+    ) -> Result<&Endpoint<B, E>, RouteError> {
+        let name = grpc_endpoint_name(metadata, authority, host_suffix)
+            .ok_or(RouteError::NoGrpcEndpoint)?;
+        self.endpoint(name)
+            .ok_or_else(|| RouteError::EndpointNotFound(clip_name(name)))
+    }
+
     /// Looks an endpoint up by the raw (still percent-encoded) URL segment.
     fn find(&self, raw: &str) -> Result<&Endpoint<B, E>, RouteError> {
         let not_found = || {
@@ -306,6 +404,28 @@ fn clip_name(name: &str) -> String {
         None => name.to_string(),
         Some((end, _)) => format!("{}…", &name[..end]),
     }
+}
+
+/// The endpoint name a gRPC call carries: the `azureml-endpoint` metadata value (when it is
+/// text), else the label(s) of `authority` before `.<host_suffix>` (port ignored, case folded
+/// for the suffix only).
+pub fn grpc_endpoint_name<'a>(
+    metadata: Option<&'a HeaderValue>,
+    authority: Option<&'a str>,
+    host_suffix: Option<&str>,
+) -> Option<&'a str> {
+    if let Some(v) = metadata {
+        return v.to_str().ok().filter(|s| !s.is_empty());
+    }
+    let (authority, suffix) = (authority?, host_suffix?);
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let cut = host.len().checked_sub(suffix.len() + 1)?;
+    let (name, rest) = host.split_at_checked(cut)?;
+    let matches = rest.as_bytes()[0] == b'.' && rest[1..].eq_ignore_ascii_case(suffix);
+    (matches && !name.is_empty()).then_some(name)
 }
 
 /// Splits `/api/v1/{service|endpoint}/{name}/{score|swagger.json|v2[/...]}` into the raw name

@@ -24,6 +24,7 @@ impl<B, E> Target<'_, B, E> {
             Action::Score => &self.deployment.scoring_path,
             Action::Swagger => &self.deployment.swagger_path,
             Action::Oip => model_path(self.path).expect("an OIP path"),
+            Action::Grpc => "(the call's own path)",
         }
     }
 }
@@ -556,4 +557,161 @@ mod fuzz {
             }
         }
     }
+}
+
+// === gRPC: the endpoint a call names, and the deployments that take it ===
+
+#[test]
+fn grpc_calls_name_their_endpoint_in_metadata_or_the_authority() {
+    let hv = |s: &str| HeaderValue::from_str(s).unwrap();
+    let name = |m: Option<&str>, a: Option<&str>, s: Option<&str>| {
+        let m = m.map(hv);
+        grpc_endpoint_name(m.as_ref(), a, s).map(str::to_string)
+    };
+    let suffix = Some("models.example.com");
+    // Metadata wins over the authority; an empty value names nothing.
+    assert_eq!(
+        name(Some("ep"), Some("x.models.example.com"), suffix).as_deref(),
+        Some("ep")
+    );
+    assert_eq!(name(Some(""), Some("x.models.example.com"), suffix), None);
+    // The authority names it only with a suffix; port and case of the suffix do not matter.
+    assert_eq!(
+        name(None, Some("my-ep.models.example.com"), suffix).as_deref(),
+        Some("my-ep")
+    );
+    assert_eq!(
+        name(None, Some("my-ep.Models.Example.COM:443"), suffix).as_deref(),
+        Some("my-ep")
+    );
+    assert_eq!(
+        name(None, Some("a.b.models.example.com"), suffix).as_deref(),
+        Some("a.b")
+    );
+    assert_eq!(name(None, Some("my-ep.models.example.com"), None), None);
+    for other in [
+        "models.example.com",
+        ".models.example.com",
+        "x.othermodels.example.com",
+        "x.models.example.co",
+        "xmodels.example.com",
+        "é.models.example.com",
+    ] {
+        if other.starts_with('é') {
+            // Not ASCII: the name may hold it, the router then finds no such endpoint.
+            assert_eq!(name(None, Some(other), suffix).as_deref(), Some("é"));
+            continue;
+        }
+        assert_eq!(name(None, Some(other), suffix), None, "{other}");
+    }
+    assert_eq!(name(None, None, suffix), None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn grpc_endpoint_name_never_panics_and_round_trips(
+        ep in "[a-z0-9][a-z0-9.-]{0,20}",
+        suffix in "[a-z0-9]{1,10}(\\.[a-z0-9]{1,10}){0,2}",
+        port in proptest::option::of(1u16..),
+        junk in ".{0,40}",
+    ) {
+        let authority = match port {
+            Some(p) => format!("{ep}.{suffix}:{p}"),
+            None => format!("{ep}.{suffix}"),
+        };
+        proptest::prop_assert_eq!(grpc_endpoint_name(None, Some(&authority), Some(&suffix)), Some(ep.as_str()));
+        let _ = grpc_endpoint_name(None, Some(&junk), Some(&suffix));
+        let _ = grpc_endpoint_name(None, Some(&junk), Some(&junk));
+    }
+}
+
+fn grpc_table() -> RouteTable<&'static str> {
+    let dep = |name: &'static str, http2: bool| {
+        Deployment::new(
+            name,
+            "/score",
+            "/swagger.json",
+            Default::default(),
+            vec![],
+            name,
+        )
+        .with_http2(http2)
+    };
+    RouteTable::new([
+        Endpoint::new(
+            "mixed",
+            (),
+            vec![
+                (dep("rest", false), 60),
+                (dep("g1", true), 30),
+                (dep("g2", true), 10),
+            ],
+        ),
+        Endpoint::new("rest-only", (), vec![(dep("rest", false), 100)]),
+        Endpoint::new("pinned-only", (), vec![(dep("g", true), 0)]),
+    ])
+}
+
+#[test]
+fn grpc_calls_split_over_the_http2_deployments_only() {
+    let t = grpc_table();
+    let hv = |s: &'static str| HeaderValue::from_static(s);
+    let ep = t.lookup_grpc(Some(&hv("mixed")), None, None).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for roll in 0..400u32 {
+        *seen
+            .entry(ep.select_grpc(None, roll).unwrap().balancer)
+            .or_insert(0) += 1;
+    }
+    // 30:10 between the HTTP/2 deployments; the HTTP/1.1 one takes none.
+    assert_eq!(seen.get("rest"), None);
+    assert_eq!((seen["g1"], seen["g2"]), (300, 100));
+    // A pinned call goes where it is pinned, if that speaks HTTP/2.
+    assert_eq!(ep.select_grpc(Some(&hv("g2")), 0).unwrap().balancer, "g2");
+    assert_eq!(
+        ep.select_grpc(Some(&hv("rest")), 0).unwrap_err(),
+        RouteError::NoHttp2Deployment {
+            endpoint: "mixed".into(),
+            deployment: Some("rest".into())
+        }
+    );
+    assert!(matches!(
+        ep.select_grpc(Some(&hv("nope")), 0).unwrap_err(),
+        RouteError::DeploymentNotFound { .. }
+    ));
+    let rest = t.lookup_grpc(Some(&hv("rest-only")), None, None).unwrap();
+    let e = rest.select_grpc(None, 7).unwrap_err();
+    assert_eq!(
+        e,
+        RouteError::NoHttp2Deployment {
+            endpoint: "rest-only".into(),
+            deployment: None
+        }
+    );
+    assert!(e.to_string().contains("h2c or h2"), "{e}");
+    // Weights 0: only pinned calls.
+    let pinned = t
+        .lookup_grpc(None, Some("pinned-only.svc:80"), Some("svc"))
+        .unwrap();
+    assert!(pinned.select_grpc(None, 1).is_err());
+    assert_eq!(pinned.select_grpc(Some(&hv("g")), 1).unwrap().balancer, "g");
+    // Unknown or unnamed endpoints.
+    assert_eq!(
+        t.lookup_grpc(Some(&hv("nope")), None, None).err(),
+        Some(RouteError::EndpointNotFound("nope".into()))
+    );
+    assert_eq!(
+        t.lookup_grpc(None, Some("x"), None).err(),
+        Some(RouteError::NoGrpcEndpoint)
+    );
+    // The call's own path goes to the pod: the table has none to offer.
+    assert!(
+        ep.deployments[1]
+            .upstream_uri(
+                Action::Grpc,
+                "/inference.GRPCInferenceService/ModelInfer",
+                None
+            )
+            .is_none()
+    );
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use infergate_auth::AuthPolicy;
-use infergate_config::{AuthMode, Config, EndpointConfig, ResolvedSettings};
+use infergate_config::{
+    AuthMode, Config, ConfigError, EndpointConfig, ResolvedSettings, UpstreamProtocol, UpstreamTls,
+};
 
 /// A pod as discovery or configuration describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,57 @@ pub struct DeploymentSpec {
     pub weight: u32,
     /// Autoscaling of the deployment's workload, when its `scaleSettings` are set and valid.
     pub autoscale: Option<AutoscaleSpec>,
+    /// What the router speaks to the pods (`protocol`, `upstreamTls`).
+    pub transport: PodTransport,
+}
+
+/// How the router reaches a deployment's pods: the protocol, and for `h2` the trust it checks
+/// their certificates with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodTransport {
+    /// `protocol`.
+    pub protocol: UpstreamProtocol,
+    /// With `h2`: the CA certificates (read from `upstreamTls.caPemFile`) and the name.
+    pub tls: Option<Arc<PodTls>>,
+}
+
+/// The trust for a deployment's pods' certificates (`upstreamTls`, its CA file read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTls {
+    /// The CA certificates, DER. Empty when the file could not be read after validation: every
+    /// handshake then fails (closed, not open).
+    pub ca_certs: Vec<Vec<u8>>,
+    /// The name the pods' certificates must hold (and SNI); `None`: each pod's IP address.
+    pub server_name: Option<String>,
+}
+
+impl PodTransport {
+    /// Plain HTTP/1.1 (the default).
+    pub const HTTP1: PodTransport = PodTransport {
+        protocol: UpstreamProtocol::Http1,
+        tls: None,
+    };
+
+    /// The transport a deployment's `protocol` and `upstreamTls` describe (checked as
+    /// [`infergate_config::validate_upstream`] does, at config key `key`), the CA file read now.
+    pub fn load(
+        key: &str,
+        protocol: UpstreamProtocol,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Self, ConfigError> {
+        infergate_config::validate_upstream(key, protocol, tls)?;
+        let tls = match (protocol, tls) {
+            (UpstreamProtocol::H2, Some(t)) => Some(Arc::new(PodTls {
+                ca_certs: infergate_config::load_ca_pem(
+                    &format!("{key}.upstreamTls.caPemFile"),
+                    &t.ca_pem_file,
+                )?,
+                server_name: t.server_name.clone(),
+            })),
+            _ => None,
+        };
+        Ok(PodTransport { protocol, tls })
+    }
 }
 
 /// A deployment's load as the autoscaler reads it.
@@ -140,6 +193,7 @@ pub fn specs_from_config(cfg: &Config) -> Vec<EndpointSpec> {
                         settings,
                         namespace: None,
                     }),
+                    transport: transport(ep, d),
                 })
                 .collect(),
             mirror: ep.mirror.as_ref().map(|m| MirrorSpec {
@@ -152,6 +206,22 @@ pub fn specs_from_config(cfg: &Config) -> Vec<EndpointSpec> {
             pass_authorization: ep.pass_authorization,
         })
         .collect()
+}
+
+/// The transport of a validated deployment. Should its CA file no longer read (changed since
+/// validation), the pods are not trusted at all: every TLS handshake with them fails.
+fn transport(ep: &EndpointConfig, d: &infergate_config::DeploymentConfig) -> PodTransport {
+    let key = format!("endpoints[{}].deployments[{}]", ep.name, d.name);
+    PodTransport::load(&key, d.protocol, d.upstream_tls.as_ref()).unwrap_or_else(|e| {
+        tracing::error!(endpoint = %ep.name, deployment = %d.name, error = %e, "the pods' CA cannot be read: every connection to them fails");
+        PodTransport {
+            protocol: d.protocol,
+            tls: Some(Arc::new(PodTls {
+                ca_certs: Vec::new(),
+                server_name: None,
+            })),
+        }
+    })
 }
 
 /// The policy of a validated endpoint. Token mode reads `signingKeyFile` here; should that fail

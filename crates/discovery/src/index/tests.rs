@@ -495,6 +495,32 @@ fn malformed_endpoints_are_skipped_with_the_key_and_reason_and_others_stay() {
             "spec.auth.mode",
             "unknown authentication mode",
         ),
+        (
+            "badprotocol",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "protocol": "http2"}]}),
+            "spec.deployments[0].protocol",
+            "use one of http1, h2c, h2",
+        ),
+        (
+            "h2-without-ca",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "protocol": "h2"}]}),
+            "spec.deployments[0].upstreamTls",
+            "no CA is given",
+        ),
+        (
+            "h2-unreadable-ca",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "protocol": "h2",
+                "upstreamTls": {"caPemFile": "/nonexistent/ca.pem"}}]}),
+            "spec.deployments[0].upstreamTls.caPemFile",
+            "cannot read the file",
+        ),
+        (
+            "tls-without-h2",
+            json!({"deployments": [{"name": "a", "serviceName": "s", "protocol": "h2c",
+                "upstreamTls": {"caPemFile": "/nonexistent/ca.pem"}}]}),
+            "spec.deployments[0].upstreamTls",
+            "applies only to protocol h2",
+        ),
     ];
     for (name, spec, _, _) in &bad {
         ix.apply_endpoint(&mk_ie("ml", name, spec.clone(), 1));
@@ -1261,4 +1287,32 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn a_deployments_protocol_and_its_ca_reach_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let mut ix = mk_index();
+    let spec = json!({"auth": {"mode": "none"}, "traffic": {"a": 50, "b": 50, "c": 0}, "deployments": [
+        {"name": "a", "serviceName": "s", "protocol": "h2c"},
+        {"name": "b", "serviceName": "s", "protocol": "h2",
+         "upstreamTls": {"caPemFile": ca.display().to_string(), "serverName": "model.ml.svc"}},
+        {"name": "c", "serviceName": "s"}]});
+    ix.apply_endpoint(&mk_ie("ml", "grpc", spec, 0));
+    ix.refresh();
+    let specs = ix.specs();
+    let t: Vec<&PodTransport> = specs[0].deployments.iter().map(|d| &d.transport).collect();
+    assert_eq!(t[0].protocol, UpstreamProtocol::H2c);
+    assert!(t[0].tls.is_none());
+    assert_eq!(t[1].protocol, UpstreamProtocol::H2);
+    let tls = t[1].tls.as_ref().unwrap();
+    assert_eq!(tls.ca_certs.len(), 1);
+    assert_eq!(tls.server_name.as_deref(), Some("model.ml.svc"));
+    assert_eq!(*t[2], PodTransport::HTTP1);
 }

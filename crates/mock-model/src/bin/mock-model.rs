@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use mock_model::MockConfig;
+use mock_model::{MockConfig, MockProtocol, MockTls};
 
 /// A scoring-pod stand-in: answers POST /score, GET /swagger.json, GET / (liveness), GET /stats,
 /// ANY /echo, GET /status/{code}, ANY /reset and the Open Inference Protocol's /v2/... over
-/// HTTP/1.1 and h2c.
+/// HTTP/1.1 and h2c, and the Open Inference Protocol over gRPC
+/// (inference.GRPCInferenceService: ModelInfer, ModelStreamInfer, ...).
 #[derive(Debug, Parser)]
 #[command(name = "mock-model", version)]
 struct Args {
@@ -48,6 +49,54 @@ struct Args {
     /// a pod that stalls mid-answer (per-request override: ?stallAfterChunks=N).
     #[arg(long, value_name = "N")]
     stall_after_chunks: Option<u32>,
+
+    /// What the port speaks: auto (HTTP/1.1 and h2c), h2c (HTTP/2 only) or h2 (HTTP/2 over TLS,
+    /// with --tls-cert and --tls-key).
+    #[arg(long, value_enum, default_value_t = Protocol::Auto)]
+    protocol: Protocol,
+
+    /// PEM certificate chain for --protocol h2.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for --protocol h2.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// HTTP/2 streams a connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
+    /// [default: 200].
+    #[arg(long, value_name = "N")]
+    h2_max_concurrent_streams: Option<u32>,
+}
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Auto,
+    H2c,
+    H2,
+}
+
+/// The port's protocol and TLS from the arguments.
+fn transport(args: &Args) -> anyhow::Result<(MockProtocol, Option<MockTls>)> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(MockTls::from_pem_files(c, k)?),
+        _ => None,
+    };
+    let protocol = match args.protocol {
+        Protocol::Auto => MockProtocol::Auto,
+        Protocol::H2c => MockProtocol::H2c,
+        Protocol::H2 => MockProtocol::H2,
+    };
+    match (protocol, &tls) {
+        (MockProtocol::H2, None) => {
+            anyhow::bail!("--protocol h2 serves TLS: give --tls-cert and --tls-key")
+        }
+        (MockProtocol::Auto | MockProtocol::H2c, Some(_)) => {
+            anyhow::bail!("--tls-cert and --tls-key go with --protocol h2")
+        }
+        _ => Ok((protocol, tls)),
+    }
 }
 
 fn parse_fail_rate(s: &str) -> Result<f64, String> {
@@ -64,6 +113,7 @@ fn parse_fail_rate(s: &str) -> Result<f64, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let (protocol, tls) = transport(&args)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -79,6 +129,9 @@ async fn main() -> anyhow::Result<()> {
         work_survives_disconnect: args.work_survives_disconnect,
         precise_latency: args.precise_latency,
         stall_after_chunks: args.stall_after_chunks,
+        protocol,
+        tls,
+        h2_max_concurrent_streams: args.h2_max_concurrent_streams,
     };
     let handle = mock_model::spawn(listener, config);
     {

@@ -33,6 +33,8 @@ enum Kind {
     /// The request body failed: the client's side (too large, cut off by a stream timer, the
     /// client's own connection).
     RequestBody,
+    /// An HTTP/2 pod's stream or connection broke the protocol (hyper's error is the cause).
+    Http2Protocol,
 }
 
 impl Error {
@@ -65,6 +67,23 @@ impl Error {
         }
     }
 
+    /// An exchange with an HTTP/2 pod (through hyper's client) failed: the same kinds.
+    pub(crate) fn http2(e: hyper::Error) -> Self {
+        let kind = if e.is_user() {
+            Kind::RequestBody
+        } else if e.is_parse() || e.is_parse_status() {
+            Kind::Http2Protocol
+        } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+            Kind::Incomplete
+        } else {
+            Kind::Io
+        };
+        Error {
+            kind,
+            cause: Some(e.into()),
+        }
+    }
+
     /// The request body failed (the client's doing, not the pod's).
     pub fn is_user(&self) -> bool {
         self.kind == Kind::RequestBody
@@ -72,7 +91,7 @@ impl Error {
 
     /// The pod's response was malformed.
     pub fn is_parse(&self) -> bool {
-        matches!(self.kind, Kind::Parse(_))
+        matches!(self.kind, Kind::Parse(_) | Kind::Http2Protocol)
     }
 
     /// The connection ended before the response did.
@@ -88,6 +107,7 @@ impl std::fmt::Display for Error {
             Kind::Incomplete => f.write_str("the pod connection closed before the response ended"),
             Kind::Io => f.write_str("pod connection error"),
             Kind::RequestBody => f.write_str("the request body failed"),
+            Kind::Http2Protocol => f.write_str("HTTP/2 protocol error from the pod"),
         }?;
         match &self.cause {
             Some(c) => write!(f, ": {c}"),
