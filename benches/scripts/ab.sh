@@ -22,9 +22,13 @@
 # `fake-otlp-collector`, decoding every export) listens on 127.0.0.1:18970 on CPU 1 for the whole
 # run, for targets with `+benches/scripts/otlp.yaml` (every request's spans exported to it):
 #   OTLP=1 bash benches/scripts/ab.sh off=/tmp/ig otlp=/tmp/ig+benches/scripts/otlp.yaml
+#
+# `@N` at the end of a target runs it with `--workers N` on CPUs 0..N-1 (default: 1 worker on
+# CPU 0); on this 2-core machine `@2` shares CPU 1 with the generator:
+#   bash benches/scripts/ab.sh w1=target/release/infergate w2=target/release/infergate@2
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[ $# -ge 1 ] || { sed -n 2,24p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,29p "$0"; exit 2; }
 ROUNDS="${ROUNDS:-4}"; DURATION="${DURATION:-4}"; RATE="${RATE:-}"
 for tool in haproxy wrk taskset; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install haproxy wrk" >&2; exit 1; }
@@ -92,7 +96,7 @@ open_run() {
     taskset -c 1 env TOKIO_WORKER_THREADS=1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --name mock >/dev/null 2>&1 &
     local mock=$! px=""; PIDS+=("$mock")
     if [ $# -gt 0 ]; then
-        taskset -c 0 "$@" >"$WORK/$name.log" 2>&1 &
+        taskset -c "${CPUS:-0}" "$@" >"$WORK/$name.log" 2>&1 &
         px=$!; PIDS+=("$px")
     fi
     for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
@@ -121,7 +125,7 @@ if [ "${OTLP:-0}" = 1 ]; then
 fi
 # Each target's configuration: the common one, plus its `+extra.yaml`.
 for v in "$@"; do
-    spec="${v#*=}"
+    spec="${v#*=}"; spec="${spec%@*}"
     cp "$WORK/infergate.yaml" "$WORK/${v%%=*}.yaml"
     [ "$spec" = "${spec#*+}" ] || cat "${spec#*+}" >> "$WORK/${v%%=*}.yaml"
 done
@@ -134,8 +138,8 @@ if [ -n "$RATE" ]; then
             if [ "$v" = haproxy ]; then
                 open_run haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db
             else
-                spec="${v#*=}"
-                open_run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${spec%%+*}" serve --config "$WORK/${v%%=*}.yaml" --workers 1
+                spec="${v#*=}"; n=1; [ "$spec" = "${spec%@*}" ] || n="${spec##*@}"; spec="${spec%@*}"
+                CPUS="0-$((n - 1))" open_run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${spec%%+*}" serve --config "$WORK/${v%%=*}.yaml" --workers "$n"
             fi
         done
     done | tee -a "$WORK/open.txt"
@@ -169,7 +173,7 @@ run() {
     local name=$1 port=$2; shift 2
     taskset -c 0 env TOKIO_WORKER_THREADS=1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --name mock >/dev/null 2>&1 &
     local mock=$!; PIDS+=("$mock")
-    taskset -c 0 "$@" >"$WORK/$name.log" 2>&1 &
+    taskset -c "${CPUS:-0}" "$@" >"$WORK/$name.log" 2>&1 &
     local px=$!; PIDS+=("$px")
     for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
     local url="http://127.0.0.1:$port$URL_PATH"
@@ -197,8 +201,8 @@ for r in $(seq "$ROUNDS"); do
         if [ "$v" = haproxy ]; then
             run haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db
         else
-            spec="${v#*=}"
-            run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${spec%%+*}" serve --config "$WORK/${v%%=*}.yaml" --workers 1
+            spec="${v#*=}"; n=1; [ "$spec" = "${spec%@*}" ] || n="${spec##*@}"; spec="${spec%@*}"
+            CPUS="0-$((n - 1))" run "${v%%=*}" "$IG_PORT" env RUST_LOG=warn "${spec%%+*}" serve --config "$WORK/${v%%=*}.yaml" --workers "$n"
         fi
     done | tee -a "$WORK/runs.txt"
 done
