@@ -13,13 +13,17 @@
 #
 # The 30-minute stream (one event every 10 s, default timers, never cut):
 #   STREAMS=1 INTERVAL_MS=10000 DURATION_S=1800 bash benches/scripts/sse.sh
+#   (SSE_HTTP, SSE_ADMIN, SSE_POD: other ports, to run beside another script)
+#
+# PIN=1: the router with one worker and the mock pod on CPU 0, the client on CPU 1 (layout A of
+# ../shared/BENCHMARKING.md), so that the client's scheduling is not shared with the router.
 #
 # Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 STREAMS="${STREAMS:-1000}"; INTERVAL_MS="${INTERVAL_MS:-100}"; DURATION_S="${DURATION_S:-60}"
-H2="${H2:-0}"; HTTP=18080; ADMIN=18090; POD=18201
+H2="${H2:-0}"; HTTP="${SSE_HTTP:-18080}"; ADMIN="${SSE_ADMIN:-18090}"; POD="${SSE_POD:-18201}"
 CHUNKS=$(( DURATION_S * 1000 / INTERVAL_MS ))
 cargo build --release --quiet -p infergate -p mock-model -p infergate-loadtest
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -30,7 +34,12 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-"$BIN/mock-model" --listen "127.0.0.1:$POD" --name pod >/dev/null &
+PIN="${PIN:-0}"
+# CPU0 / CPU1: command prefixes (taskset execs the command: $! stays the router's pid).
+CPU0=(); CPU1=(); WORKERS=()
+[ "$PIN" = 1 ] && { CPU0=(taskset -c 0); CPU1=(taskset -c 1); WORKERS=(--workers 1); }
+
+"${CPU0[@]}" "$BIN/mock-model" --listen "127.0.0.1:$POD" --name pod >/dev/null &
 PIDS+=($!)
 cat > "$WORK/infergate.yaml" <<YAML
 allowInsecureConnections: true
@@ -42,7 +51,7 @@ endpoints:
     auth: {mode: none}
     deployments: [{name: d, pods: ["127.0.0.1:$POD"]}]
 YAML
-RUST_LOG=warn "$BIN/infergate" serve --config "$WORK/infergate.yaml" >"$WORK/router.log" 2>&1 &
+RUST_LOG=warn "${CPU0[@]}" "$BIN/infergate" serve --config "$WORK/infergate.yaml" "${WORKERS[@]}" >"$WORK/router.log" 2>&1 &
 ROUTER=$!
 PIDS+=($ROUTER)
 for _ in $(seq 100); do
@@ -55,5 +64,5 @@ ARGS=(--direct "http://127.0.0.1:$POD/score" --routed "http://127.0.0.1:$HTTP/ap
       --streams "$STREAMS" --chunks "$CHUNKS" --interval "${INTERVAL_MS}ms" --router-pid "$ROUTER")
 [ "$H2" = 1 ] && ARGS+=(--h2)
 echo "commit $(git rev-parse --short HEAD), $(date '+%F %T'), $(nproc) cores"
-"$BIN/infergate-sse-load" "${ARGS[@]}"
+"${CPU1[@]}" "$BIN/infergate-sse-load" "${ARGS[@]}"
 echo "router stream timeouts: $(curl -s "http://127.0.0.1:$ADMIN/metrics" | grep '^infergate_stream_timeouts_total' | awk '{s+=$2} END {print s+0}')"
