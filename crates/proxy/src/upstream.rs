@@ -14,6 +14,10 @@
 //! is dropped); a request that a pooled connection never started writing is sent again on a
 //! fresh connection to the same pod.
 //!
+//! With `--workers N` a pod's idle HTTP/1.1 connections are kept per worker: a socket belongs to
+//! the reactor of the worker that opened it, so a request on another worker would have each of
+//! its readiness events cross threads. A worker takes and returns connections on its own list.
+//!
 //! A deployment's `protocol` picks the kind: [`Checkout`], [`Exchange`] and [`UpstreamBody`] are
 //! the same to the request path whichever it is; how a request is addressed to the pod (`Host`
 //! and origin-form for HTTP/1.1, `:authority` and `:scheme` for HTTP/2) is done here too.
@@ -53,6 +57,8 @@ pub(crate) struct Upstream {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_pod: usize,
+    /// Idle lists per pod: one per connection worker (see `workers.rs`).
+    idle_lists: usize,
 }
 
 impl Upstream {
@@ -63,6 +69,7 @@ impl Upstream {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             max_idle_per_pod: 1024,
+            idle_lists: crate::workers::worker_count(),
         }
     }
 
@@ -86,13 +93,14 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<H1Checkout, ConnectError> {
         loop {
-            let Some(mut c) = pod.idle.lock().pop() else {
+            let idle = pod.idle_here();
+            let Some(mut c) = idle.lock().pop() else {
                 break;
             };
             if c.idle_since.elapsed() >= self.idle_timeout {
                 // Newest first: every other idle connection is older still. They close
                 // (sockets shut) after the lock is released.
-                let expired = std::mem::take(&mut *pod.idle.lock());
+                let expired = std::mem::take(&mut *idle.lock());
                 drop(expired);
                 break;
             }
@@ -139,17 +147,19 @@ impl Upstream {
 
     /// Closes `pod`'s idle connections unused for longer than the idle timeout.
     fn sweep(&self, pod: &PodConns) {
-        let expired: Vec<UpConn> = {
-            let mut idle = pod.idle.lock();
-            // Oldest first in the list.
-            let n = idle
-                .iter()
-                .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
-                .count();
-            idle.drain(..n).collect()
-        };
-        // Closed outside the lock.
-        drop(expired);
+        for idle in &pod.idle {
+            let expired: Vec<UpConn> = {
+                let mut idle = idle.lock();
+                // Oldest first in the list.
+                let n = idle
+                    .iter()
+                    .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
+                    .count();
+                idle.drain(..n).collect()
+            };
+            // Closed outside the lock.
+            drop(expired);
+        }
         h2::sweep(pod, self.idle_timeout);
     }
 }
@@ -198,13 +208,14 @@ impl ConnPool {
     pub(crate) fn set_pods(&self, pods: &[PodSpec]) {
         let old = self.pods.load_full();
         let wire = self.wire.load().1.clone();
+        let lists = self.upstream.idle_lists;
         let next: HashMap<SocketAddr, Arc<PodConns>> = pods
             .iter()
             .map(|p| {
                 let conns = old
                     .get(&p.addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr, wire.clone())));
+                    .unwrap_or_else(|| Arc::new(PodConns::new(p.addr, wire.clone(), lists)));
                 (p.addr, conns)
             })
             .collect();
@@ -224,7 +235,7 @@ impl ConnPool {
         deadline: Instant,
     ) -> Result<Checkout, ConnectError> {
         let pod = self.pods.load().get(&addr).cloned().unwrap_or_else(|| {
-            let p = PodConns::new(addr, self.wire.load().1.clone());
+            let p = PodConns::new(addr, self.wire.load().1.clone(), 1);
             p.retire();
             Arc::new(p)
         });
@@ -289,8 +300,8 @@ pub(crate) enum SendError {
 #[derive(Debug)]
 pub(crate) struct PodConns {
     addr: SocketAddr,
-    /// Oldest first; taken and returned at the end.
-    idle: parking_lot::Mutex<Vec<UpConn>>,
+    /// One list per connection worker, oldest first; taken and returned at the end.
+    idle: Box<[parking_lot::Mutex<Vec<UpConn>>]>,
     /// HTTP/2: the open connections, shared by the streams.
     h2: h2::PodH2,
     /// What the pod speaks.
@@ -301,10 +312,12 @@ pub(crate) struct PodConns {
 }
 
 impl PodConns {
-    fn new(addr: SocketAddr, wire: Arc<Wire>) -> Self {
+    fn new(addr: SocketAddr, wire: Arc<Wire>, lists: usize) -> Self {
         PodConns {
             addr,
-            idle: parking_lot::Mutex::new(Vec::new()),
+            idle: (0..lists.max(1))
+                .map(|_| parking_lot::Mutex::new(Vec::new()))
+                .collect(),
             h2: h2::PodH2::new(addr, &wire),
             wire,
             host: HeaderValue::try_from(addr.to_string())
@@ -316,9 +329,16 @@ impl PodConns {
     fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         // Closed outside the lock.
-        let idle = std::mem::take(&mut *self.idle.lock());
-        drop(idle);
+        for idle in &self.idle {
+            let idle = std::mem::take(&mut *idle.lock());
+            drop(idle);
+        }
         self.h2.retire();
+    }
+
+    /// The idle list of the worker this runs on.
+    fn idle_here(&self) -> &parking_lot::Mutex<Vec<UpConn>> {
+        &self.idle[crate::workers::current_worker() % self.idle.len()]
     }
 
     fn is_retired(&self) -> bool {
@@ -413,7 +433,7 @@ impl H1Checkout {
             return;
         }
         self.conn.idle_since = Instant::now();
-        let mut idle = self.pod.idle.lock();
+        let mut idle = self.pod.idle_here().lock();
         if idle.len() < self.max_idle {
             idle.push(self.conn);
         }
@@ -700,7 +720,7 @@ mod tests {
             exchange(&pool, addr).await;
         }
         assert_eq!(opened.load(Ordering::SeqCst), 1, "one connection, reused");
-        let idle = || pool.pods.load()[&addr].idle.lock().len();
+        let idle = || pool.pods.load()[&addr].idle_here().lock().len();
         assert_eq!(idle(), 1);
 
         // The sweep leaves a fresh idle connection alone and closes an expired one.
@@ -749,6 +769,42 @@ mod tests {
         exchange(&pool, addr).await;
         eventually("the unpooled connection closed", || {
             closed.load(Ordering::SeqCst) == 3
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn each_worker_reuses_only_the_connections_it_opened() {
+        let (addr, opened, closed) = pod().await;
+        let up = Upstream {
+            idle_lists: 2,
+            ..Upstream::new()
+        };
+        let pool = ConnPool::new(&up, &[addr.into()], &PodTransport::HTTP1);
+        let opened = || opened.load(Ordering::SeqCst);
+        crate::workers::set_current_worker(0);
+        exchange(&pool, addr).await;
+        exchange(&pool, addr).await;
+        assert_eq!(opened(), 1);
+        crate::workers::set_current_worker(1);
+        exchange(&pool, addr).await;
+        assert_eq!(opened(), 2, "worker 1 opens its own connection");
+        exchange(&pool, addr).await;
+        crate::workers::set_current_worker(0);
+        exchange(&pool, addr).await;
+        assert_eq!(opened(), 2, "each worker reused its own");
+        let lens = |pool: &ConnPool| {
+            pool.pods.load()[&addr]
+                .idle
+                .iter()
+                .map(|l| l.lock().len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lens(&pool), [1, 1]);
+        // The pod leaves: the idle connections of every worker close.
+        pool.set_pods(&[]);
+        eventually("both workers' idle connections closed", || {
+            closed.load(Ordering::SeqCst) == 2
         })
         .await;
     }

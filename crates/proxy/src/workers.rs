@@ -33,6 +33,12 @@ pub fn current_worker() -> usize {
     WORKER.with(Cell::get)
 }
 
+/// Makes this thread act as worker `i` (tests of per-worker state).
+#[cfg(test)]
+pub(crate) fn set_current_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
 /// The number of workers started in this process (1 when none were).
 pub fn worker_count() -> usize {
     STARTED.load(Ordering::Relaxed).max(1)
