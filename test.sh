@@ -20,7 +20,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 
 echo "== observability: the dashboard and alerts against a real Prometheus (deploy/observability/check.sh)"
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then

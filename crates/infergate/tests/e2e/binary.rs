@@ -137,7 +137,10 @@ async fn access_log_is_one_json_line_per_request_with_all_fields() {
     let pod = mock("logpod", 0).await;
     let dir = tempfile::tempdir().unwrap();
     let f = one_pod_config(dir.path(), &pod);
-    let mut b = Bin::spawn(&["serve", "--config", &f]);
+    // One worker: idle pod connections are kept per worker, and the second request below must
+    // find the first one's (each `call` is a new client connection, which two workers could
+    // place on the other worker).
+    let mut b = Bin::spawn(&["serve", "--config", &f, "--workers", "1"]);
     let http = b.listening("http");
     let mut q = post("/api/v1/endpoint/e/score", "{\"x\": 1}");
     q.headers_mut().insert(
