@@ -9,6 +9,10 @@
 #   bash benches/compare.sh --out bench.md           # full run (~25 min on an idle machine)
 #   QUICK=1 bash benches/compare.sh                  # smoke test: 1 round, 1+3 s runs
 #   bash benches/compare.sh --perf --out bench.md    # + a perf profile of infergate at the end
+#   ALL=1 bash benches/compare.sh --out bench.md     # + the focused scripts (~15 min more):
+#       two workers against one (ab.sh NAME=BIN@2), TLS against plain (tls-ab.sh), 10 MB uploads
+#       against nginx (big-bodies.sh), gRPC against Envoy (grpc_compare.sh), 10,000 idle
+#       connections (idle-conns.sh); their reports follow on stdout
 #
 # Options are passed to benches/scripts/compare.py (--help lists them: --rounds, --duration,
 # --warmup, --rates, --tls-rates, --no-tls, --targets, --idle-threshold, --idle-max-wait,
@@ -70,4 +74,23 @@ PY_PID=$!
 wait "$PY_PID"
 rc=$?
 PY_PID=""
-exit "$rc"
+[ "$rc" = 0 ] && [ "${ALL:-0}" = 1 ] || exit "$rc"
+
+# The focused scripts, on the same binaries (each stops by itself and cleans up); with QUICK=1,
+# one short round each (a smoke test of the wiring, not a measurement).
+export CARGO_TARGET_DIR="$TARGET" SKIP_BUILD=1 BIN MOCK="$BIN/mock-model"
+IG="$BIN/infergate"
+if [ -n "${QUICK:-}" ]; then
+    R=(ROUNDS=1 DURATION=2); BIG=(ROUNDS=1 CONCS=1); GRPC=(--rounds 1 --duration 2 --layouts C)
+    IDLE=(CONNS=500 SCENARIOS=plain-silent)
+else
+    R=(ROUNDS=3 DURATION=5); BIG=(); GRPC=(); IDLE=()
+fi
+extra() { echo; echo "## $1"; echo; shift; "$@" 2>&1 | tail -n 30 || echo "(failed)"; }
+extra "Two workers against one (ab.sh)" env "${R[@]}" bash benches/scripts/ab.sh w1="$IG" w2="$IG@2"
+extra "TLS against plain (tls-ab.sh)" env "${R[@]}" bash benches/scripts/tls-ab.sh now="$IG"
+extra "10 MB uploads against nginx (big-bodies.sh)" env "${BIG[@]}" bash benches/scripts/big-bodies.sh
+if [ -n "$ENVOY" ]; then
+    extra "gRPC against Envoy (grpc_compare.sh)" env ENVOY="$ENVOY" bash benches/grpc_compare.sh "${GRPC[@]}"
+fi
+extra "10,000 idle connections (idle-conns.sh)" env "${IDLE[@]}" bash benches/scripts/idle-conns.sh
