@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project: formatting, the crypto-provider guard, all cargo tests
 # (unit, property, end-to-end over 127.0.0.1), the dashboard and alerts against a real
-# Prometheus (when installed), a check of the release feature set (no `demo`), and offline
-# schema validation of the manifests.
+# Prometheus (when installed), schemathesis against the router's swagger URL, a check of the
+# release feature set (no `demo`), and offline schema validation of the manifests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -28,6 +28,9 @@ if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
 else
     echo "skipped: prometheus not installed (apt-get install --no-install-recommends prometheus; .ci/run installs it)"
 fi
+
+echo "== swagger tools: schemathesis through the router's swagger URL alone (tests/swagger-tools.sh)"
+bash tests/swagger-tools.sh
 
 echo "== the release build's features: infergate without \`demo\` (as the Dockerfile builds it)"
 cargo check -p infergate --no-default-features --locked

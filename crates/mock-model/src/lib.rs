@@ -777,15 +777,17 @@ fn swagger(name: &str) -> Value {
                     "summary": "Score the request body",
                     "operationId": "score",
                     "parameters": [
+                        // Bounded, so that a tool generating values from the document (schemathesis)
+                        // makes quick requests.
                         {"name": "latencyMs", "in": "query", "required": false,
                          "description": "Service time in milliseconds",
-                         "schema": {"type": "integer", "minimum": 0}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": 100}},
                         {"name": "streamChunks", "in": "query", "required": false,
                          "description": "Stream the answer as this many chunks",
-                         "schema": {"type": "integer", "minimum": 0}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": 16}},
                         {"name": "respondBytes", "in": "query", "required": false,
                          "description": "Answer with this many bytes of octet-stream",
-                         "schema": {"type": "integer", "minimum": 0}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": 65536}},
                     ],
                     "requestBody": {
                         "required": false,
@@ -793,10 +795,18 @@ fn swagger(name: &str) -> Value {
                     },
                     "responses": {
                         "200": {
-                            "description": "Scoring result",
-                            "content": {"application/json": {"schema": {
-                                "$ref": "#/components/schemas/ScoreResult"
-                            }}},
+                            "description": "Scoring result (streamed as NDJSON or server-sent \
+                                events with streamChunks, bytes with respondBytes)",
+                            "content": {
+                                "application/json": {"schema": {
+                                    "$ref": "#/components/schemas/ScoreResult"
+                                }},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                                "text/event-stream": {"schema": {"type": "string"}},
+                                "application/octet-stream": {"schema": {
+                                    "type": "string", "format": "binary"
+                                }},
+                            },
                         },
                         "500": {
                             "description": "Injected failure",
