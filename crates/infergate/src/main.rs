@@ -149,7 +149,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, sets, run } => {
-            // Validate before anything else (and before any port is bound).
+            // Validate before anything else (and before any port is bound). The file is hashed
+            // first: the reloader watches for changes from this version on.
+            let loaded = reload::file_hash(&config);
             let cfg = match infergate_config::Config::load(&config, &sets) {
                 Ok(c) => c,
                 Err(e) => {
@@ -238,8 +240,9 @@ fn main() -> ExitCode {
                     )
                 });
                 // SIGHUP and file changes reload the configuration from here on.
-                let reloader =
-                    reload::Reloader::new(&config, &sets, &cfg, server.router().clone()).spawn();
+                let reloader = reload::Reloader::new(&config, &sets, &cfg, server.router().clone())
+                    .loaded_from(loaded)
+                    .spawn();
                 let reloader = match reloader {
                     Ok(r) => r,
                     Err(e) => {

@@ -109,6 +109,9 @@ pub struct Reloader {
     failed: Counter,
     pending: Gauge,
     last_ok: Gauge,
+    /// The configuration file's contents hashed before the running configuration was read from
+    /// it (see [`Reloader::loaded_from`]).
+    loaded: u64,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -133,11 +136,20 @@ impl Reloader {
             failed: registry.counter(CONFIG_RELOADS_TOTAL, &[("result", "failed")]),
             pending: registry.gauge(CONFIG_RESTART_PENDING, &[]),
             last_ok: registry.gauge(CONFIG_LAST_RELOAD_SUCCESS, &[]),
+            loaded: file_hash(path),
             router,
         };
         r.pending.set(0.0);
         r.last_ok.set(unix_now());
         r
+    }
+
+    /// The file's hash taken (with [`file_hash`]) before `cfg` was read from it. A change written
+    /// between that read and [`Reloader::spawn`] is then seen at the first tick; a file that
+    /// changed between the hash and the read is read once more (harmless).
+    pub fn loaded_from(mut self, hash: u64) -> Self {
+        self.loaded = hash;
+        self
     }
 
     /// Re-reads, validates and applies the configuration file.
@@ -216,9 +228,7 @@ impl Reloader {
 
     /// The configuration file's contents, hashed.
     fn file_hash(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        std::fs::read(&self.path).ok().hash(&mut h);
-        h.finish()
+        file_hash(&self.path)
     }
 
     /// [`Reloader::fingerprint`] with the configuration file's part given: the file as it was
@@ -249,8 +259,11 @@ impl Reloader {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = signal(SignalKind::hangup())?;
         let interval = Duration::from_millis(self.started.config_reload_interval_ms);
+        // From the file as it was loaded, not as it is when the task first runs: on a
+        // single-threaded runtime that is after the listeners are up, and a change written
+        // meanwhile would be taken for the one running.
+        let mut seen = self.fingerprint_with(self.loaded);
         Ok(tokio::spawn(async move {
-            let mut seen = self.fingerprint();
             let mut tick = (!interval.is_zero()).then(|| {
                 let mut t = tokio::time::interval(interval);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,6 +297,13 @@ impl Reloader {
             }
         }))
     }
+}
+
+/// A file's contents, hashed (a file that cannot be read hashes as such).
+pub fn file_hash(path: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    std::fs::read(path).ok().hash(&mut h);
+    h.finish()
 }
 
 fn unix_now() -> f64 {
