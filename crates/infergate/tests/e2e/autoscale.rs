@@ -906,12 +906,21 @@ async fn autoscale_leader_failover_hands_over_without_overlap() {
     let b = 1 - a;
     eprintln!("autoscale failover: leader {}", rs[a].name);
     // A small load through the leader (1 pod of 1 slot 90% busy, evenly spaced: hardly a queue, so no
-    // panic and no jump far beyond): it scales to 2.
-    open_loop(rs[a].http, &[(18.0, Duration::from_secs(3))]).await;
-    assert!(
-        eventually(Duration::from_secs(3), async || !c.writes().is_empty()).await,
-        "the leader did not scale"
-    );
+    // panic and no jump far beyond): it scales to 2. The decision samples the slots taken at each
+    // poll, so on a loaded machine a few polls may fall between requests: the load goes on, a
+    // second at a time, until the write (at most 12 s).
+    let load_start = Instant::now();
+    while c.writes().is_empty() && load_start.elapsed() < Duration::from_secs(12) {
+        open_loop(rs[a].http, &[(18.0, Duration::from_secs(1))]).await;
+    }
+    if !eventually(Duration::from_secs(3), async || !c.writes().is_empty()).await {
+        let m = rs[a].metrics().await;
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| l.contains("autoscaler") || l.contains("cluster_deployment"))
+            .collect();
+        panic!("the leader did not scale in 15 s; its metrics: {lines:#?}");
+    }
     let by_a = rs[a].decisions().await;
     assert_eq!(rs[b].decisions().await, 0.0, "the follower wrote a scale");
     assert!(!rs[b].is_leader().await);
