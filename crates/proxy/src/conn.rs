@@ -16,6 +16,11 @@
 //!    `timeout http-keep-alive` then `timeout http-request`). Idle connections are closed
 //!    gracefully (HTTP/2: GOAWAY); an overdue head closes the connection at once.
 //! 4. **During requests** no connection timer runs: the request's own timeouts apply.
+//! 5. **Parked** (HTTP/1.1): a keep-alive connection idle for [`PARK_AFTER`] gives hyper's
+//!    connection (its read and write buffers, ~24 KiB) back and waits for the client's next byte
+//!    holding only the socket (and the TLS session, which holds no buffer while it waits); the
+//!    next request gets a fresh hyper connection. The client sees nothing: no byte is written,
+//!    the socket stays open, and `idleTimeoutMs` still closes it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,7 +54,8 @@ use crate::body::BoxError;
 use crate::error::ProxyError;
 use crate::forward::ConnInfo;
 use crate::metrics::{
-    CONNECTION_TIMEOUTS_TOTAL, CONNECTIONS_REFUSED_TOTAL, TLS_HANDSHAKE_FAILURES_TOTAL,
+    CONNECTION_TIMEOUTS_TOTAL, CONNECTIONS_PARKED, CONNECTIONS_REFUSED_TOTAL,
+    TLS_HANDSHAKE_FAILURES_TOTAL,
 };
 use crate::response::ProxyBody;
 use crate::router::Router;
@@ -60,6 +66,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection closed gracefully may take to go (HTTP/2: the GOAWAY and PING
 /// round trip) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long an HTTP/1.1 keep-alive connection waits with no request before it is parked: its
+/// hyper connection (buffers included) is dropped until the client's next byte.
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// hyper's HTTP/1.1 parser keeps up to this many header slots on the stack; more cost a heap
@@ -79,6 +88,8 @@ pub(crate) struct Edge {
     handshake_failures: Counter,
     header_timeouts: Counter,
     idle_timeouts: Counter,
+    /// HTTP/1.1 connections parked now.
+    parked: Gauge,
 }
 
 impl std::fmt::Debug for Edge {
@@ -182,6 +193,7 @@ impl Edge {
             handshake_failures: registry.counter(TLS_HANDSHAKE_FAILURES_TOTAL, &[]),
             header_timeouts: timeouts("header_read"),
             idle_timeouts: timeouts("idle"),
+            parked: registry.gauge(CONNECTIONS_PARKED, &[]),
         }
     }
 
@@ -324,6 +336,8 @@ enum Expiry {
     Head,
     /// No request in flight for `idleTimeoutMs`.
     Idle,
+    /// HTTP/1.1: no request in flight for the park delay ([`PARK_AFTER`]).
+    Park,
 }
 
 /// The connection's next deadline.
@@ -375,8 +389,9 @@ impl ConnState {
         }
     }
 
-    /// The deadline in force now.
-    fn due(&self, header_read: Duration, idle: Duration) -> Due {
+    /// The deadline in force now; with `park` (shorter than `idle`), an idle connection's is
+    /// its parking.
+    fn due(&self, header_read: Duration, idle: Duration, park: Option<Duration>) -> Due {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Due::Busy;
         }
@@ -386,8 +401,11 @@ impl ConnState {
         let ms = Duration::from_millis;
         match self.next_head_at.load(Ordering::Relaxed) {
             0 => {
-                let since = self.idle_since.load(Ordering::Relaxed);
-                Due::At(self.start + ms(since) + idle, Expiry::Idle)
+                let since = self.start + ms(self.idle_since.load(Ordering::Relaxed));
+                match park {
+                    Some(p) => Due::At(since + p, Expiry::Park),
+                    None => Due::At(since + idle, Expiry::Idle),
+                }
             }
             at => Due::At(self.start + ms(at - 1) + header_read, Expiry::Head),
         }
@@ -444,6 +462,8 @@ struct EdgeIo<T> {
     prefix: [u8; 24],
     prefix_pos: u8,
     prefix_len: u8,
+    /// Bytes a parked hyper connection had read but not parsed (read after the prefix).
+    carry: Bytes,
     /// HTTP/1.1: where arriving bytes are noted.
     watch: Option<Arc<ConnState>>,
 }
@@ -457,8 +477,39 @@ impl<T> EdgeIo<T> {
             prefix: p,
             prefix_pos: 0,
             prefix_len: prefix.len() as u8,
+            carry: Bytes::new(),
             watch,
         }
+    }
+}
+
+impl<T: WaitInput> EdgeIo<T> {
+    /// Waits until there is something to read (end of stream and errors included) without
+    /// reading it.
+    async fn wait_for_input(&self) -> io::Result<()> {
+        if self.prefix_pos < self.prefix_len || !self.carry.is_empty() {
+            return Ok(());
+        }
+        self.inner.wait_for_input().await
+    }
+}
+
+/// A stream that can wait for its peer's next bytes without reading them (and without holding
+/// a buffer meanwhile).
+pub(crate) trait WaitInput {
+    fn wait_for_input(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl WaitInput for TcpStream {
+    async fn wait_for_input(&self) -> io::Result<()> {
+        // A peek of one byte: Ok(0) is the end of the stream, which is input too.
+        self.peek(&mut [0u8; 1]).await.map(|_| ())
+    }
+}
+
+impl WaitInput for TlsIo {
+    fn wait_for_input(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TlsStream::wait_for_input(self)
     }
 }
 
@@ -474,6 +525,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
             this.prefix_pos += n as u8;
+            return Poll::Ready(Ok(()));
+        }
+        if !this.carry.is_empty() {
+            let n = this.carry.len().min(buf.remaining());
+            buf.put_slice(&this.carry[..n]);
+            bytes::Buf::advance(&mut this.carry, n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -583,9 +640,34 @@ pub(crate) async fn serve(
         o = open(tcp, tls.as_ref(), &edge, &state, first_head) => o,
         () = stopped(&mut stop) => return,
     };
-    let Some(opened) = opened else { return };
-    // The serving state is large (hyper's connection); it is allocated only now.
-    Box::pin(run(opened, info, router, edge, state, stop)).await;
+    let Some(mut opened) = opened else { return };
+    loop {
+        // The serving state is large (hyper's connection and its buffers, the request's
+        // future): it is allocated only while the client is sending or being answered.
+        let ended = Box::pin(run(
+            opened,
+            info,
+            router.clone(),
+            edge.clone(),
+            state.clone(),
+            stop.clone(),
+        ))
+        .await;
+        let Some(p) = ended else { return };
+        // Parked: this task holds the socket (and the TLS session) and the small state only.
+        let resume = match &p {
+            Opened::Plain(io, _) => parked(io, &edge, &state, &mut stop).await,
+            Opened::Tls(io, _) => parked(io, &edge, &state, &mut stop).await,
+        };
+        if !resume {
+            let _ = match p {
+                Opened::Plain(mut io, _) => tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await,
+                Opened::Tls(mut io, _) => tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await,
+            };
+            return;
+        }
+        opened = p;
+    }
 }
 
 /// Reads until the bytes tell HTTP/2's preface from anything else (HTTP/1.1); `None` if the
@@ -676,6 +758,8 @@ async fn open(
     Some(Opened::Tls(EdgeIo::new(stream, &[], watch), proto))
 }
 
+/// Serves the connection with hyper until it ends (`None`) or, HTTP/1.1, parks (`Some`: the
+/// connection to wait on, hyper's side taken apart).
 async fn run(
     opened: Opened,
     info: ConnInfo,
@@ -683,7 +767,7 @@ async fn run(
     edge: Arc<Edge>,
     state: Arc<ConnState>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<Opened> {
     let svc = {
         let (router, state) = (router.clone(), state.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -700,28 +784,35 @@ async fn run(
     };
     let (edge, state, stop) = (&*edge, &*state, &mut stop);
     let result = match opened {
-        Opened::Plain(io, Proto::H1) => serve_h1(io, svc, &router, edge, state, stop, &info).await,
-        Opened::Tls(io, Proto::H1) => serve_h1(io, svc, &router, edge, state, stop, &info).await,
+        Opened::Plain(io, Proto::H1) => serve_h1(io, svc, &router, edge, state, stop, &info)
+            .await
+            .map(|p| p.map(|io| Opened::Plain(io, Proto::H1))),
+        Opened::Tls(io, Proto::H1) => serve_h1(io, svc, &router, edge, state, stop, &info)
+            .await
+            .map(|p| p.map(|io| Opened::Tls(io, Proto::H1))),
         Opened::Plain(io, Proto::H2) => {
             let c = pin!(edge.h2.serve_connection(TokioIo::new(io), svc));
-            drive(c, |c| c.graceful_shutdown(), edge, state, stop)
+            drive(c, |c| c.graceful_shutdown(), edge, state, stop, None)
                 .await
-                .map(|_| ())
+                .map(|_| None)
         }
         Opened::Tls(io, Proto::H2) => {
             let c = pin!(edge.h2.serve_connection(TokioIo::new(io), svc));
-            drive(c, |c| c.graceful_shutdown(), edge, state, stop)
+            drive(c, |c| c.graceful_shutdown(), edge, state, stop, None)
                 .await
-                .map(|_| ())
+                .map(|_| None)
         }
     };
-    if let Err(e) = result {
-        // hyper's HTTP/1.1 parser answered a head over its ceiling with a bare 431 itself.
-        if e.is_parse_too_large() {
-            router.count_unrouted(431);
-        }
-        tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
+    let e = match result {
+        Ok(parked) => return parked,
+        Err(e) => e,
+    };
+    // hyper's HTTP/1.1 parser answered a head over its ceiling with a bare 431 itself.
+    if e.is_parse_too_large() {
+        router.count_unrouted(431);
     }
+    tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
+    None
 }
 
 /// An HTTP/1.1 connection. It runs under the stream timers (one exchange at a time): the hyper
@@ -738,7 +829,7 @@ async fn serve_h1<T, S>(
     state: &ConnState,
     stop: &mut watch::Receiver<bool>,
     info: &ConnInfo,
-) -> hyper::Result<()>
+) -> hyper::Result<Option<EdgeIo<T>>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: hyper::service::HttpService<Incoming, ResBody = ConnBody> + Unpin,
@@ -751,16 +842,61 @@ where
             edge,
             state,
             stop,
+            Some(PARK_AFTER),
         )
         .await?;
-        if ended == Ended::HeadTimeout {
-            let io = c.into_parts().io.into_inner();
-            router.count_unrouted(408);
-            late_408(io, edge.header_read).await;
+        match ended {
+            Ended::Closed => Ok(None),
+            Ended::HeadTimeout => {
+                let io = c.into_parts().io.into_inner();
+                router.count_unrouted(408);
+                late_408(io, edge.header_read).await;
+                Ok(None)
+            }
+            Ended::Park => {
+                // `graceful_shutdown` on an idle connection closes hyper's side at once,
+                // writing nothing; without the shutdown the socket stays open. (Were a
+                // response still being written, hyper finishes it first: no request is in
+                // flight, so its head is out and carries no `connection: close`.)
+                let parts = c.without_shutdown().await?;
+                let mut io = parts.io.into_inner();
+                // The bytes read and not parsed, copied: `read_buf` shares hyper's whole read
+                // buffer (16 KiB after a request), which parking is there to give back.
+                if !parts.read_buf.is_empty() {
+                    io.carry = Bytes::copy_from_slice(&parts.read_buf);
+                }
+                Ok(Some(io))
+            }
         }
-        Ok(())
     };
     watched(conn, info).await
+}
+
+/// A parked HTTP/1.1 connection waits for the client's next byte (true), or ends (false) at
+/// the idle timeout, when the server stops, or on an error.
+async fn parked<T: WaitInput>(
+    io: &EdgeIo<T>,
+    edge: &Edge,
+    state: &ConnState,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    edge.parked.increment(1.0);
+    crate::memory::parked();
+    let resume = tokio::select! {
+        biased;
+        r = io.wait_for_input() => r.is_ok(),
+        why = deadline(state, edge.header_read, edge.idle, None) => {
+            if why == Expiry::Idle {
+                edge.idle_timeouts.increment(1);
+            } else {
+                edge.header_timeouts.increment(1);
+            }
+            false
+        }
+        () = stopped(stop) => false,
+    };
+    edge.parked.decrement(1.0);
+    resume
 }
 
 /// Writes the router's `408` on a connection whose request head did not complete in time (the
@@ -794,15 +930,15 @@ async fn late_408<T: AsyncWrite + Unpin>(mut io: T, header_read: Duration) {
 
 /// An HTTP/1.1 connection under the stream timers: when one fires mid-exchange the connection
 /// is closed (the client sees the answer end without its terminal chunk).
-async fn watched(
-    conn: impl Future<Output = hyper::Result<()>>,
+async fn watched<R: Default>(
+    conn: impl Future<Output = hyper::Result<R>>,
     info: &ConnInfo,
-) -> hyper::Result<()> {
+) -> hyper::Result<R> {
     match Watchdog::new(conn).await {
         Some(r) => r,
         None => {
             tracing::debug!(remote = %info.remote, "stream timer fired: connection closed");
-            Ok(())
+            Ok(R::default())
         }
     }
 }
@@ -816,11 +952,12 @@ async fn drive<C>(
     edge: &Edge,
     state: &ConnState,
     stop: &mut watch::Receiver<bool>,
+    park: Option<Duration>,
 ) -> hyper::Result<Ended>
 where
     C: Future<Output = hyper::Result<()>>,
 {
-    let mut deadline = pin!(deadline(state, edge.header_read, edge.idle));
+    let mut deadline = pin!(deadline(state, edge.header_read, edge.idle, park));
     let mut stop = pin!(stopped(stop));
     let mut draining = false;
     let expired = loop {
@@ -843,6 +980,11 @@ where
             edge.header_timeouts.increment(1);
             Ok(Ended::HeadTimeout)
         }
+        // HTTP/1.1 idle for the park delay: hyper's side closes at once, writing nothing.
+        Expiry::Park => {
+            graceful(conn.as_mut());
+            Ok(Ended::Park)
+        }
         // Idle: a graceful close (HTTP/2: GOAWAY, so the client retries elsewhere safely).
         Expiry::Idle => {
             edge.idle_timeouts.increment(1);
@@ -861,14 +1003,24 @@ enum Ended {
     /// A request head did not complete within the header-read timeout: nothing was answered
     /// yet.
     HeadTimeout,
+    /// HTTP/1.1, idle for the park delay: hyper's side was closed gracefully (nothing written);
+    /// its connection is to be taken apart without a shutdown and the socket parked.
+    Park,
 }
 
 /// Completes with the connection's deadline that passed. Re-reads the state on every poll (the
 /// connection's task polls it after the hyper connection, so an HTTP/1.1 head that begins is
 /// seen at once); while requests are in flight it wakes once per idle timeout to look again
 /// (HTTP/2 streams end in tasks of their own).
-async fn deadline(state: &ConnState, header_read: Duration, idle: Duration) -> Expiry {
-    let initial = match state.due(header_read, idle) {
+async fn deadline(
+    state: &ConnState,
+    header_read: Duration,
+    idle: Duration,
+    park: Option<Duration>,
+) -> Expiry {
+    // Parking only before the idle timeout.
+    let park = park.filter(|p| *p < idle);
+    let initial = match state.due(header_read, idle, park) {
         Due::At(at, _) => at,
         Due::Busy => Instant::now() + idle,
     };
@@ -876,7 +1028,7 @@ async fn deadline(state: &ConnState, header_read: Duration, idle: Duration) -> E
     let mut sleep = pin!(tokio::time::sleep_until(initial));
     poll_fn(|cx| {
         loop {
-            match state.due(header_read, idle) {
+            match state.due(header_read, idle, park) {
                 Due::At(at, _) if at != armed => {
                     armed = at;
                     sleep.as_mut().reset(at);
@@ -888,7 +1040,7 @@ async fn deadline(state: &ConnState, header_read: Duration, idle: Duration) -> E
                 _ => {}
             }
             ready!(sleep.as_mut().poll(cx));
-            if let Due::At(at, why) = state.due(header_read, idle)
+            if let Due::At(at, why) = state.due(header_read, idle, park)
                 && at <= Instant::now()
             {
                 return Poll::Ready(why);

@@ -31,6 +31,7 @@ mod forward;
 pub mod grpc;
 mod h1;
 pub mod headers;
+mod memory;
 pub mod metrics;
 mod mirror;
 mod otlp;

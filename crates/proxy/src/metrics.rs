@@ -24,6 +24,9 @@ pub const REQUESTS_IN_FLIGHT: &str = "infergate_requests_in_flight";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "infergate_tls_handshake_failures_total";
 /// Client connections open now, by `listener` (`https`, `http`).
 pub const CONNECTIONS_OPEN: &str = "infergate_connections_open";
+/// HTTP/1.1 keep-alive connections parked now: idle, holding only the socket (and the TLS
+/// session) until the client's next byte.
+pub const CONNECTIONS_PARKED: &str = "infergate_connections_parked";
 /// Connections closed at accept by a cap, by `reason` (`global_limit`, `per_client_limit`).
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "infergate_connections_refused_total";
 /// Connections closed by a deadline, by `timeout` (`header_read`: no complete request head in
@@ -122,6 +125,11 @@ pub const FAMILIES: &[Describe] = &[
         CONNECTIONS_OPEN,
         Kind::Gauge,
         "Client connections open now, by listener (https, http).",
+    ),
+    Describe::new(
+        CONNECTIONS_PARKED,
+        Kind::Gauge,
+        "HTTP/1.1 keep-alive connections idle for 1 s or more, parked: no HTTP buffers held until the client's next byte.",
     ),
     Describe::new(
         CONNECTIONS_REFUSED_TOTAL,

@@ -86,41 +86,50 @@ async fn deadlines_follow_the_connection_through_its_requests() {
     let start = Instant::now();
     let s = ConnState::new(start);
     // Before the first request: the header deadline from the accept, bytes or not.
-    assert_eq!(s.due(HEADER, IDLE), Due::At(start + HEADER, Expiry::Head));
+    assert_eq!(
+        s.due(HEADER, IDLE, None),
+        Due::At(start + HEADER, Expiry::Head)
+    );
     s.bytes_arrived();
-    assert_eq!(s.due(HEADER, IDLE), Due::At(start + HEADER, Expiry::Head));
+    assert_eq!(
+        s.due(HEADER, IDLE, None),
+        Due::At(start + HEADER, Expiry::Head)
+    );
     // A request in flight: no deadline, whatever its length.
     tokio::time::advance(Duration::from_millis(100)).await;
     s.request_started();
-    assert_eq!(s.due(HEADER, IDLE), Due::Busy);
+    assert_eq!(s.due(HEADER, IDLE, None), Due::Busy);
     tokio::time::advance(Duration::from_secs(5)).await;
-    assert_eq!(s.due(HEADER, IDLE), Due::Busy);
+    assert_eq!(s.due(HEADER, IDLE, None), Due::Busy);
     s.request_done();
     let idle_from = Instant::now();
-    assert_eq!(s.due(HEADER, IDLE), Due::At(idle_from + IDLE, Expiry::Idle));
+    assert_eq!(
+        s.due(HEADER, IDLE, None),
+        Due::At(idle_from + IDLE, Expiry::Idle)
+    );
     // The next request's first byte: its head has the header timeout from then.
     tokio::time::advance(Duration::from_millis(700)).await;
     s.bytes_arrived();
     let head_from = Instant::now();
     assert_eq!(
-        s.due(HEADER, IDLE),
+        s.due(HEADER, IDLE, None),
         Due::At(head_from + HEADER, Expiry::Head)
     );
     // More bytes do not move it.
     tokio::time::advance(Duration::from_millis(100)).await;
     s.bytes_arrived();
     assert_eq!(
-        s.due(HEADER, IDLE),
+        s.due(HEADER, IDLE, None),
         Due::At(head_from + HEADER, Expiry::Head)
     );
     // Two requests at once (HTTP/2): idle only once both are done.
     s.request_started();
     s.request_started();
     s.request_done();
-    assert_eq!(s.due(HEADER, IDLE), Due::Busy);
+    assert_eq!(s.due(HEADER, IDLE, None), Due::Busy);
     s.request_done();
     assert_eq!(
-        s.due(HEADER, IDLE),
+        s.due(HEADER, IDLE, None),
         Due::At(Instant::now() + IDLE, Expiry::Idle)
     );
 }
@@ -129,7 +138,7 @@ async fn deadlines_follow_the_connection_through_its_requests() {
 async fn the_deadline_future_fires_on_time_and_waits_out_requests() {
     let s = Arc::new(ConnState::new(Instant::now()));
     // No request: the header deadline.
-    let fired = deadline(&s, HEADER, IDLE).await;
+    let fired = deadline(&s, HEADER, IDLE, None).await;
     assert_eq!(fired, Expiry::Head);
     // A request that outlasts several idle periods, then idleness.
     s.request_started();
@@ -139,7 +148,7 @@ async fn the_deadline_future_fires_on_time_and_waits_out_requests() {
         s2.request_done();
     });
     let before = Instant::now();
-    let fired = deadline(&s, HEADER, IDLE).await;
+    let fired = deadline(&s, HEADER, IDLE, None).await;
     assert_eq!(fired, Expiry::Idle);
     assert_eq!(Instant::now() - before, Duration::from_millis(3500) + IDLE);
 }
@@ -188,4 +197,35 @@ fn a_per_address_cap_at_or_over_the_global_one_is_off() {
     };
     let adm = Arc::new(Admission::new(&limits, &registry));
     assert_eq!(adm.per_client, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_parks_before_its_idle_timeout_only() {
+    const PARK: Duration = Duration::from_millis(250);
+    let s = Arc::new(ConnState::new(Instant::now()));
+    // Before the first request the header deadline rules, park or not.
+    assert_eq!(
+        s.due(HEADER, IDLE, Some(PARK)),
+        Due::At(s.start + HEADER, Expiry::Head)
+    );
+    s.request_started();
+    assert_eq!(s.due(HEADER, IDLE, Some(PARK)), Due::Busy);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.request_done();
+    let idle_from = Instant::now();
+    assert_eq!(
+        s.due(HEADER, IDLE, Some(PARK)),
+        Due::At(idle_from + PARK, Expiry::Park)
+    );
+    assert_eq!(deadline(&s, HEADER, IDLE, Some(PARK)).await, Expiry::Park);
+    assert_eq!(Instant::now() - idle_from, PARK);
+    // A park delay not shorter than the idle timeout never parks.
+    assert_eq!(deadline(&s, HEADER, IDLE, Some(IDLE)).await, Expiry::Idle);
+    assert_eq!(Instant::now() - idle_from, IDLE);
+    // The next head's first byte: the header deadline, not the park.
+    s.bytes_arrived();
+    assert_eq!(
+        s.due(HEADER, IDLE, Some(PARK)),
+        Due::At(Instant::now() + HEADER, Expiry::Head)
+    );
 }

@@ -787,3 +787,77 @@ async fn drain_closes_waiting_connections_at_once_and_lets_requests_finish() {
         );
     }
 }
+
+/// An HTTP/1.1 keep-alive connection idle for a second is parked (hyper's connection and its
+/// buffers dropped, the socket kept): the client sees nothing, its next request on the same
+/// socket is served (in one write, in pieces, or two pipelined), over plain HTTP and TLS, and
+/// the idle timeout still closes a parked connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_parked_and_serve_their_next_request() {
+    let pod = mock("p", 0).await;
+    let r = Router::start(&edge_cfg(pod.addr(), "idleTimeoutMs: 4000", true, "")).await;
+    let parked = || admin_metric(r.admin, "infergate_connections_parked");
+    let wait_parked = async |n: f64| {
+        let until = Instant::now() + Duration::from_secs(3);
+        while parked().await != n {
+            assert!(Instant::now() < until, "not {n} parked within 3 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let read_answers = async |s: &mut TcpStream, n: usize| {
+        let mut got = String::new();
+        let mut buf = vec![0u8; 8192];
+        while got.matches("HTTP/1.1 200").count() < n || !got.ends_with("}") {
+            let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(k > 0, "closed after {got:?}");
+            got.push_str(&String::from_utf8_lossy(&buf[..k]));
+        }
+        assert_eq!(got.matches("HTTP/1.1 200").count(), n, "{got}");
+        assert!(
+            !got.to_ascii_lowercase().contains("connection: close"),
+            "{got}"
+        );
+    };
+
+    // Plain HTTP/1.1, raw.
+    let mut s = TcpStream::connect(r.http()).await.unwrap();
+    s.write_all(&head_with("")).await.unwrap();
+    read_answers(&mut s, 1).await;
+    wait_parked(1.0).await;
+    // The next request in one write.
+    s.write_all(&head_with("")).await.unwrap();
+    read_answers(&mut s, 1).await;
+    assert_eq!(parked().await, 0.0);
+    // Parked again; the next head in pieces.
+    wait_parked(1.0).await;
+    let head = head_with("");
+    s.write_all(&head[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&head[10..]).await.unwrap();
+    read_answers(&mut s, 1).await;
+    // Parked again; two pipelined requests.
+    wait_parked(1.0).await;
+    let two = [head_with(""), head_with("")].concat();
+    s.write_all(&two).await.unwrap();
+    read_answers(&mut s, 2).await;
+    assert_eq!(pod.stats().served, 5);
+
+    // TLS, through hyper's client on one connection.
+    let mut c = Client::tls(r.https.unwrap(), Proto::H1).await;
+    assert_eq!(c.call(post(SCORE, "{}")).await.status, 200);
+    wait_parked(2.0).await;
+    assert_eq!(c.call(post(SCORE, "{}")).await.status, 200);
+    assert_eq!(pod.stats().served, 7);
+
+    // Parked connections still end at the idle timeout, counted as such.
+    let closed = closed_within(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some(),
+        "a parked connection outlived the idle timeout"
+    );
+    wait_parked(0.0).await;
+    assert!(timeouts(&r, "idle").await >= 1.0);
+}
